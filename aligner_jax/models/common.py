@@ -1,0 +1,141 @@
+"""Building blocks shared by the T5 and BERT encoders.
+
+Conventions:
+  * Parameters are always stored in float32 (`param_dtype`); `dtype` is the activation /
+    computation dtype (float32 or bfloat16). Reductions that need range (softmax, norms)
+    run in float32 whatever `dtype` is.
+  * Every parameter carries logical axis names from `aligner_jax.sharding`
+    (`nn.with_logical_partitioning`); no raw `PartitionSpec` appears here.
+  * Kernels keep their natural multi-dimensional shape, e.g. a query kernel is
+    `[embed, heads, kv]` and an attention output kernel `[heads, kv, embed]`, so each axis
+    has its own logical name.
+  * Attention masks are `[B, L]` (bool or 0/1 ints); True / 1 marks a real token.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aligner_jax import sharding
+
+Initializer = Callable[..., jax.Array]
+
+# Hugging Face `hidden_act` / `dense_act_fn` names -> functions. "gelu" is the exact (erf)
+# GELU BERT uses; "gelu_new" is the tanh approximation T5 v1.1 uses.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def canonical_dtype(name: str) -> Any:
+  """The jnp dtype for a config's dtype string ("float32" | "bfloat16" | "float16")."""
+  if name not in DTYPES:
+    raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def normal_init(stddev: float) -> Initializer:
+  return nn.initializers.normal(stddev=stddev)
+
+
+class DenseGeneral(nn.Module):
+  """y = x · W (+ b) contracting the last `len(in_shape)` axes of x.
+
+  Attributes:
+    features: output feature shape, e.g. `(heads, kv)`.
+    contract: how many trailing input axes are contracted (1 for `[.., embed]`,
+      2 for `[.., heads, kv]`).
+    kernel_axes: logical names of the kernel, in-axes then out-axes.
+    use_bias: whether to add a bias of shape `features` (BERT yes, T5 no).
+  """
+  features: Sequence[int]
+  kernel_axes: Sequence[str | None]
+  contract: int = 1
+  use_bias: bool = False
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = tuple(self.features)
+    in_shape = x.shape[-self.contract:]
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+        in_shape + features, jnp.float32)
+    x = x.astype(self.dtype)
+    y = jax.lax.dot_general(
+        x, kernel.astype(self.dtype),
+        ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))),
+         ((), ())))
+    if self.use_bias:
+      bias_axes = tuple(self.kernel_axes[self.contract:])
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                        features, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def attention_bias(mask: jax.Array) -> jax.Array:
+  """Additive key mask: 0 on real keys, the float32 minimum on padding.
+
+  Args:
+    mask: [B, L] bool / int, True = real token.
+  Returns:
+    [B, 1, 1, L] float32, broadcastable against attention logits [B, heads, Lq, Lk].
+  """
+  big_negative = jnp.finfo(jnp.float32).min
+  return jnp.where(mask.astype(bool), 0.0, big_negative)[:, None, None, :].astype(jnp.float32)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, bias: jax.Array) -> jax.Array:
+  """Softmax attention weights with an additive float32 bias; the softmax runs in float32.
+
+  Args:
+    q: [B, Lq, heads, kv], k: [B, Lk, heads, kv] (any 1/sqrt(kv) scaling already applied to q).
+    bias: broadcastable to [B, heads, Lq, Lk] float32 (key mask and/or position bias).
+  Returns:
+    [B, heads, Lq, Lk] float32.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  return jax.nn.softmax(logits + bias, axis=-1)
+
+
+def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
+  """Weighted sum of values: weights [B, heads, Lq, Lk], v [B, Lk, heads, kv] -> [B, Lq, heads, kv]."""
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+def constrain_hidden(x: jax.Array) -> jax.Array:
+  """Block boundary: [B, L, embed] activations sharded over the batch."""
+  return sharding.constrain(x, (sharding.BATCH, sharding.LENGTH, sharding.EMBED))
+
+
+def default_mask(input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+  """The attention mask as bool; None means every position is real (Hugging Face semantics)."""
+  if attention_mask is None:
+    return jnp.ones(input_ids.shape, bool)
+  if attention_mask.shape != input_ids.shape:
+    raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                     f"{input_ids.shape}")
+  return attention_mask.astype(bool)
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
