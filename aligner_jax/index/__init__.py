@@ -1,0 +1,30 @@
+"""Token index for multi-vector retrieval: pruned document tokens in per-shard MIPS indexes
+(ScaNN or exact) plus the stored vectors that refinement scores.
+
+Public API:
+  TokenStore, from_padded, concatenate        ragged per-document token vectors (store.py)
+  prune_budget, top_salience_mask, prune_store  top-β salience pruning (pruning.py)
+  IndexConfig, build_token_index, TokenIndex  building and searching (token_index.py)
+  save_index, load_index, index_exists        checksummed export / verified load
+  IndexFileError                              raised for corrupted or mismatched files
+"""
+
+from aligner_jax.index.files import IndexFileError
+from aligner_jax.index.pruning import prune_budget
+from aligner_jax.index.pruning import prune_store
+from aligner_jax.index.pruning import top_salience_mask
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import concatenate
+from aligner_jax.index.store import from_padded
+from aligner_jax.index.token_index import IndexConfig
+from aligner_jax.index.token_index import TokenIndex
+from aligner_jax.index.token_index import build_token_index
+from aligner_jax.index.token_index import index_exists
+from aligner_jax.index.token_index import load_index
+from aligner_jax.index.token_index import save_index
+
+__all__ = [
+    "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore", "build_token_index",
+    "concatenate", "from_padded", "index_exists", "load_index", "prune_budget", "prune_store",
+    "save_index", "top_salience_mask",
+]

@@ -1,0 +1,241 @@
+"""Maximum inner-product search over one shard's token vectors: ScaNN and an exact reference.
+
+Both backends answer `search(queries [Q, h] float32, k) -> (rows [Q, k'] int64,
+scores [Q, k'] float32)` with k' = min(k, size), each row sorted by score, highest first (ties:
+lower row first for the exact backend). Scores are inner products with the *stored* vectors
+(after float16 / int8 quantisation), so the exact backend is the recall reference for ScaNN.
+
+ScaNN (`scann.scann_ops_pybind`) is configured as tree partitioning + asymmetric hashing (AH) +
+reordering, with defaults scaled to the number of vectors n as ScaNN's documentation
+recommends: about √n leaves, 2 dimensions per AH block, an anisotropic threshold of 0.2, and a
+reorder pool larger than k. `reorder="stored"` reorders with this project's stored refinement
+vectors instead of a second copy inside ScaNN (the AH candidates are rescored exactly), which
+keeps the index to AH codes + one copy of the vectors.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+
+REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
+
+# Rows of the database scored per block by the exact backend (bounds memory to
+# queries × block floats).
+_EXACT_BLOCK = 1 << 16
+_QUERY_CHUNK = 256
+
+VectorsFn = Callable[[np.ndarray], np.ndarray]  # rows [...] -> float32 [..., h]
+
+
+def _top_k_sorted(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per query row: the k best (score desc, row asc) of candidate `rows` with `scores` [Q, C]."""
+  k = min(k, scores.shape[1])
+  if k < scores.shape[1]:
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    scores = np.take_along_axis(scores, part, 1)
+    rows = np.take_along_axis(rows, part, 1)
+  order = np.lexsort((rows, -scores), axis=1)
+  return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
+
+
+class ExactSearcher:
+  """Brute-force MIPS over `size` stored vectors, read block-wise through `vectors_fn`."""
+
+  kind = "exact"
+
+  def __init__(self, size: int, vectors_fn: VectorsFn):
+    self.size = int(size)
+    self.vectors_fn = vectors_fn
+
+  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    queries = np.asarray(queries, np.float32)
+    k = min(int(k), self.size)
+    if k <= 0 or len(queries) == 0:
+      return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    out_rows, out_scores = [], []
+    blocks = [(s, min(s + _EXACT_BLOCK, self.size)) for s in range(0, self.size, _EXACT_BLOCK)]
+    for q0 in range(0, len(queries), _QUERY_CHUNK):
+      q = queries[q0:q0 + _QUERY_CHUNK]
+      best_rows, best_scores = [], []
+      for start, stop in blocks:
+        block = self.vectors_fn(np.arange(start, stop))
+        scores = q @ block.T  # [Qc, block]
+        rows = np.broadcast_to(np.arange(start, stop), scores.shape)
+        r, s = _top_k_sorted(scores, rows, k)
+        best_rows.append(r)
+        best_scores.append(s)
+      r, s = _top_k_sorted(np.concatenate(best_scores, 1), np.concatenate(best_rows, 1), k)
+      out_rows.append(r)
+      out_scores.append(s)
+    return np.concatenate(out_rows).astype(np.int64), np.concatenate(out_scores)
+
+  def save(self, directory: pathlib.Path) -> None:
+    del directory  # The exact backend reads the shard's stored vectors; nothing to add.
+
+  def settings(self) -> dict[str, Any]:
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannSettings:
+  """Resolved ScaNN parameters for one shard (see `scann_settings` for the defaults)."""
+  num_leaves: int
+  leaves_to_search: int
+  dims_per_block: int
+  anisotropic_threshold: float
+  reorder: str
+  reorder_factor: float
+  training_sample_size: int
+  training_iterations: int
+  hash_type: str
+
+  def reorder_k(self, k: int, size: int) -> int:
+    """Size of the pool of AH candidates that is rescored exactly to give the final k."""
+    return max(k, min(size, int(math.ceil(self.reorder_factor * k))))
+
+
+def scann_settings(n: int, *, num_leaves: int | None = None,
+                   leaves_to_search: int | None = None, search_fraction: float = 0.1,
+                   expected_k: int = 4000, dims_per_block: int = 2,
+                   anisotropic_threshold: float = 0.2, reorder: str = "stored",
+                   reorder_factor: float = 2.0, training_sample_size: int = 100_000,
+                   training_iterations: int = 12, hash_type: str = "lut16") -> ScannSettings:
+  """ScaNN parameters for n vectors, defaults scaled with n.
+
+  num_leaves ≈ √n (ScaNN's rule of thumb). leaves_to_search is the larger of
+  `search_fraction` of the leaves and enough leaves to hold 4× the reorder pool of
+  `expected_k` neighbours (a large K′ such as ALIGNER's 4,000 needs many leaves when leaves
+  are small).
+  """
+  if n <= 0:
+    raise ValueError("cannot build a ScaNN index over zero vectors")
+  if reorder not in REORDER_MODES:
+    raise ValueError(f"reorder must be one of {REORDER_MODES}, got {reorder!r}")
+  if reorder_factor < 1.0:
+    raise ValueError(f"reorder_factor must be >= 1, got {reorder_factor}")
+  if num_leaves is None:
+    num_leaves = max(1, int(round(math.sqrt(n))))
+  num_leaves = max(1, min(int(num_leaves), n))
+  if leaves_to_search is None:
+    leaf_size = n / num_leaves
+    pool = min(n, reorder_factor * min(expected_k, n))
+    leaves_to_search = max(math.ceil(search_fraction * num_leaves),
+                           math.ceil(4 * pool / leaf_size))
+  leaves_to_search = max(1, min(int(leaves_to_search), num_leaves))
+  return ScannSettings(num_leaves=num_leaves, leaves_to_search=leaves_to_search,
+                       dims_per_block=dims_per_block,
+                       anisotropic_threshold=float(anisotropic_threshold), reorder=reorder,
+                       reorder_factor=float(reorder_factor),
+                       training_sample_size=min(int(training_sample_size), n),
+                       training_iterations=int(training_iterations), hash_type=hash_type)
+
+
+def _scann():
+  # ScaNN imports TensorFlow (seconds); only the ScaNN backend pays for it.
+  import scann  # pylint: disable=g-import-not-at-top
+  return scann
+
+
+class ScannSearcher:
+  """ScaNN tree + AH + reorder over one shard; see the module docstring."""
+
+  kind = "scann"
+  SUBDIR = "scann"
+
+  def __init__(self, searcher: Any, settings: ScannSettings, size: int, vectors_fn: VectorsFn):
+    self.searcher = searcher
+    self.settings_ = settings
+    self.size = int(size)
+    self.vectors_fn = vectors_fn
+
+  @classmethod
+  def build(cls, vectors: np.ndarray, settings: ScannSettings, vectors_fn: VectorsFn, *,
+            training_threads: int = 0) -> "ScannSearcher":
+    """Trains and builds the index over `vectors` [n, h] float32 (the dequantised store)."""
+    scann = _scann()
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    n = len(vectors)
+    s = settings
+    builder = scann.scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
+    if s.num_leaves > 1:
+      builder = builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
+                             training_sample_size=s.training_sample_size,
+                             training_iterations=s.training_iterations)
+    builder = builder.score_ah(s.dims_per_block,
+                               anisotropic_quantization_threshold=s.anisotropic_threshold,
+                               training_sample_size=s.training_sample_size,
+                               hash_type=s.hash_type)
+    quantize = {"float32": scann.ReorderType.FLOAT32, "bfloat16": scann.ReorderType.BFLOAT16,
+                "int8": scann.ReorderType.INT8}
+    if s.reorder in quantize:
+      builder = builder.reorder(s.reorder_k(min(4000, n), n), quantize=quantize[s.reorder])
+    builder.set_n_training_threads(training_threads)
+    return cls(builder.build(), settings, n, vectors_fn)
+
+  @classmethod
+  def load(cls, directory: pathlib.Path, settings: ScannSettings, size: int,
+           vectors_fn: VectorsFn) -> "ScannSearcher":
+    scann = _scann()
+    searcher = scann.scann_ops_pybind.load_searcher(os.fspath(directory / cls.SUBDIR))
+    if searcher.size() != size:
+      from aligner_jax.index.files import IndexFileError  # pylint: disable=g-import-not-at-top
+      raise IndexFileError(directory / cls.SUBDIR, f"ScaNN index holds {searcher.size()} "
+                           f"vectors but the manifest says {size} (mismatched shard)")
+    return cls(searcher, settings, size, vectors_fn)
+
+  def save(self, directory: pathlib.Path) -> None:
+    target = directory / self.SUBDIR
+    target.mkdir()
+    # Relative asset paths keep the files valid after the atomic rename of the directory.
+    self.searcher.serialize(os.fspath(target), relative_path=True)
+
+  def settings(self) -> dict[str, Any]:
+    return dataclasses.asdict(self.settings_)
+
+  def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None,
+             reorder_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    queries = np.ascontiguousarray(queries, np.float32)
+    k = min(int(k), self.size)
+    if k <= 0 or len(queries) == 0:
+      return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    s = self.settings_
+    if reorder_factor is not None:
+      s = dataclasses.replace(s, reorder_factor=float(reorder_factor))
+    leaves = None if leaves_to_search is None else int(min(leaves_to_search, s.num_leaves))
+    pool = s.reorder_k(k, self.size)
+    if s.reorder == "stored":
+      rows, _ = self.searcher.search_batched_parallel(queries, final_num_neighbors=pool,
+                                                       leaves_to_search=leaves)
+      return self._rescore(queries, np.asarray(rows, np.int64), k)
+    pre = pool if s.reorder != "none" else None
+    rows, scores = self.searcher.search_batched_parallel(
+        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre, leaves_to_search=leaves)
+    rows, scores = np.asarray(rows, np.int64), np.asarray(scores, np.float32)
+    return _drop_missing(rows, scores)
+
+  def _rescore(self, queries: np.ndarray, rows: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products with the stored vectors for each query's AH pool, then top k."""
+    out_rows, out_scores = [], []
+    for i in range(0, len(queries), 16):
+      r = rows[i:i + 16]
+      valid = (r >= 0) & (r < self.size)
+      vecs = self.vectors_fn(np.where(valid, r, 0))  # [c, pool, h]
+      scores = np.einsum("cph,ch->cp", vecs, queries[i:i + 16])
+      scores = np.where(valid, scores, -np.inf).astype(np.float32)
+      rr, ss = _top_k_sorted(scores, np.where(valid, r, -1), k)
+      out_rows.append(rr)
+      out_scores.append(ss)
+    return _drop_missing(np.concatenate(out_rows), np.concatenate(out_scores))
+
+
+def _drop_missing(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Marks results ScaNN could not fill (too few points in the searched leaves) as row -1."""
+  missing = ~np.isfinite(scores) | (rows < 0)
+  rows = np.where(missing, -1, rows)
+  scores = np.where(missing, -np.inf, scores).astype(np.float32)
+  return rows, scores

@@ -1,0 +1,180 @@
+"""Checksummed, atomically written directories: how index shards and encodings go to disk.
+
+A directory written here holds its files plus `manifest.json`:
+  {"format": "aligner_jax", "kind": <what it is>, "version": 1, "config": {...},
+   "counts": {...}, "files": {relative path: {"bytes": int, "sha256": hex}}, "total_bytes": int}
+Loading (`verify_dir`) refuses, with an `IndexFileError` naming the file, a directory whose
+manifest is missing or unreadable, of another kind or version, that lacks a listed file, holds
+an unlisted one, or whose sizes or SHA-256 sums differ from the manifest.
+
+Writes are atomic: everything goes to a hidden temporary sibling which is renamed into place
+only when complete (`atomic_dir`), so a crash never leaves a half-written directory under the
+final name. Arrays are `.npy` files read without pickle.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+FORMAT = "aligner_jax"
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 23
+
+
+class IndexFileError(ValueError):
+  """A stored directory is corrupted, incomplete or does not match what was expected."""
+
+  def __init__(self, path: str | os.PathLike, problem: str):
+    self.path = os.fspath(path)
+    self.problem = problem
+    super().__init__(f"{self.path}: {problem}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(_CHUNK):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON through a temporary file and a rename, so readers never see half of it."""
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise IndexFileError(path, "file not found")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    line = getattr(e, "lineno", None)
+    where = f":{line}" if line else ""
+    raise IndexFileError(f"{path}{where}", f"not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields an empty temporary directory that replaces `final` when the block succeeds.
+
+  An existing `final` is moved aside first and deleted only after the new one is in place.
+  On an exception the temporary directory is removed and `final` is left untouched.
+  """
+  final = pathlib.Path(final)
+  final.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+  try:
+    yield tmp
+    old = None
+    if final.exists():
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old",
+                                          dir=final.parent))
+      os.rmdir(old)
+      os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def save_array(directory: pathlib.Path, name: str, array: np.ndarray) -> None:
+  np.save(directory / name, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def list_files(directory: pathlib.Path) -> list[str]:
+  """Relative paths of every file below `directory` except the manifest, sorted."""
+  return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST)
+
+
+def write_manifest(directory: pathlib.Path, *, kind: str, version: int,
+                   config: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+  """Checksums every file in `directory` and writes its `manifest.json`; returns the manifest."""
+  files = {}
+  for rel in list_files(directory):
+    path = directory / rel
+    files[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+  manifest = {"format": FORMAT, "kind": kind, "version": version, "config": config,
+              "counts": counts, "files": files,
+              "total_bytes": sum(f["bytes"] for f in files.values())}
+  write_json(directory / MANIFEST, manifest)
+  return manifest
+
+
+def verify_dir(directory: str | os.PathLike, *, kind: str, version: int) -> dict[str, Any]:
+  """Checks `directory` against its manifest (see the module docstring); returns the manifest."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise IndexFileError(directory, "directory not found")
+  manifest_path = directory / MANIFEST
+  manifest = read_json(manifest_path)
+  if not isinstance(manifest, dict):
+    raise IndexFileError(manifest_path, "manifest must be a JSON object")
+  for key in ("format", "kind", "version", "config", "counts", "files"):
+    if key not in manifest:
+      raise IndexFileError(manifest_path, f"manifest lacks the key {key!r}")
+  if manifest["format"] != FORMAT or manifest["kind"] != kind:
+    raise IndexFileError(manifest_path, f"expected a {FORMAT!r} {kind!r} manifest, found "
+                         f"format {manifest['format']!r} kind {manifest['kind']!r}")
+  if manifest["version"] != version:
+    raise IndexFileError(manifest_path, f"{kind} version {manifest['version']} is not the "
+                         f"supported version {version}; rebuild it")
+  listed = manifest["files"]
+  if not isinstance(listed, dict):
+    raise IndexFileError(manifest_path, "`files` must map paths to {bytes, sha256}")
+  present = set(list_files(directory))
+  for rel in sorted(present - set(listed)):
+    raise IndexFileError(directory / rel, "file is not listed in the manifest (a stray or "
+                         "mixed-in file)")
+  for rel, entry in sorted(listed.items()):
+    path = directory / rel
+    if rel not in present:
+      raise IndexFileError(path, "file listed in the manifest is missing")
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+      raise IndexFileError(path, f"size {size} bytes differs from the manifest's "
+                           f"{entry.get('bytes')} (truncated or replaced)")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+      raise IndexFileError(path, f"SHA-256 {digest[:16]}… differs from the manifest's "
+                           f"{str(entry.get('sha256'))[:16]}… (the file is corrupted)")
+  return manifest
+
+
+def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
+               shape: tuple[int | None, ...]) -> np.ndarray:
+  """Loads `name` and checks dtype and shape (None matches any size) against the manifest."""
+  path = directory / name
+  try:
+    array = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise IndexFileError(path, f"not a readable .npy array ({e})") from None
+  want = np.dtype(dtype)
+  shape_ok = array.ndim == len(shape) and all(
+      s is None or s == a for s, a in zip(shape, array.shape))
+  if array.dtype != want or not shape_ok:
+    shown = tuple("*" if s is None else s for s in shape)
+    raise IndexFileError(path, f"array is {array.dtype}{list(array.shape)} but the manifest "
+                         f"implies {want}{list(shown)} (mismatched shard)")
+  return array

@@ -1,0 +1,231 @@
+"""Ragged per-document token stores: the vectors refinement scores, and how they are quantised.
+
+A `TokenStore` holds the token vectors of N documents back to back: document i owns rows
+`offsets[i]:offsets[i + 1]` of `vectors` (only valid tokens are stored, never padding). Next
+to each row it may keep the token's salience and vocabulary id, and next to each document its
+pooled vector (the dense path).
+
+Vector formats (`VECTOR_DTYPES`):
+  "float32"  exact.
+  "float16"  2 bytes per dimension; the default for refinement.
+  "int8"     1 byte per dimension plus one float32 scale per vector: x ≈ scale · q with
+             scale = max|x| / 127, so the error per dimension is at most scale / 2.
+`dequantize` always returns float32.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+VECTOR_DTYPES = ("float32", "float16", "int8")
+
+
+def check_vector_dtype(dtype: str) -> str:
+  if dtype not in VECTOR_DTYPES:
+    raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
+  return dtype
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Symmetric per-vector int8 quantisation.
+
+  Args:
+    x: [T, h] float.
+
+  Returns:
+    (codes [T, h] int8, scales [T] float32) with x ≈ codes · scales[:, None].
+  """
+  x = np.asarray(x, np.float32)
+  amax = np.max(np.abs(x), axis=-1) if x.size else np.zeros(x.shape[:-1], np.float32)
+  scales = (amax / 127.0).astype(np.float32)
+  # An all-zero vector keeps scale 0 and codes 0; dividing by 1 avoids 0/0.
+  safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+  codes = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+  return codes, scales
+
+
+def encode_vectors(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """Float vectors [T, h] in storage format `dtype`: (stored [T, h], scales [T] | None)."""
+  check_vector_dtype(dtype)
+  if dtype == "int8":
+    return quantize_int8(x)
+  return np.ascontiguousarray(x, dtype=np.dtype(dtype)), None
+
+
+@dataclasses.dataclass
+class TokenStore:
+  """Token vectors of N documents, stored contiguously (see the module docstring).
+
+  Attributes:
+    doc_ids: N document ids.
+    offsets: [N + 1] int64, non-decreasing, offsets[0] = 0, offsets[-1] = T.
+    vectors: [T, h] float32 | float16 | int8.
+    scales: [T] float32 for int8 vectors, else None.
+    salience: [T] float32 token saliences u^d, or None when the model has none.
+    token_ids: [T] int32 vocabulary ids (COIL's exact-match alignment needs them), or None.
+    pooled: [N, h'] float32 pooled document vectors for the dense path, or None.
+  """
+  doc_ids: list[str]
+  offsets: np.ndarray
+  vectors: np.ndarray
+  scales: np.ndarray | None = None
+  salience: np.ndarray | None = None
+  token_ids: np.ndarray | None = None
+  pooled: np.ndarray | None = None
+
+  def __post_init__(self):
+    self.offsets = np.asarray(self.offsets, np.int64)
+    n, t = len(self.doc_ids), self.vectors.shape[0]
+    problems = []
+    if self.offsets.shape != (n + 1,):
+      problems.append(f"offsets has shape {self.offsets.shape}, expected ({n + 1},)")
+    elif self.offsets[0] != 0 or self.offsets[-1] != t or np.any(np.diff(self.offsets) < 0):
+      problems.append(f"offsets must rise from 0 to the {t} stored tokens")
+    if self.vectors.ndim != 2:
+      problems.append(f"vectors must be [T, h], got shape {self.vectors.shape}")
+    if self.vectors.dtype == np.int8 and (self.scales is None or self.scales.shape != (t,)):
+      problems.append("int8 vectors need scales of shape [T]")
+    for name in ("scales", "salience", "token_ids"):
+      value = getattr(self, name)
+      if value is not None and value.shape != (t,):
+        problems.append(f"{name} has shape {value.shape}, expected ({t},)")
+    if self.pooled is not None and (self.pooled.ndim != 2 or self.pooled.shape[0] != n):
+      problems.append(f"pooled has shape {self.pooled.shape}, expected ({n}, h)")
+    if problems:
+      raise ValueError("inconsistent TokenStore: " + "; ".join(problems))
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.doc_ids)
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.vectors.shape[0])
+
+  @property
+  def dim(self) -> int:
+    return int(self.vectors.shape[1])
+
+  @property
+  def vector_dtype(self) -> str:
+    return str(self.vectors.dtype)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """[N] int64 number of stored tokens per document."""
+    return np.diff(self.offsets)
+
+  def dequantize(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+    """float32 vectors of `rows` (all rows when None): [len(rows), h]."""
+    sel = slice(None) if rows is None else rows
+    v = self.vectors[sel]
+    if self.vectors.dtype == np.int8:
+      return v.astype(np.float32) * self.scales[sel][..., None]
+    return v.astype(np.float32)
+
+  def select_rows(self, rows: np.ndarray) -> "TokenStore":
+    """A store with only `rows` (sorted, any subset) kept; documents keep their order."""
+    rows = np.asarray(rows, np.int64)
+    doc_of_row = np.repeat(np.arange(self.num_docs), self.lengths)
+    counts = np.bincount(doc_of_row[rows], minlength=self.num_docs)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pick = lambda a: None if a is None else a[rows]  # noqa: E731
+    return TokenStore(list(self.doc_ids), offsets, self.vectors[rows], pick(self.scales),
+                      pick(self.salience), pick(self.token_ids), self.pooled)
+
+  def with_vector_dtype(self, dtype: str) -> "TokenStore":
+    """The same store with vectors re-encoded in `dtype` (a no-op when already so)."""
+    if dtype == self.vector_dtype:
+      return self
+    vectors, scales = encode_vectors(self.dequantize(), dtype)
+    return dataclasses.replace(self, vectors=vectors, scales=scales)
+
+  def gather_padded(self, docs: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Documents `docs` as padded arrays for the alignment scorer.
+
+    Args:
+      docs: [K] int document rows (-1 = an empty padding candidate).
+      length: m, the padded length (>= the longest selected document).
+
+    Returns:
+      {"vectors": [K, m, h] float32, "mask": [K, m] bool, "salience": [K, m] float32 (if any),
+       "token_ids": [K, m] int32 (if any)}.
+    """
+    docs = np.asarray(docs, np.int64)
+    valid_doc = docs >= 0
+    starts = np.where(valid_doc, self.offsets[np.maximum(docs, 0)], 0)
+    lens = np.where(valid_doc, self.lengths[np.maximum(docs, 0)], 0)
+    if lens.size and lens.max() > length:
+      raise ValueError(f"document of {lens.max()} tokens does not fit padded length {length}")
+    pos = np.arange(length)
+    mask = pos[None, :] < lens[:, None]
+    rows = np.where(mask, starts[:, None] + pos[None, :], 0)
+    if self.num_tokens:
+      vectors = self.dequantize(rows.reshape(-1)).reshape(len(docs), length, self.dim)
+      vectors[~mask] = 0.0
+    else:
+      vectors = np.zeros((len(docs), length, self.dim), np.float32)
+    out = {"vectors": vectors, "mask": mask}
+    if self.salience is not None:
+      out["salience"] = (np.where(mask, self.salience[rows], 0.0).astype(np.float32)
+                         if self.num_tokens else np.zeros(mask.shape, np.float32))
+    if self.token_ids is not None:
+      out["token_ids"] = (np.where(mask, self.token_ids[rows], 0).astype(np.int32)
+                          if self.num_tokens else np.zeros(mask.shape, np.int32))
+    return out
+
+  def doc_tokens(self, doc: int) -> slice:
+    return slice(int(self.offsets[doc]), int(self.offsets[doc + 1]))
+
+
+def from_padded(doc_ids: Sequence[str], vectors: np.ndarray, mask: np.ndarray, *,
+                salience: np.ndarray | None = None, token_ids: np.ndarray | None = None,
+                pooled: np.ndarray | None = None, vector_dtype: str = "float32") -> TokenStore:
+  """A `TokenStore` from padded encoder output, keeping only the valid tokens.
+
+  Args:
+    doc_ids: N ids.
+    vectors: [N, L, h] float token vectors.
+    mask: [N, L] bool, True on valid tokens.
+    salience: [N, L] float saliences or None.
+    token_ids: [N, L] int vocabulary ids or None.
+    pooled: [N, h'] float pooled vectors or None.
+    vector_dtype: storage format, one of `VECTOR_DTYPES`.
+  """
+  vectors = np.asarray(vectors)
+  mask = np.asarray(mask, bool)
+  if vectors.ndim != 3 or mask.shape != vectors.shape[:2] or len(doc_ids) != vectors.shape[0]:
+    raise ValueError(f"expected vectors [N, L, h] and mask [N, L] for {len(doc_ids)} ids, got "
+                     f"{vectors.shape} and {mask.shape}")
+  lengths = mask.sum(axis=1)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  stored, scales = encode_vectors(vectors[mask], vector_dtype)
+  return TokenStore(
+      doc_ids=list(doc_ids), offsets=offsets, vectors=stored, scales=scales,
+      salience=None if salience is None else np.asarray(salience, np.float32)[mask],
+      token_ids=None if token_ids is None else np.asarray(token_ids, np.int32)[mask],
+      pooled=None if pooled is None else np.asarray(pooled, np.float32))
+
+
+def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
+  """Stores of disjoint document sets joined in order (all must agree on what they hold)."""
+  if not stores:
+    raise ValueError("concatenate needs at least one store")
+  first = stores[0]
+  for s in stores[1:]:
+    if (s.vector_dtype != first.vector_dtype or s.dim != first.dim or
+        (s.salience is None) != (first.salience is None) or
+        (s.token_ids is None) != (first.token_ids is None) or
+        (s.pooled is None) != (first.pooled is None)):
+      raise ValueError("stores disagree on vector format, dimension or which fields they hold")
+  cat = lambda name: (None if getattr(first, name) is None  # noqa: E731
+                      else np.concatenate([getattr(s, name) for s in stores]))
+  offsets = [np.zeros(1, np.int64)]
+  base = 0
+  for s in stores:
+    offsets.append(s.offsets[1:] + base)
+    base += s.num_tokens
+  return TokenStore(sum((s.doc_ids for s in stores), []), np.concatenate(offsets),
+                    cat("vectors"), cat("scales"), cat("salience"), cat("token_ids"),
+                    cat("pooled"))

@@ -1,0 +1,446 @@
+"""The token index: salience-pruned document tokens in per-shard MIPS indexes, plus the stored
+vectors that refinement scores (ALIGNER §2.1, §3.2, §4.1).
+
+Building (`build_token_index`): each input `TokenStore` (e.g. one encoding shard) is split into
+shards of whole documents; each document keeps its top-β^d tokens by salience
+(`prune_doc_ratio`), which are what the MIPS backend ("scann" or "exact") searches. Refinement
+reads each shard's stored vectors: by default the kept tokens (`refine_tokens="kept"`, the
+storage saving the paper reports), or every token (`"all"`, the paper's "full model with all
+token vectors" at the cost of storage).
+
+On disk (`save_index`, `load_index`), INDEX_DIR holds `index.json` (config, shard list with the
+SHA-256 of each shard manifest, totals) and one directory per shard:
+  manifest.json   config, counts, bytes and SHA-256 of every file (see `files.py`)
+  doc_ids.json    [N] document ids
+  offsets.npy     [N + 1] int64 refinement rows of each document
+  vectors.npy     [T, h] float16 | int8 | float32 refinement vectors (+ scales.npy [T] for int8)
+  salience.npy    [T] float32 (when the model has saliences)
+  token_ids.npy   [T] int32 (when stored; COIL needs them)
+  pooled.npy      [N, h'] float32 pooled vectors for the dense path (when present)
+  ann_doc.npy     [T_ann] int32 the token → document map of the searched tokens
+  ann_rows.npy    [T_ann] int64 refinement row of each searched token (only for "all")
+  scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
+Document numbers are global: shard s's local document i is `doc_base[s] + i`.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from aligner_jax.index import files
+from aligner_jax.index import pruning
+from aligner_jax.index.backends import ExactSearcher
+from aligner_jax.index.backends import ScannSearcher
+from aligner_jax.index.backends import ScannSettings
+from aligner_jax.index.backends import scann_settings
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import check_vector_dtype
+
+SHARD_KIND = "token_index_shard"
+INDEX_KIND = "token_index"
+VERSION = 1
+INDEX_JSON = "index.json"
+BACKENDS = ("scann", "exact")
+REFINE_TOKENS = ("kept", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+  """How a token index is built. ScaNN fields left None are scaled with the shard size.
+
+  Attributes:
+    backend: "scann" (tree + AH + reorder) or "exact" (brute force).
+    vector_dtype: refinement vector format: "float16" (default), "int8" or "float32".
+    prune_doc_ratio: β^d in (0, 1]: fraction of each document's tokens searched (by salience).
+    refine_tokens: "kept" (refine with the searched tokens) or "all" (store every token).
+    max_shard_tokens: split documents into shards of at most this many searched tokens
+      (whole documents; None: one shard per input store).
+    num_leaves, leaves_to_search, search_fraction, expected_k, dims_per_block,
+    anisotropic_threshold, reorder, reorder_factor, training_sample_size: ScaNN settings,
+      see `backends.scann_settings`.
+    training_threads: ScaNN training threads (0: all cores).
+  """
+  backend: str = "scann"
+  vector_dtype: str = "float16"
+  prune_doc_ratio: float = 1.0
+  refine_tokens: str = "kept"
+  max_shard_tokens: int | None = None
+  num_leaves: int | None = None
+  leaves_to_search: int | None = None
+  search_fraction: float = 0.1
+  expected_k: int = 4000
+  dims_per_block: int = 2
+  anisotropic_threshold: float = 0.2
+  reorder: str = "stored"
+  reorder_factor: float = 2.0
+  training_sample_size: int = 100_000
+  training_threads: int = 0
+
+  def __post_init__(self):
+    if self.backend not in BACKENDS:
+      raise ValueError(f"index backend must be one of {BACKENDS}, got {self.backend!r}")
+    if self.refine_tokens not in REFINE_TOKENS:
+      raise ValueError(f"refine_tokens must be one of {REFINE_TOKENS}, got "
+                       f"{self.refine_tokens!r}")
+    check_vector_dtype(self.vector_dtype)
+    pruning.check_ratio(self.prune_doc_ratio, "document pruning ratio β^d")
+    if self.max_shard_tokens is not None and self.max_shard_tokens < 1:
+      raise ValueError(f"max_shard_tokens must be positive, got {self.max_shard_tokens}")
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, obj: dict[str, Any]) -> "IndexConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+class IndexShard:
+  """One shard: its refinement store, the searched tokens and their MIPS searcher."""
+
+  def __init__(self, store: TokenStore, ann_doc: np.ndarray, ann_rows: np.ndarray | None,
+               searcher: ExactSearcher | ScannSearcher, original_tokens: int):
+    self.store = store
+    self.ann_doc = np.asarray(ann_doc, np.int32)
+    self.ann_rows = None if ann_rows is None else np.asarray(ann_rows, np.int64)
+    self.searcher = searcher
+    self.original_tokens = int(original_tokens)
+
+  @property
+  def num_ann_tokens(self) -> int:
+    return len(self.ann_doc)
+
+  def search(self, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Local document of each of the k nearest searched tokens: ([Q, k'] int64, [Q, k'])."""
+    rows, scores = self.searcher.search(queries, k, **kwargs)
+    docs = np.where(rows >= 0, self.ann_doc[np.maximum(rows, 0)], -1).astype(np.int64)
+    return docs, scores
+
+
+def _ann_vectors_fn(store: TokenStore, ann_rows: np.ndarray | None):
+  if ann_rows is None:
+    return store.dequantize
+  return lambda rows: store.dequantize(ann_rows[rows])
+
+
+def _make_searcher(config: IndexConfig, store: TokenStore, ann_rows: np.ndarray | None,
+                   size: int) -> ExactSearcher | ScannSearcher:
+  vectors_fn = _ann_vectors_fn(store, ann_rows)
+  if config.backend == "exact":
+    return ExactSearcher(size, vectors_fn)
+  settings = scann_settings(
+      size, num_leaves=config.num_leaves, leaves_to_search=config.leaves_to_search,
+      search_fraction=config.search_fraction, expected_k=config.expected_k,
+      dims_per_block=config.dims_per_block, anisotropic_threshold=config.anisotropic_threshold,
+      reorder=config.reorder, reorder_factor=config.reorder_factor,
+      training_sample_size=config.training_sample_size)
+  all_rows = np.arange(size)
+  return ScannSearcher.build(vectors_fn(all_rows), settings, vectors_fn,
+                             training_threads=config.training_threads)
+
+
+def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
+  """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens)."""
+  if store.num_tokens == 0:
+    raise ValueError("cannot index a shard without tokens")
+  store = store.with_vector_dtype(config.vector_dtype)
+  kept = pruning.kept_rows(store, config.prune_doc_ratio)
+  if config.refine_tokens == "kept":
+    refine = store.select_rows(kept) if len(kept) < store.num_tokens else store
+    ann_rows = None
+    ann_doc = np.repeat(np.arange(refine.num_docs), refine.lengths)
+  else:
+    refine = store
+    ann_rows = kept
+    ann_doc = np.repeat(np.arange(store.num_docs), store.lengths)[kept]
+  searcher = _make_searcher(config, refine, ann_rows, len(ann_doc))
+  return IndexShard(refine, ann_doc, ann_rows, searcher, original_tokens=store.num_tokens)
+
+
+def split_documents(store: TokenStore, max_tokens: int | None,
+                    ratio: float) -> list[TokenStore]:
+  """Consecutive groups of whole documents with at most `max_tokens` searched tokens each."""
+  if max_tokens is None:
+    return [store]
+  kept = pruning.prune_budget(store.lengths, ratio)
+  groups, start, acc = [], 0, 0
+  for i, n in enumerate(kept):
+    if acc and acc + n > max_tokens:
+      groups.append((start, i))
+      start, acc = i, 0
+    acc += int(n)
+  groups.append((start, store.num_docs))
+  out = []
+  for a, b in groups:
+    lo, hi = store.offsets[a], store.offsets[b]
+    cut = lambda x: None if x is None else x[lo:hi]  # noqa: E731
+    out.append(TokenStore(store.doc_ids[a:b], store.offsets[a:b + 1] - lo, store.vectors[lo:hi],
+                          cut(store.scales), cut(store.salience), cut(store.token_ids),
+                          None if store.pooled is None else store.pooled[a:b]))
+  return out
+
+
+class TokenIndex:
+  """All shards of an index; documents are numbered globally in shard order."""
+
+  def __init__(self, shards: Sequence[IndexShard], config: IndexConfig):
+    if not shards:
+      raise ValueError("an index needs at least one shard")
+    self.shards = list(shards)
+    self.config = config
+    self.doc_base = np.concatenate(
+        [[0], np.cumsum([s.store.num_docs for s in self.shards])]).astype(np.int64)
+    self.doc_ids: list[str] = sum((s.store.doc_ids for s in self.shards), [])
+    self.doc_lengths = np.concatenate([s.store.lengths for s in self.shards])
+    dims = {s.store.dim for s in self.shards}
+    if len(dims) != 1:
+      raise ValueError(f"shards disagree on the vector dimension: {sorted(dims)}")
+
+  @property
+  def num_docs(self) -> int:
+    return int(self.doc_base[-1])
+
+  @property
+  def dim(self) -> int:
+    return self.shards[0].store.dim
+
+  @property
+  def num_ann_tokens(self) -> int:
+    return sum(s.num_ann_tokens for s in self.shards)
+
+  @property
+  def num_original_tokens(self) -> int:
+    return sum(s.original_tokens for s in self.shards)
+
+  @property
+  def has_salience(self) -> bool:
+    return self.shards[0].store.salience is not None
+
+  @property
+  def has_token_ids(self) -> bool:
+    return self.shards[0].store.token_ids is not None
+
+  def search_tokens(self, queries: np.ndarray, k: int,
+                    **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Global document of each of the k nearest searched tokens over all shards.
+
+    Args:
+      queries: [Q, h] float32 query token vectors.
+      k: K′, capped by the number of searched tokens.
+      **kwargs: backend search options (ScaNN: leaves_to_search, reorder_factor).
+
+    Returns:
+      (docs [Q, k'] int64 with -1 for unfilled results, scores [Q, k'] float32), best first.
+    """
+    k = min(int(k), self.num_ann_tokens)
+    docs, scores = [], []
+    for base, shard in zip(self.doc_base, self.shards):
+      d, s = shard.search(queries, k, **kwargs)
+      docs.append(np.where(d >= 0, d + base, -1))
+      scores.append(s)
+    docs, scores = np.concatenate(docs, 1), np.concatenate(scores, 1)
+    if len(self.shards) > 1 and docs.shape[1] > k:
+      order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+      docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
+    return docs, scores
+
+  def gather_padded(self, docs: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Refinement inputs of global documents `docs` [K] (-1 = padding); see TokenStore."""
+    docs = np.asarray(docs, np.int64)
+    if len(self.shards) == 1:
+      return self.shards[0].store.gather_padded(docs, length)
+    shard_of = np.searchsorted(self.doc_base, docs, side="right") - 1
+    out = None
+    for s, shard in enumerate(self.shards):
+      sel = (shard_of == s) & (docs >= 0)
+      local = np.where(sel, docs - self.doc_base[s], -1)
+      part = shard.store.gather_padded(local, length)
+      if out is None:
+        out = part
+      else:
+        for key, value in part.items():
+          out[key] = np.where(sel.reshape((-1,) + (1,) * (value.ndim - 1)), value, out[key])
+    return out
+
+  def pooled(self) -> np.ndarray | None:
+    """[N, h'] pooled document vectors over all shards, or None."""
+    if any(s.store.pooled is None for s in self.shards):
+      return None
+    return np.concatenate([s.store.pooled for s in self.shards])
+
+
+def build_token_index(stores: Sequence[TokenStore] | TokenStore,
+                      config: IndexConfig = IndexConfig()) -> TokenIndex:
+  """Builds an index over the documents of `stores` (each is split per `max_shard_tokens`)."""
+  if isinstance(stores, TokenStore):
+    stores = [stores]
+  parts = [p for s in stores
+           for p in split_documents(s, config.max_shard_tokens, config.prune_doc_ratio)]
+  return TokenIndex([build_shard(p, config) for p in parts], config)
+
+
+# ------------------------------------------------------------------------------------------
+# Export and load.
+
+
+def _shard_counts(shard: IndexShard) -> dict[str, int]:
+  s = shard.store
+  return {"documents": s.num_docs, "tokens": s.num_tokens, "ann_tokens": shard.num_ann_tokens,
+          "original_tokens": shard.original_tokens, "dim": s.dim,
+          "pooled_dim": 0 if s.pooled is None else int(s.pooled.shape[1])}
+
+
+def save_shard(shard: IndexShard, directory: str | pathlib.Path,
+               config: IndexConfig) -> dict[str, Any]:
+  """Writes one shard atomically (see the module docstring); returns its manifest."""
+  s = shard.store
+  with files.atomic_dir(directory) as tmp:
+    files.write_json(tmp / "doc_ids.json", s.doc_ids)
+    files.save_array(tmp, "offsets.npy", s.offsets)
+    files.save_array(tmp, "vectors.npy", s.vectors)
+    for name in ("scales", "salience", "token_ids"):
+      if getattr(s, name) is not None:
+        files.save_array(tmp, f"{name}.npy", getattr(s, name))
+    if s.pooled is not None:
+      files.save_array(tmp, "pooled.npy", s.pooled)
+    files.save_array(tmp, "ann_doc.npy", shard.ann_doc)
+    if shard.ann_rows is not None:
+      files.save_array(tmp, "ann_rows.npy", shard.ann_rows)
+    shard.searcher.save(tmp)
+    manifest_config = {"index": config.to_json(), "vector_dtype": s.vector_dtype,
+                       "has_salience": s.salience is not None,
+                       "has_token_ids": s.token_ids is not None,
+                       "has_ann_rows": shard.ann_rows is not None,
+                       "backend": shard.searcher.kind, "backend_settings": shard.searcher.settings()}
+    manifest = files.write_manifest(tmp, kind=SHARD_KIND, version=VERSION,
+                                    config=manifest_config, counts=_shard_counts(shard))
+  return manifest
+
+
+def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, Any]:
+  """Writes every shard and `index.json` into `directory` atomically; returns index.json."""
+  directory = pathlib.Path(directory)
+  with files.atomic_dir(directory) as tmp:
+    listing = []
+    for i, shard in enumerate(index.shards):
+      name = f"shard-{i:05d}"
+      save_shard(shard, tmp / name, index.config)
+      listing.append({"name": name, "manifest_sha256": files.sha256_file(tmp / name /
+                                                                         files.MANIFEST),
+                      **_shard_counts(shard)})
+    info = index_info(tmp, listing, index.config)
+    files.write_json(tmp / INDEX_JSON, info)
+  return info
+
+
+def index_info(directory: pathlib.Path, listing: list[dict[str, Any]],
+               config: IndexConfig) -> dict[str, Any]:
+  """`index.json`: the shard list and totals, including bytes per stored and original token."""
+  total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
+                    for e in listing)
+  totals = {k: sum(e[k] for e in listing)
+            for k in ("documents", "tokens", "ann_tokens", "original_tokens")}
+  return {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
+          "config": config.to_json(), "shards": listing, "counts": totals,
+          "total_bytes": total_bytes,
+          "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
+          "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
+
+
+def index_exists(directory: str | pathlib.Path) -> bool:
+  return (pathlib.Path(directory) / INDEX_JSON).is_file()
+
+
+def load_shard(directory: str | pathlib.Path,
+               expect_config: IndexConfig | None = None) -> IndexShard:
+  """Loads one shard after verifying its files against its manifest."""
+  directory = pathlib.Path(directory)
+  manifest = files.verify_dir(directory, kind=SHARD_KIND, version=VERSION)
+  mpath = directory / files.MANIFEST
+  try:
+    mc, counts = manifest["config"], manifest["counts"]
+    config = IndexConfig.from_json(mc["index"])
+    n, t, t_ann, h = (int(counts[k]) for k in ("documents", "tokens", "ann_tokens", "dim"))
+    dtype = mc["vector_dtype"]
+    check_vector_dtype(dtype)
+  except (KeyError, TypeError, ValueError) as e:
+    raise files.IndexFileError(mpath, f"manifest config/counts are malformed ({e})") from None
+  if expect_config is not None and config != expect_config:
+    raise files.IndexFileError(mpath, f"shard was built with {config} but the index says "
+                               f"{expect_config} (mismatched shard)")
+  doc_ids = files.read_json(directory / "doc_ids.json")
+  if not isinstance(doc_ids, list) or len(doc_ids) != n:
+    raise files.IndexFileError(directory / "doc_ids.json", f"expected a list of {n} document "
+                               f"ids as the manifest says (mismatched shard)")
+  load = lambda name, dt, shape: files.load_array(directory, name, dtype=dt, shape=shape)  # noqa
+  offsets = load("offsets.npy", np.int64, (n + 1,))
+  if offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0):
+    raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
+                               f"manifest's {t} tokens")
+  vectors = load("vectors.npy", dtype, (t, h))
+  scales = load("scales.npy", np.float32, (t,)) if dtype == "int8" else None
+  salience = load("salience.npy", np.float32, (t,)) if mc.get("has_salience") else None
+  token_ids = load("token_ids.npy", np.int32, (t,)) if mc.get("has_token_ids") else None
+  pooled_dim = int(counts.get("pooled_dim", 0))
+  pooled = load("pooled.npy", np.float32, (n, pooled_dim)) if pooled_dim else None
+  ann_doc = load("ann_doc.npy", np.int32, (t_ann,))
+  if t_ann and (ann_doc.min() < 0 or ann_doc.max() >= n):
+    raise files.IndexFileError(directory / "ann_doc.npy", f"token → document map points "
+                               f"outside the shard's {n} documents")
+  ann_rows = load("ann_rows.npy", np.int64, (t_ann,)) if mc.get("has_ann_rows") else None
+  if ann_rows is not None and t_ann and (ann_rows.min() < 0 or ann_rows.max() >= t):
+    raise files.IndexFileError(directory / "ann_rows.npy", "rows point outside the stored "
+                               "vectors")
+  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled)
+  vectors_fn = _ann_vectors_fn(store, ann_rows)
+  if mc.get("backend") == "scann":
+    try:
+      settings = ScannSettings(**mc["backend_settings"])
+    except TypeError as e:
+      raise files.IndexFileError(mpath, f"ScaNN settings are malformed ({e})") from None
+    searcher = ScannSearcher.load(directory, settings, t_ann, vectors_fn)
+  elif mc.get("backend") == "exact":
+    searcher = ExactSearcher(t_ann, vectors_fn)
+  else:
+    raise files.IndexFileError(mpath, f"unknown backend {mc.get('backend')!r}")
+  return IndexShard(store, ann_doc, ann_rows, searcher,
+                    original_tokens=int(counts.get("original_tokens", t)))
+
+
+def load_index(directory: str | pathlib.Path) -> TokenIndex:
+  """Loads and verifies an index written by `save_index`.
+
+  Raises:
+    IndexFileError: naming the file, when anything is missing, corrupted or inconsistent.
+  """
+  directory = pathlib.Path(directory)
+  info_path = directory / INDEX_JSON
+  info = files.read_json(info_path)
+  if (not isinstance(info, dict) or info.get("format") != files.FORMAT or
+      info.get("kind") != INDEX_KIND):
+    raise files.IndexFileError(info_path, f"not an {files.FORMAT} token index listing")
+  if info.get("version") != VERSION:
+    raise files.IndexFileError(info_path, f"index version {info.get('version')} is not the "
+                               f"supported version {VERSION}; rebuild the index")
+  try:
+    config = IndexConfig.from_json(info["config"])
+    listing = list(info["shards"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise files.IndexFileError(info_path, f"malformed index listing ({e})") from None
+  shards = []
+  for entry in listing:
+    shard_dir = directory / entry["name"]
+    manifest_path = shard_dir / files.MANIFEST
+    if manifest_path.is_file() and files.sha256_file(manifest_path) != entry["manifest_sha256"]:
+      raise files.IndexFileError(manifest_path, "manifest differs from the one index.json "
+                                 "lists (a shard from another build was mixed in)")
+    shard = load_shard(shard_dir, expect_config=config)
+    for key, value in _shard_counts(shard).items():
+      if entry.get(key) != value:
+        raise files.IndexFileError(info_path, f"{entry['name']}: {key} = {entry.get(key)} "
+                                   f"but the shard holds {value} (mismatched shard)")
+    shards.append(shard)
+  return TokenIndex(shards, config)
