@@ -1,0 +1,55 @@
+"""Token similarity and the sparse-alignment score of ALIGNER §2.2 (Eq. 1) and §3 (Eq. 2).
+
+Conventions: `S[..., i, j] = q_i · d_j` (query tokens on the second-to-last axis, document tokens
+on the last); alignment matrices `A` have the shape of `S`. Products are accumulated in float32
+whatever the input dtype, so bfloat16 token vectors give float32 scores.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def similarity_matrix(q: jax.Array, d: jax.Array) -> jax.Array:
+  """All token-pair inner products of one query and one document (batched over leading axes).
+
+  Args:
+    q: [..., n, h] query token vectors.
+    d: [..., m, h] document token vectors (leading axes broadcast against `q`'s).
+  Returns:
+    S: [..., n, m] float32.
+  """
+  return jnp.einsum("...nh,...mh->...nm", q, d, preferred_element_type=jnp.float32)
+
+
+def factorized_alignment(a_tilde: jax.Array, u_q: jax.Array, u_d: jax.Array) -> jax.Array:
+  """A from the pairwise alignment and the unary saliences.
+
+  Args:
+    a_tilde: [..., n, m] pairwise alignment Ã in [0, 1].
+    u_q: [..., n] query token saliences (the query mask as 0/1 when there is no salience).
+    u_d: [..., m] document token saliences (likewise).
+  Returns:
+    A: [..., n, m].
+  """
+  # ALIGNER Eq. (2): A = Ã ⊙ (u^q ⊗ u^d).
+  return a_tilde * (u_q[..., :, None] * u_d[..., None, :])
+
+
+def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+  """num / den where den > 0 and 0 elsewhere, with finite gradients on both branches."""
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def sparse_alignment_score(s: jax.Array, a: jax.Array) -> jax.Array:
+  """sim(Q, D) = Σ S ⊙ A / Σ A, and 0 when Σ A = 0 (a fully pruned document), never NaN.
+
+  Args:
+    s: [..., n, m] similarities.
+    a: [..., n, m] alignment weights (≥ 0).
+  Returns:
+    [...] float32.
+  """
+  # ALIGNER Eq. (1): sim(Q, D) = (1/Z) Σ_ij S_ij A_ij with Z = Σ_ij A_ij.
+  a = a.astype(jnp.float32)
+  return safe_ratio(jnp.sum(s * a, axis=(-2, -1)), jnp.sum(a, axis=(-2, -1)))
