@@ -16,6 +16,7 @@ from aligner_jax.index import top_salience_mask
 from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.store import quantize_int8
+from aligner_jax.scoring import prune_tokens
 
 
 def clustered_tokens(num_docs, max_len, dim, *, seed=0, num_clusters=64, noise=0.5):
@@ -84,8 +85,9 @@ def test_int8_error_is_within_half_a_step(t, h, seed):
        st.sampled_from([0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0]))
 def test_prune_budget_is_the_exact_ceiling(lengths, ratio):
   from fractions import Fraction
-  exact = [min(n, -(-Fraction(ratio).limit_denominator(1000) * n // 1)) for n in lengths]
+  exact = [min(n, -(-Fraction(str(ratio)) * n // 1)) for n in lengths]
   np.testing.assert_array_equal(prune_budget(np.array(lengths), ratio), exact)
+  assert prune_budget(30, 0.1) == 3 and prune_budget(10, 0.4) == 4
 
 
 def _reference_kept(salience, mask, ratio):
@@ -111,6 +113,8 @@ def test_pruning_keeps_top_salience_tokens(num_docs, max_len, ratio, seed, ties)
     salience = np.round(salience * 2) / 2
   want = _reference_kept(salience, mask, ratio)
   np.testing.assert_array_equal(top_salience_mask(salience, mask, ratio), want)
+  # The same selection as the scorer's pruning of padded token sets.
+  np.testing.assert_array_equal(np.asarray(prune_tokens(mask, salience, ratio)), want)
   store = from_padded([str(i) for i in range(num_docs)], vectors, mask, salience=salience)
   pruned = prune_store(store, ratio)
   np.testing.assert_array_equal(pruned.lengths, want.sum(1))

@@ -1,18 +1,16 @@
 """Salience pruning of stored tokens (ALIGNER §3.2): keep each document's top-β^d tokens.
 
-A document of m stored tokens keeps `prune_budget(m, β)` = ⌈β · m⌉ tokens (the same rounding as
-the training-time budget `salience_budget`), chosen by salience, highest first; ties keep the
-earlier token. β = 1 keeps everything. The same rule picks the top-β^q query tokens that are
-searched in the token index.
+A document of m stored tokens keeps `prune_budget(m, β)` = ⌈β · m⌉ tokens, chosen by salience,
+highest first; ties keep the earlier token. β = 1 keeps everything. The same rule picks the
+top-β^q query tokens that are searched in the token index. This is `scoring.prune_tokens` in
+NumPy over ragged documents (β read as the same exact fraction, so ⌈0.1 · 30⌉ is 3), which
+large corpora need without padding.
 """
 
 import numpy as np
 
 from aligner_jax.index.store import TokenStore
-
-# ⌈β · m⌉ computed in floating point can land a hair above an integer (0.1 · 30 =
-# 3.0000000000000004); the tolerance keeps such products on the integer.
-_CEIL_TOLERANCE = 1e-9
+from aligner_jax.scoring.selection import ratio_fraction
 
 
 def check_ratio(ratio: float, name: str = "pruning ratio") -> float:
@@ -24,9 +22,9 @@ def check_ratio(ratio: float, name: str = "pruning ratio") -> float:
 def prune_budget(lengths: np.ndarray | int, ratio: float) -> np.ndarray:
   """⌈ratio · m⌉ tokens kept of m (0 for an empty document): int64 of the shape of `lengths`."""
   check_ratio(ratio)
+  frac = ratio_fraction(ratio, name="pruning ratio")
   lengths = np.asarray(lengths, np.int64)
-  kept = np.ceil(ratio * lengths - _CEIL_TOLERANCE).astype(np.int64)
-  return np.clip(kept, 0, lengths)
+  return (frac.numerator * lengths + frac.denominator - 1) // frac.denominator
 
 
 def top_salience_mask(salience: np.ndarray, mask: np.ndarray, ratio: float) -> np.ndarray:
