@@ -1,0 +1,242 @@
+"""Multi-vector retrieval through the token index (ALIGNER §2.1, §3.2, §4.1).
+
+For each query: (1) keep its top-β^q tokens by salience (`prune_query_ratio`); (2) find the
+K′ nearest stored document tokens of each kept token (`num_neighbors`, 4,000 in the paper,
+capped by the index size); (3) the candidate documents are the union of their documents;
+(4) refinement scores every candidate with the full alignment scorer over all of its stored
+tokens and all (unpruned) query tokens, with saliences when the model has them; (5) the top
+`top_n` (1,000) are returned. Steps 1-3 do not depend on the alignment, so `Candidates` can be
+reused to refine with other alignments (few-shot adaptation reruns only step 4).
+
+Refinement calls `align_scores_candidates` on chunks of candidates padded to a few bucketed
+lengths so that only a handful of shapes are ever compiled. Results are ordered by score,
+then by document number (lower first).
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aligner_jax.index import pruning
+from aligner_jax.index.token_index import TokenIndex
+from aligner_jax.scoring import Alignment
+from aligner_jax.scoring import align_scores_candidates
+
+# Floats of candidate document vectors per refinement call ([K, m, h] in float32): ~64 MB.
+_CHUNK_FLOATS = 1 << 24
+_MAX_CHUNK = 1024
+_MIN_CHUNK = 16
+_LENGTH_BUCKET = 32
+_SEARCH_CHUNK = 512
+
+
+@dataclasses.dataclass
+class QueryBatch:
+  """Encoded queries, padded.
+
+  Attributes:
+    ids: B query ids.
+    vectors: [B, n, h] float token vectors.
+    mask: [B, n] bool, True on valid tokens.
+    salience: [B, n] float token saliences u^q, or None.
+    token_ids: [B, n] int vocabulary ids, or None.
+    pooled: [B, h'] float pooled vectors (dense path), or None.
+  """
+  ids: list[str]
+  vectors: np.ndarray
+  mask: np.ndarray
+  salience: np.ndarray | None = None
+  token_ids: np.ndarray | None = None
+  pooled: np.ndarray | None = None
+
+  def __post_init__(self):
+    self.vectors = np.asarray(self.vectors, np.float32)
+    self.mask = np.asarray(self.mask, bool)
+    b = len(self.ids)
+    if self.vectors.ndim != 3 or self.vectors.shape[0] != b or self.mask.shape != \
+        self.vectors.shape[:2]:
+      raise ValueError(f"expected vectors [B, n, h] and mask [B, n] for {b} query ids, got "
+                       f"{self.vectors.shape} and {self.mask.shape}")
+    for name in ("salience", "token_ids"):
+      value = getattr(self, name)
+      if value is not None and np.shape(value) != self.mask.shape:
+        raise ValueError(f"{name} has shape {np.shape(value)}, expected {self.mask.shape}")
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def select(self, rows: Sequence[int] | slice) -> "QueryBatch":
+    rows_list = list(range(len(self.ids)))[rows] if isinstance(rows, slice) else list(rows)
+    pick = lambda a: None if a is None else np.asarray(a)[rows_list]  # noqa: E731
+    return QueryBatch([self.ids[i] for i in rows_list], self.vectors[rows_list],
+                      self.mask[rows_list], pick(self.salience), pick(self.token_ids),
+                      pick(self.pooled))
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Per query, the sorted global document numbers to refine, and how they were found."""
+  query_ids: list[str]
+  docs: list[np.ndarray]
+  num_neighbors: int
+  prune_query_ratio: float
+
+  def sizes(self) -> np.ndarray:
+    return np.array([len(d) for d in self.docs])
+
+
+def search_mask(queries: QueryBatch, prune_query_ratio: float) -> np.ndarray:
+  """[B, n] bool: the query tokens that are searched (top-β^q by salience; all when β^q = 1)."""
+  pruning.check_ratio(prune_query_ratio, "query pruning ratio β^q")
+  if prune_query_ratio >= 1.0:
+    return queries.mask.copy()
+  if queries.salience is None:
+    raise ValueError(f"pruning queries to β^q = {prune_query_ratio} needs query token "
+                     "saliences, but the model produced none; use a ratio of 1.0")
+  return pruning.top_salience_mask(queries.salience, queries.mask, prune_query_ratio)
+
+
+def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors: int = 4000,
+                        prune_query_ratio: float = 1.0, **search_kwargs) -> Candidates:
+  """Steps 1-3 of the module docstring: the union of documents of each query's K′ neighbours."""
+  if num_neighbors < 1:
+    raise ValueError(f"num_neighbors K′ must be positive, got {num_neighbors}")
+  if queries.vectors.shape[-1] != index.dim:
+    raise ValueError(f"query vectors have dimension {queries.vectors.shape[-1]} but the index "
+                     f"holds {index.dim}-dimensional tokens (encoded by another model?)")
+  keep = search_mask(queries, prune_query_ratio)
+  owner, tok = np.nonzero(keep)
+  flat = queries.vectors[owner, tok]
+  found = [[] for _ in range(len(queries))]
+  for start in range(0, len(flat), _SEARCH_CHUNK):
+    docs, _ = index.search_tokens(flat[start:start + _SEARCH_CHUNK], num_neighbors,
+                                  **search_kwargs)
+    for row, o in zip(docs, owner[start:start + _SEARCH_CHUNK]):
+      found[o].append(row[row >= 0])
+  docs = [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
+  return Candidates(list(queries.ids), docs, min(num_neighbors, index.num_ann_tokens),
+                    prune_query_ratio)
+
+
+def all_documents(index: TokenIndex, queries: QueryBatch) -> Candidates:
+  """Every document as a candidate of every query (exhaustive refinement, the exact upper
+  bound of candidate generation)."""
+  every = np.arange(index.num_docs)
+  return Candidates(list(queries.ids), [every] * len(queries), index.num_ann_tokens, 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _scorer(alignment: Alignment, with_q_sal: bool, with_d_sal: bool, with_ids: bool):
+  """One jitted refinement call per alignment and set of optional inputs."""
+
+  def score(q, q_mask, d, d_mask, q_sal, d_sal, q_ids, d_ids):
+    return align_scores_candidates(
+        q, q_mask, d, d_mask, alignment, q_salience=q_sal if with_q_sal else None,
+        d_salience=d_sal if with_d_sal else None, q_ids=q_ids if with_ids else None,
+        d_ids=d_ids if with_ids else None)
+
+  return jax.jit(score)
+
+
+def _bucket(length: int) -> int:
+  return max(_LENGTH_BUCKET, int(math.ceil(length / _LENGTH_BUCKET)) * _LENGTH_BUCKET)
+
+
+def _chunk_size(length: int, dim: int, remaining: int) -> int:
+  """Candidates per refinement call: a power of two (few compiled shapes) no larger than the
+  memory budget or than needed for the `remaining` candidates."""
+  budget = max(1, min(_MAX_CHUNK, _CHUNK_FLOATS // (length * dim)))
+  budget = 1 << int(math.floor(math.log2(budget)))
+  need = 1 << int(math.ceil(math.log2(max(remaining, _MIN_CHUNK))))
+  return min(budget, need)
+
+
+def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
+           alignment: Alignment | str, *, top_n: int = 1000,
+           use_salience: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Step 4-5: scores each query's candidates with `alignment` and keeps the top `top_n`.
+
+  Args:
+    index: the token index whose stored vectors are scored.
+    queries: the encoded queries (all their tokens are used).
+    candidates: from `candidate_documents` (same query order).
+    alignment: an `Alignment` or spec such as "top_k:1" or "top_p:0.015".
+    top_n: how many documents to return per query.
+    use_salience: pass the stored saliences to the scorer (when both sides have them).
+
+  Returns:
+    Per query (global document numbers [≤ top_n] int64, scores [≤ top_n] float32), best first.
+  """
+  alignment = Alignment.parse(alignment)
+  if list(candidates.query_ids) != list(queries.ids):
+    raise ValueError("candidates were computed for other queries")
+  if alignment.needs_token_ids and (queries.token_ids is None or not index.has_token_ids):
+    raise ValueError(f"alignment {alignment} needs token ids of queries and documents")
+  with_q_sal = use_salience and queries.salience is not None and index.has_salience
+  with_d_sal = use_salience and index.has_salience and queries.salience is not None
+  with_ids = alignment.needs_token_ids
+  fn = _scorer(alignment, with_q_sal, with_d_sal, with_ids)
+  results = []
+  for b in range(len(queries)):
+    q = jnp.asarray(queries.vectors[b:b + 1])
+    q_mask = jnp.asarray(queries.mask[b:b + 1])
+    q_sal = jnp.asarray(queries.salience[b:b + 1] if with_q_sal else queries.mask[b:b + 1],
+                        jnp.float32)
+    q_ids = jnp.asarray(queries.token_ids[b:b + 1] if with_ids else queries.mask[b:b + 1],
+                        jnp.int32)
+    docs = candidates.docs[b]
+    scores = np.zeros(len(docs), np.float32)
+    # Similar lengths share a chunk, so padding stays small.
+    order = np.argsort(index.doc_lengths[docs], kind="stable")
+    start = 0
+    while start < len(docs):
+      length = _bucket(int(index.doc_lengths[docs[order[start]]]))
+      size = _chunk_size(length, index.dim, len(docs) - start)
+      take = order[start:start + size]
+      take = take[index.doc_lengths[docs[take]] <= length]
+      padded = np.full(size, -1, np.int64)
+      padded[:len(take)] = docs[take]
+      g = index.gather_padded(padded, length)
+      d_sal = g.get("salience", g["mask"].astype(np.float32)) if with_d_sal else g["mask"]
+      d_ids = g.get("token_ids", g["mask"]) if with_ids else g["mask"]
+      out = fn(q, q_mask, g["vectors"][None], g["mask"][None], q_sal,
+               np.asarray(d_sal, np.float32)[None], q_ids, np.asarray(d_ids, np.int32)[None])
+      scores[take] = np.asarray(out)[0, :len(take)]
+      start += len(take)
+    results.append(top_documents(docs, scores, top_n))
+  return results
+
+
+def top_documents(docs: np.ndarray, scores: np.ndarray,
+                  top_n: int) -> tuple[np.ndarray, np.ndarray]:
+  """The `top_n` best (score descending, then lower document number) of `docs`."""
+  order = np.lexsort((docs, -scores))[:top_n]
+  return docs[order].astype(np.int64), scores[order].astype(np.float32)
+
+
+def to_run(query_ids: Sequence[str], doc_ids: Sequence[str],
+           results: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+  """Per-query (document numbers, scores) as a `Run` {query id: {document id: score}}."""
+  return {q: {doc_ids[int(d)]: float(s) for d, s in zip(docs, scores)}
+          for q, (docs, scores) in zip(query_ids, results)}
+
+
+def retrieve(index: TokenIndex, queries: QueryBatch, alignment: Alignment | str, *,
+             num_neighbors: int = 4000, prune_query_ratio: float = 1.0, top_n: int = 1000,
+             use_salience: bool = True,
+             progress: Callable[[str], None] | None = None,
+             **search_kwargs) -> tuple[dict[str, dict[str, float]], Candidates]:
+  """The whole token-index path; returns the run and the candidate sets (for reuse)."""
+  candidates = candidate_documents(index, queries, num_neighbors=num_neighbors,
+                                   prune_query_ratio=prune_query_ratio, **search_kwargs)
+  if progress is not None:
+    sizes = candidates.sizes()
+    progress(f"candidates per query: mean {sizes.mean():.0f}, max {sizes.max()}")
+  results = refine(index, queries, candidates, alignment, top_n=top_n,
+                   use_salience=use_salience)
+  return to_run(queries.ids, index.doc_ids, results), candidates
