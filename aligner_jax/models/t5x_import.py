@@ -61,18 +61,21 @@ def _absolute_spec(spec: dict[str, Any], ckpt_dir: pathlib.Path, version: int) -
   """A TensorStore spec whose relative path is resolved against the local checkpoint dir.
 
   Specs written to GCS name a dummy bucket; whatever the driver, the array lives beside
-  the `checkpoint` file, so it is read from the local file system.
+  the `checkpoint` file (or, for the `state/checkpoint` layout, in the checkpoint dir above
+  it), so it is read from the local file system.
   """
   spec = dict(spec)
   kvstore = spec.get("kvstore")
   if isinstance(kvstore, dict) and "path" in kvstore:
     rel = kvstore["path"]
-    spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / os.path.basename(rel))}
   elif "path" in spec:  # tensorstore < 0.1.14 layout: path at the top level
     rel = spec.pop("path")
-    spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / os.path.basename(rel))}
   else:
     raise CheckpointError(f"{ckpt_dir / 'checkpoint'}: TensorStore spec without a path: {spec}")
+  rel = os.path.basename(str(rel).rstrip("/"))
+  candidates = [ckpt_dir / rel, ckpt_dir.parent / rel]
+  found = next((c for c in candidates if c.is_dir()), candidates[0])
+  spec["kvstore"] = {"driver": "file", "path": str(found)}
   if version < 3 and spec.get("dtype") == "uint16":
     # Version-2 checkpoints stored bfloat16 parameters as their uint16 bit patterns.
     spec["_bfloat16_bits"] = True
