@@ -1,0 +1,151 @@
+"""Reader for collections in BEIR layout, with the checks training and evaluation rely on.
+
+Layout of a BEIR directory:
+  corpus.jsonl       {"_id": str, "title": str (optional), "text": str, "metadata": {...}}
+  queries.jsonl      {"_id": str, "text": str, "metadata": {...} (optional)}
+  qrels/<split>.tsv  header `query-id<TAB>corpus-id<TAB>score`, then one judgement per row
+                     (integer score; > 0 relevant)
+
+Checks (each reported as `file:line: problem`): invalid UTF-8, broken JSON, missing `_id` or
+`text`, a document whose title and text are both empty, an empty query, duplicate ids, wrong
+column count or header in qrels, a non-integer score, a duplicate judgement, and judgements that
+name an unknown query or document. All problems of all files are collected before raising one
+`DataError`.
+"""
+
+import os
+import pathlib
+from typing import Sequence
+
+from aligner_jax.data import lines
+from aligner_jax.data.collection import Collection
+from aligner_jax.data.collection import Qrels
+from aligner_jax.data.collection import Table
+from aligner_jax.data.collection import new_corpus
+from aligner_jax.data.collection import new_queries
+from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
+from aligner_jax.data.errors import ProblemLog
+from aligner_jax.data.errors import fail
+
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
+  """Documents of a BEIR `corpus.jsonl`."""
+  path = os.fspath(path)
+  corpus = new_corpus()
+  first_line: dict[str, int] = {}
+  for number, obj in lines.read_jsonl(path, log):
+    doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
+    text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
+    title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
+    if doc_id is None or text is None:
+      continue
+    if not text.strip() and not (title or "").strip():
+      log.add(path, number, f"empty text (document {doc_id!r} has neither title nor text)")
+      continue
+    if doc_id in first_line:
+      log.add(path, number, f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
+      continue
+    first_line[doc_id] = number
+    corpus.add(doc_id, text, title=title or "")
+  return corpus
+
+
+def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
+  """Queries of a BEIR `queries.jsonl` (metadata kept, e.g. the demo's query family)."""
+  path = os.fspath(path)
+  queries = new_queries()
+  first_line: dict[str, int] = {}
+  for number, obj in lines.read_jsonl(path, log):
+    query_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
+    text = lines.get_string(path, number, obj, "text", log, what="`text` (query)")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+      log.add(path, number, f"`metadata` must be a JSON object, got {type(metadata).__name__}")
+      continue
+    if query_id is None or text is None:
+      continue
+    if query_id in first_line:
+      log.add(path, number, f"duplicate query id {query_id!r} (first at line {first_line[query_id]})")
+      continue
+    first_line[query_id] = number
+    queries.add(query_id, text, metadata=metadata)
+  return queries
+
+
+def read_qrels_tsv(path: str | os.PathLike, log: ProblemLog, *, queries: Table | None,
+                   corpus: Table | None) -> Qrels:
+  """BEIR qrels (with header); ids are checked against `queries`/`corpus` when given."""
+  path = os.fspath(path)
+  qrels: Qrels = {}
+  rows = lines.read_tsv(path, log, columns=3, header=QRELS_HEADER)
+  for number, (qid, did, score_text) in rows:
+    add_judgement(path, number, qid, did, score_text, qrels, log, queries=queries, corpus=corpus)
+  return qrels
+
+
+def add_judgement(path: str, number: int, qid: str, did: str, score_text: str, qrels: Qrels,
+                  log: ProblemLog, *, queries: Table | None, corpus: Table | None) -> None:
+  """Checks one judgement and adds it to `qrels` (shared by BEIR and TREC-style qrels)."""
+  score = lines.parse_int(path, number, score_text.strip(), "relevance score", log)
+  if score is None:
+    return
+  ok = True
+  if not qid:
+    log.add(path, number, "empty query id")
+    ok = False
+  elif queries is not None and qid not in queries.index:
+    log.add(path, number, f"unknown query id {qid!r} (not in the queries file)")
+    ok = False
+  if not did:
+    log.add(path, number, "empty document id")
+    ok = False
+  elif corpus is not None and did not in corpus.index:
+    log.add(path, number, f"unknown document id {did!r} (not in the corpus)")
+    ok = False
+  if not ok:
+    return
+  docs = qrels.setdefault(qid, {})
+  if did in docs:
+    log.add(path, number, f"duplicate judgement for query {qid!r} and document {did!r}")
+    return
+  docs[did] = score
+
+
+def available_splits(path: str | os.PathLike) -> list[str]:
+  """Split names with a `qrels/<split>.tsv` file, sorted."""
+  qrels_dir = pathlib.Path(path) / "qrels"
+  if not qrels_dir.is_dir():
+    return []
+  return sorted(p.stem for p in qrels_dir.glob("*.tsv"))
+
+
+def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
+              name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
+  """Reads and checks a BEIR directory; raises `DataError` listing every problem found.
+
+  Args:
+    path: the directory holding corpus.jsonl, queries.jsonl and qrels/.
+    splits: the qrels splits to read; None reads every `qrels/*.tsv`.
+    name: the collection's name (default: the directory name).
+    max_problems: how many problems the error lists (all are counted).
+  """
+  root = pathlib.Path(path)
+  if not root.is_dir():
+    raise fail(str(root), None, "BEIR directory not found (expected corpus.jsonl, "
+               "queries.jsonl and qrels/<split>.tsv inside)")
+  log = ProblemLog(max_problems)
+  found = available_splits(root)
+  if splits is None:
+    splits = found
+  missing = [s for s in splits if s not in found]
+  if missing:
+    raise fail(str(root / "qrels" / f"{missing[0]}.tsv"), None,
+               f"file not found (splits with qrels here: {', '.join(found) or 'none'})")
+  corpus = read_corpus_jsonl(root / "corpus.jsonl", log)
+  queries = read_queries_jsonl(root / "queries.jsonl", log)
+  qrels = {s: read_qrels_tsv(root / "qrels" / f"{s}.tsv", log, queries=queries, corpus=corpus)
+           for s in splits}
+  log.raise_if_any()
+  return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels)

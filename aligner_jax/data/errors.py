@@ -1,0 +1,69 @@
+"""Problems found in user data, collected and raised together as one `DataError`.
+
+Every reader reports what is wrong as `file:line: problem` (line numbers start at 1; a problem
+about a whole file has no line). Readers keep going after a problem so one run shows many of
+them, up to `max_problems` listed; the rest are only counted. Nothing built from data with
+problems is ever returned: `ProblemLog.raise_if_any()` runs before a reader returns.
+"""
+
+import dataclasses
+from typing import Iterable
+
+DEFAULT_MAX_PROBLEMS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One problem: the file, the 1-based line (None for the whole file) and what is wrong."""
+  path: str
+  line: int | None
+  message: str
+
+  def __str__(self) -> str:
+    if self.line is None:
+      return f"{self.path}: {self.message}"
+    return f"{self.path}:{self.line}: {self.message}"
+
+
+class DataError(ValueError):
+  """Raised when data has problems; `problems` lists them and `total` counts all of them."""
+
+  def __init__(self, problems: Iterable[Problem], total: int | None = None):
+    self.problems = tuple(problems)
+    self.total = len(self.problems) if total is None else total
+    lines = [str(p) for p in self.problems]
+    if self.total > len(self.problems):
+      lines.append(f"... and {self.total - len(self.problems)} more problem(s) not listed")
+    noun = "problem" if self.total == 1 else "problems"
+    super().__init__(f"{self.total} {noun} in the data:\n" + "\n".join(lines))
+
+
+class ProblemLog:
+  """Collects problems while reading; lists the first `max_problems`, counts all."""
+
+  def __init__(self, max_problems: int = DEFAULT_MAX_PROBLEMS):
+    if max_problems < 1:
+      raise ValueError(f"max_problems must be at least 1, got {max_problems}")
+    self.max_problems = max_problems
+    self.problems: list[Problem] = []
+    self.total = 0
+
+  def add(self, path: str, line: int | None, message: str) -> None:
+    self.total += 1
+    if len(self.problems) < self.max_problems:
+      self.problems.append(Problem(str(path), line, message))
+
+  def __bool__(self) -> bool:
+    return self.total > 0
+
+  def error(self) -> DataError:
+    return DataError(self.problems, self.total)
+
+  def raise_if_any(self) -> None:
+    if self.total:
+      raise self.error()
+
+
+def fail(path: str, line: int | None, message: str) -> DataError:
+  """A `DataError` with a single problem, for callers that cannot continue."""
+  return DataError([Problem(str(path), line, message)])
