@@ -24,6 +24,7 @@ from aligner_jax.data import msmarco
 from aligner_jax.data import negatives
 from aligner_jax.data import nq
 from aligner_jax.data import sources
+from aligner_jax.data import tfds_source
 from aligner_jax.data.collection import Collection
 
 ENV_CACHE_DIR = "ALIGNER_CACHE_DIR"
@@ -109,23 +110,34 @@ def clear_cache() -> None:
 
 
 def beir_collection(path: str, name: str | None = None) -> Collection:
+  """A BEIR directory, or `tfds:DATA_DIR` for TFDS's prepared `beir/<name>` (tfds_source.py)."""
+  if path.startswith(tfds_source.PREFIX):
+    data_dir = os.path.abspath(path[len(tfds_source.PREFIX):])
+    config = tfds_source.tfds_config(name or "")
+    return cached(("beir-tfds", data_dir, config), data_dir,
+                  lambda: tfds_source.TfdsBeirSource(config, data_dir).read(name=name))
   path = os.path.abspath(path)
   return cached(("beir", path, name), path, lambda: beir.read_beir(path, name=name))
 
 
+def _beir_name(key: str) -> str:
+  """"beir/cqadupstack/android" -> "cqadupstack_android" (the collection's name)."""
+  return re.sub(r"[^A-Za-z0-9]+", "_", key.split("/", 1)[1])
+
+
 def beir_corpus(key: str) -> sources.CorpusSource:
-  return sources.CorpusSource(beir_collection(data_dir(key), key.split("/")[-1]))
+  return sources.CorpusSource(beir_collection(data_dir(key), _beir_name(key)))
 
 
 def beir_queries(key: str, split: str) -> sources.QuerySource:
-  collection = beir_collection(data_dir(key), key.split("/")[-1])
+  collection = beir_collection(data_dir(key), _beir_name(key))
   _require_split(collection, split, data_dir(key))
   return sources.QuerySource(collection, split)
 
 
 def beir_bm25_train(key: str, split: str, *, depth: int = negatives.DEFAULT_DEPTH
                     ) -> sources.TrainSource:
-  collection = beir_collection(data_dir(key), key.split("/")[-1])
+  collection = beir_collection(data_dir(key), _beir_name(key))
   _require_split(collection, split, data_dir(key))
   groups = negatives.bm25_training_groups(collection, split, depth=depth, cache_dir=cache_dir())
   return sources.TrainSource(collection, groups)

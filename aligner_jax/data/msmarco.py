@@ -41,7 +41,7 @@ TRAINING_FORMATS = ("triples", "teacher_triples", "hard_negatives", "hard_negati
 
 
 def read_id_text_tsv(path: str | os.PathLike, log: ProblemLog, table: Table, what: str,
-                     first_seen: dict[str, str]) -> None:
+                     first_seen: dict[str, tuple[str, int]]) -> None:
   """Adds `id<TAB>text` rows to `table` (documents or queries)."""
   path = os.fspath(path)
   for number, (id_, text) in lines.read_tsv(path, log, columns=2):
@@ -53,9 +53,11 @@ def read_id_text_tsv(path: str | os.PathLike, log: ProblemLog, table: Table, wha
       log.add(path, number, f"empty text ({what} {id_!r})")
       continue
     if id_ in table.index:
-      log.add(path, number, f"duplicate {what} id {id_!r} (first at {first_seen[id_]})")
+      first_path, first_number = first_seen[id_]
+      where = f"line {first_number}" if first_path == path else f"{first_path}:{first_number}"
+      log.add(path, number, f"duplicate {what} id {id_!r} (first at {where})")
       continue
-    first_seen[id_] = f"{path}:{number}"
+    first_seen[id_] = (path, number)
     table.add(id_, text)
 
 
@@ -152,7 +154,7 @@ def read_msmarco(path: str | os.PathLike, *, splits: Sequence[str] | None = None
   log = ProblemLog(max_problems)
   corpus, queries = new_corpus(), new_queries()
   read_id_text_tsv(root / "collection.tsv", log, corpus, "passage", {})
-  seen: dict[str, str] = {}
+  seen: dict[str, tuple[str, int]] = {}
   for split in splits:
     read_id_text_tsv(root / f"queries.{split}.tsv", log, queries, "query", seen)
   collection = Collection(name=name, corpus=corpus, queries=queries)

@@ -272,7 +272,7 @@ def read_nq(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
   if fixed_corpus:
     read_passages(root / PASSAGES, log, corpus)
   collection = Collection(name=name, corpus=corpus, queries=queries)
-  ctx_first: dict[str, str] = {}
+  ctx_first: dict[str, tuple[str, int]] = {}
   for split in splits:
     file = found[split]
     if file.endswith(".csv"):
@@ -325,7 +325,7 @@ def read_nq(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
 
 
 def _context_row(path, number, ctx, corpus: Table, fixed_corpus: bool,
-                 ctx_first: dict[str, str], log: ProblemLog) -> int | None:
+                 ctx_first: dict[str, tuple[str, int]], log: ProblemLog) -> int | None:
   pid = ctx["passage_id"]
   row = corpus.index.get(pid)
   if fixed_corpus:
@@ -333,10 +333,11 @@ def _context_row(path, number, ctx, corpus: Table, fixed_corpus: bool,
       log.add(path, number, f"unknown passage id {pid!r} (not in {PASSAGES})")
     return row
   if row is None:
-    ctx_first[pid] = f"{path}:{number}"
+    ctx_first[pid] = (path, number)
     return corpus.add(pid, ctx["text"], title=ctx["title"])
   if corpus.texts[row] != ctx["text"] or corpus.titles[row] != ctx["title"]:
-    log.add(path, number, f"passage {pid!r} has a different title or text than at "
-            f"{ctx_first[pid]}")
+    first_path, first_number = ctx_first[pid]
+    where = f"line {first_number}" if first_path == path else f"{first_path}:{first_number}"
+    log.add(path, number, f"passage {pid!r} has a different title or text than at {where}")
     return None
   return row

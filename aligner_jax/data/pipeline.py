@@ -311,7 +311,7 @@ def _strings_to_str(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def get_pipeline(task_name: str, *, batch_size: int, split: str = "train",
+def get_pipeline(task_name: str, *, batch_size: int, split: str | None = None,
                  feature_lengths: Mapping[str, Any] | None = None, seed: int = 0,
                  shard_id: int = 0, num_shards: int = 1, shuffle: bool | None = None,
                  num_epochs: int | None = -1, drop_remainder: bool | None = None,
@@ -321,7 +321,7 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str = "train",
   Args:
     task_name: a registered seqio task or mixture (import `tasks` to register this project's).
     batch_size: the global batch size (all hosts together).
-    split: the split to read.
+    split: the split to read (default "corpus" for corpus tasks, else "train").
     feature_lengths: TASK_FEATURE_LENGTHS, e.g. {"query_tokens": 64, "doc_tokens": (8, 256)}.
     seed: decides the order and the negatives.
     shard_id, num_shards: this host (`jax.process_index()`) and the number of hosts.
@@ -331,9 +331,11 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str = "train",
     vocabulary: tokenise with this vocabulary instead of the task's (e.g. the model's).
     prefetch: batches prepared ahead in a background thread.
   """
-  task = seqio.get_mixture_or_task(task_name)
+  task = _get_task(task_name)
   lengths = features_lib.FeatureLengths.parse(feature_lengths)
   data_source = seqio_tasks.retrieval_source(task)
+  if split is None:
+    split = "corpus" if data_source is not None and data_source.kind == "corpus" else "train"
   training = data_source.kind == "train" if data_source else split == "train"
   shuffle = training if shuffle is None else shuffle
   num_epochs = (None if training else 1) if num_epochs == -1 else num_epochs
@@ -358,3 +360,25 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str = "train",
     return ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)
 
   return TfDataPipeline(dataset_fn, num_epochs=num_epochs, seed=seed, batch_size=batch_size)
+
+
+def _get_task(name: str):
+  """The seqio task or mixture; imports the project's `tasks` package first if needed."""
+  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    try:
+      import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass  # seqio's error below names the missing task
+  return seqio.get_mixture_or_task(name)
+
+
+def dataset_fn(task_name: str, feature_lengths: Mapping[str, Any] | None, *, batch_size: int,
+               shard_index: int = 0, num_shards: int = 1, seed: int = 0,
+               split: str | None = None, **kwargs):
+  """The trainer's view: `batch_size` is per host (global = batch_size * num_shards).
+
+  Everything else is `get_pipeline`'s (kwargs are passed on).
+  """
+  return get_pipeline(task_name, batch_size=batch_size * num_shards, split=split,
+                      feature_lengths=feature_lengths, seed=seed, shard_id=shard_index,
+                      num_shards=num_shards, **kwargs)
