@@ -249,14 +249,18 @@ def insert_encoder_params(params: Any, encoder_params: Any, *,
 
   Shapes must match exactly (a clear error names the first mismatch); head parameters are
   kept. Works on unboxed params; boxed (LogicallyPartitioned) leaves are replaced by the
-  pretrained values with their metadata kept.
+  pretrained values with their metadata kept. A pretrained BERT `pooler` the model's encoder
+  does not have (`add_pooler=False`) is dropped; any other extra or missing name is an error.
   """
   params = flax.core.unfreeze(params)
   present = [t for t in towers if t in params]
   if not present:
     raise ValueError(f"no encoder subtree among {towers} in params (keys: {sorted(params)})")
   for tower in present:
-    params[tower] = _replace_like(params[tower], encoder_params, path=tower)
+    new = dict(encoder_params)
+    if "pooler" in new and "pooler" not in params[tower]:
+      del new["pooler"]
+    params[tower] = _replace_like(params[tower], new, path=tower)
   return params
 
 

@@ -158,3 +158,27 @@ def load_initial_params(path: PathLike) -> Params:
                                                           and "encoder" in params)):
     return t5x_import.load_t5x(params.get("target", params))[1]
   return params
+
+
+def read_encoder_config(path: PathLike, **config_overrides: Any) -> configs.EncoderConfig:
+  """The encoder config of a checkpoint without reading its weights (HF: config.json; T5X:
+  parameter shapes from the index; orbax: the stored metadata)."""
+  kind = checkpoint_kind(path)
+  if kind == "hf":
+    model_dir = hf_import.resolve_model_dir(path)
+    hf = hf_import.read_hf_config(model_dir)
+    source = str(model_dir / "config.json")
+    if hf.get("model_type") in ("t5", "mt5"):
+      return hf_import.t5_config_from_hf(hf, source=source, **config_overrides)
+    if hf.get("model_type") == "bert":
+      return hf_import.bert_config_from_hf(hf, source=source, **config_overrides)
+    raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not supported "
+                          f"(supported: {', '.join(hf_import.SUPPORTED_MODEL_TYPES)})")
+  if kind == "t5x":
+    arrays = t5x_import.read_t5x_target(path)
+    return t5x_import.infer_t5_config(
+        arrays, source=str(t5x_import.find_t5x_checkpoint_file(path)), **config_overrides)
+  config = saved_config(path)
+  if config is None:
+    raise CheckpointError(f"{path}: orbax checkpoint without an encoder config in its metadata")
+  return dataclasses.replace(config, **config_overrides)
