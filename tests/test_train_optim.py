@@ -50,6 +50,12 @@ def test_warmup_rsqrt_decay_matches_reference(peak, warmup):
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_warmup_constant():
+  fn = optim.warmup_constant(peak_value=0.5, warmup_steps=4)
+  np.testing.assert_allclose(np.asarray(fn(np.arange(8))),
+                             [0.125, 0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5])
+
+
 def test_linear_decay_rejects_total_not_after_warmup():
   with pytest.raises(ValueError, match="total_steps"):
     optim.warmup_linear_decay(peak_value=1.0, warmup_steps=10, total_steps=10)

@@ -49,6 +49,17 @@ def warmup_rsqrt_decay(*, peak_value: float, warmup_steps: int) -> optax.Schedul
   return schedule
 
 
+def warmup_constant(*, peak_value: float, warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up to `peak_value`, then constant (T5X's fine-tuning default is 1e-3)."""
+  warmup_steps = max(int(warmup_steps), 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    return peak_value * jnp.minimum((step + 1.0) / warmup_steps, 1.0)
+
+  return schedule
+
+
 def constant(*, value: float) -> optax.Schedule:
   return lambda step: jnp.full((), value, jnp.float32)
 

@@ -1,0 +1,31 @@
+"""Gin names for training (imported by `gin/runs/train.gin`: `import aligner_jax.train.gin_registry`).
+
+The training library stays gin-free; this module registers, under the gin module
+`aligner_jax.train`:
+  train            the train job (`run.job = @train`), `aligner_jax.train.job.train`
+  train_pipeline   the seqio/NumPy input pipeline it reads (`train.dataset_fn = @train_pipeline`)
+  RetrievalModel, LiteModel   what is trained (`aligner_jax.train.model_fns`)
+  make_optimizer, warmup_rsqrt_decay, warmup_linear_decay, warmup_constant, constant
+and `LiteScorer` / `KnrmScorer` (under `aligner_jax.scoring`) for `DualEncoder.lite_scorer`.
+"""
+
+import gin
+
+from aligner_jax.scoring import knrm
+from aligner_jax.scoring import lite
+from aligner_jax.train import job
+from aligner_jax.train import model_fns
+from aligner_jax.train import optim
+
+_MODULE = "aligner_jax.train"
+
+gin.external_configurable(job.train, name="train", module=_MODULE)
+gin.external_configurable(job.train_pipeline, name="train_pipeline", module=_MODULE)
+gin.external_configurable(model_fns.RetrievalModel, name="RetrievalModel", module=_MODULE)
+gin.external_configurable(model_fns.LiteModel, name="LiteModel", module=_MODULE)
+gin.external_configurable(optim.make_optimizer, name="make_optimizer", module=_MODULE)
+for _schedule in (optim.warmup_rsqrt_decay, optim.warmup_linear_decay, optim.warmup_constant,
+                  optim.constant):
+  gin.external_configurable(_schedule, module=_MODULE)
+gin.external_configurable(lite.LiteScorer, name="LiteScorer", module="aligner_jax.scoring")
+gin.external_configurable(knrm.KnrmScorer, name="KnrmScorer", module="aligner_jax.scoring")
