@@ -16,7 +16,8 @@ or `tf.string` (seqio datasets).
 
 Lengths come as a T5X-style `TASK_FEATURE_LENGTHS` dict: `{"query_tokens": 64, "doc_tokens": 256}`
 with defaults 64 / 256, where `doc_tokens` may also be `(1 + N, 256)` to choose the number N of
-negatives per query (default 1).
+negatives per query (default 1). The pipeline accepts either form for every task; seqio's own
+`get_dataset` trims by what it is given, so there a corpus task needs the int form.
 """
 
 import dataclasses
@@ -74,9 +75,12 @@ class FeatureLengths:
       negatives, doc = int(doc[0]) - 1, doc[1]
     return cls(query=int(query), doc=int(doc), negatives=int(negatives))
 
-  def as_dict(self) -> dict[str, Any]:
-    """The seqio `sequence_length` dict (doc_tokens as (1 + N, Ld), which seqio trims by)."""
-    return {QUERY_TOKENS: self.query, DOC_TOKENS: (1 + self.negatives, self.doc)}
+  def as_dict(self, doc_rank: int = 2) -> dict[str, Any]:
+    """The seqio `sequence_length` dict. seqio trims every axis it is given a length for, so
+    training tasks (doc_tokens [1 + N, Ld]) take `(1 + N, Ld)` and corpus tasks (doc_tokens
+    [Ld]) the int `Ld` -- pass ints when calling `get_dataset` of a corpus or query task."""
+    doc = (1 + self.negatives, self.doc) if doc_rank == 2 else self.doc
+    return {QUERY_TOKENS: self.query, DOC_TOKENS: doc}
 
 
 def pad_rows(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> np.ndarray:

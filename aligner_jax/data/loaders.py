@@ -70,6 +70,15 @@ def data_dir(key: str) -> str:
                      f"aligner_jax.data.loaders.set_data_dir({key!r}, PATH))")
 
 
+def config_key() -> tuple:
+  """What decides where data is read from: the overrides and the ALIGNER_* variables.
+
+  Sources built under one configuration are reused only under the same one.
+  """
+  env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("ALIGNER_")))
+  return tuple(sorted(_overrides.items())), env
+
+
 def cache_dir() -> str | None:
   return os.environ.get(ENV_CACHE_DIR) or None
 

@@ -160,8 +160,10 @@ class Pipeline:
     return batch
 
   def close(self) -> None:
-    if self._worker is not None:
-      self._worker.close()
+    """Stops the prefetching thread (iteration may continue; it restarts it)."""
+    worker = getattr(self, "_worker", None)  # absent when __init__ raised
+    if worker is not None:
+      worker.close()
       self._worker = None
 
   def __del__(self):
@@ -353,8 +355,11 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str | None = None,
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} must be a multiple of num_shards {num_shards}")
 
+  doc_feature = task.output_features.get(features_lib.DOC_TOKENS)
+  sequence_length = lengths.as_dict(doc_feature.rank if doc_feature is not None else 1)
+
   def dataset_fn(epoch: int) -> tf.data.Dataset:
-    ds = task.get_dataset(sequence_length=lengths.as_dict(), split=split, shuffle=shuffle,
+    ds = task.get_dataset(sequence_length=sequence_length, split=split, shuffle=shuffle,
                           seed=seed + epoch, num_epochs=1,
                           shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards))
     return ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)

@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from aligner_jax.data import features as features_lib
+from aligner_jax.data import loaders
 
 Loader = Callable[[str], Any]  # split -> a source of `sources.py`
 
@@ -48,19 +49,25 @@ class RetrievalDataSource(seqio.DataSource):
     super().__init__(splits=splits, caching_permitted=False, performs_internal_shuffling=True)
 
   def example_source(self, split: str):
-    """The random-access source of `split` (loaded once; raises `DataError` on bad data)."""
+    """The random-access source of `split`; raises `DataError` on bad data.
+
+    Loaded once per data configuration (`loaders.config_key()`: data directory overrides and
+    ALIGNER_* variables), so pointing a task at other data takes effect; files edited in
+    place are not re-read by a source already loaded.
+    """
     if split not in self.splits:
       raise ValueError(f"split {split!r} not available (have {list(self.splits)})")
+    key = (split, loaders.config_key())
     with self._lock:
-      if split not in self._loaded:
+      if key not in self._loaded:
         source = self._loader(split)
         if source.kind != self.kind:
           raise TypeError(f"loader gave a {source.kind!r} source for a {self.kind!r} task")
         if self.kind == "train" and source.has_teacher_scores != self.teacher_scores:
           raise ValueError("the training data " + ("lacks" if self.teacher_scores else "has")
                            + " teacher scores, unlike what the task declares")
-        self._loaded[split] = source
-      return self._loaded[split]
+        self._loaded[key] = source
+      return self._loaded[key]
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -109,11 +116,6 @@ def featurize(dataset: tf.data.Dataset, sequence_length: Mapping[str, Any] | Non
   featurizer = features_lib.Featurizer(output_features[token_key].vocabulary, lengths)
   specs = _feature_specs(data_source.kind, lengths, data_source.teacher_scores)
   keys = list(specs)
-  if data_source.kind == "train":
-    # Fail at graph-building time, not inside a py_function, when N cannot be served.
-    for split in data_source.splits:
-      if split in data_source._loaded:  # pylint: disable=protected-access
-        data_source.example_source(split).check_negatives(lengths.negatives)
 
   def build(index, split):
     source = data_source.example_source(split.numpy().decode("utf-8"))
