@@ -33,5 +33,5 @@ from aligner_jax.scoring.similarity import similarity_matrix
 from aligner_jax.scoring.similarity import sparse_alignment_score
 
 # LITE and KNRM scorers (lite.py, knrm.py) are re-exported below.
-from aligner_jax.scoring.knrm import KNRM_MUS, KNRM_SIGMAS, KnrmScorer, knrm, knrm_features
+from aligner_jax.scoring.knrm import KNRM_MUS, KNRM_SIGMAS, KnrmScorer, knrm_features
 from aligner_jax.scoring.lite import LiteBlock, LiteScorer, avg_pool_tokens, zero_padding

@@ -151,11 +151,13 @@ def alignment_matrix(s: jax.Array, q_mask: jax.Array, d_mask: jax.Array,
     q_ids: [..., n] int token ids (coil only).
     d_ids: [..., m] int token ids (coil only).
   Returns:
-    Ã: [..., n, m] float32 in [0, 1], zero on padded rows and columns.
+    Ã: [..., n, m] in `s.dtype` (at least float32), values in [0, 1], zero on padded rows and
+      columns.
   """
   alignment = Alignment.parse(alignment)
   _check_ids(alignment, q_ids, d_ids)
   n, m = s.shape[-2:]
+  out_dtype = similarity.score_dtype(s)
   rows = q_mask[..., :, None]
   cols = jnp.broadcast_to(d_mask[..., None, :], s.shape)
   if alignment.kind in ("top_k", "top_p"):
@@ -164,7 +166,7 @@ def alignment_matrix(s: jax.Array, q_mask: jax.Array, d_mask: jax.Array,
   elif alignment.kind == "da":
     count = alignment.count(jnp.sum(d_mask, axis=-1))[..., None]
     lam = salience_lib.salience_lp(s, cols, count, eps=alignment.eps)
-    return jnp.where(rows, lam.astype(jnp.float32), 0.0)
+    return jnp.where(rows, lam, 0.0).astype(out_dtype)
   elif alignment.kind == "coil":
     same = q_ids[..., :, None] == d_ids[..., None, :]
     a = selection.topk_mask(s, cols & same, 1) & rows
@@ -175,12 +177,12 @@ def alignment_matrix(s: jax.Array, q_mask: jax.Array, d_mask: jax.Array,
     else:
       first_cols = jnp.arange(m) < alignment.k
     a = (selection.topk_mask(s, cols & first_cols, 1) & rows & first_row[:, None])
-  return a.astype(jnp.float32)
+  return a.astype(out_dtype)
 
 
 def _saliences(mask: jax.Array, sal: jax.Array | None) -> jax.Array:
-  """u: the salience on valid tokens (1 without one), 0 on padding, float32."""
-  u = jnp.ones(mask.shape, jnp.float32) if sal is None else sal.astype(jnp.float32)
+  """u: the salience on valid tokens (1 without one), 0 on padding, at least float32."""
+  u = jnp.ones(mask.shape, jnp.float32) if sal is None else sal.astype(similarity.score_dtype(sal))
   return jnp.where(mask, u, 0.0)
 
 
@@ -192,7 +194,7 @@ def pair_score_dense(q, q_mask, d, d_mask, alignment, *, q_salience=None, d_sali
     q: [n, h]; q_mask: [n] bool; d: [m, h]; d_mask: [m] bool; saliences and ids shaped like
     the masks.
   Returns:
-    [] float32.
+    [] in `score_dtype` (float32 unless an input is float64).
   """
   s = similarity.similarity_matrix(q, d)
   a_tilde = alignment_matrix(s, q_mask, d_mask, alignment, q_ids=q_ids, d_ids=d_ids)
@@ -235,7 +237,7 @@ def align_scores(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Arra
       the reference).
     chunk_size: documents per chunk of the fast path (None = sized for ~1 MiB blocks).
   Returns:
-    [B, C] float32, `[b, c]` = score of query b against document c.
+    [B, C] float32 (float64 for float64 inputs), `[b, c]` = score of query b against document c.
   """
   alignment = Alignment.parse(alignment)
   _check_ids(alignment, q_ids, d_ids)
@@ -271,7 +273,8 @@ def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mas
     d: [B, K, m, h]; d_mask: [B, K, m] bool; d_salience / d_ids: [B, K, m].
     alignment, method, chunk_size: as in `align_scores`.
   Returns:
-    [B, K] float32, `[b, k]` = score of query b against its k-th candidate.
+    [B, K] float32 (float64 for float64 inputs), `[b, k]` = score of query b against its k-th
+    candidate.
   """
   alignment = Alignment.parse(alignment)
   _check_ids(alignment, q_ids, d_ids)

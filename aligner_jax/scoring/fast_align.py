@@ -84,7 +84,7 @@ def _topk_weights(s, allowed, count, max_count):
   tied = allowed & (x == kth)
   need = count[:, :, None] - jnp.sum(above, axis=1, keepdims=True)
   tie_rank = jnp.cumsum(tied, axis=1) - tied
-  return (above | (tied & (tie_rank < need))).astype(jnp.float32)
+  return (above | (tied & (tie_rank < need))).astype(s.dtype)
 
 
 def _block_rows(s, d_mask, u_d, same_id, alignment):
@@ -97,7 +97,7 @@ def _block_rows(s, d_mask, u_d, same_id, alignment):
     same_id: [c, m, r] bool token-id matches (coil), else None.
     alignment: the Alignment.
   Returns:
-    (num, den): [c, r] float32 each.
+    (num, den): [c, r] each, in `s.dtype`.
   """
   m_valid = jnp.sum(d_mask, axis=1, keepdims=True)  # [c, 1]
   allowed = d_mask[:, :, None]
@@ -115,7 +115,7 @@ def _block_rows(s, d_mask, u_d, same_id, alignment):
     if u_d is None:
       top = jnp.max(x, axis=1)
       has = top > -jnp.inf
-      return jnp.where(has, top, 0.0), has.astype(jnp.float32)
+      return jnp.where(has, top, 0.0), has.astype(s.dtype)
     best = jnp.argmax(x, axis=1)  # first maximum: ties to the lower index
     top = jnp.take_along_axis(s, best[:, None, :], axis=1)[:, 0]
     has = jnp.take_along_axis(jnp.broadcast_to(allowed, s.shape), best[:, None, :], axis=1)[:, 0]
@@ -131,7 +131,8 @@ def _block_rows(s, d_mask, u_d, same_id, alignment):
 def _first_token_scores(q, q_mask, u_q, d, d_mask, u_d, alignment):
   """cls / me_bert: only the first query token aligns, with one of the first K document tokens."""
   width = 1 if alignment.kind == "cls" else min(alignment.k, d.shape[1])
-  s = jnp.einsum("bh,ckh->bck", q[:, 0], d[:, :width], preferred_element_type=jnp.float32)
+  s = jnp.einsum("bh,ckh->bck", q[:, 0], d[:, :width],
+                 preferred_element_type=similarity.score_dtype(q, d))
   valid = q_mask[:, 0, None, None] & d_mask[None, :, :width]  # [B, C, width]
   best = jnp.argmax(jnp.where(valid, s, -jnp.inf), axis=-1)[..., None]
   top = jnp.take_along_axis(s, best, axis=-1)[..., 0]
@@ -152,7 +153,7 @@ def pairs_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None, d_ids
     q_ids / d_ids: [B, n] / [C, m] int token ids (coil).
     chunk_size: documents per chunk; None picks `default_chunk`.
   Returns:
-    [B, C] float32.
+    [B, C] in `score_dtype(q, d)` (float32 unless an input is float64).
   """
   if alignment.kind in ("cls", "me_bert"):
     u_doc = d_mask.astype(jnp.float32) if u_d is None else u_d
@@ -164,13 +165,14 @@ def pairs_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None, d_ids
   u_rows = u_q.reshape(rows)
   qid_flat = None if q_ids is None else q_ids.reshape(rows)
   chunk = chunk_size or default_chunk(num_d, m, rows)
+  acc_dtype = similarity.score_dtype(q, d)
 
   @jax.checkpoint
   def block(xs):
     dc = xs["d"]
     size = dc.shape[0]
     s = lax.dot_general(dc.reshape(size * m, h), q_flat, (((1,), (1,)), ((), ())),
-                        preferred_element_type=jnp.float32).reshape(size, m, rows)
+                        preferred_element_type=acc_dtype).reshape(size, m, rows)
     same_id = None
     if alignment.needs_token_ids:
       same_id = xs["ids"][:, :, None] == qid_flat[None, None, :]

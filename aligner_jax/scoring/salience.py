@@ -5,8 +5,8 @@ Conventions:
     padding, and padding never takes part in a budget.
   * Budgets `k` are a scalar or `[...]` (one per row) and are clipped to the row's number of valid
     tokens, so a budget larger than the row keeps every valid token.
-  * The LP is solved in float32 whatever the input dtype and cast back, so bfloat16 inputs stay
-    finite at ε = 0.002 with |s| up to 50.
+  * The LP is solved in float32 (float64 for float64 input) and cast back to the input dtype, so
+    bfloat16 inputs stay finite at ε = 0.002 with |s| up to 50.
   * Gates map the pre-activation logits z = W d + b to the salience u (zeros on padding):
     `lp_gate` (ALIGNER Eq. 3 with the Eq. 4 gate), `relu_gate` and `hard_topk_gate` (the "ReLU" and
     "Hard" baselines of ALIGNER Fig. 6).
@@ -50,11 +50,11 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def _prepare(scores, mask, k):
-  """float32 scores, broadcast bool mask, and the clipped float32 budget [..., 1]."""
-  s = scores.astype(jnp.float32)
+  """Scores in at least float32, the broadcast bool mask, and the clipped budget [..., 1]."""
+  s = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
   mask = jnp.broadcast_to(jnp.asarray(mask, bool), s.shape)
-  n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
-  k = jnp.broadcast_to(jnp.asarray(k, jnp.float32), s.shape[:-1])
+  n_valid = jnp.sum(mask, axis=-1).astype(s.dtype)
+  k = jnp.broadcast_to(jnp.asarray(k, s.dtype), s.shape[:-1])
   k = jnp.clip(k, 0.0, n_valid)
   return s, mask, k[..., None]
 
@@ -72,7 +72,7 @@ def _lp_exact_primal(s, mask, k, eps):
   rank = selection.descending_rank(s, mask)
   srt = -jnp.sort(jnp.where(mask, -s, jnp.inf), axis=-1)  # descending, padding = -inf at the end
   tail_lse = lax.cumlogsumexp(srt / eps, axis=srt.ndim - 1, reverse=True)  # log Σ_{i≥r} exp(s_(i)/ε)
-  r = jnp.arange(length, dtype=jnp.float32)
+  r = jnp.arange(length, dtype=s.dtype)
   feasible = r < k  # needs k - r > 0, which also keeps the tail non-empty (k ≤ n_valid)
   log_rest = jnp.log(jnp.where(feasible, k - r, 1.0))
   excess = srt + eps * (log_rest - jnp.where(feasible, tail_lse, 0.0))  # s_(r+1) + a_r
@@ -82,7 +82,7 @@ def _lp_exact_primal(s, mask, k, eps):
   saturated = mask & (rank < num_saturated)
   tail = mask & ~saturated
   log_tail = _masked_logsumexp((s - pivot) / eps, tail)[..., None]
-  rest = k - num_saturated.astype(jnp.float32)
+  rest = k - num_saturated.astype(s.dtype)
   offset = eps * (jnp.log(jnp.where(rest > 0, rest, 1.0)) - log_tail)  # a + pivot
   lam = jnp.exp(jnp.minimum((s - pivot + offset) / eps, 0.0))
   # Rounding can saturate all k entries (the ε → 0 limit); the tail then has no mass left.
@@ -110,15 +110,15 @@ def _lp_exact_jvp(eps, primals, tangents):
 
 
 def lp_exact(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002) -> jax.Array:
-  """Exact optimum of the entropy-regularised LP (float32 in, float32 out).
+  """Exact optimum of the entropy-regularised LP (computed in at least float32).
 
   Args:
-    scores: [..., L] float32 scores s.
+    scores: [..., L] float scores s.
     mask: [..., L] bool.
     k: scalar or [...] budget.
     eps: ε > 0.
   Returns:
-    λ: [..., L] float32 in [0, 1] with Σ λ = min(k, valid count), 0 on padding.
+    λ: [..., L] float (≥ float32) in [0, 1] with Σ λ = min(k, valid count), 0 on padding.
   """
   # ALIGNER Eq. (4): λ = argmax s·λ + εH(λ) s.t. Σλ = k, 0 ≤ λ ≤ 1.
   s, mask, k = _prepare(scores, mask, k)
@@ -142,7 +142,7 @@ def lp_coordinate_ascent(scores: jax.Array, mask: jax.Array, k, *, eps: float = 
     b = jnp.minimum(-s - a, 0.0)
     return a, b
 
-  a0 = jnp.zeros(k.shape, jnp.float32)
+  a0 = jnp.zeros(k.shape, s.dtype)
   a, b = lax.fori_loop(0, int(num_iters), body, (a0, jnp.zeros_like(s)))
   lam = jnp.exp(jnp.minimum((s + b + a) / eps, 0.0))  # s + b + a ≤ 0 after a b-update
   return jnp.where(mask & has_budget, lam, 0.0)
@@ -153,7 +153,7 @@ def salience_lp(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002,
   """Sparse gate λ of ALIGNER Eq. (4): max s·λ + εH(λ) s.t. Σλ = k, 0 ≤ λ ≤ 1 over valid tokens.
 
   Args:
-    scores: [..., L] float (any float dtype; solved in float32).
+    scores: [..., L] float (any float dtype; solved in at least float32).
     mask: [..., L] bool; λ = 0 on padding.
     k: scalar or [...] budget per row (clipped to the valid count).
     eps: entropy weight ε > 0.

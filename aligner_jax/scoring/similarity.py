@@ -1,12 +1,17 @@
 """Token similarity and the sparse-alignment score of ALIGNER §2.2 (Eq. 1) and §3 (Eq. 2).
 
 Conventions: `S[..., i, j] = q_i · d_j` (query tokens on the second-to-last axis, document tokens
-on the last); alignment matrices `A` have the shape of `S`. Products are accumulated in float32
-whatever the input dtype, so bfloat16 token vectors give float32 scores.
+on the last); alignment matrices `A` have the shape of `S`. Products are accumulated in at least
+float32 (`score_dtype`), so bfloat16 token vectors give float32 scores and float64 stays float64.
 """
 
 import jax
 import jax.numpy as jnp
+
+
+def score_dtype(*arrays) -> jnp.dtype:
+  """The dtype scores are computed in: the inputs' common float type, at least float32."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
 def similarity_matrix(q: jax.Array, d: jax.Array) -> jax.Array:
@@ -16,9 +21,9 @@ def similarity_matrix(q: jax.Array, d: jax.Array) -> jax.Array:
     q: [..., n, h] query token vectors.
     d: [..., m, h] document token vectors (leading axes broadcast against `q`'s).
   Returns:
-    S: [..., n, m] float32.
+    S: [..., n, m] in `score_dtype(q, d)`.
   """
-  return jnp.einsum("...nh,...mh->...nm", q, d, preferred_element_type=jnp.float32)
+  return jnp.einsum("...nh,...mh->...nm", q, d, preferred_element_type=score_dtype(q, d))
 
 
 def factorized_alignment(a_tilde: jax.Array, u_q: jax.Array, u_d: jax.Array) -> jax.Array:
@@ -48,8 +53,8 @@ def sparse_alignment_score(s: jax.Array, a: jax.Array) -> jax.Array:
     s: [..., n, m] similarities.
     a: [..., n, m] alignment weights (≥ 0).
   Returns:
-    [...] float32.
+    [...] in `score_dtype(s, a)`.
   """
   # ALIGNER Eq. (1): sim(Q, D) = (1/Z) Σ_ij S_ij A_ij with Z = Σ_ij A_ij.
-  a = a.astype(jnp.float32)
+  a = a.astype(score_dtype(s, a))
   return safe_ratio(jnp.sum(s * a, axis=(-2, -1)), jnp.sum(a, axis=(-2, -1)))
