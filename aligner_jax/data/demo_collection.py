@@ -33,8 +33,9 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
                aggregating several alignments per query term (larger top-k / top-p) rewards the
                document that discusses every aspect in depth. Exact term match is rarely
                possible, so paraphrases must be learned from training data.
-    Filler words make up about a third of every text; they match everything equally and are
-    what query/document salience should learn to prune.
+    Filler words make up about 40 % of the document words (like function words in real text);
+    they match everything equally and are what query/document salience should learn to prune.
+    Documents are 60-160 T5 tokens, queries under 40.
   * Splits: queries are split 60 / 10 / 30 % into train / dev / test within each family.
     Hard negatives of a training query: for factoid, the entity's profile document, other
     documents naming the entity and documents with the same attribute; for broad, the
@@ -75,7 +76,7 @@ FACTS_PER_PROFILE = 2
 FACTS_PER_OTHER = 2
 NUM_FACTOID_QUERIES = 900
 PARAPHRASE_PROB = 0.8
-FILLER_RATE = 0.5  # filler words per content word
+FILLER_RATE = 0.35  # chance of (another) filler word before each content word
 SPLIT_FRACTIONS = (("train", 0.6), ("dev", 0.1), ("test", 0.3))
 NEGATIVES_PER_QUERY = 10
 
