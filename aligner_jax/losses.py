@@ -1,7 +1,8 @@
 """Training losses: distillation of a teacher's candidate scores and contrastive softmax CE.
 
-Every loss is a pure function averaged over the batch (sum of the per-query losses / B) and
-computed in (at least) float32 whatever the input dtype, so bfloat16 scores give a finite, accurate loss.
+Every loss is a pure function averaged over the batch (sum of the per-query losses / B, padded
+queries included) and computed in (at least) float32 whatever the input dtype, so bfloat16
+scores give a finite, accurate loss.
 
 Distillation losses share one signature, the one `get_loss` hands out:
 
