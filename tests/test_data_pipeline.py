@@ -264,3 +264,19 @@ def test_feature_lengths():
     parse({"doc_tokens": (1, 2, 3)})
   with pytest.raises(ValueError, match="positive"):
     parse({"query_tokens": 0})
+
+
+def test_token_cache_does_not_change_results(vocab):
+  c = _collection()
+  source = sources.TrainSource(c, c.training["train"])
+  lengths = features_lib.FeatureLengths(16, 24, 3)
+  uncached = features_lib.Featurizer(vocab, lengths, cache_size=0)
+  tiny = features_lib.Featurizer(vocab, lengths, cache_size=5)  # constant eviction
+  for epoch in range(2):
+    examples = [source.example(i, 3, seqio_tasks.example_rng(0, epoch, i)) for i in range(12)]
+    want = uncached("train", examples)
+    for _ in range(2):
+      got = tiny("train", examples)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+  assert len(tiny._cache) == 5 and not uncached._cache

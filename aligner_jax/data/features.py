@@ -10,8 +10,9 @@ Three kinds of examples (the `kind` of a source) and the features each becomes:
   "queries"  query_id       []            str
              query_tokens   [Lq]          int32
 
-Batches add a leading batch axis. Padding uses the vocabulary's `pad_id` (0 for T5 and BERT), so
-the attention mask is `tokens != pad_id`. Ids are Python `str` in NumPy object arrays (pipeline)
+Batches add a leading batch axis; inference batches (one padded pass, see pipeline.py) also carry
+`valid` [b] bool. Padding uses the vocabulary's `pad_id` (0 for T5 and BERT), so the attention
+mask is `tokens != pad_id`. Ids are Python `str` in NumPy object arrays (pipeline)
 or `tf.string` (seqio datasets).
 
 Lengths come as a T5X-style `TASK_FEATURE_LENGTHS` dict: `{"query_tokens": 64, "doc_tokens": 256}`
@@ -20,7 +21,9 @@ negatives per query (default 1). The pipeline accepts either form for every task
 `get_dataset` trims by what it is given, so there a corpus task needs the int form.
 """
 
+import collections
 import dataclasses
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -92,20 +95,45 @@ def pad_rows(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> np.ndar
 
 
 class Featurizer:
-  """Tokenises raw examples of one kind into the padded arrays described above."""
+  """Tokenises raw examples of one kind into the padded arrays described above.
 
-  def __init__(self, vocabulary: seqio.Vocabulary, lengths: FeatureLengths):
+  Documents recur (every epoch, and as negatives of many queries), so the framed ids of the
+  last `cache_size` distinct texts per length are kept (int32, at most cache_size * length * 4
+  bytes); results are identical with or without the cache.
+  """
+
+  def __init__(self, vocabulary: seqio.Vocabulary, lengths: FeatureLengths, *,
+               cache_size: int = 32768):
     self.vocabulary = vocabulary
     self.lengths = lengths
     self.prefix, self.suffix = vocab_lib.special_tokens(vocabulary)
+    self.cache_size = cache_size
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.Lock()
 
   def tokens(self, texts: Sequence[str], length: int) -> np.ndarray:
     """[len(texts), length] int32: framed, truncated and padded token ids."""
     room = length - len(self.prefix) - len(self.suffix)
     if room < 0:
       raise ValueError(f"length {length} leaves no room for the special tokens")
-    encoded = vocab_lib.encode_batch(self.vocabulary, texts)
-    rows = [[*self.prefix, *ids[:room], *self.suffix] for ids in encoded]
+    rows: list[np.ndarray | None] = [None] * len(texts)
+    with self._lock:
+      for i, text in enumerate(texts):
+        found = self._cache.get((length, text))
+        if found is not None:
+          self._cache.move_to_end((length, text))
+          rows[i] = found
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+      encoded = vocab_lib.encode_batch(self.vocabulary, [texts[i] for i in missing])
+      with self._lock:
+        for i, ids in zip(missing, encoded):
+          row = np.asarray([*self.prefix, *ids[:room], *self.suffix], np.int32)
+          rows[i] = row
+          if self.cache_size:
+            self._cache[(length, texts[i])] = row
+        while len(self._cache) > self.cache_size:
+          self._cache.popitem(last=False)
     return pad_rows(rows, length, self.vocabulary.pad_id)
 
   def __call__(self, kind: str, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:

@@ -52,6 +52,16 @@ def set_data_dir(key: str, path: str | os.PathLike | None) -> None:
     _overrides[key] = os.fspath(path)
 
 
+def set_data_dirs(dirs: dict[str, str | None] | None = None) -> None:
+  """`set_data_dir` for each entry, e.g. {"demo": "/data/demo", "beir/scifact": "..."}.
+
+  This is what an entry point binds in gin (`set_data_dirs.dirs = {...}`) and calls before
+  it asks for a dataset.
+  """
+  for key, path in (dirs or {}).items():
+    set_data_dir(key, path)
+
+
 def data_dir(key: str) -> str:
   """The directory of a data key (see the module docstring for the order)."""
   if key in _overrides:
@@ -85,6 +95,8 @@ def cache_dir() -> str | None:
 
 def _stamp(path: str) -> tuple:
   """Sizes and modification times of every file under path (one level of subdirectories)."""
+  if not path:
+    return ()
   root = pathlib.Path(path)
   if not root.is_dir():
     return ()

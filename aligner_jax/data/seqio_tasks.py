@@ -156,6 +156,14 @@ def register(name: str, *, kind: str, loader: Loader, splits: Sequence[str],
       shuffle_buffer_size=None)
 
 
+def get_collection(task_name: str, split: str):
+  """The `Collection` behind a registered task (corpus, queries and qrels for evaluation)."""
+  source = retrieval_source(seqio.get_mixture_or_task(task_name))
+  if source is None:
+    raise ValueError(f"{task_name} is not a task of aligner_jax.data.seqio_tasks.register")
+  return source.example_source(split).collection
+
+
 def retrieval_source(task: seqio.Task) -> RetrievalDataSource | None:
   """The task's `RetrievalDataSource`, or None for other seqio tasks."""
   source = getattr(task, "source", None)
