@@ -6,9 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from aligner_jax import losses
 from aligner_jax import sharding
 from aligner_jax.scoring import lite
 from aligner_jax.scoring.lite import LiteScorer
@@ -298,3 +300,43 @@ def test_every_parameter_has_logical_axes_and_runs_sharded():
     batch = partitioner.shard_batch({"S": S, "q": q_mask, "d": d_mask})
     sharded = jax.jit(model.apply)(params, batch["S"], batch["q"], batch["d"])
   np.testing.assert_allclose(sharded, unsharded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_separable_lite_learns_colbert_sum_max_by_distillation():
+  # LITE's claim is that the MLPs can learn hand-made reductions; ColBERT's Σ_i max_j S_ij is
+  # the one it replaces. Distil it with the MSE loss and check the ranking within queries.
+  L1, L2, K, B = 4, 8, 8, 32
+  model = LiteScorer(L1, L2, row_width=128, col_width=64)
+  rng = np.random.default_rng(0)
+
+  def batch(n):
+    S = rng.normal(size=(n, K, L1, L2)).astype(np.float32)
+    return S, S.max(-1).sum(-1)
+
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, L1, L2))))
+  opt = optax.adam(3e-3)
+  opt_state = opt.init(params)
+  labels = np.zeros((B, K), np.int32)
+  labels[:, 0] = 1
+
+  @jax.jit
+  def step(params, opt_state, S, teacher):
+    loss, grads = jax.value_and_grad(
+        lambda p: losses.mse(teacher, model.apply(p, S), labels))(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  first = None
+  for _ in range(1500):
+    params, opt_state, loss = step(params, opt_state, *batch(B))
+    first = loss if first is None else first
+  S, teacher = batch(64)
+  student = np.asarray(jax.jit(model.apply)(params, S))
+  ranks = lambda x: np.argsort(np.argsort(x, axis=-1), axis=-1).astype(np.float64)
+  rt, rs = ranks(teacher), ranks(student)
+  rt -= rt.mean(-1, keepdims=True)
+  rs -= rs.mean(-1, keepdims=True)
+  spearman = np.mean(np.sum(rt * rs, -1) / np.sqrt(np.sum(rt ** 2, -1) * np.sum(rs ** 2, -1)))
+  assert loss < 0.05 * first
+  assert spearman > 0.8, spearman
