@@ -40,6 +40,10 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
     Hard negatives of a training query: for factoid, the entity's profile document, other
     documents naming the entity and documents with the same attribute; for broad, the
     survey documents sharing its concepts and focused documents of the same theme.
+
+With ideal token embeddings (synonyms share a vector; tests/test_data_demo.py) the test split of
+seed 0 gives MRR: factoid top-1 0.90 vs top-4 0.50; broad top-1 0.56 vs top-4 1.00; with filler
+tokens kept, factoid top-1 drops to 0.61; exact word matching reaches 0.25 / 0.005.
 """
 
 import argparse
