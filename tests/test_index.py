@@ -151,7 +151,8 @@ def test_scann_settings_scale_with_size():
   small, large = scann_settings(10_000), scann_settings(1_000_000)
   assert small.num_leaves == 100 and large.num_leaves == 1000
   assert 1 <= small.leaves_to_search <= small.num_leaves
-  assert large.leaves_to_search >= 0.1 * large.num_leaves
+  assert large.leaves_to_search >= 0.2 * large.num_leaves
+  assert scann_settings(48_000, expected_k=4000).leaves_to_search >= 0.6 * 219
   assert large.training_sample_size == 100_000 and small.training_sample_size == 10_000
   with pytest.raises(ValueError, match="reorder"):
     scann_settings(100, reorder="bogus")

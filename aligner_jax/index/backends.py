@@ -8,9 +8,14 @@ lower row first for the exact backend). Scores are inner products with the *stor
 ScaNN (`scann.scann_ops_pybind`) is configured as tree partitioning + asymmetric hashing (AH) +
 reordering, with defaults scaled to the number of vectors n as ScaNN's documentation
 recommends: about √n leaves, 2 dimensions per AH block, an anisotropic threshold of 0.2, and a
-reorder pool larger than k. `reorder="stored"` reorders with this project's stored refinement
-vectors instead of a second copy inside ScaNN (the AH candidates are rescored exactly), which
-keeps the index to AH codes + one copy of the vectors.
+reorder pool larger than k. Reordering (`reorder`) is ScaNN's own, on an int8 copy of the
+vectors by default ("float32" / "bfloat16" copies are more exact and larger); "stored"
+instead rescores the AH candidates with this project's stored refinement vectors, which keeps
+the index to AH codes + one copy of the vectors but runs in NumPy and is several times slower
+(measured 8x at K′ = 4,000); "none" keeps the AH scores.
+
+Results ScaNN cannot fill (too few points in the searched leaves) come back as row -1 with
+score -inf.
 """
 
 import dataclasses
@@ -99,17 +104,18 @@ class ScannSettings:
 
 
 def scann_settings(n: int, *, num_leaves: int | None = None,
-                   leaves_to_search: int | None = None, search_fraction: float = 0.1,
-                   expected_k: int = 4000, dims_per_block: int = 2,
-                   anisotropic_threshold: float = 0.2, reorder: str = "stored",
+                   leaves_to_search: int | None = None, search_fraction: float = 0.2,
+                   scan_factor: float = 8.0, expected_k: int = 4000, dims_per_block: int = 2,
+                   anisotropic_threshold: float = 0.2, reorder: str = "int8",
                    reorder_factor: float = 2.0, training_sample_size: int = 100_000,
                    training_iterations: int = 12, hash_type: str = "lut16") -> ScannSettings:
   """ScaNN parameters for n vectors, defaults scaled with n.
 
   num_leaves ≈ √n (ScaNN's rule of thumb). leaves_to_search is the larger of
-  `search_fraction` of the leaves and enough leaves to hold 4× the reorder pool of
-  `expected_k` neighbours (a large K′ such as ALIGNER's 4,000 needs many leaves when leaves
-  are small).
+  `search_fraction` of the leaves and enough leaves to scan `scan_factor` × `expected_k`
+  points: a large K′ such as ALIGNER's 4,000 needs many leaves. Measured on 48k MiniLM token
+  vectors of SciFact (219 leaves), recall of the exact top-K′ reached 0.95 at about 20 % of
+  the leaves for K′ = 100, 40 % for K′ = 1,000 and 60 % for K′ = 4,000.
   """
   if n <= 0:
     raise ValueError("cannot build a ScaNN index over zero vectors")
@@ -122,9 +128,8 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
   num_leaves = max(1, min(int(num_leaves), n))
   if leaves_to_search is None:
     leaf_size = n / num_leaves
-    pool = min(n, reorder_factor * min(expected_k, n))
     leaves_to_search = max(math.ceil(search_fraction * num_leaves),
-                           math.ceil(4 * pool / leaf_size))
+                           math.ceil(scan_factor * min(expected_k, n) / leaf_size))
   leaves_to_search = max(1, min(int(leaves_to_search), num_leaves))
   return ScannSettings(num_leaves=num_leaves, leaves_to_search=leaves_to_search,
                        dims_per_block=dims_per_block,

@@ -57,7 +57,7 @@ class IndexConfig:
     refine_tokens: "kept" (refine with the searched tokens) or "all" (store every token).
     max_shard_tokens: split documents into shards of at most this many searched tokens
       (whole documents; None: one shard per input store).
-    num_leaves, leaves_to_search, search_fraction, expected_k, dims_per_block,
+    num_leaves, leaves_to_search, search_fraction, scan_factor, expected_k, dims_per_block,
     anisotropic_threshold, reorder, reorder_factor, training_sample_size: ScaNN settings,
       see `backends.scann_settings`.
     training_threads: ScaNN training threads (0: all cores).
@@ -69,11 +69,12 @@ class IndexConfig:
   max_shard_tokens: int | None = None
   num_leaves: int | None = None
   leaves_to_search: int | None = None
-  search_fraction: float = 0.1
+  search_fraction: float = 0.2
+  scan_factor: float = 8.0
   expected_k: int = 4000
   dims_per_block: int = 2
   anisotropic_threshold: float = 0.2
-  reorder: str = "stored"
+  reorder: str = "int8"
   reorder_factor: float = 2.0
   training_sample_size: int = 100_000
   training_threads: int = 0
@@ -133,7 +134,8 @@ def _make_searcher(config: IndexConfig, store: TokenStore, ann_rows: np.ndarray 
     return ExactSearcher(size, vectors_fn)
   settings = scann_settings(
       size, num_leaves=config.num_leaves, leaves_to_search=config.leaves_to_search,
-      search_fraction=config.search_fraction, expected_k=config.expected_k,
+      search_fraction=config.search_fraction, scan_factor=config.scan_factor,
+      expected_k=config.expected_k,
       dims_per_block=config.dims_per_block, anisotropic_threshold=config.anisotropic_threshold,
       reorder=config.reorder, reorder_factor=config.reorder_factor,
       training_sample_size=config.training_sample_size)

@@ -1,0 +1,217 @@
+"""Gin jobs for encoding, indexing and evaluation (`gin/runs/{encode,index,eval_beir}.gin`).
+
+Entry-point code: gin configures the arguments; the work is done by the gin-free
+`aligner_jax.eval.pipeline` and the index / retrieval libraries. Registered under the gin
+module `aligner_jax.eval`:
+  encode_beir       run.job: corpus and split queries -> token stores (one per process)
+  build_index       run.job: token stores -> the (pruned) token index in INDEX_DIR
+  eval_beir         run.job: run.trec, metrics.json (+ adaptation.json, report.html)
+  load_model        (module, params) from a trained MODEL_DIR or a pretrained checkpoint
+  IndexConfig       the index build settings
+
+Model parameters (`load_model`): with `model_dir`, the newest (or `step`) trainer checkpoint
+`MODEL_DIR/checkpoints/<step>/state` is read and only its `params` are restored; otherwise
+`checkpoint_path` (Hugging Face / T5X / orbax encoder) gives the encoder weights of a model
+without trained heads (zero-shot, e.g. all-MiniLM-L6-v2).
+"""
+
+import os
+import pathlib
+from typing import Any, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from aligner_jax.eval import pipeline
+from aligner_jax.index import IndexConfig
+from aligner_jax.index import concatenate
+from aligner_jax.index import files
+from aligner_jax.index.store_io import load_token_store
+from aligner_jax.index.store_io import save_token_store
+from aligner_jax.index.store_io import shard_name
+from aligner_jax.retrieval.encoding import Encoder
+from aligner_jax.retrieval.encoding import host_slice
+from aligner_jax.retrieval.encoding import make_encode_fn
+
+_MODULE = "aligner_jax.eval"
+
+
+class ModelLoadError(ValueError):
+  """The model's parameters cannot be found or do not fit the configured module."""
+
+
+def _latest_step(checkpoints: pathlib.Path) -> int | None:
+  steps = [int(p.name) for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()
+           and (p / "state").is_dir()] if checkpoints.is_dir() else []
+  return max(steps) if steps else None
+
+
+def restore_trained_params(model_dir: str, step: int | None = None) -> Any:
+  """The `params` of trainer checkpoint `MODEL_DIR/checkpoints/<step>/state` as NumPy arrays
+  (the optimizer state is not read)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  checkpoints = pathlib.Path(model_dir) / "checkpoints"
+  step = _latest_step(checkpoints) if step is None else step
+  if step is None:
+    raise ModelLoadError(f"{checkpoints}: no trainer checkpoint found (train the model first "
+                         "or set the checkpoint path of a pretrained encoder)")
+  path = (checkpoints / str(step) / "state").absolute()
+  if not path.is_dir():
+    raise ModelLoadError(f"{path}: checkpoint step {step} not found")
+  tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  if "params" not in tree:
+    raise ModelLoadError(f"{path}: the checkpoint holds {sorted(tree)} but no 'params'")
+  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                tree["params"])
+  restored = ocp.PyTreeCheckpointer().restore(
+      path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
+                                        restore_args={"params": args}, partial_restore=True))
+  return restored["params"]
+
+
+def _check_tree(module: Any, params: Any, source: str) -> None:
+  """Refuses params whose tree differs from what `module` initialises (e.g. missing heads)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from aligner_jax.models import init_dual_encoder  # pylint: disable=g-import-not-at-top
+  abstract = nn.unbox(jax.eval_shape(
+      lambda rng: init_dual_encoder(module, rng, query_length=8, doc_length=8),
+      jax.random.key(0)))
+  if jax.tree_util.tree_structure(abstract) != jax.tree_util.tree_structure(params):
+    missing = sorted(set(abstract) - set(params))
+    extra = sorted(set(params) - set(abstract))
+    raise ModelLoadError(f"{source}: parameters do not fit the configured DualEncoder (parts "
+                         f"missing: {missing or 'none'}, unexpected: {extra or 'none'}; the "
+                         "head settings of the model gin file must match the checkpoint)")
+  for path, want in jax.tree_util.tree_leaves_with_path(abstract):
+    got = params
+    for key in path:
+      got = got[key.key]
+    if tuple(np.shape(got)) != tuple(want.shape):
+      raise ModelLoadError(f"{source}: parameter {jax.tree_util.keystr(path)} has shape "
+                           f"{tuple(np.shape(got))}, the configured model expects "
+                           f"{tuple(want.shape)}")
+
+
+def load_model(module: Any, *, model_dir: str | None = None,
+               checkpoint_path: str | None = None, step: int | None = None) -> tuple[Any, Any]:
+  """(module, params) for inference; see the module docstring."""
+  if model_dir and _latest_step(pathlib.Path(model_dir) / "checkpoints") is not None:
+    params = restore_trained_params(model_dir, step)
+    _check_tree(module, params, f"{model_dir}/checkpoints")
+    return module, params
+  if not checkpoint_path:
+    raise ModelLoadError(f"no trained checkpoint under MODEL_DIR={model_dir!r} and no "
+                         "pretrained CHECKPOINT_PATH: nothing to evaluate")
+  from aligner_jax.models import load_encoder  # pylint: disable=g-import-not-at-top
+  _, encoder_params = load_encoder(checkpoint_path)
+  params = {"encoder": encoder_params}
+  _check_tree(module, params, checkpoint_path)
+  return module, params
+
+
+def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,
+                   num_partitions: int = 1) -> pipeline.ModelEncoders:
+  from aligner_jax.data.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
+  from aligner_jax.train.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
+  vocab = get_vocabulary(vocabulary)
+  partitioner = Partitioner(num_partitions)
+  make = lambda side: Encoder(make_encode_fn(module, side), params, batch_size=batch_size,  # noqa
+                              pad_id=vocab.pad_id, partitioner=partitioner)
+  return pipeline.ModelEncoders(vocab, make("query"), make("doc"))
+
+
+@gin.configurable(module=_MODULE)
+def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split: str,
+                output_dir: str, doc_length: int = 256, query_length: int = 64,
+                batch_size: int = 32, num_partitions: int = 1,
+                vector_dtype: str = "float16") -> dict[str, Any]:
+  """Encodes the corpus (each process its slice) and the split's queries into token stores:
+  OUTPUT_DIR/corpus-<p>-of-<P>/ and OUTPUT_DIR/queries-<split>/ (process 0)."""
+  module, params = model
+  enc = model_encoders(module, params, vocabulary, batch_size=batch_size,
+                       num_partitions=num_partitions)
+  collection = pipeline.load_split(beir_dir, split)
+  rows = host_slice(len(collection.corpus))
+  store = pipeline.encode_collection_corpus(enc, collection, doc_length=doc_length,
+                                            vector_dtype=vector_dtype, rows=rows)
+  out = pathlib.Path(output_dir)
+  name = shard_name("corpus", jax.process_index(), jax.process_count())
+  save_token_store(store, out / name, dataset=collection.name, doc_length=doc_length)
+  queries = pipeline.encode_split_queries(enc, collection, split, query_length=query_length)
+  if jax.process_index() == 0:
+    from aligner_jax.index.store import from_padded  # pylint: disable=g-import-not-at-top
+    q_store = from_padded(queries.ids, queries.vectors, queries.mask,
+                          salience=queries.salience, token_ids=queries.token_ids,
+                          pooled=queries.pooled)
+    save_token_store(q_store, out / f"queries-{split}", dataset=collection.name,
+                     query_length=query_length)
+  print(f"wrote {out / name}: {store.num_docs} documents, {store.num_tokens} tokens", flush=True)
+  return {"documents": store.num_docs, "tokens": store.num_tokens}
+
+
+def corpus_shards(encoded_dir: str) -> list[pathlib.Path]:
+  found = sorted(pathlib.Path(encoded_dir).glob("corpus-*-of-*"))
+  if not found:
+    raise files.IndexFileError(encoded_dir, "no encoded corpus shards (corpus-*-of-*) here; "
+                               "run the encode job first")
+  counts = {p.name.rsplit("-of-", 1)[1] for p in found}
+  if len(counts) != 1 or len(found) != int(counts.pop()):
+    raise files.IndexFileError(encoded_dir, f"incomplete set of corpus shards: "
+                               f"{[p.name for p in found]}")
+  return found
+
+
+@gin.configurable(module=_MODULE)
+def build_index(*, encoded_dir: str, index_dir: str,
+                index_config: IndexConfig = IndexConfig()) -> dict[str, Any]:
+  """Builds the token index over every encoded corpus shard and saves it (process 0; the
+  other processes wait)."""
+  from aligner_jax.index import build_token_index, save_index  # pylint: disable=g-import-not-at-top
+  info: dict[str, Any] = {}
+  if jax.process_index() == 0:
+    stores = [load_token_store(p) for p in corpus_shards(encoded_dir)]
+    index = build_token_index(stores if index_config.max_shard_tokens else [concatenate(stores)],
+                              index_config)
+    info = save_index(index, index_dir)
+    print(f"index {index_dir}: {info['counts']}, {info['total_bytes'] / 2**20:.1f} MiB, "
+          f"{info['bytes_per_original_token']:.1f} bytes per original token", flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("build_index")
+  return info
+
+
+@gin.configurable(module=_MODULE)
+def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "scann",
+              model: tuple[Any, Any] | None = None, vocabulary: str | None = None,
+              index_dir: str | None = None, index_config: IndexConfig = IndexConfig(),
+              rebuild_index: bool = False, alignment: str = "top_k:1",
+              extra_alignments: Sequence[str] = (), num_neighbors: int = 4000,
+              prune_query_ratio: float = 1.0, top_n: int = 1000, doc_length: int = 256,
+              query_length: int = 64, batch_size: int = 32, num_partitions: int = 1,
+              rerank_depth: int = 0, adaptation: bool = False, num_pictures: int = 0,
+              ignore_identical_ids: bool = True) -> dict[str, Any]:
+  """Evaluates on one BEIR split (see `pipeline.evaluate_beir`); process 0 writes the files."""
+  encoders = None
+  if model is not None and (retriever != "bm25" or rerank_depth):
+    if vocabulary is None:
+      raise ValueError("eval_beir needs the model's VOCABULARY")
+    encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
+                              num_partitions=num_partitions)
+  output_dir = output_dir if jax.process_index() == 0 else os.path.join(
+      output_dir, f".process-{jax.process_index()}")
+  result = pipeline.evaluate_beir(
+      beir_dir=beir_dir, split=split, output_dir=output_dir, retriever=retriever,
+      model=encoders, index_dir=index_dir if jax.process_index() == 0 else None,
+      index_config=index_config, rebuild_index=rebuild_index,
+      alignments=[alignment, *extra_alignments], num_neighbors=num_neighbors,
+      prune_query_ratio=prune_query_ratio, top_n=top_n, doc_length=doc_length,
+      query_length=query_length, rerank_depth=rerank_depth, adaptation=adaptation,
+      num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids)
+  print(pipeline.summary_table(result), flush=True)
+  return result
+
+
+gin.external_configurable(load_model, module=_MODULE)
+gin.external_configurable(IndexConfig, module=_MODULE)

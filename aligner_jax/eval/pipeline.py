@@ -1,0 +1,330 @@
+"""The evaluation pipeline behind the encode / index / eval_beir jobs, as plain functions.
+
+`evaluate_beir` runs one model on one BEIR split and writes to `output_dir`:
+  run.trec          the 6-column TREC run of the first alignment (or of the dense / BM25 path)
+  run.<spec>.trec   one per further alignment (the same candidates, refined differently)
+  metrics.json      ndcg@10, mrr@10, recall@100, recall@1000, map (first alignment) with
+                    per-query values, `by_alignment` means, timings and the set-up
+  adaptation.json / adaptation.md   few-shot alignment adaptation (when asked)
+  report.html (+ pictures/)          tables and alignment pictures (when asked)
+Retrievers: "scann" / "exact" (the token index with refinement), "dense" (pooled vectors),
+"bm25". The token index is loaded from `index_dir` when one is there (checksums verified;
+a different backend or pruning ratio is an error that names the fix), otherwise built from
+the encoded corpus and saved; `rebuild_index=True` always rebuilds. `rerank_depth` > 0
+re-ranks BM25's top documents with the model's alignment score instead of using the index.
+
+Progress goes to `log` (print by default) with counts and rates.
+"""
+
+import dataclasses
+import html
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from aligner_jax.data.beir import read_beir
+from aligner_jax.data.collection import Collection
+from aligner_jax.eval import adaptation as adaptation_lib
+from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.index import IndexConfig
+from aligner_jax.index import TokenIndex
+from aligner_jax.index import build_token_index
+from aligner_jax.index import index_exists
+from aligner_jax.index import load_index
+from aligner_jax.index import save_index
+from aligner_jax.index.store import TokenStore
+from aligner_jax.retrieval import BM25
+from aligner_jax.retrieval import QueryBatch
+from aligner_jax.retrieval import candidate_documents
+from aligner_jax.retrieval import dense_search
+from aligner_jax.retrieval import refine
+from aligner_jax.retrieval import rerank
+from aligner_jax.retrieval import to_run
+from aligner_jax.retrieval import token_scorer
+from aligner_jax.retrieval import alignment_pair_fn
+from aligner_jax.retrieval.encoding import Encoder
+from aligner_jax.retrieval.encoding import encode_corpus
+from aligner_jax.retrieval.encoding import encode_queries
+from aligner_jax.scoring import Alignment
+
+RETRIEVERS = ("scann", "exact", "dense", "bm25")
+Log = Callable[[str], None]
+
+
+def _print(message: str) -> None:
+  print(message, flush=True)
+
+
+@dataclasses.dataclass
+class ModelEncoders:
+  """What the pipeline needs from a model: its vocabulary and the two sides' encoders."""
+  vocabulary: Any
+  queries: Encoder
+  documents: Encoder
+
+
+def load_split(beir_dir: str, split: str) -> Collection:
+  return read_beir(beir_dir, splits=[split])
+
+
+def spec_name(spec: str) -> str:
+  """A file-name-safe form of an alignment spec ("top_p:0.015" -> "top_p-0.015")."""
+  return "".join(c if c.isalnum() or c in "._-" else "-" for c in spec)
+
+
+def encode_split_queries(model: ModelEncoders, collection: Collection, split: str, *,
+                         query_length: int, log: Log = _print) -> QueryBatch:
+  ids = collection.split_queries(split)
+  texts = [collection.queries.texts[collection.queries.index[q]] for q in ids]
+  log(f"encoding {len(ids)} {split} queries")
+  return encode_queries(model.queries, model.vocabulary, ids, texts, max_length=query_length,
+                        progress=log)
+
+
+def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, doc_length: int,
+                             vector_dtype: str = "float16", rows: slice = slice(None),
+                             log: Log = _print) -> TokenStore:
+  corpus = collection.corpus
+  index = range(len(corpus))[rows]
+  log(f"encoding {len(index)} documents (max {doc_length} tokens)")
+  return encode_corpus(model.documents, model.vocabulary, [corpus.ids[i] for i in index],
+                       [corpus.text(i) for i in index], max_length=doc_length,
+                       vector_dtype=vector_dtype, progress=log)
+
+
+def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
+                 corpus_fn: Callable[[], TokenStore], log: Log = _print) -> TokenIndex:
+  """Loads the index in `index_dir` (verified) or builds it from `corpus_fn()` and saves it."""
+  if index_dir and index_exists(index_dir) and not rebuild:
+    t = time.time()
+    index = load_index(index_dir)
+    found = index.config
+    for field in ("backend", "prune_doc_ratio", "vector_dtype", "refine_tokens"):
+      if getattr(found, field) != getattr(config, field):
+        raise ValueError(f"{index_dir}: the existing index has {field}={getattr(found, field)!r} "
+                         f"but this run asks for {getattr(config, field)!r}; set "
+                         "REBUILD_INDEX=True (or another INDEX_DIR) to rebuild it")
+    log(f"loaded index {index_dir}: {index.num_docs} documents, {index.num_ann_tokens} "
+        f"searched tokens, checksums verified in {time.time() - t:.1f}s")
+    return index
+  store = corpus_fn()
+  t = time.time()
+  log(f"building {config.backend} index over {store.num_tokens} tokens (β^d = "
+      f"{config.prune_doc_ratio})")
+  index = build_token_index(store, config)
+  log(f"built {len(index.shards)} shard(s), {index.num_ann_tokens} searched tokens, in "
+      f"{time.time() - t:.1f}s")
+  if index_dir:
+    info = save_index(index, index_dir)
+    log(f"saved {index_dir}: {info['total_bytes'] / 2**20:.1f} MiB, "
+        f"{info['bytes_per_original_token']:.1f} bytes per original token")
+  return index
+
+
+def _metrics_for(collection: Collection, split: str, run: metrics_lib.Run,
+                 ignore_identical_ids: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  return metrics_lib.evaluate(collection.qrels[split], run,
+                              ignore_identical_ids=ignore_identical_ids)
+
+
+def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "scann",
+                  model: ModelEncoders | None = None, index_dir: str | None = None,
+                  index_config: IndexConfig | None = None, rebuild_index: bool = False,
+                  alignments: Sequence[str] = ("top_k:1",), num_neighbors: int = 4000,
+                  prune_query_ratio: float = 1.0, top_n: int = 1000,
+                  doc_length: int = 256, query_length: int = 64,
+                  rerank_depth: int = 0, adaptation: bool = False,
+                  num_pictures: int = 0, ignore_identical_ids: bool = True,
+                  run_name: str = "aligner_jax", log: Log = _print) -> dict[str, Any]:
+  """Runs one retriever on one BEIR split and writes the files of the module docstring.
+
+  Returns:
+    The content of metrics.json.
+  """
+  if retriever not in RETRIEVERS:
+    raise ValueError(f"RETRIEVER must be one of {RETRIEVERS}, got {retriever!r}")
+  if model is None and (retriever != "bm25" or rerank_depth > 0):
+    raise ValueError(f"retriever {retriever!r} (re-rank depth {rerank_depth}) needs a model")
+  alignments = [str(Alignment.parse(a)) for a in alignments]
+  if not alignments:
+    raise ValueError("give at least one alignment")
+  out = pathlib.Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  timings: dict[str, float] = {}
+  t0 = time.time()
+  collection = load_split(beir_dir, split)
+  qids = collection.split_queries(split)
+  log(f"{collection.name}/{split}: {len(collection.corpus)} documents, {len(qids)} judged "
+      "queries")
+  runs: dict[str, metrics_lib.Run] = {}
+  extra: dict[str, Any] = {"dataset": collection.name, "split": split, "retriever": retriever}
+  index = queries = cands = None
+
+  if retriever == "bm25" or rerank_depth:
+    t = time.time()
+    corpus = collection.corpus
+    bm25 = BM25(corpus.ids, [corpus.text(i) for i in range(len(corpus))])
+    texts = [collection.queries.texts[collection.queries.index[q]] for q in qids]
+    first = to_run(qids, corpus.ids, bm25.search(texts, max(top_n, rerank_depth)))
+    timings["bm25_s"] = time.time() - t
+    if rerank_depth:
+      store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
+      queries = encode_split_queries(model, collection, split, query_length=query_length,
+                                     log=log)
+      t = time.time()
+      for spec in alignments:
+        runs[spec] = rerank(first, token_scorer(queries, store, alignment_pair_fn(spec)),
+                            depth=rerank_depth)
+      timings["rerank_s"] = time.time() - t
+      extra.update(first_stage="bm25", rerank_depth=rerank_depth)
+    else:
+      runs["bm25"] = first
+  elif retriever == "dense":
+    store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
+    queries = encode_split_queries(model, collection, split, query_length=query_length, log=log)
+    t = time.time()
+    results = dense_search(store.pooled, queries.pooled, top_n)
+    timings["search_s"] = time.time() - t
+    runs["dense"] = to_run(queries.ids, store.doc_ids, results)
+  else:
+    config = index_config or IndexConfig()
+    config = dataclasses.replace(config, backend=retriever)
+    index = obtain_index(index_dir, config, rebuild=rebuild_index, log=log,
+                         corpus_fn=lambda: encode_collection_corpus(
+                             model, collection, doc_length=doc_length,
+                             vector_dtype=config.vector_dtype, log=log))
+    queries = encode_split_queries(model, collection, split, query_length=query_length, log=log)
+    t = time.time()
+    cands = candidate_documents(index, queries, num_neighbors=num_neighbors,
+                                prune_query_ratio=prune_query_ratio)
+    timings["candidates_s"] = time.time() - t
+    sizes = cands.sizes()
+    log(f"candidates: K′ = {cands.num_neighbors}, β^q = {prune_query_ratio}, mean "
+        f"{sizes.mean():.0f} / max {sizes.max()} documents per query "
+        f"({timings['candidates_s']:.1f}s)")
+    for spec in alignments:
+      t = time.time()
+      runs[spec] = to_run(queries.ids, index.doc_ids,
+                          refine(index, queries, cands, spec, top_n=top_n))
+      timings[f"refine_{spec}_s"] = time.time() - t
+      log(f"refined with {spec} in {timings[f'refine_{spec}_s']:.1f}s")
+    extra.update(num_neighbors=cands.num_neighbors, prune_query_ratio=prune_query_ratio,
+                 index=index.config.to_json(), candidates_mean=float(sizes.mean()),
+                 candidates_max=int(sizes.max()))
+
+  names = list(runs)
+  by_name = {}
+  for i, name in enumerate(names):
+    mean, per_query = _metrics_for(collection, split, runs[name], ignore_identical_ids)
+    by_name[name] = (mean, per_query)
+    target = out / ("run.trec" if i == 0 else f"run.{spec_name(name)}.trec")
+    metrics_lib.write_trec_run(target, runs[name], run_name=run_name)
+    log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+  timings["total_s"] = time.time() - t0
+  primary_mean, primary_per_query = by_name[names[0]]
+  result = metrics_lib.write_metrics(
+      out / "metrics.json", primary_mean, primary_per_query, run=names[0],
+      by_alignment={n: m for n, (m, _) in by_name.items()}, timings=timings, **extra)
+
+  reports = []
+  if adaptation:
+    if cands is None:
+      raise ValueError("few-shot adaptation needs the token index (RETRIEVER 'scann' or "
+                       "'exact'): it re-refines the same candidates")
+    reports.append(run_adaptation(index, queries, cands, collection, split, top_n=top_n,
+                                  ignore_identical_ids=ignore_identical_ids, log=log))
+    table = adaptation_lib.write_adaptation(out, reports)
+    log("few-shot alignment adaptation (nDCG@10 x 100):\n" + table)
+  if num_pictures and index is not None:
+    write_report(out, collection, split, runs[names[0]], index, queries, model,
+                 alignment=names[0], num_pictures=num_pictures, metrics=result,
+                 adaptation_reports=reports)
+  return result
+
+
+def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Any, collection: Collection,
+                   split: str, *, top_n: int = 1000, ignore_identical_ids: bool = True,
+                   strategies: Sequence[str] = adaptation_lib.STRATEGIES, seed: int = 0,
+                   log: Log = _print) -> dict[str, Any]:
+  """ALIGNER §4.1 few-shot adaptation over the fixed candidate sets `cands`."""
+  qrels = collection.qrels[split]
+
+  def per_query(spec: str) -> dict[str, float]:
+    run = to_run(queries.ids, index.doc_ids, refine(index, queries, cands, spec, top_n=top_n))
+    _, pq = metrics_lib.evaluate(qrels, run, metrics=("ndcg@10",),
+                                 ignore_identical_ids=ignore_identical_ids)
+    return {q: v["ndcg@10"] for q, v in pq.items()}
+
+  ids = [q for q in queries.ids if q in qrels]
+  ndcg = adaptation_lib.score_strategies(per_query, ids, strategies, progress=log)
+  return adaptation_lib.adaptation_report(ndcg, ids, strategies, seed=seed,
+                                          dataset=f"{collection.name}/{split}")
+
+
+def write_report(out: pathlib.Path, collection: Collection, split: str, run: metrics_lib.Run,
+                 index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
+                 alignment: str, num_pictures: int, metrics: dict[str, Any],
+                 adaptation_reports: Sequence[dict[str, Any]] = ()) -> pathlib.Path:
+  """report.html: the metrics table, the adaptation table and, for the first `num_pictures`
+  queries, the alignment picture of the query and its best-ranked document."""
+  from aligner_jax.eval import visualize  # pylint: disable=g-import-not-at-top  (matplotlib)
+  from aligner_jax.retrieval.encoding import token_strings  # pylint: disable=g-import-not-at-top
+  pictures = out / "pictures"
+  parts = [f"<h1>{html.escape(collection.name)} / {html.escape(split)}</h1>",
+           "<h2>Metrics</h2><table border=1 cellpadding=4><tr><th>run</th>"]
+  names = list(metrics["by_alignment"])
+  keys = list(metrics_lib.METRICS)
+  parts.append("".join(f"<th>{k}</th>" for k in keys) + "</tr>")
+  for name in names:
+    row = metrics["by_alignment"][name]
+    parts.append(f"<tr><td><code>{html.escape(name)}</code></td>" +
+                 "".join(f"<td>{row[k]:.4f}</td>" for k in keys) + "</tr>")
+  parts.append("</table>")
+  for r in adaptation_reports:
+    parts.append("<h2>Few-shot alignment adaptation</h2><pre>" +
+                 html.escape(adaptation_lib.table_markdown([r])) + "</pre>")
+  parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
+  row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
+  for b, qid in enumerate(queries.ids[:num_pictures]):
+    ranked = metrics_lib.ranked(run.get(qid, {}))
+    if not ranked:
+      continue
+    doc_id = ranked[0][0]
+    g = index.gather_padded(np.array([row_of_doc[doc_id]]), int(index.doc_lengths[
+        row_of_doc[doc_id]]) or 1)
+    d_mask = g["mask"][0]
+    if "token_ids" not in g:
+      break  # without stored token ids there are no token strings to draw
+    q_mask = queries.mask[b]
+    view = visualize.alignment_view(
+        token_strings(model.vocabulary, queries.token_ids[b][q_mask]),
+        token_strings(model.vocabulary, g["token_ids"][0][d_mask]),
+        queries.vectors[b][q_mask], g["vectors"][0][d_mask], alignment=alignment,
+        q_salience=None if queries.salience is None else queries.salience[b][q_mask],
+        d_salience=g["salience"][0][d_mask] if "salience" in g else None)
+    relevant = collection.qrels[split].get(qid, {}).get(doc_id, 0) > 0
+    title = f"query {qid} → document {doc_id} ({'relevant' if relevant else 'not judged relevant'})"
+    name = f"{spec_name(qid)}.png"
+    visualize.save_png(view, pictures / name, title=title)
+    parts.append(visualize.render_html(view, title=title))
+    parts.append(f'<p><img src="pictures/{html.escape(name)}" style="max-width:100%"></p>')
+  page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>aligner_jax report"
+          "</title></head><body style=\"font-family:sans-serif;max-width:70em\">" +
+          "".join(parts) + "</body></html>\n")
+  path = out / "report.html"
+  tmp = out / ".report.html.tmp"
+  tmp.write_text(page, encoding="utf-8")
+  tmp.replace(path)
+  return path
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+  """A plain-text table of `by_alignment` means (what the demo prints)."""
+  keys = list(metrics_lib.METRICS)
+  rows = [["run"] + keys]
+  for name, row in metrics["by_alignment"].items():
+    rows.append([name] + [f"{row[k]:.4f}" for k in keys])
+  widths = [max(len(r[i]) for r in rows) for i in range(len(keys) + 1)]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

@@ -1,0 +1,77 @@
+"""Encoded token stores on disk: what the encode job writes and the index job reads.
+
+A store directory (written atomically, verified on load; see `files.py`) holds
+  manifest.json   kind "token_store", counts, bytes and SHA-256 of every file
+  doc_ids.json    [N] ids (documents or queries)
+  offsets.npy     [N + 1] int64
+  vectors.npy     [T, h] float32 | float16 | int8 (+ scales.npy [T] float32 for int8)
+  salience.npy    [T] float32, token_ids.npy [T] int32, pooled.npy [N, h'] float32 (if present)
+Multi-host encoding writes one such directory per process (`shard_name`).
+"""
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from aligner_jax.index import files
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import check_vector_dtype
+
+KIND = "token_store"
+VERSION = 1
+_OPTIONAL = ("scales", "salience", "token_ids", "pooled")
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+  return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+def save_token_store(store: TokenStore, directory: str | pathlib.Path,
+                     **config: Any) -> dict[str, Any]:
+  """Writes `store` atomically; `config` (JSON values) is recorded in the manifest."""
+  with files.atomic_dir(directory) as tmp:
+    files.write_json(tmp / "doc_ids.json", store.doc_ids)
+    files.save_array(tmp, "offsets.npy", store.offsets)
+    files.save_array(tmp, "vectors.npy", store.vectors)
+    for name in _OPTIONAL:
+      if getattr(store, name) is not None:
+        files.save_array(tmp, f"{name}.npy", getattr(store, name))
+    counts = {"documents": store.num_docs, "tokens": store.num_tokens, "dim": store.dim,
+              "pooled_dim": 0 if store.pooled is None else int(store.pooled.shape[1])}
+    manifest = files.write_manifest(
+        tmp, kind=KIND, version=VERSION, counts=counts,
+        config={**config, "vector_dtype": store.vector_dtype,
+                "fields": [n for n in _OPTIONAL if getattr(store, n) is not None]})
+  return manifest
+
+
+def load_token_store(directory: str | pathlib.Path) -> TokenStore:
+  """Loads a store after verifying its checksums; mismatches raise `IndexFileError`."""
+  directory = pathlib.Path(directory)
+  manifest = files.verify_dir(directory, kind=KIND, version=VERSION)
+  try:
+    counts, config = manifest["counts"], manifest["config"]
+    n, t, h = int(counts["documents"]), int(counts["tokens"]), int(counts["dim"])
+    pooled_dim = int(counts["pooled_dim"])
+    dtype = check_vector_dtype(config["vector_dtype"])
+    fields = set(config["fields"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise files.IndexFileError(directory / files.MANIFEST,
+                               f"manifest config/counts are malformed ({e})") from None
+  ids = files.read_json(directory / "doc_ids.json")
+  if not isinstance(ids, list) or len(ids) != n:
+    raise files.IndexFileError(directory / "doc_ids.json", f"expected a list of {n} ids as the "
+                               "manifest says (mismatched store)")
+  load = lambda name, dt, shape: files.load_array(directory, name, dtype=dt, shape=shape)  # noqa
+  offsets = load("offsets.npy", np.int64, (n + 1,))
+  if offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0):
+    raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
+                               f"manifest's {t} tokens")
+  shapes = {"scales": (np.float32, (t,)), "salience": (np.float32, (t,)),
+            "token_ids": (np.int32, (t,)), "pooled": (np.float32, (n, pooled_dim))}
+  extra = {name: load(f"{name}.npy", *shapes[name]) if name in fields else None
+           for name in _OPTIONAL}
+  if dtype == "int8" and extra["scales"] is None:
+    raise files.IndexFileError(directory / files.MANIFEST, "int8 vectors without scales")
+  return TokenStore(ids, offsets, load("vectors.npy", dtype, (t, h)), **extra)

@@ -1,0 +1,198 @@
+"""Encoding texts into token vectors, saliences and pooled vectors for the index and retrieval.
+
+Texts are tokenised with the model's vocabulary, framed with its special tokens and truncated
+to `max_length` (`vocabulary.frame`, the reference tokenizer's behaviour). The encoder runs
+under a data-parallel mesh (`Partitioner`): each global batch is split over the devices, and
+with several processes every process encodes its own slice of the texts
+(`host_slice`), contributes its rows of each global batch and keeps its own rows of the output.
+
+On a single process texts are encoded in order of length with each batch padded to a multiple
+of `length_bucket` (short texts cost less); with several processes every batch is padded to
+`max_length`, since all processes must run the same shapes in lockstep. Outputs are in the
+input order either way; padding never changes a real token's vector (attention is masked).
+"""
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import encode_vectors
+from aligner_jax.retrieval.token_retrieval import QueryBatch
+
+# (params, input_ids [B, L] int32, mask [B, L] bool) -> Encoded-like with vectors, mask,
+# salience (or None) and pooled.
+EncodeFn = Callable[[Any, jax.Array, jax.Array], Any]
+
+
+def tokenize(vocabulary: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+  """Ids of each text, framed with the model's special tokens and truncated to max_length."""
+  if hasattr(vocabulary, "encode_batch"):
+    raw = vocabulary.encode_batch(list(texts))
+  else:
+    raw = [list(vocabulary.encode(t)) for t in texts]
+  if hasattr(vocabulary, "frame"):
+    return [vocabulary.frame(list(ids), max_length) for ids in raw]
+  return [list(ids)[:max_length] for ids in raw]
+
+
+def token_strings(vocabulary: Any, ids: Sequence[int]) -> list[str]:
+  """Display strings of token ids (WordPiece "##x" / SentencePiece "▁x" pieces kept)."""
+  tok = getattr(vocabulary, "tokenizer", None)
+  if tok is not None and hasattr(tok, "id_to_token"):
+    return [tok.id_to_token(int(i)) or f"<{int(i)}>" for i in ids]
+  if tok is not None and hasattr(tok, "id_to_piece"):
+    return [tok.id_to_piece(int(i)) for i in ids]
+  return [vocabulary.decode([int(i)]) for i in ids]
+
+
+def host_slice(num_items: int, process_index: int | None = None,
+               process_count: int | None = None) -> slice:
+  """The contiguous rows process `process_index` of `process_count` encodes."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  per = math.ceil(num_items / count)
+  return slice(min(index * per, num_items), min((index + 1) * per, num_items))
+
+
+def make_encode_fn(module: Any, side: str) -> EncodeFn:
+  """`(params, ids, mask) -> Encoded` for a `DualEncoder`'s query or document side."""
+  if side not in ("query", "doc"):
+    raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
+  method = "encode_queries" if side == "query" else "encode_documents"
+
+  def encode(params, ids, mask):
+    return module.apply({"params": params}, ids, mask, method=method)
+
+  return encode
+
+
+class Encoder:
+  """Runs an `EncodeFn` over token id lists in padded, device-sharded batches."""
+
+  def __init__(self, encode_fn: EncodeFn, params: Any, *, batch_size: int = 32,
+               pad_id: int = 0, length_bucket: int = 32, partitioner: Any = None):
+    from aligner_jax.train.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
+    self.partitioner = partitioner or Partitioner(1)
+    data = self.partitioner.data_size
+    local = max(1, data // jax.process_count())
+    # Each process's share of a global batch must split evenly over its devices.
+    self.host_batch = max(local, int(math.ceil(batch_size / jax.process_count() / local)) * local)
+    self.pad_id = pad_id
+    self.length_bucket = length_bucket
+    with self.partitioner.context():
+      self.params = jax.device_put(params, self.partitioner.replicated())
+    self._fn = jax.jit(encode_fn)
+
+  def _run(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray | None]:
+    batch = self.partitioner.shard_batch({"ids": ids, "mask": mask})
+    with self.partitioner.context():
+      out = self._fn(self.params, batch["ids"], batch["mask"])
+    local = lambda x: None if x is None else _local_rows(x)  # noqa: E731
+    return {"vectors": local(out.vectors), "mask": local(out.mask),
+            "salience": local(out.salience), "pooled": local(out.pooled)}
+
+  def encode(self, token_lists: Sequence[Sequence[int]], max_length: int,
+             progress: Callable[[str], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per text {"vectors": [l, h], "salience": [l] | None, "pooled": [h'],
+    "token_ids": [l]} over its l ≤ max_length real tokens, in input order."""
+    lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
+    multi = jax.process_count() > 1
+    order = np.arange(len(token_lists)) if multi else np.argsort(-lengths, kind="stable")
+    # Every process runs the same number of steps (its slice may be one row shorter).
+    num_steps = math.ceil(max(1, len(token_lists)) / self.host_batch)
+    if multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      num_steps = int(np.max(multihost_utils.process_allgather(np.array(num_steps))))
+    results: list[dict[str, np.ndarray] | None] = [None] * len(token_lists)
+    start_time = time.time()
+    for step in range(num_steps):
+      rows = order[step * self.host_batch:(step + 1) * self.host_batch]
+      if multi or not len(rows):
+        width = max_length
+      else:
+        longest = max(1, int(lengths[rows].max()))
+        width = min(max_length, int(math.ceil(longest / self.length_bucket)) * self.length_bucket)
+      ids = np.full((self.host_batch, width), self.pad_id, np.int32)
+      mask = np.zeros((self.host_batch, width), bool)
+      for r, row in enumerate(rows):
+        t = list(token_lists[row])[:width]
+        ids[r, :len(t)] = t
+        mask[r, :len(t)] = True
+      out = self._run(ids, mask)
+      for r, row in enumerate(rows):
+        n = int(mask[r].sum())
+        results[row] = {
+            "vectors": out["vectors"][r, :n], "pooled": out["pooled"][r],
+            "salience": None if out["salience"] is None else out["salience"][r, :n],
+            "token_ids": ids[r, :n].copy()}
+      if progress is not None and ((step + 1) % 20 == 0 or step + 1 == num_steps):
+        done = min((step + 1) * self.host_batch, len(token_lists))
+        rate = done / max(time.time() - start_time, 1e-9)
+        progress(f"encoded {done}/{len(token_lists)} texts ({rate:.1f}/s)")
+    return results  # type: ignore[return-value]
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a global array sharded over its leading axis, in order."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, parts = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicated over the model axis: keep one copy
+      seen.add(start)
+      parts.append(np.asarray(s.data))
+  return np.concatenate(parts)
+
+
+def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
+                  texts: Sequence[str], *, max_length: int = 256,
+                  vector_dtype: str = "float16", keep_token_ids: bool = True,
+                  progress: Callable[[str], None] | None = None) -> TokenStore:
+  """Documents -> a `TokenStore` of their real tokens (salience and pooled when present)."""
+  if len(doc_ids) != len(texts):
+    raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
+  encoded = encoder.encode(tokenize(vocabulary, texts, max_length), max_length, progress)
+  lengths = np.array([len(e["vectors"]) for e in encoded], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  dim = encoded[0]["vectors"].shape[-1] if encoded else 0
+  flat = (np.concatenate([e["vectors"] for e in encoded]) if encoded
+          else np.zeros((0, dim), np.float32))
+  vectors, scales = encode_vectors(flat, vector_dtype)
+  has_sal = bool(encoded) and encoded[0]["salience"] is not None
+  return TokenStore(
+      doc_ids=list(doc_ids), offsets=offsets, vectors=vectors, scales=scales,
+      salience=np.concatenate([e["salience"] for e in encoded]).astype(np.float32)
+      if has_sal else None,
+      token_ids=np.concatenate([e["token_ids"] for e in encoded]).astype(np.int32)
+      if keep_token_ids and encoded else None,
+      pooled=np.stack([e["pooled"] for e in encoded]).astype(np.float32) if encoded else None)
+
+
+def encode_queries(encoder: Encoder, vocabulary: Any, query_ids: Sequence[str],
+                   texts: Sequence[str], *, max_length: int = 64,
+                   progress: Callable[[str], None] | None = None) -> QueryBatch:
+  """Queries -> a padded `QueryBatch` (length = the longest query)."""
+  encoded = encoder.encode(tokenize(vocabulary, texts, max_length), max_length, progress)
+  b = len(encoded)
+  n = max([len(e["vectors"]) for e in encoded] + [1])
+  dim = encoded[0]["vectors"].shape[-1]
+  vectors = np.zeros((b, n, dim), np.float32)
+  mask = np.zeros((b, n), bool)
+  token_ids = np.zeros((b, n), np.int32)
+  has_sal = encoded[0]["salience"] is not None
+  salience = np.zeros((b, n), np.float32) if has_sal else None
+  for i, e in enumerate(encoded):
+    length = len(e["vectors"])
+    vectors[i, :length] = e["vectors"]
+    mask[i, :length] = True
+    token_ids[i, :length] = e["token_ids"]
+    if has_sal:
+      salience[i, :length] = e["salience"]
+  pooled = np.stack([e["pooled"] for e in encoded]).astype(np.float32)
+  return QueryBatch(list(query_ids), vectors, mask, salience, token_ids, pooled)

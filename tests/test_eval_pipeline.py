@@ -1,0 +1,213 @@
+"""The evaluation pipeline and its gin jobs end to end on a tiny BEIR directory and a tiny
+random T5 dual encoder: encode -> index (saved, verified, reused) -> retrieve -> metrics,
+adaptation, report; BM25 and re-ranking; model loading from trainer checkpoints."""
+
+import json
+import pathlib
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import pytest
+
+from aligner_jax import models
+from aligner_jax.eval import jobs
+from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.eval import pipeline
+from aligner_jax.index import IndexConfig
+from aligner_jax.index import IndexFileError
+
+_PARTS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river mountain "
+          "forest ocean desert island valley glacier canyon").split()
+WORDS = [a + b for a in _PARTS[:10] for b in _PARTS[10:]]  # 100 distinct words
+
+
+def write_beir(root: pathlib.Path, num_docs=40, num_queries=12, seed=0) -> pathlib.Path:
+  rng = np.random.default_rng(seed)
+  (root / "qrels").mkdir(parents=True)
+  docs = []
+  with open(root / "corpus.jsonl", "w") as f:
+    for i in range(num_docs):
+      text = " ".join(rng.choice(WORDS, rng.integers(5, 30)))
+      docs.append(text)
+      f.write(json.dumps({"_id": f"doc{i}", "title": f"t{i}", "text": text}) + "\n")
+  with open(root / "queries.jsonl", "w") as f, open(root / "qrels" / "test.tsv", "w") as g:
+    g.write("query-id\tcorpus-id\tscore\n")
+    for q in range(num_queries):
+      target = int(rng.integers(num_docs))
+      words = docs[target].split()
+      f.write(json.dumps({"_id": f"q{q}", "text": " ".join(words[:4])}) + "\n")
+      g.write(f"q{q}\tdoc{target}\t1\n")
+  return root
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory):
+  return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(t5_tokenizer_json_module):
+  module = models.DualEncoder(encoder_config=models.t5_config("tiny"), projection_dim=16,
+                              query_salience_ratio=0.5, doc_salience_ratio=0.5)
+  params = nn.unbox(models.init_dual_encoder(module, jax.random.key(0), query_length=8,
+                                             doc_length=8))
+  return module, params
+
+
+@pytest.fixture(scope="module")
+def t5_tokenizer_json_module():
+  from conftest import shared_path
+  return shared_path("tokenizers", "t5_v1_1", "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_model):
+  return jobs.model_encoders(*tiny_model, "t5_1_1", batch_size=16)
+
+
+def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
+  out, index_dir = tmp_path / "out", tmp_path / "index"
+  logs = []
+  result = pipeline.evaluate_beir(
+      beir_dir=str(beir_dir), split="test", output_dir=str(out), retriever="exact",
+      model=encoders, index_dir=str(index_dir),
+      index_config=IndexConfig(prune_doc_ratio=0.5), alignments=["top_k:1", "top_k:2"],
+      num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64, query_length=16,
+      adaptation=True, num_pictures=2, log=logs.append)
+  names = sorted(p.name for p in out.iterdir())
+  assert {"run.trec", "run.top_k-2.trec", "metrics.json", "adaptation.json", "adaptation.md",
+          "report.html", "pictures"} <= set(names)
+  assert len(list((out / "pictures").glob("*.png"))) == 2
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["run"] == "top_k:1" and set(saved["by_alignment"]) == {"top_k:1", "top_k:2"}
+  # metrics.json holds what pytrec_eval gives for the written run file.
+  qrels = pipeline.load_split(str(beir_dir), "test").qrels["test"]
+  mean, _ = metrics_lib.evaluate(qrels, metrics_lib.read_trec_run(out / "run.trec"))
+  for k, v in mean.items():
+    assert saved[k] == pytest.approx(v, abs=1e-6)
+  run = metrics_lib.read_trec_run(out / "run.trec")
+  assert len(run) == 12 and all(0 < len(d) <= 15 for d in run.values())
+  adaptation = json.loads((out / "adaptation.json").read_text())["reports"][0]
+  assert adaptation["num_folds"] == 1 and adaptation["strategies"][0] == "top_k:1"
+  assert "Few-shot" in (out / "report.html").read_text()
+  assert any("built 1 shard" in line for line in logs)
+
+  # A second run loads the saved index (checksums verified) and reproduces the run.
+  logs.clear()
+  again = pipeline.evaluate_beir(
+      beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
+      retriever="exact", model=encoders, index_dir=str(index_dir),
+      index_config=IndexConfig(prune_doc_ratio=0.5), num_neighbors=20, prune_query_ratio=0.5,
+      top_n=15, doc_length=64, query_length=16, log=logs.append)
+  assert any("loaded index" in line and "checksums verified" in line for line in logs)
+  assert again["ndcg@10"] == result["ndcg@10"]
+  assert metrics_lib.read_trec_run(tmp_path / "again" / "run.trec") == run
+
+  # Another pruning ratio is refused until REBUILD_INDEX.
+  with pytest.raises(ValueError, match="REBUILD_INDEX"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "x"),
+                           retriever="exact", model=encoders, index_dir=str(index_dir),
+                           index_config=IndexConfig(prune_doc_ratio=0.25), doc_length=64,
+                           query_length=16, log=logs.append)
+  # A corrupted index is refused, naming the file.
+  vectors = index_dir / "shard-00000" / "vectors.npy"
+  data = bytearray(vectors.read_bytes())
+  data[-3] ^= 1
+  vectors.write_bytes(bytes(data))
+  with pytest.raises(IndexFileError, match="vectors.npy"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
+                           retriever="exact", model=encoders, index_dir=str(index_dir),
+                           index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
+                           query_length=16, log=logs.append)
+  rebuilt = pipeline.evaluate_beir(
+      beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "z"), retriever="exact",
+      model=encoders, index_dir=str(index_dir), index_config=IndexConfig(prune_doc_ratio=0.5),
+      rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
+      query_length=16, log=logs.append)
+  assert rebuilt["ndcg@10"] == result["ndcg@10"]
+
+
+def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
+  bm25 = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+                                output_dir=str(tmp_path / "bm25"), retriever="bm25",
+                                log=lambda m: None)
+  # Queries are the first words of their document: BM25 finds most of them.
+  assert bm25["mrr@10"] > 0.5
+  dense = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+                                 output_dir=str(tmp_path / "dense"), retriever="dense",
+                                 model=encoders, doc_length=64, query_length=16,
+                                 log=lambda m: None)
+  assert dense["run"] == "dense" and 0.0 <= dense["ndcg@10"] <= 1.0
+  rr = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+                              output_dir=str(tmp_path / "rr"), retriever="bm25", model=encoders,
+                              rerank_depth=5, doc_length=64, query_length=16,
+                              log=lambda m: None)
+  run = metrics_lib.read_trec_run(tmp_path / "rr" / "run.trec")
+  first = metrics_lib.read_trec_run(tmp_path / "bm25" / "run.trec")
+  for q, docs in run.items():
+    assert set(docs) == {d for d, _ in metrics_lib.ranked(first[q])[:5]}
+  assert rr["first_stage"] == "bm25" and rr["recall@1000"] <= bm25["recall@1000"]
+  with pytest.raises(ValueError, match="needs a model"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
+                           retriever="exact", log=lambda m: None)
+
+
+def test_load_model_from_trainer_checkpoint_and_pretrained(tiny_model, tmp_path):
+  import optax
+  from aligner_jax.train.checkpoints import Checkpointer
+  from aligner_jax.train.state import TrainState
+  module, params = tiny_model
+  ck = Checkpointer(str(tmp_path / "model" / "checkpoints"), period=1, async_save=False)
+  ck.save(7, TrainState.create(params, optax.sgd(0.1)), {"epoch": 0}, force=True)
+  ck.close()
+  _, restored = jobs.load_model(module, model_dir=str(tmp_path / "model"))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # A model with heads cannot be evaluated from encoder weights alone.
+  models.save_params(tmp_path / "enc", params["encoder"], config=models.t5_config("tiny"))
+  with pytest.raises(jobs.ModelLoadError, match="missing"):
+    jobs.load_model(module, model_dir=str(tmp_path / "none"), checkpoint_path=str(tmp_path / "enc"))
+  bare = models.DualEncoder(encoder_config=models.t5_config("tiny"))
+  _, p = jobs.load_model(bare, model_dir=None, checkpoint_path=str(tmp_path / "enc"))
+  assert set(p) == {"encoder"}
+  with pytest.raises(jobs.ModelLoadError, match="nothing to evaluate"):
+    jobs.load_model(bare, model_dir=str(tmp_path / "none"))
+
+
+@pytest.mark.slow
+def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
+  module, params = tiny_model
+  bare = models.DualEncoder(encoder_config=models.t5_config("tiny"), projection_dim=None)
+  models.save_params(tmp_path / "enc", params["encoder"], config=models.t5_config("tiny"))
+  common = [f"BEIR_DIR = '{beir_dir}'", "SPLIT = 'test'", "MODEL_DIR = None",
+            f"CHECKPOINT_PATH = '{tmp_path / 'enc'}'", "EVAL_DOC_LENGTH = 64",
+            "EVAL_QUERY_LENGTH = 16", "EVAL_BATCH_SIZE = 16"]
+  root = pathlib.Path(__file__).resolve().parents[1]
+
+  from aligner_jax.main import run as main_run  # registers `run`
+
+  def run(run_file, bindings):
+    gin.clear_config()
+    try:
+      gin.parse_config_files_and_bindings(
+          [str(root / "gin/models/t5_1_1_tiny.gin"), str(root / run_file)], bindings,
+          finalize_config=False)
+      return main_run()
+    finally:
+      gin.clear_config()
+
+  info = run("gin/runs/encode.gin", common + [f"ENCODED_DIR = '{tmp_path / 'enc_out'}'"])
+  assert info["documents"] == 40
+  assert (tmp_path / "enc_out" / "corpus-00000-of-00001" / "manifest.json").is_file()
+  assert (tmp_path / "enc_out" / "queries-test" / "manifest.json").is_file()
+  info = run("gin/runs/index.gin", [f"ENCODED_DIR = '{tmp_path / 'enc_out'}'",
+                                    f"INDEX_DIR = '{tmp_path / 'index'}'", "RETRIEVER = 'exact'"])
+  assert info["counts"]["documents"] == 40
+  result = run("gin/runs/eval_beir.gin", common + [
+      f"OUTPUT_DIR = '{tmp_path / 'eval'}'", f"INDEX_DIR = '{tmp_path / 'index'}'",
+      "ALIGNMENT = 'top_p:0.25'", "RETRIEVER = 'exact'", "NUM_NEIGHBORS = 50"])
+  assert result["run"] == "top_p:0.25" and result["index"]["backend"] == "exact"
+  assert (tmp_path / "eval" / "run.trec").is_file()
+  del bare, module
