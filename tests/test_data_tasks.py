@@ -38,6 +38,10 @@ def _isolated_data_config(monkeypatch):
     family._register_all()
   yield
   loaders._overrides.clear()
+  # Leave the registry as importing `tasks` made it, for tests that run later.
+  monkeypatch.undo()
+  for family in (beir_tasks, msmarco_tasks, nq_tasks, demo_tasks):
+    family._register_all()
 
 
 def test_registration_reads_no_file(monkeypatch):
