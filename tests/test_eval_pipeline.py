@@ -167,7 +167,7 @@ def test_load_model_from_trainer_checkpoint_and_pretrained(tiny_model, tmp_path)
     np.testing.assert_array_equal(np.asarray(a), b)
   # A model with heads cannot be evaluated from encoder weights alone.
   models.save_params(tmp_path / "enc", params["encoder"], config=models.t5_config("tiny"))
-  with pytest.raises(jobs.ModelLoadError, match="missing"):
+  with pytest.raises(jobs.ModelLoadError, match="lacks"):
     jobs.load_model(module, model_dir=str(tmp_path / "none"), checkpoint_path=str(tmp_path / "enc"))
   bare = models.DualEncoder(encoder_config=models.t5_config("tiny"))
   _, p = jobs.load_model(bare, model_dir=None, checkpoint_path=str(tmp_path / "enc"))

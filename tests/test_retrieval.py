@@ -82,6 +82,11 @@ def test_refinement_equals_brute_force_scores(alignment, kind, value):
   index = build_token_index(store, IndexConfig(backend="exact", vector_dtype="float32"))
   cands = candidate_documents(index, queries, num_neighbors=30)
   results = refine(index, queries, cands, alignment, top_n=10)
+  # Refining query by query or in blocks of queries gives the same documents and scores.
+  for block in (1,):
+    other = refine(index, queries, cands, alignment, top_n=10, query_block=block)
+    for (d1, s1), (d2, s2) in zip(results, other):
+      np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
   for b, (docs, scores) in enumerate(results):
     ref = {}
     for d in cands.docs[b]:

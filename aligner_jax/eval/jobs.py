@@ -70,27 +70,30 @@ def restore_trained_params(model_dir: str, step: int | None = None) -> Any:
   return restored["params"]
 
 
-def _check_tree(module: Any, params: Any, source: str) -> None:
-  """Refuses params whose tree differs from what `module` initialises (e.g. missing heads)."""
+def _abstract_params(module: Any) -> Any:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from aligner_jax.models import init_dual_encoder  # pylint: disable=g-import-not-at-top
-  abstract = nn.unbox(jax.eval_shape(
+  return nn.unbox(jax.eval_shape(
       lambda rng: init_dual_encoder(module, rng, query_length=8, doc_length=8),
       jax.random.key(0)))
-  if jax.tree_util.tree_structure(abstract) != jax.tree_util.tree_structure(params):
+
+
+def _fit_params(abstract: Any, params: Any, source: str, path: str = "") -> Any:
+  """`params` restricted to the tree of `abstract` (checkpoint parts the module does not use,
+  such as BERT's pooler, are dropped); a missing part or a wrong shape is an error."""
+  if isinstance(abstract, dict):
+    if not isinstance(params, dict):
+      raise ModelLoadError(f"{source}: expected a parameter group at {path or '/'}")
     missing = sorted(set(abstract) - set(params))
-    extra = sorted(set(params) - set(abstract))
-    raise ModelLoadError(f"{source}: parameters do not fit the configured DualEncoder (parts "
-                         f"missing: {missing or 'none'}, unexpected: {extra or 'none'}; the "
-                         "head settings of the model gin file must match the checkpoint)")
-  for path, want in jax.tree_util.tree_leaves_with_path(abstract):
-    got = params
-    for key in path:
-      got = got[key.key]
-    if tuple(np.shape(got)) != tuple(want.shape):
-      raise ModelLoadError(f"{source}: parameter {jax.tree_util.keystr(path)} has shape "
-                           f"{tuple(np.shape(got))}, the configured model expects "
-                           f"{tuple(want.shape)}")
+    if missing:
+      raise ModelLoadError(f"{source}: parameters do not fit the configured DualEncoder: "
+                           f"{path or '/'} lacks {missing} (the head settings of the model gin "
+                           "file must match the checkpoint)")
+    return {k: _fit_params(abstract[k], params[k], source, f"{path}/{k}") for k in abstract}
+  if tuple(np.shape(params)) != tuple(abstract.shape):
+    raise ModelLoadError(f"{source}: parameter {path} has shape {tuple(np.shape(params))}, the "
+                         f"configured model expects {tuple(abstract.shape)}")
+  return params
 
 
 def load_model(module: Any, *, model_dir: str | None = None,
@@ -98,16 +101,14 @@ def load_model(module: Any, *, model_dir: str | None = None,
   """(module, params) for inference; see the module docstring."""
   if model_dir and _latest_step(pathlib.Path(model_dir) / "checkpoints") is not None:
     params = restore_trained_params(model_dir, step)
-    _check_tree(module, params, f"{model_dir}/checkpoints")
-    return module, params
+    return module, _fit_params(_abstract_params(module), params, f"{model_dir}/checkpoints")
   if not checkpoint_path:
     raise ModelLoadError(f"no trained checkpoint under MODEL_DIR={model_dir!r} and no "
                          "pretrained CHECKPOINT_PATH: nothing to evaluate")
   from aligner_jax.models import load_encoder  # pylint: disable=g-import-not-at-top
   _, encoder_params = load_encoder(checkpoint_path)
-  params = {"encoder": encoder_params}
-  _check_tree(module, params, checkpoint_path)
-  return module, params
+  return module, _fit_params(_abstract_params(module), {"encoder": encoder_params},
+                             checkpoint_path)
 
 
 def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,

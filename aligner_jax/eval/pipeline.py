@@ -10,7 +10,8 @@
 Retrievers: "scann" / "exact" (the token index with refinement), "dense" (pooled vectors),
 "bm25". The token index is loaded from `index_dir` when one is there (checksums verified;
 a different backend or pruning ratio is an error that names the fix), otherwise built from
-the encoded corpus and saved; `rebuild_index=True` always rebuilds. `rerank_depth` > 0
+the encoded corpus and saved; `rebuild_index=True` always rebuilds. The dense path reads the
+pooled document vectors from that index when there is one, else encodes the corpus. `rerank_depth` > 0
 re-ranks BM25's top documents with the model's alignment score instead of using the index.
 
 Progress goes to `log` (print by default) with counts and rates.
@@ -182,12 +183,22 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
     else:
       runs["bm25"] = first
   elif retriever == "dense":
-    store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
+    if index_dir and index_exists(index_dir) and not rebuild_index:
+      # The token index stores every document's pooled vector: no need to encode again.
+      index = load_index(index_dir)
+      doc_ids, pooled = index.doc_ids, index.pooled()
+      log(f"pooled document vectors from the index in {index_dir}")
+    else:
+      store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
+      doc_ids, pooled = store.doc_ids, store.pooled
+    if pooled is None:
+      raise ValueError("the dense path needs pooled document vectors, and these have none")
     queries = encode_split_queries(model, collection, split, query_length=query_length, log=log)
     t = time.time()
-    results = dense_search(store.pooled, queries.pooled, top_n)
+    results = dense_search(pooled, queries.pooled, top_n)
     timings["search_s"] = time.time() - t
-    runs["dense"] = to_run(queries.ids, store.doc_ids, results)
+    runs["dense"] = to_run(queries.ids, doc_ids, results)
+    index = None
   else:
     config = index_config or IndexConfig()
     config = dataclasses.replace(config, backend=retriever)

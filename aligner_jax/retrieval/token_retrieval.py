@@ -8,9 +8,9 @@ tokens and all (unpruned) query tokens, with saliences when the model has them; 
 `top_n` (1,000) are returned. Steps 1-3 do not depend on the alignment, so `Candidates` can be
 reused to refine with other alignments (few-shot adaptation reruns only step 4).
 
-Refinement calls `align_scores_candidates` on chunks of candidates padded to a few bucketed
-lengths so that only a handful of shapes are ever compiled. Results are ordered by score,
-then by document number (lower first).
+Refinement calls the all-pairs scorer `align_scores` on blocks of queries against chunks of
+their candidates padded to a few bucketed lengths, so that only a handful of shapes are ever
+compiled (see `refine`). Results are ordered by score, then by document number (lower first).
 """
 
 import dataclasses
@@ -19,13 +19,12 @@ import math
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from aligner_jax.index import pruning
 from aligner_jax.index.token_index import TokenIndex
 from aligner_jax.scoring import Alignment
-from aligner_jax.scoring import align_scores_candidates
+from aligner_jax.scoring import align_scores
 
 # Floats of candidate document vectors per refinement call ([K, m, h] in float32): ~64 MB.
 _CHUNK_FLOATS = 1 << 24
@@ -132,10 +131,10 @@ def all_documents(index: TokenIndex, queries: QueryBatch) -> Candidates:
 
 @functools.lru_cache(maxsize=None)
 def _scorer(alignment: Alignment, with_q_sal: bool, with_d_sal: bool, with_ids: bool):
-  """One jitted refinement call per alignment and set of optional inputs."""
+  """One jitted all-pairs refinement call per alignment and set of optional inputs."""
 
   def score(q, q_mask, d, d_mask, q_sal, d_sal, q_ids, d_ids):
-    return align_scores_candidates(
+    return align_scores(
         q, q_mask, d, d_mask, alignment, q_salience=q_sal if with_q_sal else None,
         d_salience=d_sal if with_d_sal else None, q_ids=q_ids if with_ids else None,
         d_ids=d_ids if with_ids else None)
@@ -147,27 +146,44 @@ def _bucket(length: int) -> int:
   return max(_LENGTH_BUCKET, int(math.ceil(length / _LENGTH_BUCKET)) * _LENGTH_BUCKET)
 
 
+def _pow2_at_least(x: int) -> int:
+  return 1 << int(math.ceil(math.log2(max(x, 1))))
+
+
 def _chunk_size(length: int, dim: int, remaining: int) -> int:
-  """Candidates per refinement call: a power of two (few compiled shapes) no larger than the
-  memory budget or than needed for the `remaining` candidates."""
+  """Documents per refinement call: a power of two (few compiled shapes) no larger than the
+  memory budget or than needed for the `remaining` documents."""
   budget = max(1, min(_MAX_CHUNK, _CHUNK_FLOATS // (length * dim)))
   budget = 1 << int(math.floor(math.log2(budget)))
-  need = 1 << int(math.ceil(math.log2(max(remaining, _MIN_CHUNK))))
-  return min(budget, need)
+  return min(budget, _pow2_at_least(max(remaining, _MIN_CHUNK)))
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  out = np.zeros((rows,) + x.shape[1:], x.dtype)
+  out[:len(x)] = x
+  return out
 
 
 def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
-           alignment: Alignment | str, *, top_n: int = 1000,
-           use_salience: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Step 4-5: scores each query's candidates with `alignment` and keeps the top `top_n`.
+           alignment: Alignment | str, *, top_n: int = 1000, use_salience: bool = True,
+           query_block: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Steps 4-5: scores each query's candidates with `alignment` and keeps the top `top_n`.
+
+  Queries are refined in blocks: the union of a block's candidates is scored against every
+  query of the block in all-pairs calls (`align_scores`), so a document shared by many
+  queries' candidate sets is read once per block; each query keeps only its own candidates.
+  With query_block = 1 exactly the candidates are scored. The default (None) uses blocks of
+  32 when candidate sets cover at least 5 % of the corpus on average (small corpora, large
+  K′), else 1.
 
   Args:
     index: the token index whose stored vectors are scored.
     queries: the encoded queries (all their tokens are used).
-    candidates: from `candidate_documents` (same query order).
+    candidates: from `candidate_documents` (same query order; sorted document numbers).
     alignment: an `Alignment` or spec such as "top_k:1" or "top_p:0.015".
     top_n: how many documents to return per query.
     use_salience: pass the stored saliences to the scorer (when both sides have them).
+    query_block: queries refined together (see above).
 
   Returns:
     Per query (global document numbers [≤ top_n] int64, scores [≤ top_n] float32), best first.
@@ -177,38 +193,44 @@ def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     raise ValueError("candidates were computed for other queries")
   if alignment.needs_token_ids and (queries.token_ids is None or not index.has_token_ids):
     raise ValueError(f"alignment {alignment} needs token ids of queries and documents")
-  with_q_sal = use_salience and queries.salience is not None and index.has_salience
-  with_d_sal = use_salience and index.has_salience and queries.salience is not None
+  with_sal = use_salience and queries.salience is not None and index.has_salience
   with_ids = alignment.needs_token_ids
-  fn = _scorer(alignment, with_q_sal, with_d_sal, with_ids)
+  fn = _scorer(alignment, with_sal, with_sal, with_ids)
+  num_q = len(queries)
+  if query_block is None:
+    covered = candidates.sizes().mean() if num_q else 0.0
+    query_block = 32 if covered >= 0.05 * max(index.num_docs, 1) else 1
+  block = min(query_block, _pow2_at_least(num_q))
+  lengths = index.doc_lengths
   results = []
-  for b in range(len(queries)):
-    q = jnp.asarray(queries.vectors[b:b + 1])
-    q_mask = jnp.asarray(queries.mask[b:b + 1])
-    q_sal = jnp.asarray(queries.salience[b:b + 1] if with_q_sal else queries.mask[b:b + 1],
-                        jnp.float32)
-    q_ids = jnp.asarray(queries.token_ids[b:b + 1] if with_ids else queries.mask[b:b + 1],
-                        jnp.int32)
-    docs = candidates.docs[b]
-    scores = np.zeros(len(docs), np.float32)
+  for start in range(0, num_q, block):
+    rows = list(range(start, min(start + block, num_q)))
+    q = _pad_rows(queries.vectors[rows], block)
+    q_mask = _pad_rows(queries.mask[rows], block)
+    q_sal = _pad_rows(queries.salience[rows], block) if with_sal else q_mask.astype(np.float32)
+    q_ids = _pad_rows(queries.token_ids[rows], block) if with_ids else q_mask.astype(np.int32)
+    union = np.unique(np.concatenate([candidates.docs[r] for r in rows] + [np.zeros(0, int)]))
+    scores = np.zeros((block, len(union)), np.float32)
     # Similar lengths share a chunk, so padding stays small.
-    order = np.argsort(index.doc_lengths[docs], kind="stable")
-    start = 0
-    while start < len(docs):
-      length = _bucket(int(index.doc_lengths[docs[order[start]]]))
-      size = _chunk_size(length, index.dim, len(docs) - start)
-      take = order[start:start + size]
-      take = take[index.doc_lengths[docs[take]] <= length]
+    order = np.argsort(lengths[union], kind="stable")
+    pos = 0
+    while pos < len(union):
+      length = _bucket(int(lengths[union[order[pos]]]))
+      size = _chunk_size(length, index.dim, len(union) - pos)
+      take = order[pos:pos + size]
+      take = take[lengths[union[take]] <= length]
       padded = np.full(size, -1, np.int64)
-      padded[:len(take)] = docs[take]
+      padded[:len(take)] = union[take]
       g = index.gather_padded(padded, length)
-      d_sal = g.get("salience", g["mask"].astype(np.float32)) if with_d_sal else g["mask"]
-      d_ids = g.get("token_ids", g["mask"]) if with_ids else g["mask"]
-      out = fn(q, q_mask, g["vectors"][None], g["mask"][None], q_sal,
-               np.asarray(d_sal, np.float32)[None], q_ids, np.asarray(d_ids, np.int32)[None])
-      scores[take] = np.asarray(out)[0, :len(take)]
-      start += len(take)
-    results.append(top_documents(docs, scores, top_n))
+      d_sal = g["salience"] if with_sal else g["mask"].astype(np.float32)
+      d_ids = g["token_ids"] if with_ids else g["mask"].astype(np.int32)
+      out = fn(q, q_mask, g["vectors"], g["mask"], q_sal, d_sal, q_ids, d_ids)
+      scores[:, take] = np.asarray(out)[:, :len(take)]
+      pos += len(take)
+    for i, r in enumerate(rows):
+      docs = candidates.docs[r]
+      where = np.searchsorted(union, docs)
+      results.append(top_documents(docs, scores[i, where], top_n))
   return results
 
 
