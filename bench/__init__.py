@@ -1,0 +1,1 @@
+"""Benchmarks of aligner_jax against its peers (see bench/README.md); not part of the package."""

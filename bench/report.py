@@ -1,0 +1,186 @@
+"""Plots and README tables from benchmark results (`bench/results/*.json`, see harness.SCHEMA).
+
+`write_plot` draws one PNG per benchmark: a panel per cell group, one bar per implementation
+(median time, log scale) with the interquartile range as error bars. `update_readme` rewrites
+the part of `bench/README.md` between GENERATED_BEGIN and GENERATED_END from every results file;
+the prose around it is left alone.
+"""
+
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+from bench import harness
+
+GENERATED_BEGIN = "<!-- BEGIN GENERATED RESULTS (bench/report.py; do not edit by hand) -->"
+GENERATED_END = "<!-- END GENERATED RESULTS -->"
+
+
+def _groups(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for cell in result["cells"]:
+    name = "GEMM peak" if cell["role"] == "peak" else (cell["group"] or result["benchmark"])
+    groups.setdefault(name, []).append(cell)
+  return groups
+
+
+def _impl_order(cells: list[dict[str, Any]]) -> list[str]:
+  names: list[str] = []
+  for cell in cells:
+    for res in cell["results"]:
+      if res["impl"] not in names:
+        names.append(res["impl"])
+  return names
+
+
+def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
+  """One PNG for one benchmark result (matplotlib's Agg backend; written atomically)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  groups = _groups(result)
+  cols = min(3, len(groups))
+  rows = -(-len(groups) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.2 * rows), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, (title, cells) in zip(axes.flat, groups.items()):
+    impls = _impl_order(cells)
+    width = 0.8 / max(1, len(impls))
+    x = np.arange(len(cells))
+    for i, name in enumerate(impls):
+      med, lo, hi = [], [], []
+      for cell in cells:
+        res = next((r for r in cell["results"] if r["impl"] == name), None)
+        if res is None or res["stats"] is None:
+          med.append(np.nan), lo.append(0.0), hi.append(0.0)
+          continue
+        s = res["stats"]
+        med.append(s["median_s"] * 1e3)
+        lo.append((s["median_s"] - s["q1_s"]) * 1e3)
+        hi.append((s["q3_s"] - s["median_s"]) * 1e3)
+      ax.bar(x + (i - (len(impls) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=2,
+             label=name, color=colors[i % len(colors)])
+    ax.set_xticks(x)
+    ax.set_xticklabels([c["label"].removeprefix(title).strip() or c["label"] for c in cells],
+                       rotation=30, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms per call (IQR bars)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+  for ax in list(axes.flat)[len(groups):]:
+    ax.axis("off")
+  load = result["loadavg_before"][0], result["loadavg_after"][0]
+  fig.suptitle(f"{result['benchmark']} ({result['mode']}) on {result['machine']['cpu_model']}, "
+               f"{result['machine']['nproc']} CPUs, load {load[0]:.1f} -> {load[1]:.1f}",
+               fontsize=10)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _ms(res: dict[str, Any]) -> str:
+  if res["status"] != "ok":
+    return f"*{res['status']}*"
+  s = res["stats"]
+  return f"{s['median_s'] * 1e3:.3g} [{s['iqr_s'] * 1e3:.2g}]"
+
+
+def _cell_table(cells: list[dict[str, Any]]) -> list[str]:
+  impls = _impl_order(cells)
+  project = [n for n in impls
+             if any(r["impl"] == n and r["project"] for c in cells for r in c["results"])]
+  head = ["cell"] + impls
+  for name in project:
+    head += [f"{name} GFLOP/s (% peak)", f"{name} vs fastest peer"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for cell in cells:
+    by = {r["impl"]: r for r in cell["results"]}
+    row = [cell["label"]] + [_ms(by[n]) if n in by else "" for n in impls]
+    for name in project:
+      res = by.get(name)
+      if res is None or res["status"] != "ok":
+        row += ["", ""]
+        continue
+      gf = "" if res.get("gflops") is None else f"{res['gflops']:.1f}"
+      if res.get("pct_gemm_peak") is not None:
+        gf += f" ({res['pct_gemm_peak']:.0f} %)"
+      speed = cell["project_speedup"].get(name)
+      peer = cell.get("fastest_peer")
+      row += [gf, "" if speed is None else f"{speed:.2f}× ({peer['impl']})"]
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
+def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
+  """The README section of one benchmark result."""
+  m = result["machine"]
+  versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+  lb, la = result["loadavg_before"], result["loadavg_after"]
+  out = [f"### `{result['benchmark']}` ({result['mode']})", "", result["description"], "",
+         f"- run {result['started']} → {result['finished']}, commit `{m.get('git_commit')}`",
+         f"- machine: {m['cpu_model']}, {m['nproc']} CPUs; load average (1/5/15 min) "
+         f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before, {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after",
+         f"- {result['settings']['runs']} timed runs after {result['settings']['warmup']} "
+         f"warm-up calls, each implementation in a fresh process; agreement with the "
+         f"reference within rtol={result['tolerance']['rtol']}, "
+         f"atol={result['tolerance']['atol']} checked before timing",
+         f"- versions: {versions}"]
+  if result.get("gemm_peak"):
+    p = result["gemm_peak"]
+    out.append(f"- GEMM peak measured in this run: {p['gflops']:.1f} GFLOP/s "
+               f"({p['impl']}, {p['cell']})")
+  for key, value in result.get("extra", {}).items():
+    out.append(f"- {key}: {value}")
+  out.append("")
+  out.append("Entries: median ms per call [interquartile range].")
+  for title, cells in _groups(result).items():
+    out += ["", f"**{title}**", ""] + _cell_table(cells)
+  if png_name:
+    out += ["", f"![{result['benchmark']}](results/{png_name})"]
+  return out
+
+
+def generated_section(results_dir: pathlib.Path) -> str:
+  lines = [GENERATED_BEGIN, ""]
+  paths = sorted(pathlib.Path(results_dir).glob("*.json"))
+  if not paths:
+    lines.append("No results yet: run `make bench-quick` or `make bench`.")
+  for path in paths:
+    result = harness.load_result(path)
+    png = path.with_suffix(".png")
+    lines += result_markdown(result, png.name if png.exists() else None) + [""]
+  lines.append(GENERATED_END)
+  return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: pathlib.Path, results_dir: pathlib.Path) -> None:
+  """Replaces the generated block of `readme` (appends one if absent); written atomically."""
+  text = readme.read_text() if readme.exists() else "# Benchmarks\n\n"
+  block = generated_section(results_dir)
+  begin, end = text.find(GENERATED_BEGIN), text.find(GENERATED_END)
+  if begin >= 0 and end > begin:
+    text = text[:begin] + block + text[end + len(GENERATED_END):].lstrip("\n")
+  elif begin >= 0 or end >= 0:
+    raise ValueError(f"{readme}: found only one of the generated-results markers; restore "
+                     f"both {GENERATED_BEGIN!r} and {GENERATED_END!r}")
+  else:
+    text = text.rstrip("\n") + "\n\n" + block
+  harness_tmp = tempfile.mkstemp(dir=readme.parent, prefix=".README.", suffix=".tmp")
+  os.close(harness_tmp[0])
+  try:
+    pathlib.Path(harness_tmp[1]).write_text(text)
+    os.replace(harness_tmp[1], readme)
+  finally:
+    if os.path.exists(harness_tmp[1]):
+      os.unlink(harness_tmp[1])
