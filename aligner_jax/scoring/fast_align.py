@@ -18,6 +18,7 @@ decides how the work is laid out:
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from aligner_jax.scoring import salience as salience_lib
@@ -33,23 +34,31 @@ def default_chunk(num_docs: int, doc_len: int, rows: int) -> int:
 
 
 def _map_chunks(fn, chunk: int, arrays: dict) -> tuple:
-  """fn over consecutive chunks of the leading axis of every array in `arrays` (None skipped)."""
+  """fn over consecutive chunks of the leading axis of every array in `arrays` (None skipped).
+
+  Chunks are read with `dynamic_slice` from the whole arrays (slicing off a remainder first
+  would copy them); a ragged end is covered by one last chunk that overlaps its predecessor,
+  and each document's result is read from the chunk that owns it.
+  """
   present = {key: val for key, val in arrays.items() if val is not None}
   total = next(iter(present.values())).shape[0]
-  num_full, remainder = divmod(total, chunk)
-  pieces = []
-  if num_full == 1:
-    pieces.append(fn({key: val[:chunk] for key, val in present.items()}))
-  elif num_full > 1:
-    head = {key: val[:num_full * chunk].reshape(num_full, chunk, *val.shape[1:])
-            for key, val in present.items()}
-    out = lax.map(fn, head)
-    pieces.append(jax.tree.map(lambda x: x.reshape(num_full * chunk, *x.shape[2:]), out))
-  if remainder:
-    pieces.append(fn({key: val[num_full * chunk:] for key, val in present.items()}))
-  if len(pieces) == 1:
-    return pieces[0]
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *pieces)
+  if chunk >= total:
+    return fn(present)
+  num_chunks = -(-total // chunk)
+  starts = np.minimum(np.arange(num_chunks) * chunk, total - chunk)
+
+  def body(start):
+    return fn({key: lax.dynamic_slice_in_dim(val, start, chunk, axis=0)
+               for key, val in present.items()})
+
+  out = lax.map(body, jnp.asarray(starts, jnp.int32))
+  flat = jax.tree.map(lambda x: x.reshape(num_chunks * chunk, *x.shape[2:]), out)
+  if total % chunk == 0:
+    return flat
+  docs = np.arange(total)
+  owner = np.minimum(docs // chunk, num_chunks - 1)
+  rows = owner * chunk + docs - starts[owner]
+  return jax.tree.map(lambda x: x[rows], flat)
 
 
 def _kth_largest(x: jax.Array, count: jax.Array, max_count: int) -> jax.Array:
