@@ -149,6 +149,25 @@ def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
   for q, docs in run.items():
     assert set(docs) == {d for d, _ in metrics_lib.ranked(first[q])[:5]}
   assert rr["first_stage"] == "bm25" and rr["recall@1000"] <= bm25["recall@1000"]
+  # The model's own LITE head as the re-ranker (fixed 16 x 64 similarity matrices).
+  from aligner_jax.scoring import LiteScorer
+  lite_module = models.DualEncoder(encoder_config=models.t5_config("tiny"), projection_dim=16,
+                                   lite_scorer=LiteScorer(query_len=16, doc_len=64,
+                                                          row_width=4, col_width=4))
+  lite_params = nn.unbox(models.init_dual_encoder(lite_module, jax.random.key(2),
+                                                  query_length=16, doc_length=64))
+  lite = pipeline.evaluate_beir(
+      beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "lite"), retriever="bm25",
+      model=jobs.model_encoders(lite_module, lite_params, "t5_1_1", batch_size=16),
+      rerank_depth=5, rerank_with="lite", doc_length=64, query_length=16, log=lambda m: None)
+  assert lite["run"] == "lite" and lite["rerank_with"] == "lite"
+  run = metrics_lib.read_trec_run(tmp_path / "lite" / "run.trec")
+  assert all(set(docs) == {d for d, _ in metrics_lib.ranked(first[q])[:5]}
+             for q, docs in run.items())
+  with pytest.raises(ValueError, match="LITE"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "l2"),
+                           retriever="bm25", model=encoders, rerank_depth=5, rerank_with="lite",
+                           doc_length=64, query_length=16, log=lambda m: None)
   with pytest.raises(ValueError, match="needs a model"):
     pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
                            retriever="exact", log=lambda m: None)

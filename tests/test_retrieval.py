@@ -13,6 +13,7 @@ from aligner_jax.retrieval import all_documents
 from aligner_jax.retrieval import alignment_pair_fn
 from aligner_jax.retrieval import candidate_documents
 from aligner_jax.retrieval import dense_search
+from aligner_jax.retrieval import lite_pair_fn
 from aligner_jax.retrieval import refine
 from aligner_jax.retrieval import rerank
 from aligner_jax.retrieval import retrieve
@@ -160,3 +161,31 @@ def test_rerank_with_a_token_scorer():
       assert s == pytest.approx(ref, rel=1e-5, abs=1e-6)
   with pytest.raises(ValueError, match="shape"):
     rerank(first, lambda q, docs: np.zeros(3), depth=10)
+
+
+def test_rerank_with_the_models_lite_head():
+  import flax.linen as nn
+  import jax
+  from aligner_jax import models
+  from aligner_jax.scoring import LiteScorer
+  store, queries = make_corpus(seed=6, dim=16)
+  module = models.DualEncoder(encoder_config=models.t5_config("tiny"), projection_dim=16,
+                              lite_scorer=LiteScorer(query_len=8, doc_len=48, row_width=4,
+                                                     col_width=4))
+  params = nn.unbox(models.init_dual_encoder(module, jax.random.key(1), query_length=8,
+                                             doc_length=48))
+  score_fn = token_scorer(queries, store, lite_pair_fn(module, params), query_length=8,
+                          doc_length=48)
+  docs = [f"d{i}" for i in range(5)]
+  got = score_fn("q2", docs)
+  # The same matrices scored directly by the module.
+  q = np.zeros((1, 8, 16), np.float32)
+  q[0, :7] = queries.vectors[2]
+  q_mask = np.zeros((1, 8), bool)
+  q_mask[0, :7] = queries.mask[2]
+  g = store.gather_padded(np.arange(5), 48)
+  want = module.apply({"params": params},
+                      models.Encoded(q, q_mask, None, q[:, 0]),
+                      models.Encoded(g["vectors"][None], g["mask"][None], None,
+                                     g["vectors"][None, :, 0]), method="lite_scores")
+  np.testing.assert_allclose(got, np.asarray(want)[0], rtol=1e-5, atol=1e-6)

@@ -119,7 +119,14 @@ def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int
   partitioner = Partitioner(num_partitions)
   make = lambda side: Encoder(make_encode_fn(module, side), params, batch_size=batch_size,  # noqa
                               pad_id=vocab.pad_id, partitioner=partitioner)
-  return pipeline.ModelEncoders(vocab, make("query"), make("doc"))
+  lite = lengths = None
+  head = getattr(module, "lite_scorer", None)
+  if head is not None:
+    from aligner_jax.retrieval import lite_pair_fn  # pylint: disable=g-import-not-at-top
+    lite = lite_pair_fn(module, params)
+    # KNRM takes any shape; LITE's matrices have the fixed shape it was built with.
+    lengths = (getattr(head, "query_len", None), getattr(head, "doc_len", None))
+  return pipeline.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
 
 
 @gin.configurable(module=_MODULE)
@@ -191,7 +198,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               extra_alignments: Sequence[str] = (), num_neighbors: int = 4000,
               prune_query_ratio: float = 1.0, top_n: int = 1000, doc_length: int = 256,
               query_length: int = 64, batch_size: int = 32, num_partitions: int = 1,
-              rerank_depth: int = 0, adaptation: bool = False, num_pictures: int = 0,
+              rerank_depth: int = 0, rerank_with: str = "alignment",
+              adaptation: bool = False, num_pictures: int = 0,
               ignore_identical_ids: bool = True) -> dict[str, Any]:
   """Evaluates on one BEIR split (see `pipeline.evaluate_beir`); process 0 writes the files."""
   encoders = None
@@ -208,7 +216,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       index_config=index_config, rebuild_index=rebuild_index,
       alignments=[alignment, *extra_alignments], num_neighbors=num_neighbors,
       prune_query_ratio=prune_query_ratio, top_n=top_n, doc_length=doc_length,
-      query_length=query_length, rerank_depth=rerank_depth, adaptation=adaptation,
+      query_length=query_length, rerank_depth=rerank_depth, rerank_with=rerank_with,
+      adaptation=adaptation,
       num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids)
   print(pipeline.summary_table(result), flush=True)
   return result

@@ -11,8 +11,9 @@ Retrievers: "scann" / "exact" (the token index with refinement), "dense" (pooled
 "bm25". The token index is loaded from `index_dir` when one is there (checksums verified;
 a different backend or pruning ratio is an error that names the fix), otherwise built from
 the encoded corpus and saved; `rebuild_index=True` always rebuilds. The dense path reads the
-pooled document vectors from that index when there is one, else encodes the corpus. `rerank_depth` > 0
-re-ranks BM25's top documents with the model's alignment score instead of using the index.
+pooled document vectors from that index when there is one, else encodes the corpus.
+`rerank_depth` > 0 re-ranks BM25's top documents instead, with each alignment
+(`rerank_with="alignment"`) or with the model's LITE / KNRM head (`"lite"`).
 
 Progress goes to `log` (print by default) with counts and rates.
 """
@@ -60,10 +61,13 @@ def _print(message: str) -> None:
 
 @dataclasses.dataclass
 class ModelEncoders:
-  """What the pipeline needs from a model: its vocabulary and the two sides' encoders."""
+  """What the pipeline needs from a model: its vocabulary, the two sides' encoders and, for
+  models with a LITE / KNRM head, that head as a re-ranking pair_fn with its fixed lengths."""
   vocabulary: Any
   queries: Encoder
   documents: Encoder
+  lite: Callable[..., Any] | None = None
+  lite_lengths: tuple[int, int] | None = None
 
 
 def load_split(beir_dir: str, split: str) -> Collection:
@@ -136,7 +140,8 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
                   alignments: Sequence[str] = ("top_k:1",), num_neighbors: int = 4000,
                   prune_query_ratio: float = 1.0, top_n: int = 1000,
                   doc_length: int = 256, query_length: int = 64,
-                  rerank_depth: int = 0, adaptation: bool = False,
+                  rerank_depth: int = 0, rerank_with: str = "alignment",
+                  adaptation: bool = False,
                   num_pictures: int = 0, ignore_identical_ids: bool = True,
                   run_name: str = "aligner_jax", log: Log = _print) -> dict[str, Any]:
   """Runs one retriever on one BEIR split and writes the files of the module docstring.
@@ -175,11 +180,20 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
       queries = encode_split_queries(model, collection, split, query_length=query_length,
                                      log=log)
       t = time.time()
-      for spec in alignments:
-        runs[spec] = rerank(first, token_scorer(queries, store, alignment_pair_fn(spec)),
-                            depth=rerank_depth)
+      if rerank_with == "lite":
+        if model.lite is None:
+          raise ValueError("RERANK_WITH='lite' needs a model with a LITE / KNRM head "
+                           "(DualEncoder.lite_scorer)")
+        q_len, d_len = model.lite_lengths
+        runs["lite"] = rerank(first, token_scorer(queries, store, model.lite,
+                                                  query_length=q_len, doc_length=d_len),
+                              depth=rerank_depth)
+      else:
+        for spec in alignments:
+          runs[spec] = rerank(first, token_scorer(queries, store, alignment_pair_fn(spec)),
+                              depth=rerank_depth)
       timings["rerank_s"] = time.time() - t
-      extra.update(first_stage="bm25", rerank_depth=rerank_depth)
+      extra.update(first_stage="bm25", rerank_depth=rerank_depth, rerank_with=rerank_with)
     else:
       runs["bm25"] = first
   elif retriever == "dense":

@@ -6,12 +6,13 @@ Public API:
   top_documents                                        (token_retrieval.py)
   dense_search                                         (dense.py)
   BM25                                                 (bm25.py)
-  rerank, token_scorer, alignment_pair_fn              (rerank.py)
+  rerank, token_scorer, alignment_pair_fn, lite_pair_fn  (rerank.py)
 """
 
 from aligner_jax.retrieval.bm25 import BM25
 from aligner_jax.retrieval.dense import dense_search
 from aligner_jax.retrieval.rerank import alignment_pair_fn
+from aligner_jax.retrieval.rerank import lite_pair_fn
 from aligner_jax.retrieval.rerank import rerank
 from aligner_jax.retrieval.rerank import token_scorer
 from aligner_jax.retrieval.token_retrieval import Candidates
@@ -25,6 +26,6 @@ from aligner_jax.retrieval.token_retrieval import top_documents
 
 __all__ = [
     "BM25", "Candidates", "QueryBatch", "alignment_pair_fn", "all_documents",
-    "candidate_documents", "dense_search", "refine", "rerank", "retrieve", "to_run",
+    "candidate_documents", "dense_search", "lite_pair_fn", "refine", "rerank", "retrieve", "to_run",
     "token_scorer", "top_documents",
 ]

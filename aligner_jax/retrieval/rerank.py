@@ -4,11 +4,13 @@ A scorer is a callable `(query id, [document ids]) -> [scores]`, so LITE, KNRM, 
 or MaxSim plug in alike. `token_scorer` adapts a late-interaction function over padded token
 vectors — `pair_fn(q [1, n, h], q_mask [1, n], d [1, K, m, h], d_mask [1, K, m], q_salience,
 d_salience) -> [1, K]`, the signature of `align_scores_candidates` with its alignment bound —
-to that interface, reading documents from an encoded `TokenStore`.
+to that interface, reading documents from an encoded `TokenStore`. `alignment_pair_fn` binds
+an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM head, whose fixed matrix
+shape needs `query_length` / `doc_length` padding in `token_scorer`.
 """
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -56,14 +58,39 @@ def alignment_pair_fn(alignment: Alignment | str, *, use_salience: bool = True) 
   return pair_fn
 
 
-def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn) -> ScoreFn:
+def lite_pair_fn(module: Any, params: Any) -> PairFn:
+  """The LITE / KNRM head (`DualEncoder.lite_scorer`) of a model as a `token_scorer` pair_fn."""
+  from aligner_jax.models import Encoded  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def pair_fn(q, q_mask, d, d_mask, q_salience, d_salience):
+    del q_salience, d_salience  # LITE reads the similarity matrix only
+    qe = Encoded(vectors=q, mask=q_mask, salience=None, pooled=q[:, 0])
+    de = Encoded(vectors=d, mask=d_mask, salience=None, pooled=d[:, :, 0])
+    return module.apply({"params": params}, qe, de, method="lite_scores")
+
+  return pair_fn
+
+
+def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
+                 query_length: int | None = None, doc_length: int | None = None) -> ScoreFn:
   """A `ScoreFn` scoring with `pair_fn` over the stored token vectors of queries and documents.
 
-  Saliences are passed when both sides have them; otherwise the masks (u = 1) are.
+  Saliences are passed when both sides have them; otherwise the masks (u = 1) are. Documents
+  are padded to a multiple of 32 tokens, or to exactly `doc_length` (longer ones truncated),
+  and queries to exactly `query_length` when given (fixed-shape scorers such as LITE).
   """
   row_of_query = {q: i for i, q in enumerate(queries.ids)}
   row_of_doc = {d: i for i, d in enumerate(documents.doc_ids)}
   with_sal = queries.salience is not None and documents.salience is not None
+
+  def fit(x: np.ndarray, length: int | None) -> np.ndarray:
+    if length is None:
+      return x
+    out = np.zeros(x.shape[:1] + (length,) + x.shape[2:], x.dtype)
+    n = min(length, x.shape[1])
+    out[:, :n] = x[:, :n]
+    return out
 
   def score(qid: str, doc_ids: Sequence[str]) -> np.ndarray:
     b = row_of_query[qid]
@@ -71,10 +98,13 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn) ->
     longest = int(documents.lengths[rows].max()) if len(rows) else 1
     length = max(_LENGTH_BUCKET, math.ceil(longest / _LENGTH_BUCKET) * _LENGTH_BUCKET)
     g = documents.gather_padded(rows, length)
+    if doc_length is not None:
+      g = {k: fit(v, doc_length) for k, v in g.items()}
     q_sal = queries.salience[b:b + 1] if with_sal else queries.mask[b:b + 1]
     d_sal = g["salience"] if with_sal else g["mask"]
-    out = pair_fn(queries.vectors[b:b + 1], queries.mask[b:b + 1], g["vectors"][None],
-                  g["mask"][None], np.asarray(q_sal, np.float32),
+    out = pair_fn(fit(queries.vectors[b:b + 1], query_length),
+                  fit(queries.mask[b:b + 1], query_length), g["vectors"][None],
+                  g["mask"][None], fit(np.asarray(q_sal, np.float32), query_length),
                   np.asarray(d_sal, np.float32)[None])
     return np.asarray(out)[0]
 
