@@ -129,6 +129,7 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   assert rebuilt["ndcg@10"] == result["ndcg@10"]
 
 
+@pytest.mark.slow
 def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
   bm25 = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
                                 output_dir=str(tmp_path / "bm25"), retriever="bm25",
