@@ -59,11 +59,12 @@ def test_pooling_matches_numpy(shape, seed):
     de.pool(hidden, mask, "sum")
 
 
-def _pack_reference(q, qm, d, dm, max_length, skip):
-  """Python loops: query tokens, then document tokens from `skip`, last doc token kept."""
+def _pack_reference(q, qm, d, dm, max_length, skip, sep_id):
+  """Python loops: query tokens (+ separator), then document tokens from `skip`, last doc
+  token kept on truncation."""
   ids, mask, types = [], [], []
   for b in range(len(q)):
-    qt = [int(t) for t, m in zip(q[b], qm[b]) if m]
+    qt = [int(t) for t, m in zip(q[b], qm[b]) if m] + ([] if sep_id is None else [sep_id])
     dt = [int(t) for t, m in zip(d[b], dm[b]) if m][skip:]
     seq, ty = qt + dt, [0] * len(qt) + [1] * len(dt)
     if len(seq) > max_length:
@@ -80,16 +81,17 @@ def _pack_reference(q, qm, d, dm, max_length, skip):
 
 @settings(max_examples=15, deadline=None)
 @given(st.sampled_from([(1, 1, 1), (3, 6, 7)]), st.sampled_from([1, 4, 9, 13]),
-       st.integers(0, 1), st.integers(0, 2**31 - 1))
-def test_pack_pair_matches_reference(shape, max_length, skip, seed):
+       st.integers(0, 1), st.sampled_from([None, 7]), st.integers(0, 2**31 - 1))
+def test_pack_pair_matches_reference(shape, max_length, skip, sep_id, seed):
   batch, n, m = shape
   rng = np.random.default_rng(seed)
   q = rng.integers(2, 99, (batch, n))
   d = rng.integers(100, 199, (batch, m))
   qm = np.arange(n)[None, :] < rng.integers(1, n + 1, (batch, 1))
   dm = np.arange(m)[None, :] < rng.integers(1, m + 1, (batch, 1))
-  ids, mask, types = de.pack_pair(q, qm, d, dm, max_length=max_length, skip_doc_prefix=skip)
-  ref = _pack_reference(q, qm, d, dm, max_length, skip)
+  ids, mask, types = de.pack_pair(q, qm, d, dm, max_length=max_length, skip_doc_prefix=skip,
+                                  sep_id=sep_id)
+  ref = _pack_reference(q, qm, d, dm, max_length, skip, sep_id)
   np.testing.assert_array_equal(np.asarray(ids), ref[0])
   np.testing.assert_array_equal(np.asarray(mask), ref[1])
   np.testing.assert_array_equal(np.asarray(types), ref[2])

@@ -17,7 +17,6 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from aligner_jax import sharding
 
@@ -118,7 +117,13 @@ def attention_weights(q: jax.Array, k: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
-  """Weighted sum of values: weights [B, heads, Lq, Lk], v [B, Lk, heads, kv] -> [B, Lq, heads, kv]."""
+  """Weighted sum of values.
+
+  Args:
+    weights: [B, heads, Lq, Lk]; v: [B, Lk, heads, kv].
+  Returns:
+    [B, Lq, heads, kv] in v's dtype.
+  """
   return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
 
@@ -136,6 +141,3 @@ def default_mask(input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.
                      f"{input_ids.shape}")
   return attention_mask.astype(bool)
 
-
-def count_params(params: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -281,38 +281,44 @@ def _replace_like(old: Any, new: Any, *, path: str) -> Any:
 
 
 def pack_pair(q_ids: jax.Array, q_mask: jax.Array, d_ids: jax.Array, d_mask: jax.Array, *,
-              max_length: int, skip_doc_prefix: int = 0
+              max_length: int, skip_doc_prefix: int = 0, sep_id: int | None = None
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Concatenates each query with its document for a cross-encoder.
 
   Real tokens must form a prefix of each row (as the vocabularies produce). The result is
-  the query's real tokens, then the document's real tokens from `skip_doc_prefix` on (1 drops
-  a BERT document's own [CLS], giving [CLS] q [SEP] d [SEP]), truncated to `max_length`; when
-  truncation cuts the document, its last real token (the closing [SEP] / EOS) is kept in the
-  final position.
+  the query's real tokens, then `sep_id` if given, then the document's real tokens from
+  `skip_doc_prefix` on, truncated to `max_length`; when truncation cuts the document, its
+  last real token (the closing [SEP] / EOS) is kept in the final position. With the
+  project's vocabularies the query already ends in a separator: BERT's [CLS] q [SEP] plus
+  [CLS] d [SEP] with `skip_doc_prefix=1` gives [CLS] q [SEP] d [SEP]; T5's q </s> d </s>
+  needs nothing extra.
 
   Args:
     q_ids, q_mask: [B, n]; d_ids, d_mask: [B, m].
   Returns:
     (ids [B, max_length] int32, mask [B, max_length] bool, token_type_ids [B, max_length]
-    int32 with 0 on the query part and 1 on the document part).
+    int32: 0 on the query part (and the separator), 1 on the document part).
   """
+  sep = 0 if sep_id is None else 1
   q_len = jnp.sum(q_mask.astype(jnp.int32), axis=-1, keepdims=True)  # [B, 1]
   d_len = jnp.maximum(jnp.sum(d_mask.astype(jnp.int32), axis=-1, keepdims=True)
                       - skip_doc_prefix, 0)
   t = jnp.arange(max_length)[None, :]  # [1, T]
-  total = jnp.minimum(q_len + d_len, max_length)
+  head = q_len + sep  # tokens before the document
+  total = jnp.minimum(head + d_len, max_length)
   in_query = t < q_len
-  d_pos = jnp.clip(t - q_len + skip_doc_prefix, 0, d_ids.shape[1] - 1)
-  truncated = (q_len + d_len > max_length) & (d_len > 0) & (q_len < max_length)
+  d_pos = jnp.clip(t - head + skip_doc_prefix, 0, d_ids.shape[1] - 1)
+  truncated = (head + d_len > max_length) & (d_len > 0) & (head < max_length)
   last_doc = jnp.clip(skip_doc_prefix + d_len - 1, 0, d_ids.shape[1] - 1)
   d_pos = jnp.where(truncated & (t == max_length - 1), last_doc, d_pos)
   q_pos = jnp.broadcast_to(jnp.clip(t, 0, q_ids.shape[1] - 1), d_pos.shape)
   ids = jnp.where(in_query, jnp.take_along_axis(q_ids, q_pos, axis=1),
                   jnp.take_along_axis(d_ids, d_pos, axis=1))
+  if sep_id is not None:
+    ids = jnp.where(t == q_len, sep_id, ids)
   mask = t < total
   ids = jnp.where(mask, ids, 0).astype(jnp.int32)
-  types = jnp.where(mask & ~in_query, 1, 0).astype(jnp.int32)
+  types = jnp.where(mask & (t >= head), 1, 0).astype(jnp.int32)
   return ids, mask, types
 
 

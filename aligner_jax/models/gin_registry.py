@@ -1,4 +1,4 @@
-"""Gin names for the model library (imported by gin files: `import aligner_jax.models.gin_registry`).
+"""Gin names for the model library; gin files `import aligner_jax.models.gin_registry`.
 
 The library modules stay gin-free; this module registers them as external configurables so
 `gin/models/*.gin` can bind, e.g.:

@@ -48,6 +48,8 @@ class T5Config:
   gated: bool = True
   dtype: str = "float32"
   remat: bool = False
+  # Recorded from config.json for the data side; the encoder itself reads padding only from
+  # `attention_mask`.
   pad_token_id: int = 0
 
   def __post_init__(self):
