@@ -68,11 +68,10 @@ def _write_config(name: str, text: str) -> None:
     return  # this config has no MODEL_DIR (e.g. a job that writes nothing)
   if not isinstance(model_dir, str):
     return
-  os.makedirs(model_dir, exist_ok=True)
-  path = os.path.join(model_dir, name)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  from aligner_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+  metrics.write_atomic(os.path.join(model_dir, name), text)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -34,10 +34,16 @@ def test_bad_explicit_config_is_a_clear_error(monkeypatch, coordinator, num, pid
     distributed.explicit_config()
 
 
-def test_tpu_pod_detection(monkeypatch):
+def test_auto_discovery(monkeypatch):
+  monkeypatch.delenv("ALIGNER_DISTRIBUTED", raising=False)
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.1,10.0.0.2")
-  assert distributed.is_tpu_pod()
+  assert distributed.auto_discovery()
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
-  assert not distributed.is_tpu_pod()
+  assert not distributed.auto_discovery()
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
-  assert not distributed.is_tpu_pod()
+  assert not distributed.auto_discovery()
+  monkeypatch.setenv("ALIGNER_DISTRIBUTED", "auto")
+  assert distributed.auto_discovery()
+  monkeypatch.setenv("ALIGNER_DISTRIBUTED", "yes")
+  with pytest.raises(ValueError, match="only value is 'auto'"):
+    distributed.auto_discovery()

@@ -45,7 +45,8 @@ class Checkpointer:
                async_save: bool = True):
     if period < 1:
       raise ValueError(f"CHECKPOINT_PERIOD must be >= 1, got {period}.")
-    self.directory = os.path.abspath(directory)
+    # Cloud paths (gs://...) go to orbax as they are; local ones are made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.period = period
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,

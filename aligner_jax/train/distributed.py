@@ -1,10 +1,11 @@
 """Multi-host start-up: `jax.distributed.initialize` when the run spans several processes.
 
-Two cases start the distributed runtime (before any other JAX call):
+These cases start the distributed runtime (before any other JAX call):
   - explicit: `ALIGNER_COORDINATOR=host:port`, `ALIGNER_NUM_PROCESSES=P` and
     `ALIGNER_PROCESS_ID=i` are set (any machine, e.g. several CPU processes on localhost);
-  - a Cloud TPU pod slice: `TPU_WORKER_HOSTNAMES` names more than one worker; JAX then
-    discovers the coordinator and process ids itself.
+  - `ALIGNER_DISTRIBUTED=auto` (what `launch/run_tpu.sh` sets on Cloud TPU VMs): JAX
+    discovers the coordinator and the process ids itself (Cloud TPU metadata, GKE, SLURM);
+  - a TPU pod on GKE: `TPU_WORKER_HOSTNAMES` names more than one worker (auto-discovery).
 Otherwise the run is a single process and nothing happens.
 
 Only process 0 writes logs, summaries and the operative config (`is_logging_process`);
@@ -18,6 +19,7 @@ import jax
 _ENV_COORDINATOR = "ALIGNER_COORDINATOR"
 _ENV_NUM_PROCESSES = "ALIGNER_NUM_PROCESSES"
 _ENV_PROCESS_ID = "ALIGNER_PROCESS_ID"
+_ENV_DISTRIBUTED = "ALIGNER_DISTRIBUTED"
 
 _initialized = False
 
@@ -46,9 +48,13 @@ def explicit_config() -> tuple[str, int, int] | None:
   return coordinator, num_processes, process_id
 
 
-def is_tpu_pod() -> bool:
+def auto_discovery() -> bool:
+  """Whether JAX should discover the cluster itself (ALIGNER_DISTRIBUTED=auto or a GKE pod)."""
+  mode = os.environ.get(_ENV_DISTRIBUTED, "")
+  if mode not in ("", "auto"):
+    raise ValueError(f"{_ENV_DISTRIBUTED}={mode!r}: the only value is 'auto'.")
   hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
-  return len(hosts) > 1
+  return mode == "auto" or len(hosts) > 1
 
 
 def initialize() -> None:
@@ -61,7 +67,7 @@ def initialize() -> None:
     coordinator, num_processes, process_id = config
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
-  elif is_tpu_pod():
+  elif auto_discovery():
     jax.distributed.initialize()
   _initialized = True
 

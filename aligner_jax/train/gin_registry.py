@@ -5,7 +5,8 @@ The training library stays gin-free; this module registers, under the gin module
   train            the train job (`run.job = @train`), `aligner_jax.train.job.train`
   train_pipeline   the seqio/NumPy input pipeline it reads (`train.dataset_fn = @train_pipeline`)
   RetrievalModel, LiteModel   what is trained (`aligner_jax.train.model_fns`)
-  make_optimizer, warmup_rsqrt_decay, warmup_linear_decay, warmup_constant, constant
+  make_optimizer, warmup_rsqrt_decay, warmup_linear_decay, warmup_constant,
+  constant_learning_rate (`optim.constant`)
 and `LiteScorer` / `KnrmScorer` (under `aligner_jax.scoring`) for `DualEncoder.lite_scorer`.
 """
 
@@ -24,8 +25,9 @@ gin.external_configurable(job.train_pipeline, name="train_pipeline", module=_MOD
 gin.external_configurable(model_fns.RetrievalModel, name="RetrievalModel", module=_MODULE)
 gin.external_configurable(model_fns.LiteModel, name="LiteModel", module=_MODULE)
 gin.external_configurable(optim.make_optimizer, name="make_optimizer", module=_MODULE)
-for _schedule in (optim.warmup_rsqrt_decay, optim.warmup_linear_decay, optim.warmup_constant,
-                  optim.constant):
+for _schedule in (optim.warmup_rsqrt_decay, optim.warmup_linear_decay, optim.warmup_constant):
   gin.external_configurable(_schedule, module=_MODULE)
+# `constant` alone would clash with gin's own `gin.constant`.
+gin.external_configurable(optim.constant, name="constant_learning_rate", module=_MODULE)
 gin.external_configurable(lite.LiteScorer, name="LiteScorer", module="aligner_jax.scoring")
 gin.external_configurable(knrm.KnrmScorer, name="KnrmScorer", module="aligner_jax.scoring")

@@ -20,6 +20,7 @@ from typing import Any
 import gin
 import jax
 import optax
+from etils import epath
 
 from aligner_jax.data import loaders
 from aligner_jax.data import pipeline as pipeline_lib
@@ -64,10 +65,8 @@ def train_pipeline(task_name: str, feature_lengths: Mapping[str, Any], *, batch_
 
 
 def _write_operative_config(model_dir: str) -> None:
-  path = os.path.join(model_dir, "operative_config.gin")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(gin.operative_config_str())
-  os.replace(path + ".tmp", path)
+  metrics_lib.write_atomic(os.path.join(model_dir, "operative_config.gin"),
+                           gin.operative_config_str())
 
 
 def _check_batch_size(batch_size: int, partitioner: partitioning.Partitioner,
@@ -117,7 +116,7 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
                                               jax.device_get(state.params))
       state = trainer.with_params(state, host_params)
   if is_writer:
-    os.makedirs(model_dir, exist_ok=True)
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     _write_operative_config(model_dir)
 
   logger = metrics_lib.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,

@@ -13,6 +13,9 @@ since the previous log (with `log_period=1`: exactly that step's values).
 On restart from a checkpoint at step s the JSONL log is cut back to steps <= s (dropping
 lines a killed run wrote after its last checkpoint, and a torn last line), so the file
 always describes one consistent run.
+
+MODEL_DIR may be a local directory or a cloud path (gs://...): local logs are appended to,
+cloud objects (which cannot be appended to) are rewritten whole at each log.
 """
 
 import datetime
@@ -24,29 +27,42 @@ from collections.abc import Mapping
 
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 JSONL_NAME = "train_metrics.jsonl"
 
 
-def _truncate_jsonl(path: str, last_step: int) -> None:
-  """Keeps only complete lines with `step <= last_step` (atomic rewrite)."""
-  if not os.path.exists(path):
-    return
+def is_local(path: str | os.PathLike) -> bool:
+  return "://" not in os.fspath(path)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes a whole file so that readers never see it half-written."""
+  if is_local(path):
+    tmp = os.fspath(path) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  else:
+    epath.Path(path).write_text(text)  # one object upload: atomic on GCS
+
+
+def _kept_lines(path: str, last_step: int) -> list[str]:
+  """The complete lines of a JSONL log with `step <= last_step`."""
+  p = epath.Path(path)
+  if not p.exists():
+    return []
   kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if not line.endswith("\n"):
-        break  # torn write of a killed run
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        break
-      if record.get("step", math.inf) <= last_step:
-        kept.append(line)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  for line in p.read_text(encoding="utf-8").splitlines(keepends=True):
+    if not line.endswith("\n"):
+      break  # torn write of a killed run
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      break
+    if record.get("step", math.inf) <= last_step:
+      kept.append(line)
+  return kept
 
 
 def _format_count(x: float) -> str:
@@ -65,9 +81,13 @@ class MetricsLogger:
     self.is_writer = is_writer
     self.path = os.path.join(model_dir, JSONL_NAME)
     self._writer = None
+    self._lines: list[str] = []  # the whole log, kept for cloud paths only
     if is_writer:
-      os.makedirs(model_dir, exist_ok=True)
-      _truncate_jsonl(self.path, start_step)
+      epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+      kept = _kept_lines(self.path, start_step)
+      write_atomic(self.path, "".join(kept))
+      if not is_local(self.path):
+        self._lines = kept
       self._writer = metric_writers.AsyncMultiWriter(
           [metric_writers.SummaryWriter(os.path.join(model_dir, "train"))])
     self._last_step = start_step
@@ -90,8 +110,13 @@ class MetricsLogger:
     self._last_step, self._last_time = step, now
     if not self.is_writer:
       return record
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if is_local(self.path):
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      write_atomic(self.path, "".join(self._lines))
     self._writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
     parts = [f"step {step}/{self.total_steps}", f"loss {record['loss']:.4f}"]
     for key, short in (("accuracy", "acc"), ("mrr", "mrr")):
