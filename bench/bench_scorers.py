@@ -76,8 +76,8 @@ def build(quick: bool) -> harness.Benchmark:
              cell("top_k:1", 32, 256, 1000),
              cell("top_k:1", 32, 180, 100, ragged=True),
              cell("top_k:4", 32, 256, 1000),
-             cell(TOP_P, 32, 256, 1000),
-             cell("salience", 32, 256, 1000),
+             cell(TOP_P, 32, 180, 100),
+             cell("salience", 32, 180, 100, ragged=True),
              cell("lite", 32, 180, 100),
              cell("knrm", 32, 180, 100)]
   else:

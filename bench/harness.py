@@ -21,7 +21,8 @@ Targets are "module:function" strings resolved in the worker:
   inputs(params: dict) -> dict[str, np.ndarray]       NumPy only and deterministic.
   impl(params: dict, inputs: dict) -> Callable[[], A]  set-up (device transfer, jit) happens
       here, outside timing; the callable computes once and returns when the result is ready
-      (JAX implementations block); A converts with `np.asarray`.
+      (JAX implementations block); A converts with `np.asarray`. Set-up may instead return
+      (callable, info) with a JSON-able dict of what it measured (an index's build time, bytes).
 
 A cell with `role="peak"` measures a plain GEMM; the best GFLOP/s measured there (median time) is
 the run's GEMM peak and every other result with a FLOP count gets `pct_gemm_peak`. Results go to
@@ -48,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 SCHEMA = "aligner_jax.bench/1"
+TABLE_SCHEMA = "aligner_jax.bench.table/1"  # measured quantities that are not timings
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -67,11 +69,13 @@ class Impl:
     target: "module:function" of its set-up function (see the module docstring).
     framework: "numpy", "torch", "jax", "faiss", "scann", ...; recorded with the result.
     project: True for aligner_jax's own implementations (compared against the fastest peer).
+    options: extra parameters merged over the cell's (e.g. an ANN operating point).
   """
   name: str
   target: str
   framework: str
   project: bool = False
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,7 @@ class Cell:
     role: "measure", or "peak" for the plain GEMMs that define the run's GEMM peak.
     group: plot panel / README sub-table this cell belongs to.
     rtol, atol: agreement tolerance of this cell (None: the benchmark's).
+    items: queries (or other units) one call handles; gives a rate per second.
   """
   label: str
   params: dict[str, Any]
@@ -97,17 +102,25 @@ class Cell:
   group: str = ""
   rtol: float | None = None
   atol: float | None = None
+  items: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-  """A named set of cells sharing one inputs function and tolerance."""
+  """A named set of cells sharing one inputs function and agreement check.
+
+  check: "allclose" (|x − ref| ≤ atol + rtol·|ref|) or "recall" for approximate search: outputs
+    are neighbour ids [Q, k] (-1 = unfilled), the recall of the reference's ids is recorded and
+    an implementation agrees when it reaches `min_recall` (it searched the same data).
+  """
   name: str
   description: str
   inputs: str
   cells: tuple[Cell, ...]
   rtol: float = 1e-4
   atol: float = 1e-5
+  check: str = "allclose"
+  min_recall: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +179,27 @@ def compare(out: np.ndarray, ref: np.ndarray, *, rtol: float, atol: float) -> di
           "problem": problem}
 
 
+def compare_recall(out: np.ndarray, ref: np.ndarray, *, min_recall: float) -> dict[str, Any]:
+  """Mean over rows of |out ∩ ref| / |ref| for id arrays [Q, k] (-1 entries ignored)."""
+  out, ref = np.asarray(out), np.asarray(ref)
+  if out.ndim != 2 or ref.ndim != 2 or len(out) != len(ref):
+    return {"agrees": False, "recall": None,
+            "problem": f"ids {list(out.shape)} do not match the reference's {list(ref.shape)}"}
+  per_row = [len(set(o[o >= 0].tolist()) & set(r[r >= 0].tolist())) / max(1, int((r >= 0).sum()))
+             for o, r in zip(out, ref)]
+  recall = float(np.mean(per_row)) if per_row else 1.0
+  problem = None if recall >= min_recall else (
+      f"recall {recall:.3f} of the reference's neighbours is below {min_recall}")
+  return {"agrees": problem is None, "recall": recall, "problem": problem}
+
+
+def _check(bench: "Benchmark", out: np.ndarray, ref: np.ndarray, rtol: float,
+           atol: float) -> dict[str, Any]:
+  if bench.check == "recall":
+    return compare_recall(out, ref, min_recall=bench.min_recall)
+  return compare(out, ref, rtol=rtol, atol=atol)
+
+
 # ------------------------------------------------------------------------------------------
 # The machine.
 
@@ -214,6 +248,11 @@ def _now() -> str:
 
 # ------------------------------------------------------------------------------------------
 # Subprocesses.
+
+
+def _file_name(name: str) -> str:
+  """An implementation name as a file name (operating points may hold '=' or spaces)."""
+  return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def worker_env() -> dict[str, str]:
@@ -304,29 +343,35 @@ def _failure(worker: _Worker, msg: dict[str, Any]) -> tuple[str, str]:
 
 
 def run_impl(impl: Impl, *, inputs: str, params: dict[str, Any], workdir: pathlib.Path,
-             settings: Settings, reference: np.ndarray | None, rtol: float, atol: float,
+             settings: Settings, reference: np.ndarray | None,
+             check: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None,
              check_only: bool = False) -> dict[str, Any]:
-  """Runs one implementation in a fresh subprocess; see the module docstring."""
-  out_path = workdir / f"{impl.name}.npy"
-  spec = {"name": impl.name, "target": impl.target, "framework": impl.framework,
-          "inputs": inputs, "params": params, "warmup": 0 if check_only else settings.warmup,
+  """Runs one implementation in a fresh subprocess; see the module docstring.
+
+  `check(out, reference)` returns the agreement record ({"agrees", "problem", ...}).
+  """
+  out_path = workdir / f"{_file_name(impl.name)}.npy"
+  spec = {"name": _file_name(impl.name), "target": impl.target, "framework": impl.framework,
+          "inputs": inputs, "params": {**params, **impl.options},
+          "warmup": 0 if check_only else settings.warmup,
           "runs": 0 if check_only else settings.runs, "out": str(out_path)}
   result: dict[str, Any] = {"impl": impl.name, "framework": impl.framework,
                             "project": impl.project, "status": "error", "agreement": None,
                             "setup_s": None, "first_call_s": None, "runtime": None,
-                            "times_s": [], "stats": None, "error": None,
-                            "loadavg_1m": os.getloadavg()[0]}
+                            "times_s": [], "stats": None, "error": None, "info": None,
+                            "options": impl.options, "loadavg_1m": os.getloadavg()[0]}
   worker = _Worker(spec, workdir, settings.timeout_s)
+  started = time.perf_counter()
   try:
     msg = worker.message()
     if msg.get("event") != "ready":
       result["status"], result["error"] = _failure(worker, msg)
       return result
     result.update(setup_s=msg["setup_s"], first_call_s=msg["first_call_s"],
-                  runtime=msg["runtime"])
+                  runtime=msg["runtime"], info=msg.get("info"))
     out = np.load(out_path, allow_pickle=False)
     if reference is not None:
-      result["agreement"] = compare(out, reference, rtol=rtol, atol=atol)
+      result["agreement"] = check(out, reference)
       if not result["agreement"]["agrees"]:
         worker.send("stop")
         result["status"] = "disagrees"
@@ -348,6 +393,7 @@ def run_impl(impl: Impl, *, inputs: str, params: dict[str, Any], workdir: pathli
     return result
   finally:
     worker.close()
+    result["wall_s"] = time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,7 +409,7 @@ def run_cell(bench: Benchmark, cell: Cell, settings: Settings) -> dict[str, Any]
   rtol = bench.rtol if cell.rtol is None else cell.rtol
   atol = bench.atol if cell.atol is None else cell.atol
   record: dict[str, Any] = {"label": cell.label, "group": cell.group, "role": cell.role,
-                            "params": cell.params, "flops": cell.flops,
+                            "params": cell.params, "flops": cell.flops, "items": cell.items,
                             "tolerance": {"rtol": rtol, "atol": atol}, "results": []}
   names = [impl.name for impl in cell.impls]
   if len(set(names)) != len(names) or cell.reference.name in names:
@@ -373,12 +419,13 @@ def run_cell(bench: Benchmark, cell: Cell, settings: Settings) -> dict[str, Any]
     workdir = pathlib.Path(tmp)
     t0 = time.perf_counter()
     ref = run_impl(cell.reference, inputs=bench.inputs, params=cell.params, workdir=workdir,
-                   settings=settings, reference=None, rtol=rtol, atol=atol, check_only=True)
+                   settings=settings, reference=None, check_only=True)
     ref_out = ref.pop("output", None)
     record["reference"] = {"impl": cell.reference.name, "framework": cell.reference.framework,
                            "status": ref["status"], "seconds": time.perf_counter() - t0,
                            "error": ref["error"]}
-    _log(f"[{bench.name}] {cell.label}: reference {cell.reference.name} {ref['status']}")
+    _log(f"[{bench.name}] {cell.label}: reference {cell.reference.name} {ref['status']} "
+         f"(process {ref['wall_s']:.1f} s)")
     for impl in cell.impls:
       if ref_out is None:
         res = {"impl": impl.name, "framework": impl.framework, "project": impl.project,
@@ -387,13 +434,17 @@ def run_cell(bench: Benchmark, cell: Cell, settings: Settings) -> dict[str, Any]
                "error": f"reference {cell.reference.name} failed, so agreement cannot be checked"}
       else:
         res = run_impl(impl, inputs=bench.inputs, params=cell.params, workdir=workdir,
-                       settings=settings, reference=ref_out, rtol=rtol, atol=atol)
+                       settings=settings, reference=ref_out,
+                       check=lambda out, ref: _check(bench, out, ref, rtol, atol))
       res["gflops"] = (cell.flops / res["stats"]["median_s"] / 1e9
                        if cell.flops and res["stats"] else None)
+      res["per_second"] = (cell.items / res["stats"]["median_s"]
+                           if cell.items and res["stats"] else None)
       res["pct_gemm_peak"] = None
       record["results"].append(res)
       median = f"{res['stats']['median_s'] * 1e3:.2f} ms" if res["stats"] else ""
-      _log(f"[{bench.name}] {cell.label}: {impl.name} {res['status']} {median}"
+      _log(f"[{bench.name}] {cell.label}: {impl.name} {res['status']} {median} "
+           f"(process {res.get('wall_s', 0.0):.1f} s)"
            + (f" ({res['error'].splitlines()[0]})" if res["error"] else ""))
   return record
 
@@ -436,7 +487,8 @@ def run_benchmark(bench: Benchmark, settings: Settings, *,
   result: dict[str, Any] = {
       "schema": SCHEMA, "benchmark": bench.name, "description": bench.description,
       "mode": settings.mode, "settings": dataclasses.asdict(settings),
-      "tolerance": {"rtol": bench.rtol, "atol": bench.atol}, "started": _now(),
+      "tolerance": {"rtol": bench.rtol, "atol": bench.atol}, "check": bench.check,
+      "started": _now(),
       "machine": machine_info(), "loadavg_before": list(os.getloadavg())}
   result["cells"] = [run_cell(bench, cell, settings) for cell in bench.cells]
   result["loadavg_after"] = list(os.getloadavg())
@@ -520,14 +572,65 @@ def validate_result(obj: Any, *, source: str) -> None:
         raise ResultSchemaError(f"{rwhere}: status {res['status']!r} needs an error message")
 
 
+_TABLE_KEYS = {"schema": str, "benchmark": str, "description": str, "mode": str,
+               "started": str, "finished": str, "machine": dict, "loadavg_before": list,
+               "loadavg_after": list, "columns": list, "rows": list, "notes": list,
+               "extra": dict}
+
+
+def validate_table(obj: Any, *, source: str) -> None:
+  """Raises ResultSchemaError unless obj follows TABLE_SCHEMA (rows as long as the columns)."""
+  _require(obj, _TABLE_KEYS, source)
+  if obj["schema"] != TABLE_SCHEMA:
+    raise ResultSchemaError(f"{source}: schema {obj['schema']!r} is not {TABLE_SCHEMA!r}")
+  _require(obj["machine"], _MACHINE_KEYS, f"{source}: machine")
+  for i, row in enumerate(obj["rows"]):
+    if not isinstance(row, list) or len(row) != len(obj["columns"]):
+      raise ResultSchemaError(f"{source}: rows[{i}] must be a list of {len(obj['columns'])} "
+                              f"values (one per column)")
+
+
 def load_result(path: pathlib.Path) -> dict[str, Any]:
-  """A results file, checked against the schema (errors name the file)."""
+  """A results file (timings or a table), checked against its schema (errors name the file)."""
   try:
     obj = json.loads(pathlib.Path(path).read_text())
   except json.JSONDecodeError as e:
     raise ResultSchemaError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-  validate_result(obj, source=str(path))
+  if isinstance(obj, dict) and obj.get("schema") == TABLE_SCHEMA:
+    validate_table(obj, source=str(path))
+  else:
+    validate_result(obj, source=str(path))
   return obj
+
+
+class TableRun:
+  """Records a table benchmark: machine and load before, rows as they come, then `write`.
+
+  `plot` (optional) tells report.write_plot how to draw it: {"x": column, "y": column,
+  "series": column or None, "kind": "line" | "bar", "logx": bool, "logy": bool}.
+  """
+
+  def __init__(self, name: str, description: str, columns: Sequence[str], *, mode: str,
+               plot: dict[str, Any] | None = None):
+    self.record: dict[str, Any] = {
+        "schema": TABLE_SCHEMA, "benchmark": name, "description": description, "mode": mode,
+        "started": _now(), "machine": machine_info(), "loadavg_before": list(os.getloadavg()),
+        "columns": list(columns), "rows": [], "notes": [], "extra": {}, "plot": plot}
+
+  def add(self, row: dict[str, Any]) -> None:
+    missing = [c for c in self.record["columns"] if c not in row]
+    if missing:
+      raise ValueError(f"table {self.record['benchmark']}: row lacks columns {missing}")
+    self.record["rows"].append([row[c] for c in self.record["columns"]])
+    _log(f"[{self.record['benchmark']}] " + ", ".join(f"{k}={row[k]}" for k in row))
+
+  def write(self, results_dir: pathlib.Path = RESULTS_DIR, *, notes: Sequence[str] = (),
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    self.record.update(finished=_now(), loadavg_after=list(os.getloadavg()),
+                       notes=list(notes), extra=extra or {})
+    validate_table(self.record, source=f"table {self.record['benchmark']}")
+    write_json(pathlib.Path(results_dir) / f"{self.record['benchmark']}.json", self.record)
+    return self.record
 
 
 # ------------------------------------------------------------------------------------------

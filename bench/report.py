@@ -34,8 +34,73 @@ def _impl_order(cells: list[dict[str, Any]]) -> list[str]:
   return names
 
 
+def _save(fig, path: pathlib.Path) -> None:
+  import matplotlib.pyplot as plt
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _title(result: dict[str, Any]) -> str:
+  load = result["loadavg_before"][0], result["loadavg_after"][0]
+  return (f"{result['benchmark']} ({result['mode']}) on {result['machine']['cpu_model']}, "
+          f"{result['machine']['nproc']} CPUs, load {load[0]:.1f} -> {load[1]:.1f}")
+
+
+def write_table_plot(result: dict[str, Any], path: pathlib.Path) -> None:
+  """A table result drawn as its `plot` spec says (see harness.TableRun)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  spec = result["plot"]
+  cols = result["columns"]
+  xi, yi = cols.index(spec["x"]), cols.index(spec["y"])
+  si = cols.index(spec["series"]) if spec.get("series") else None
+  series: dict[str, list[tuple[Any, Any]]] = {}
+  for row in result["rows"]:
+    if row[xi] is None or row[yi] is None:
+      continue
+    series.setdefault("" if si is None else str(row[si]), []).append((row[xi], row[yi]))
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  if spec.get("kind") == "bar":
+    labels = [f"{name} {x}".strip() for name, pts in series.items() for x, _ in pts]
+    values = [y for pts in series.values() for _, y in pts]
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+  else:
+    for name, pts in series.items():
+      pts = sorted(pts)
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name or None)
+    if si is not None:
+      ax.legend(fontsize=7)
+  for axis, key in (("x", "logx"), ("y", "logy")):
+    if spec.get(key):
+      getattr(ax, f"set_{axis}scale")("log")
+  for line in spec.get("hlines", []):
+    ax.axhline(line["y"], color="gray", linestyle="--", linewidth=1)
+    ax.text(ax.get_xlim()[0], line["y"], " " + line["label"], va="bottom", fontsize=7)
+  ax.set_xlabel(spec["x"])
+  ax.set_ylabel(spec["y"])
+  ax.set_title(_title(result), fontsize=8)
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
   """One PNG for one benchmark result (matplotlib's Agg backend; written atomically)."""
+  if result.get("schema") == harness.TABLE_SCHEMA:
+    if result.get("plot"):
+      write_table_plot(result, path)
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -72,31 +137,40 @@ def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
     ax.legend(fontsize=6)
   for ax in list(axes.flat)[len(groups):]:
     ax.axis("off")
-  load = result["loadavg_before"][0], result["loadavg_after"][0]
-  fig.suptitle(f"{result['benchmark']} ({result['mode']}) on {result['machine']['cpu_model']}, "
-               f"{result['machine']['nproc']} CPUs, load {load[0]:.1f} -> {load[1]:.1f}",
-               fontsize=10)
+  fig.suptitle(_title(result), fontsize=10)
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  _save(fig, path)
 
 
 def _ms(res: dict[str, Any]) -> str:
   if res["status"] != "ok":
     return f"*{res['status']}*"
   s = res["stats"]
-  return f"{s['median_s'] * 1e3:.3g} [{s['iqr_s'] * 1e3:.2g}]"
+  text = f"{s['median_s'] * 1e3:.3g} [{s['iqr_s'] * 1e3:.2g}]"
+  recall = (res.get("agreement") or {}).get("recall")
+  if recall is not None:  # approximate search: rate, recall and index size matter
+    text = f"{res['per_second']:.0f}/s, R {recall:.3f}"
+    info = res.get("info") or {}
+    if info.get("bytes_per_vector") is not None:
+      text += f", {info['bytes_per_vector']:.0f} B/vec"
+  return text
+
+
+def _single_cell_table(cell: dict[str, Any]) -> list[str]:
+  """One cell: a row per implementation."""
+  lines = [f"{cell['label']}:", "", "| implementation | result | vs fastest peer |", "|---|---|---|"]
+  for res in cell["results"]:
+    # Rates at different recalls are not comparable, so approximate search gets no ratio.
+    comparable = res["project"] and (res.get("agreement") or {}).get("recall") is None
+    speed = cell["project_speedup"].get(res["impl"]) if comparable else None
+    lines.append(f"| {res['impl']} | {_ms(res)} | "
+                 f"{'' if speed is None else f'{speed:.2f}×'} |")
+  return lines
 
 
 def _cell_table(cells: list[dict[str, Any]]) -> list[str]:
+  if len(cells) == 1 and not cells[0]["flops"]:
+    return _single_cell_table(cells[0])
   impls = _impl_order(cells)
   project = [n for n in impls
              if any(r["impl"] == n and r["project"] for c in cells for r in c["results"])]
@@ -122,20 +196,46 @@ def _cell_table(cells: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
-def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
-  """The README section of one benchmark result."""
+def _header(result: dict[str, Any]) -> list[str]:
   m = result["machine"]
   versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
   lb, la = result["loadavg_before"], result["loadavg_after"]
-  out = [f"### `{result['benchmark']}` ({result['mode']})", "", result["description"], "",
-         f"- run {result['started']} → {result['finished']}, commit `{m.get('git_commit')}`",
-         f"- machine: {m['cpu_model']}, {m['nproc']} CPUs; load average (1/5/15 min) "
-         f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before, {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after",
+  return [f"### `{result['benchmark']}` ({result['mode']})", "", result["description"], "",
+          f"- run {result['started']} → {result['finished']}, commit `{m.get('git_commit')}`",
+          f"- machine: {m['cpu_model']}, {m['nproc']} CPUs; load average (1/5/15 min) "
+          f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before, {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} "
+          "after", f"- versions: {versions}"]
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return "" if value is None else str(value)
+
+
+def table_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
+  """The README section of a table result."""
+  out = _header(result)
+  out += [f"- {k}: {v}" for k, v in result.get("extra", {}).items()]
+  out += [f"- {note}" for note in result["notes"]]
+  cols = result["columns"]
+  out += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in result["rows"]]
+  if png_name:
+    out += ["", f"![{result['benchmark']}](results/{png_name})"]
+  return out
+
+
+def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
+  """The README section of one benchmark result."""
+  if result.get("schema") == harness.TABLE_SCHEMA:
+    return table_markdown(result, png_name)
+  out = _header(result)[:-1] + [
          f"- {result['settings']['runs']} timed runs after {result['settings']['warmup']} "
          f"warm-up calls, each implementation in a fresh process; agreement with the "
          f"reference within rtol={result['tolerance']['rtol']}, "
          f"atol={result['tolerance']['atol']} checked before timing",
-         f"- versions: {versions}"]
+         _header(result)[-1]]
   if result.get("gemm_peak"):
     p = result["gemm_peak"]
     out.append(f"- GEMM peak measured in this run: {p['gflops']:.1f} GFLOP/s "
@@ -143,7 +243,11 @@ def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
   for key, value in result.get("extra", {}).items():
     out.append(f"- {key}: {value}")
   out.append("")
-  out.append("Entries: median ms per call [interquartile range].")
+  if result.get("check") == "recall":
+    out.append("Entries: query vectors per second (median call), recall R of the exact "
+               "top-K′, bytes per vector of the serialised index.")
+  else:
+    out.append("Entries: median ms per call [interquartile range].")
   for title, cells in _groups(result).items():
     out += ["", f"**{title}**", ""] + _cell_table(cells)
   if png_name:

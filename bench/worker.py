@@ -1,8 +1,9 @@
 """One implementation in one fresh process: `python -m bench.worker SPEC.json` (started by harness).
 
 Protocol (JSON lines on the original stdout; anything the implementation prints goes to stderr):
-  worker -> {"event": "ready", "setup_s", "first_call_s", "runtime"}  after the first call and
-            the warm-up calls, once the output is in spec["out"] (.npy, written atomically);
+  worker -> {"event": "ready", "setup_s", "first_call_s", "runtime", "info"}  after the first
+            call and the warm-up calls, once the output is in spec["out"] (.npy, written
+            atomically); "info" is what set-up measured, if it returned (callable, info);
   parent -> "time" or "stop" (one line on stdin);
   worker -> {"event": "done", "times_s": [...]}  after spec["runs"] timed calls;
   worker -> {"event": "error", "error": "..."}    on any failure (traceback on stderr, exit 1).
@@ -72,6 +73,9 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     inputs = resolve(spec["inputs"])(spec["params"])
     fn = resolve(spec["target"])(spec["params"], inputs)
+    info = None
+    if isinstance(fn, tuple):  # (callable, info): what set-up measured (build time, bytes)
+      fn, info = fn
     t1 = time.perf_counter()
     out = fn()
     t2 = time.perf_counter()
@@ -82,7 +86,8 @@ def main(argv: list[str]) -> int:
                          "implementation must use one framework")
     _save(spec["out"], out)
     del out
-    send(event="ready", setup_s=t1 - t0, first_call_s=t2 - t1, runtime=runtime_info())
+    send(event="ready", setup_s=t1 - t0, first_call_s=t2 - t1, runtime=runtime_info(),
+         info=info)
     if sys.stdin.readline().strip() != "time":
       return 0
     gc.collect()

@@ -132,6 +132,16 @@ def test_compare_tolerances_and_nans():
   assert not harness.compare(np.array([1.0, np.nan, np.nan]), ref, rtol=1, atol=1)["agrees"]
 
 
+def test_recall_check_for_approximate_search():
+  ref = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+  got = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
+  rec = harness.compare_recall(got, ref, min_recall=0.7)
+  assert rec["recall"] == pytest.approx((2 / 4 + 1.0) / 2) and rec["agrees"]
+  low = harness.compare_recall(got, ref, min_recall=0.9)
+  assert not low["agrees"] and "recall 0.750" in low["problem"]
+  assert not harness.compare_recall(got[:1], ref, min_recall=0.0)["agrees"]
+
+
 def test_too_few_runs_are_refused():
   with pytest.raises(ValueError, match="runs must be at least 5"):
     harness.run_benchmark(_bench([]), harness.Settings(runs=3))
