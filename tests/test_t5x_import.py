@@ -239,6 +239,10 @@ def test_orbax_round_trip_and_load_initial_params(hf_model, t5x_dir, tmp_path):
   models.save_params(tmp_path / "t5x_orbax", nested)
   for path in (hf_dir, t5x_dir, tmp_path / "own", tmp_path / "t5x_orbax"):
     _assert_trees_equal(models.load_initial_params(path), params)
+  # Configs without reading weights; T5X cannot record dropout, so it keeps the default.
+  for path in (hf_dir, t5x_dir, tmp_path / "own"):
+    assert params_io.read_encoder_config(path, dropout_rate=0.0) == dataclasses.replace(
+        cfg, dropout_rate=0.0)
   with pytest.raises(models.CheckpointError, match="without an encoder config"):
     models.load_encoder(tmp_path / "t5x_orbax")
   # Writing over an existing checkpoint needs overwrite=True.
