@@ -5,10 +5,8 @@
     with exactly the losses and parameters of an uninterrupted run.
   * Two processes on localhost (4 fake devices each, jax.distributed with a localhost
     coordinator) give the losses of one process with 8 devices.
-  * INITIAL_CHECKPOINT_PATH puts imported encoder weights into the initial state.
 """
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import train_testlib as lib
@@ -36,12 +33,6 @@ def _bindings(model_dir, *extra):
 
 def _losses(model_dir):
   return np.array([r["loss"] for r in lib.read_metrics(model_dir)])
-
-
-def _final_params(model_dir, step):
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  restored = ocp.PyTreeCheckpointer().restore(path)
-  return restored["params"]
 
 
 def _demo_batches(n):
@@ -80,24 +71,6 @@ def test_model_parallel_run_matches_data_parallel_run():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_initial_checkpoint_path_loads_encoder_weights(tmp_path):
-  config = models.t5_config("tiny", dropout_rate=0.0)
-  encoder = models.build_encoder(config)
-  ids = np.ones((1, 8), np.int32)
-  encoder_params = jax.tree.map(
-      np.asarray, encoder.init(jax.random.key(7), ids, ids.astype(bool))["params"])
-  encoder_params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(encoder_params))
-  models.save_params(tmp_path / "pretrained", encoder_params, config=config)
-  # Learning rate 0: after one step the encoder must still be exactly the imported weights.
-  lib.run_main([DEMO], _bindings(tmp_path / "m", "TRAIN_STEPS = 1",
-                                 f"INITIAL_CHECKPOINT_PATH = '{tmp_path / 'pretrained'}'",
-                                 "LEARNING_RATE = @constant_learning_rate()",
-                                 "constant_learning_rate.value = 0.0"))
-  trained = _final_params(tmp_path / "m", 1)["encoder"]
-  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(encoder_params), strict=True):
-    np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.slow
 def test_sigkill_and_restart_resumes_exactly(tmp_path):
   steps = ("TRAIN_STEPS = 24", "CHECKPOINT_PERIOD = 4", "T5Config.dropout_rate = 0.1")
@@ -123,7 +96,7 @@ def test_sigkill_and_restart_resumes_exactly(tmp_path):
   records = lib.read_metrics(killed_dir)
   assert [r["step"] for r in records] == list(range(1, 25))
   np.testing.assert_array_equal(_losses(killed_dir), _losses(full_dir))
-  a, b = _final_params(full_dir, 24), _final_params(killed_dir, 24)
+  a, b = lib.final_params(full_dir, 24), lib.final_params(killed_dir, 24)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
 

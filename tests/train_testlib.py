@@ -15,6 +15,7 @@ import sys
 
 import gin
 import numpy as np
+import orbax.checkpoint as ocp
 
 from aligner_jax import main as main_lib
 
@@ -50,6 +51,12 @@ def run_main(gin_files, bindings):
 def read_metrics(model_dir):
   with open(os.path.join(model_dir, "train_metrics.jsonl"), encoding="utf-8") as f:
     return [json.loads(line) for line in f]
+
+
+def final_params(model_dir, step):
+  """The parameters saved in the checkpoint of `step` (NumPy arrays)."""
+  path = os.path.join(model_dir, "checkpoints", str(step), "state")
+  return ocp.PyTreeCheckpointer().restore(path)["params"]
 
 
 def main_command(gin_files, bindings):
