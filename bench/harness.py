@@ -228,7 +228,9 @@ def git_commit() -> str | None:
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=30, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "aligner_jax", "bench"],
+    # The benchmark's own outputs (results, README tables) do not make the code uncommitted.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "aligner_jax", "bench",
+                            ":!bench/results", ":!bench/README.md"],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30).stdout
   except (OSError, subprocess.SubprocessError):
     return None
@@ -488,6 +490,7 @@ def run_benchmark(bench: Benchmark, settings: Settings, *,
       "schema": SCHEMA, "benchmark": bench.name, "description": bench.description,
       "mode": settings.mode, "settings": dataclasses.asdict(settings),
       "tolerance": {"rtol": bench.rtol, "atol": bench.atol}, "check": bench.check,
+      "min_recall": bench.min_recall if bench.check == "recall" else None,
       "started": _now(),
       "machine": machine_info(), "loadavg_before": list(os.getloadavg())}
   result["cells"] = [run_cell(bench, cell, settings) for cell in bench.cells]

@@ -158,13 +158,18 @@ def _ms(res: dict[str, Any]) -> str:
 
 def _single_cell_table(cell: dict[str, Any]) -> list[str]:
   """One cell: a row per implementation."""
-  lines = [f"{cell['label']}:", "", "| implementation | result | vs fastest peer |", "|---|---|---|"]
+  # Rates at different recalls are not comparable, so approximate search gets no ratio.
+  ratios = {r["impl"]: cell["project_speedup"].get(r["impl"]) for r in cell["results"]
+            if r["project"] and (r.get("agreement") or {}).get("recall") is None}
+  ratios = {k: v for k, v in ratios.items() if v is not None}
+  head = "| implementation | result |" + (" vs fastest peer |" if ratios else "")
+  lines = [f"{cell['label']}:", "", head, "|---|---|" + ("---|" if ratios else "")]
   for res in cell["results"]:
-    # Rates at different recalls are not comparable, so approximate search gets no ratio.
-    comparable = res["project"] and (res.get("agreement") or {}).get("recall") is None
-    speed = cell["project_speedup"].get(res["impl"]) if comparable else None
-    lines.append(f"| {res['impl']} | {_ms(res)} | "
-                 f"{'' if speed is None else f'{speed:.2f}×'} |")
+    row = f"| {res['impl']} | {_ms(res)} |"
+    if ratios:
+      speed = ratios.get(res["impl"])
+      row += f" {'' if speed is None else f'{speed:.2f}×'} |"
+    lines.append(row)
   return lines
 
 
@@ -232,9 +237,11 @@ def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
     return table_markdown(result, png_name)
   out = _header(result)[:-1] + [
          f"- {result['settings']['runs']} timed runs after {result['settings']['warmup']} "
-         f"warm-up calls, each implementation in a fresh process; agreement with the "
-         f"reference within rtol={result['tolerance']['rtol']}, "
-         f"atol={result['tolerance']['atol']} checked before timing",
+         f"warm-up calls, each implementation in a fresh process; "
+         + (f"recall of the reference's neighbours ≥ {result.get('min_recall')} checked before "
+            "timing" if result.get("check") == "recall" else
+            f"agreement with the reference within rtol={result['tolerance']['rtol']}, "
+            f"atol={result['tolerance']['atol']} checked before timing"),
          _header(result)[-1]]
   if result.get("gemm_peak"):
     p = result["gemm_peak"]

@@ -12,7 +12,8 @@ Arrays (`make_inputs`):
   "salience": q_sal [B, n], d_sal [B, K, m] in [0.05, 1) (0 on padding).
   "lite": the separable LiteScorer parameters as flat arrays (see `lite_param_tree`).
   "knrm": w [11], b [].
-  "gemm": a [K·m, h], b [h, B·n] (the flat GEMM inside MaxSim).
+  "gemm": a [K·m, h], b [h, B·n] (the flat GEMM inside MaxSim), or a [R, I], b [I, C] when
+  params["gemm_shape"] = [R, I, C] (a compute-bound square GEMM for the peak).
 
 Score semantics every implementation reproduces (the project's, `aligner_jax.scoring`):
   score = Σ S⊙A / Σ A, so top_k / top_p give the mean of the selected similarities over valid
@@ -76,7 +77,8 @@ def flops(params: dict[str, Any]) -> float:
   """Useful FLOPs of one call: the similarity GEMM over valid tokens (+ LITE's MLPs)."""
   h, n, m, K, B = params["h"], params["n"], params["m"], params["K"], params["B"]
   if params["variant"] == "gemm":
-    return 2.0 * K * m * h * B * n
+    rows, inner, cols = params.get("gemm_shape") or (K * m, h, B * n)
+    return 2.0 * rows * inner * cols
   q_len, d_len = lengths(params)
   total = 2.0 * h * float(np.sum(q_len[:, None] * d_len))
   if params["variant"] == "lite":
@@ -126,8 +128,9 @@ def make_inputs(params: dict[str, Any]) -> dict[str, np.ndarray]:
   variant = params["variant"]
   rng = np.random.default_rng([params.get("seed", 0), 0])
   if variant == "gemm":
-    return {"a": rng.standard_normal((K * m, h), np.float32),
-            "b": rng.standard_normal((h, B * n), np.float32)}
+    rows, inner, cols = params.get("gemm_shape") or (K * m, h, B * n)
+    return {"a": rng.standard_normal((rows, inner), np.float32),
+            "b": rng.standard_normal((inner, cols), np.float32)}
   q_len, d_len = lengths(params)
   q_mask = np.arange(n) < q_len[:, None]
   d_mask = np.arange(m) < d_len[..., None]
