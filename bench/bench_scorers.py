@@ -3,9 +3,9 @@
 One query (B = 1) against its K candidates of m tokens, width h = 128, for n ∈ {32, 64},
 m ∈ {180, 256}, K ∈ {100, 1000}, plus ragged lengths; the same run times a plain float32 GEMM of
 the MaxSim shape (K·m, h) @ (h, n) and a square 1024³ GEMM in NumPy, PyTorch and JAX; the best
-GFLOP/s among them is the GEMM peak that every scorer's GFLOP/s is compared with. GFLOP/s counts the similarity GEMM over valid
-tokens (plus LITE's MLPs), so the selection work of top_k / top_p / salience and KNRM's kernels
-is time without FLOPs.
+GFLOP/s among them is the GEMM peak that every scorer's GFLOP/s is compared with. GFLOP/s
+counts the similarity GEMM over valid tokens (plus LITE's MLPs), so the selection work of
+top_k / top_p / salience and KNRM's kernels is time without FLOPs.
 
   python -m bench.bench_scorers [--quick] [--only 'top_k:4']
 """

@@ -105,6 +105,7 @@ def main(argv=None) -> int:
       "vector format and document pruning ratio; columns ann … pooled are bytes per original "
       "token.", COLUMNS, mode="quick" if args.quick else "full",
       plot={"x": "prune_ratio", "y": "aligner", "series": "vector_dtype", "kind": "line",
+            "logy": True,
             "hlines": [{"y": PLAID_BYTES, "label": "PLAID 2-bit (38 B)"},
                        {"y": GOAL_BYTES, "label": "goal (16 B)"}]})
   for dtype in dtypes:

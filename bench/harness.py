@@ -1,4 +1,4 @@
-"""The benchmark harness: each implementation in a fresh subprocess, agreement checked before timing.
+"""The benchmark harness: each implementation in a fresh process, agreement checked before timing.
 
 A `Benchmark` is a list of `Cell`s (one input configuration each); every cell names a reference
 (check-only, never timed) and the implementations to time. For each cell the harness
@@ -511,6 +511,7 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as f:
       json.dump(obj, f, indent=1, allow_nan=False)
       f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary repository files
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

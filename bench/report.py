@@ -41,6 +41,7 @@ def _save(fig, path: pathlib.Path) -> None:
   os.close(fd)
   try:
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
   finally:
     plt.close(fig)
@@ -110,7 +111,10 @@ def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
   cols = min(3, len(groups))
   rows = -(-len(groups) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.2 * rows), squeeze=False)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  # One colour per implementation across every panel.
+  color = {name: palette[i % len(palette)]
+           for i, name in enumerate(_impl_order(result["cells"]))}
   for ax, (title, cells) in zip(axes.flat, groups.items()):
     impls = _impl_order(cells)
     width = 0.8 / max(1, len(impls))
@@ -127,7 +131,7 @@ def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
         lo.append((s["median_s"] - s["q1_s"]) * 1e3)
         hi.append((s["q3_s"] - s["median_s"]) * 1e3)
       ax.bar(x + (i - (len(impls) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=2,
-             label=name, color=colors[i % len(colors)])
+             label=name, color=color[name])
     ax.set_xticks(x)
     ax.set_xticklabels([c["label"].removeprefix(title).strip() or c["label"] for c in cells],
                        rotation=30, ha="right", fontsize=7)
@@ -142,11 +146,16 @@ def write_plot(result: dict[str, Any], path: pathlib.Path) -> None:
   _save(fig, path)
 
 
+def _num(x: float) -> str:
+  """Milliseconds with about three significant digits and no exponent."""
+  return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def _ms(res: dict[str, Any]) -> str:
   if res["status"] != "ok":
     return f"*{res['status']}*"
   s = res["stats"]
-  text = f"{s['median_s'] * 1e3:.3g} [{s['iqr_s'] * 1e3:.2g}]"
+  text = f"{_num(s['median_s'] * 1e3)} [{_num(s['iqr_s'] * 1e3)}]"
   recall = (res.get("agreement") or {}).get("recall")
   if recall is not None:  # approximate search: rate, recall and index size matter
     text = f"{res['per_second']:.0f}/s, R {recall:.3f}"
@@ -291,6 +300,7 @@ def update_readme(readme: pathlib.Path, results_dir: pathlib.Path) -> None:
   os.close(harness_tmp[0])
   try:
     pathlib.Path(harness_tmp[1]).write_text(text)
+    os.chmod(harness_tmp[1], 0o644)  # mkstemp creates 0600
     os.replace(harness_tmp[1], readme)
   finally:
     if os.path.exists(harness_tmp[1]):

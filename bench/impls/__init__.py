@@ -1,1 +1,1 @@
-"""Implementations compared by the benchmarks, one module per framework (never mixed in a process)."""
+"""Implementations compared by the benchmarks, one module per framework (never mixed)."""

@@ -4,7 +4,8 @@ PyLate scores with one einsum over query and document tokens, `einsum('ash,bth->
 max over document tokens and a sum over query tokens. Here each query meets its own candidates
 (`'bnh,bkmh->bknm'`), padded document tokens are filled with -inf before the max, and the sum is
 divided by the number of valid query rows (the project's Σ S⊙A / Σ A). The other variants keep
-the same layout and use `topk` / `argmax` over the last axis; LITE and KNRM use `torch.nn.functional`.
+the same layout and use `topk` / `argmax` over the last axis; LITE and KNRM use
+`torch.nn.functional`.
 Set-up converts the inputs to tensors outside timing; every call runs under `inference_mode`.
 """
 
