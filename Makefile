@@ -42,9 +42,10 @@ demo: install
 	  "are missing." >&2; exit 2
 
 bench: install
-	@echo "make bench: no benchmarks yet (bench/ is empty)." >&2; exit 2
+	$(PY) -m bench.run
 
-bench-quick: bench
+bench-quick: install
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

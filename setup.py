@@ -43,6 +43,7 @@ EXTRAS_REQUIRE = {
         "transformers==5.23.0",
     ],
     "bench": [
+        "faiss-cpu==1.15.1",  # the token-MIPS peer, benchmarks only
         "torch==2.13.0",
         "transformers==5.23.0",
     ],
