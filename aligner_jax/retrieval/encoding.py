@@ -96,9 +96,13 @@ class Encoder:
             "salience": local(out.salience), "pooled": local(out.pooled)}
 
   def encode(self, token_lists: Sequence[Sequence[int]], max_length: int,
-             progress: Callable[[str], None] | None = None) -> list[dict[str, np.ndarray]]:
+             progress: Callable[[str], None] | None = None,
+             sink: Callable[[int, dict[str, np.ndarray]], None] | None = None
+             ) -> list[dict[str, np.ndarray]] | None:
     """Per text {"vectors": [l, h], "salience": [l] | None, "pooled": [h'],
-    "token_ids": [l]} over its l ≤ max_length real tokens, in input order."""
+    "token_ids": [l]} over its l ≤ max_length real tokens, in input order; or, with `sink`,
+    each text's dict is handed to `sink(position, dict)` as soon as it is encoded (nothing is
+    kept, so a large corpus can be written straight into its final arrays)."""
     lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
     multi = jax.process_count() > 1
     order = np.arange(len(token_lists)) if multi else np.argsort(-lengths, kind="stable")
@@ -125,15 +129,19 @@ class Encoder:
       out = self._run(ids, mask)
       for r, row in enumerate(rows):
         n = int(mask[r].sum())
-        results[row] = {
+        item = {
             "vectors": out["vectors"][r, :n], "pooled": out["pooled"][r],
             "salience": None if out["salience"] is None else out["salience"][r, :n],
             "token_ids": ids[r, :n].copy()}
+        if sink is None:
+          results[row] = {k: None if v is None else v.copy() for k, v in item.items()}
+        else:
+          sink(int(row), item)
       if progress is not None and ((step + 1) % 20 == 0 or step + 1 == num_steps):
         done = min((step + 1) * self.host_batch, len(token_lists))
         rate = done / max(time.time() - start_time, 1e-9)
         progress(f"encoded {done}/{len(token_lists)} texts ({rate:.1f}/s)")
-    return results  # type: ignore[return-value]
+    return None if sink is not None else results  # type: ignore[return-value]
 
 
 def _local_rows(x: jax.Array) -> np.ndarray:
@@ -154,24 +162,43 @@ def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
                   texts: Sequence[str], *, max_length: int = 256,
                   vector_dtype: str = "float16", keep_token_ids: bool = True,
                   progress: Callable[[str], None] | None = None) -> TokenStore:
-  """Documents -> a `TokenStore` of their real tokens (salience and pooled when present)."""
+  """Documents -> a `TokenStore` of their real tokens (salience and pooled when present).
+
+  Each batch is written straight into the final (quantised) arrays, so memory stays near the
+  size of the store itself.
+  """
   if len(doc_ids) != len(texts):
     raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
-  encoded = encoder.encode(tokenize(vocabulary, texts, max_length), max_length, progress)
-  lengths = np.array([len(e["vectors"]) for e in encoded], np.int64)
+  token_lists = tokenize(vocabulary, texts, max_length)
+  lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  dim = encoded[0]["vectors"].shape[-1] if encoded else 0
-  flat = (np.concatenate([e["vectors"] for e in encoded]) if encoded
-          else np.zeros((0, dim), np.float32))
-  vectors, scales = encode_vectors(flat, vector_dtype)
-  has_sal = bool(encoded) and encoded[0]["salience"] is not None
-  return TokenStore(
-      doc_ids=list(doc_ids), offsets=offsets, vectors=vectors, scales=scales,
-      salience=np.concatenate([e["salience"] for e in encoded]).astype(np.float32)
-      if has_sal else None,
-      token_ids=np.concatenate([e["token_ids"] for e in encoded]).astype(np.int32)
-      if keep_token_ids and encoded else None,
-      pooled=np.stack([e["pooled"] for e in encoded]).astype(np.float32) if encoded else None)
+  total = int(offsets[-1])
+  arrays: dict[str, np.ndarray | None] = {}
+
+  def sink(row: int, item: dict[str, np.ndarray]) -> None:
+    if not arrays:  # the first item tells the widths and which fields the model has
+      dim = item["vectors"].shape[-1]
+      arrays["vectors"] = np.zeros((total, dim), np.dtype(vector_dtype))
+      arrays["scales"] = np.zeros(total, np.float32) if vector_dtype == "int8" else None
+      arrays["salience"] = (np.zeros(total, np.float32) if item["salience"] is not None
+                            else None)
+      arrays["token_ids"] = np.zeros(total, np.int32) if keep_token_ids else None
+      arrays["pooled"] = np.zeros((len(token_lists), item["pooled"].shape[-1]), np.float32)
+    sl = slice(int(offsets[row]), int(offsets[row + 1]))
+    stored, scales = encode_vectors(item["vectors"], vector_dtype)
+    arrays["vectors"][sl] = stored
+    if scales is not None:
+      arrays["scales"][sl] = scales
+    if arrays["salience"] is not None:
+      arrays["salience"][sl] = item["salience"]
+    if arrays["token_ids"] is not None:
+      arrays["token_ids"][sl] = item["token_ids"]
+    arrays["pooled"][row] = item["pooled"]
+
+  encoder.encode(token_lists, max_length, progress, sink=sink)
+  if not arrays:
+    raise ValueError("no documents to encode")
+  return TokenStore(doc_ids=list(doc_ids), offsets=offsets, **arrays)
 
 
 def encode_queries(encoder: Encoder, vocabulary: Any, query_ids: Sequence[str],
