@@ -227,7 +227,16 @@ def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
   assert info["counts"]["documents"] == 40
   result = run("gin/runs/eval_beir.gin", common + [
       f"OUTPUT_DIR = '{tmp_path / 'eval'}'", f"INDEX_DIR = '{tmp_path / 'index'}'",
-      "ALIGNMENT = 'top_p:0.25'", "RETRIEVER = 'exact'", "NUM_NEIGHBORS = 50"])
+      "ALIGNMENT = 'top_p:0.25'", "EXTRA_ALIGNMENTS = ['top_k:2']", "RETRIEVER = 'exact'",
+      "NUM_NEIGHBORS = 50"])
   assert result["run"] == "top_p:0.25" and result["index"]["backend"] == "exact"
+  assert set(result["by_alignment"]) == {"top_p:0.25", "top_k:2"}
   assert (tmp_path / "eval" / "run.trec").is_file()
   del bare, module
+
+
+def test_demo_collection_by_name():
+  collection = pipeline.load_split("demo", "test")
+  assert collection.qrels["test"] and len(collection.corpus) > 1000
+  with pytest.raises(ValueError, match="no split"):
+    pipeline.load_split("demo", "nope")

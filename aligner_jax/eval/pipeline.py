@@ -70,7 +70,19 @@ class ModelEncoders:
   lite_lengths: tuple[int, int] | None = None
 
 
+DEMO = "demo"
+
+
 def load_split(beir_dir: str, split: str) -> Collection:
+  """The BEIR directory's corpus, queries and `split` qrels; "demo" is the built-in demo
+  collection (ALIGNER_DEMO_DIR, or generated in memory)."""
+  if beir_dir == DEMO:
+    from aligner_jax.data import loaders  # pylint: disable=g-import-not-at-top
+    collection = loaders.demo_collection()
+    if split not in collection.qrels:
+      raise ValueError(f"the demo collection has no split {split!r} "
+                       f"(has {sorted(collection.qrels)})")
+    return collection
   return read_beir(beir_dir, splits=[split])
 
 
