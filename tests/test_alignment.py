@@ -218,6 +218,10 @@ def test_fast_path_chunks_agree_with_dense(spec):
   np.testing.assert_allclose(scores(case, spec, chunk_size=3), dense, atol=1e-5)
   if spec in ("top_k:1", "top_k:2"):
     np.testing.assert_allclose(scores(case, spec, chunk_size=1), dense, atol=1e-5)
+  if spec in ("top_k:1", "top_k:5", "top_p:0.9"):  # the branches that differ without saliences
+    plain = {key: val for key, val in case.items() if not key.endswith("salience")}
+    np.testing.assert_allclose(scores(plain, spec, chunk_size=3),
+                               scores(plain, spec, method="dense"), atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", ["top_k:1", "top_k:3", "da:k=2,eps=0.05", "me_bert:2", "coil"])

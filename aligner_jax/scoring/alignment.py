@@ -255,9 +255,11 @@ def align_scores(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Arra
                 qq, qm, dd, dm, alignment, q_salience=qs, d_salience=ds, q_ids=qi, d_ids=di)
         )(d, d_mask, d_salience, d_ids))
     return per_doc(q, q_mask, q_salience, q_ids)
-  u_d = None if d_salience is None else _saliences(d_mask, d_salience)
-  return fast_align.pairs_scores(q, q_mask, _saliences(q_mask, q_salience), d, d_mask, u_d,
-                                 alignment, q_ids=q_ids, d_ids=d_ids, chunk_size=chunk_size)
+  u_d = None if d_salience is None else _saliences(d_mask, d_salience)[None]
+  add = (lambda x: None if x is None else x[None])
+  return fast_align.grouped_scores(
+      q[None], q_mask[None], _saliences(q_mask, q_salience)[None], d[None], d_mask[None], u_d,
+      alignment, q_ids=add(q_ids), d_ids=add(d_ids), chunk_size=chunk_size)[0]
 
 
 def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array,
@@ -282,13 +284,21 @@ def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mas
   if d.shape[0] != q.shape[0]:
     raise ValueError(f"align_scores_candidates: q has {q.shape[0]} queries but d has candidates "
                      f"for {d.shape[0]}")
+  if method not in METHODS:
+    raise ValueError(f"align_scores_candidates: method must be one of {METHODS}, got {method!r}")
+  q_mask = q_mask.astype(bool)
+  d_mask = d_mask.astype(bool)
   if not alignment.needs_token_ids:
     q_ids = d_ids = None
-
-  def one_query(qq, qm, qs, qi, dd, dm, ds, di):
-    add = (lambda x: None if x is None else x[None])
-    return align_scores(qq[None], qm[None], dd, dm, alignment, q_salience=add(qs),
-                        d_salience=ds, q_ids=add(qi), d_ids=di, method=method,
-                        chunk_size=chunk_size)[0]
-
-  return jax.vmap(one_query)(q, q_mask, q_salience, q_ids, d, d_mask, d_salience, d_ids)
+  if method == "dense":
+    per_candidate = jax.vmap(  # queries
+        jax.vmap(  # candidates
+            lambda qq, qm, qs, qi, dd, dm, ds, di: pair_score_dense(
+                qq, qm, dd, dm, alignment, q_salience=qs, d_salience=ds, q_ids=qi, d_ids=di),
+            in_axes=(None, None, None, None, 0, 0, 0, 0)))
+    return per_candidate(q, q_mask, q_salience, q_ids, d, d_mask, d_salience, d_ids)
+  u_d = None if d_salience is None else _saliences(d_mask, d_salience)
+  add = (lambda x: None if x is None else x[:, None])  # one query per group
+  return fast_align.grouped_scores(
+      q[:, None], q_mask[:, None], _saliences(q_mask, q_salience)[:, None], d, d_mask, u_d,
+      alignment, q_ids=add(q_ids), d_ids=d_ids, chunk_size=chunk_size)[:, 0]

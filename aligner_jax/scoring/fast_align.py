@@ -1,19 +1,25 @@
 """The fast path of `align_scores`: chunked flat GEMMs with fused masked reductions.
 
 Same semantics as the reference path in `alignment.py` (see its docstring); this module only
-decides how the work is laid out:
-  * Documents are processed in chunks of `chunk` documents (`lax.map`), so memory stays bounded
-    (K = 1000 candidates of m = 256 tokens never materialise a [K, m, n] block at once). The
-    default chunk keeps one block near `CHUNK_ELEMENTS` floats, which also keeps it in cache.
-  * Inside a chunk, S is one flat GEMM (chunk·m, h) @ (h, B·n) laid out [chunk, m, B·n], and every
-    reduction runs over the middle (document-token) axis; the `einsum('kmh,nh->knm')` layout with
-    a last-axis reduction measured 2-4x slower on CPU.
-  * top-1 is a masked max (an argmax + gather when document saliences weight the selected token);
-    top-k with small k finds the k-th largest value by repeated max-and-remove (counting ties),
-    then selects with ties to the lower index; full-row `lax.top_k` is avoided. Only "da" and
-    large top-p counts materialise sorted or LP-weighted blocks.
+decides how the work is laid out. Work is organised in G independent groups, each a set of
+queries against a set of documents: all pairs is one group, per-query candidates are one group
+per query (so candidates need no `vmap`, which would turn the rare-tie `lax.cond` into a select).
+
+  * Documents are processed in chunks (`lax.map` over `dynamic_slice`s, no copy of the inputs),
+    so memory stays bounded: K = 1000 candidates of m = 256 tokens never materialise a
+    [K, m, n] block. The default chunk keeps a block near `CHUNK_ELEMENTS` floats (~1 MiB),
+    which measured fastest on CPU because the block stays in cache.
+  * Inside a chunk S is one flat GEMM (chunk·m, h) @ (h, n) per group, laid out [chunk, m, n],
+    and reductions run over the middle (document-token) axis; the `einsum('kmh,nh->knm')`
+    layout with a last-axis reduction measured 2-4x slower.
+  * top-1 is a masked max (argmax + gather when document saliences weight the chosen token).
+    top-k for k ≤ MAX_ITERATIVE_K repeats max-and-remove (counting ties) on the cached block;
+    larger counts use `lax.top_k` on the transposed block. Ties go to the lower document index:
+    without saliences tied entries are interchangeable; with saliences an index-ordered pick
+    (a cumulative sum, slow on CPU) runs only when a chunk has ties across the cut (`lax.cond`).
+  * "da" runs the exact LP (bisection, elementwise passes only) on the transposed block.
   * Each chunk is rematerialised in the backward pass (`jax.checkpoint`), so training memory is
-    bounded by one chunk too.
+    bounded by one chunk as well.
 """
 
 import jax
@@ -24,31 +30,31 @@ from jax import lax
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import similarity
 
-CHUNK_ELEMENTS = 1 << 18  # floats per [chunk, m, B·n] block; ~1 MiB was fastest on CPU
-MAX_ITERATIVE_K = 16  # above this many alignments per row, the k-th value comes from a sort
+CHUNK_ELEMENTS = 1 << 18  # floats per [groups·chunk, m, rows] block
+MAX_ITERATIVE_K = 16  # above this many alignments per row, `lax.top_k` is cheaper
 
 
-def default_chunk(num_docs: int, doc_len: int, rows: int) -> int:
-  """Documents per chunk so that a [chunk, m, rows] block holds about CHUNK_ELEMENTS floats."""
-  return max(1, min(num_docs, CHUNK_ELEMENTS // max(1, doc_len * rows)))
+def default_chunk(num_docs: int, doc_len: int, rows: int, groups: int = 1) -> int:
+  """Documents per chunk so that a [groups·chunk, m, rows] block holds about CHUNK_ELEMENTS."""
+  return max(1, min(num_docs, CHUNK_ELEMENTS // max(1, groups * doc_len * rows)))
 
 
-def _map_chunks(fn, chunk: int, arrays: dict) -> tuple:
-  """fn over consecutive chunks of the leading axis of every array in `arrays` (None skipped).
+def _map_chunks(fn, chunk: int, total: int, arrays: dict) -> tuple:
+  """fn over consecutive chunks of axis 1 (documents) of every array in `arrays` (None skipped).
 
-  Chunks are read with `dynamic_slice` from the whole arrays (slicing off a remainder first
-  would copy them); a ragged end is covered by one last chunk that overlaps its predecessor,
-  and each document's result is read from the chunk that owns it.
+  `fn` returns arrays with the chunk's documents on axis 0. Chunks are read with `dynamic_slice`
+  from the whole arrays (slicing off a remainder first would copy them); a ragged end is covered
+  by one last chunk that overlaps its predecessor, and each document's result is read from the
+  chunk that owns it. Returns fn's outputs for all `total` documents, documents on axis 0.
   """
   present = {key: val for key, val in arrays.items() if val is not None}
-  total = next(iter(present.values())).shape[0]
   if chunk >= total:
     return fn(present)
   num_chunks = -(-total // chunk)
   starts = np.minimum(np.arange(num_chunks) * chunk, total - chunk)
 
   def body(start):
-    return fn({key: lax.dynamic_slice_in_dim(val, start, chunk, axis=0)
+    return fn({key: lax.dynamic_slice_in_dim(val, start, chunk, axis=1)
                for key, val in present.items()})
 
   out = lax.map(body, jnp.asarray(starts, jnp.int32))
@@ -61,136 +67,157 @@ def _map_chunks(fn, chunk: int, arrays: dict) -> tuple:
   return jax.tree.map(lambda x: x[rows], flat)
 
 
-def _kth_largest(x: jax.Array, count: jax.Array, max_count: int) -> jax.Array:
-  """The count-th largest entry (with multiplicity) along axis 1 of x [c, m, r]; -inf if count = 0.
-
-  Args:
-    x: [c, m, r] with -inf on excluded positions.
-    count: [c, 1] int, at most the number of finite entries.
-    max_count: static upper bound of `count`.
-  Returns:
-    [c, r].
-  """
-  if max_count > MAX_ITERATIVE_K:
-    desc = -jnp.sort(-x, axis=1)
-    picked = jnp.take_along_axis(desc, jnp.maximum(count - 1, 0)[:, :, None], axis=1)[:, 0]
-    return jnp.where(count > 0, picked, -jnp.inf)
-  remaining = jnp.broadcast_to(count, (x.shape[0], x.shape[2]))
-  kth = jnp.full(remaining.shape, -jnp.inf, x.dtype)
-  for _ in range(max_count):
-    top = jnp.max(x, axis=1)
-    kth = jnp.where(remaining > 0, top, kth)
-    remaining = remaining - jnp.sum(x == top[:, None, :], axis=1)
-    x = jnp.where(x >= top[:, None, :], -jnp.inf, x)
-  return kth
+def _top1(s, allowed, u_d):
+  """top-1 per column of s [x, m, r] among `allowed`; returns (Σ w S, Σ w) per column, [x, r]."""
+  masked = jnp.where(allowed, s, -jnp.inf)
+  if u_d is None:
+    top = jnp.max(masked, axis=1)
+    has = top > -jnp.inf
+    return jnp.where(has, top, 0.0), has.astype(s.dtype)
+  best = jnp.argmax(masked, axis=1)  # first maximum: ties to the lower index
+  top = jnp.take_along_axis(s, best[:, None, :], axis=1)[:, 0]
+  has = jnp.take_along_axis(jnp.broadcast_to(allowed, s.shape), best[:, None, :], axis=1)[:, 0]
+  w = jnp.where(has, jnp.take_along_axis(u_d, best, axis=1), 0.0)
+  return w * top, w
 
 
-def _topk_weights(s, allowed, count, max_count):
-  """0/1 float weights [c, m, r] of the count largest allowed entries per column (ties → low j)."""
+def _topk_iterative(s, allowed, count, max_count, u_d):
+  """The `count` [x, 1] largest allowed entries per column by max-and-remove; (num, den) [x, r]."""
   x = jnp.where(allowed, s, -jnp.inf)
-  kth = lax.stop_gradient(_kth_largest(lax.stop_gradient(x), count, max_count))[:, None, :]
+  remaining = jnp.broadcast_to(count, (s.shape[0], s.shape[2]))
+  if u_d is None:
+    # Without saliences only values matter: each step takes the current maximum as often as it
+    # occurs (up to the remaining count); jnp.max splits the gradient among tied entries.
+    num = jnp.zeros(remaining.shape, s.dtype)
+    for _ in range(max_count):
+      top = jnp.max(x, axis=1)
+      take = jnp.minimum(jnp.sum(x == top[:, None, :], axis=1), remaining)
+      num = num + jnp.where(take > 0, top, 0.0) * take
+      remaining = remaining - take
+      x = jnp.where(x >= top[:, None, :], -jnp.inf, x)
+    return num, jnp.broadcast_to(count, num.shape).astype(s.dtype)
+  # With saliences the chosen positions matter: find the count-th largest value, take what is
+  # above it and the first (by index) of the entries equal to it.
+  probe = lax.stop_gradient(x)
+  kth = jnp.full(remaining.shape, -jnp.inf, s.dtype)
+  for _ in range(max_count):
+    top = jnp.max(probe, axis=1)
+    kth = jnp.where(remaining > 0, top, kth)
+    remaining = remaining - jnp.sum(probe == top[:, None, :], axis=1)
+    probe = jnp.where(probe >= top[:, None, :], -jnp.inf, probe)
+  kth = kth[:, None, :]
   above = x > kth
   tied = allowed & (x == kth)
   need = count[:, :, None] - jnp.sum(above, axis=1, keepdims=True)
-  tie_rank = jnp.cumsum(tied, axis=1) - tied
-  return (above | (tied & (tie_rank < need))).astype(s.dtype)
+  split = jnp.any(jnp.sum(tied, axis=1, keepdims=True) > need)
+  chosen = lax.cond(split, lambda t: t & (jnp.cumsum(t, axis=1) <= need), lambda t: t, tied)
+  w = (above | chosen).astype(s.dtype) * u_d[:, :, None]
+  return jnp.sum(w * s, axis=1), jnp.sum(w, axis=1)
+
+
+def _topk_sorted(s, allowed, count, max_count, u_d):
+  """As `_topk_iterative` through `lax.top_k` on the transposed block (for large counts)."""
+  s_rows = jnp.swapaxes(s, 1, 2)  # [x, r, m]
+  masked = jnp.where(jnp.swapaxes(allowed, 1, 2), s_rows, -jnp.inf)
+  _, idx = lax.top_k(lax.stop_gradient(masked), max_count)  # ties to the lower index
+  vals = jnp.take_along_axis(s_rows, idx, axis=2)
+  w = jnp.broadcast_to((jnp.arange(max_count) < count[:, :, None]).astype(s.dtype), vals.shape)
+  if u_d is not None:
+    w = w * jnp.take_along_axis(jnp.broadcast_to(u_d[:, None, :], s_rows.shape), idx, axis=2)
+  return jnp.sum(w * vals, axis=2), jnp.sum(w, axis=2)
 
 
 def _block_rows(s, d_mask, u_d, same_id, alignment):
   """Per query row: Σ_j Ã_ij u_j S_ij and Σ_j Ã_ij u_j for one chunk.
 
   Args:
-    s: [c, m, r] similarities of c documents against r query rows.
-    d_mask: [c, m] bool.
-    u_d: [c, m] float document saliences (0 on padding), or None for "1 on valid tokens".
-    same_id: [c, m, r] bool token-id matches (coil), else None.
+    s: [x, m, r] similarities of x documents against r query rows.
+    d_mask: [x, m] bool.
+    u_d: [x, m] document saliences (0 on padding), or None for "1 on valid tokens".
+    same_id: [x, m, r] bool token-id matches (coil), else None.
     alignment: the Alignment.
   Returns:
-    (num, den): [c, r] each, in `s.dtype`.
+    (num, den): [x, r] each, in `s.dtype`.
   """
-  m_valid = jnp.sum(d_mask, axis=1, keepdims=True)  # [c, 1]
+  m_valid = jnp.sum(d_mask, axis=1, keepdims=True)  # [x, 1]
   allowed = d_mask[:, :, None]
   if same_id is not None:
     allowed = allowed & same_id
   max_count = alignment.max_count(s.shape[1])
   if alignment.kind == "da":
-    s_rows = jnp.swapaxes(s, 1, 2)  # [c, r, m]: the LP runs over the last axis
-    count = alignment.count(m_valid)  # [c, 1], broadcast over the r rows
+    s_rows = jnp.swapaxes(s, 1, 2)  # [x, r, m]: the LP runs over the last axis
+    count = alignment.count(m_valid)  # [x, 1], broadcast over the r rows
     lam = salience_lib.lp_exact(s_rows, d_mask[:, None, :], count, eps=alignment.eps)
     w = lam if u_d is None else lam * u_d[:, None, :]
     return jnp.sum(w * s_rows, axis=2), jnp.sum(w, axis=2)
   if max_count == 1:
-    x = jnp.where(allowed, s, -jnp.inf)
-    if u_d is None:
-      top = jnp.max(x, axis=1)
-      has = top > -jnp.inf
-      return jnp.where(has, top, 0.0), has.astype(s.dtype)
-    best = jnp.argmax(x, axis=1)  # first maximum: ties to the lower index
-    top = jnp.take_along_axis(s, best[:, None, :], axis=1)[:, 0]
-    has = jnp.take_along_axis(jnp.broadcast_to(allowed, s.shape), best[:, None, :], axis=1)[:, 0]
-    w = jnp.where(has, jnp.take_along_axis(u_d, best, axis=1), 0.0)
-    return w * top, w
+    return _top1(s, allowed, u_d)
   count = alignment.count(m_valid)
-  w = _topk_weights(s, jnp.broadcast_to(allowed, s.shape), count, max_count)
-  if u_d is not None:
-    w = w * u_d[:, :, None]
-  return jnp.sum(w * s, axis=1), jnp.sum(w, axis=1)
+  allowed = jnp.broadcast_to(allowed, s.shape)
+  if max_count <= MAX_ITERATIVE_K:
+    return _topk_iterative(s, allowed, count, max_count, u_d)
+  return _topk_sorted(s, allowed, count, max_count, u_d)
 
 
 def _first_token_scores(q, q_mask, u_q, d, d_mask, u_d, alignment):
-  """cls / me_bert: only the first query token aligns, with one of the first K document tokens."""
-  width = 1 if alignment.kind == "cls" else min(alignment.k, d.shape[1])
-  s = jnp.einsum("bh,ckh->bck", q[:, 0], d[:, :width],
+  """cls / me_bert: only the first query token aligns, with one of the first K document tokens.
+
+  Shapes as in `grouped_scores`; returns [G, Bq, C].
+  """
+  width = 1 if alignment.kind == "cls" else min(alignment.k, d.shape[2])
+  s = jnp.einsum("gbh,gckh->gbck", q[:, :, 0], d[:, :, :width],
                  preferred_element_type=similarity.score_dtype(q, d))
-  valid = q_mask[:, 0, None, None] & d_mask[None, :, :width]  # [B, C, width]
+  valid = q_mask[:, :, 0, None, None] & d_mask[:, None, :, :width]  # [G, Bq, C, width]
   best = jnp.argmax(jnp.where(valid, s, -jnp.inf), axis=-1)[..., None]
   top = jnp.take_along_axis(s, best, axis=-1)[..., 0]
   has = jnp.take_along_axis(valid, best, axis=-1)[..., 0]
-  u_doc = jnp.broadcast_to(u_d[None, :, :width], s.shape)
-  w = jnp.where(has, u_q[:, 0, None] * jnp.take_along_axis(u_doc, best, axis=-1)[..., 0], 0.0)
+  u_doc = jnp.broadcast_to(u_d[:, None, :, :width], s.shape)
+  w = jnp.where(has, u_q[:, :, 0, None] * jnp.take_along_axis(u_doc, best, axis=-1)[..., 0], 0.0)
   return similarity.safe_ratio(w * top, w)
 
 
-def pairs_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None, d_ids=None,
-                 chunk_size: int | None = None) -> jax.Array:
-  """All-pairs scores through the chunked engine.
+def grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None, d_ids=None,
+                   chunk_size: int | None = None) -> jax.Array:
+  """Scores of every query of a group against every document of the same group.
 
   Args:
-    q: [B, n, h]; q_mask: [B, n] bool; u_q: [B, n] float32 (0 on padding).
-    d: [C, m, h]; d_mask: [C, m] bool; u_d: [C, m] float32 (0 on padding) or None (= d_mask).
+    q: [G, Bq, n, h]; q_mask: [G, Bq, n] bool; u_q: [G, Bq, n] query saliences (0 on padding).
+    d: [G, C, m, h]; d_mask: [G, C, m] bool; u_d: [G, C, m] (0 on padding) or None (= d_mask).
     alignment: a parsed Alignment.
-    q_ids / d_ids: [B, n] / [C, m] int token ids (coil).
+    q_ids / d_ids: [G, Bq, n] / [G, C, m] int token ids (coil).
     chunk_size: documents per chunk; None picks `default_chunk`.
   Returns:
-    [B, C] in `score_dtype(q, d)` (float32 unless an input is float64).
+    [G, Bq, C] in `score_dtype(q, d)` (float32 unless an input is float64).
   """
   if alignment.kind in ("cls", "me_bert"):
-    u_doc = d_mask.astype(jnp.float32) if u_d is None else u_d
+    u_doc = d_mask.astype(u_q.dtype) if u_d is None else u_d
     return _first_token_scores(q, q_mask, u_q, d, d_mask, u_doc, alignment)
-  num_q, n, h = q.shape
-  num_d, m, _ = d.shape
+  groups, num_q, n, h = q.shape
+  num_d, m = d.shape[1:3]
   rows = num_q * n
-  q_flat = q.reshape(rows, h)
-  u_rows = u_q.reshape(rows)
-  qid_flat = None if q_ids is None else q_ids.reshape(rows)
-  chunk = chunk_size or default_chunk(num_d, m, rows)
+  q_flat = q.reshape(groups, rows, h)
+  u_rows = u_q.reshape(groups, 1, rows)
+  qid_flat = None if q_ids is None else q_ids.reshape(groups, 1, 1, rows)
+  chunk = chunk_size or default_chunk(num_d, m, rows, groups)
   acc_dtype = similarity.score_dtype(q, d)
 
   @jax.checkpoint
   def block(xs):
-    dc = xs["d"]
-    size = dc.shape[0]
-    s = lax.dot_general(dc.reshape(size * m, h), q_flat, (((1,), (1,)), ((), ())),
-                        preferred_element_type=acc_dtype).reshape(size, m, rows)
+    size = xs["d"].shape[1]
+    s = lax.dot_general(xs["d"].reshape(groups, size * m, h), q_flat,
+                        (((2,), (2,)), ((0,), (0,))), preferred_element_type=acc_dtype)
+    s = s.reshape(groups * size, m, rows)
     same_id = None
     if alignment.needs_token_ids:
-      same_id = xs["ids"][:, :, None] == qid_flat[None, None, :]
-    num, den = _block_rows(s, xs["mask"], xs.get("u"), same_id, alignment)
-    # Query rows carry the query salience; rows of one query sum to that query's totals.
-    num = jnp.sum((num * u_rows).reshape(size, num_q, n), axis=-1)
-    den = jnp.sum((den * u_rows).reshape(size, num_q, n), axis=-1)
-    return num, den
+      same_id = (xs["ids"][..., None] == qid_flat).reshape(groups * size, m, rows)
+    u = xs.get("u")
+    num, den = _block_rows(s, xs["mask"].reshape(groups * size, m),
+                           None if u is None else u.reshape(groups * size, m), same_id, alignment)
+    # Query rows carry the query salience; the rows of one query sum to that query's totals.
+    num = jnp.sum((num.reshape(groups, size, rows) * u_rows).reshape(groups, size, num_q, n), -1)
+    den = jnp.sum((den.reshape(groups, size, rows) * u_rows).reshape(groups, size, num_q, n), -1)
+    return jnp.swapaxes(num, 0, 1), jnp.swapaxes(den, 0, 1)  # documents first: [size, G, Bq]
 
-  num, den = _map_chunks(block, chunk, {"d": d, "mask": d_mask, "u": u_d,
-                                        "ids": d_ids if alignment.needs_token_ids else None})
-  return similarity.safe_ratio(num, den).T
+  num, den = _map_chunks(block, chunk, num_d, {
+      "d": d, "mask": d_mask, "u": u_d, "ids": d_ids if alignment.needs_token_ids else None})
+  return jnp.transpose(similarity.safe_ratio(num, den), (1, 2, 0))

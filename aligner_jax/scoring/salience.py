@@ -49,6 +49,9 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(total > 0, jnp.log(safe) + top[..., 0], -jnp.inf)
 
 
+NUM_BISECTIONS = 40  # halvings of the bracket of a: past float32 resolution for |s| ≤ 1e3
+
+
 def _prepare(scores, mask, k):
   """Scores in at least float32, the broadcast bool mask, and the clipped budget [..., 1]."""
   s = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
@@ -62,32 +65,41 @@ def _prepare(scores, mask, k):
 def _lp_exact_primal(s, mask, k, eps):
   """λ_i = min(1, exp((s_i + a)/ε)) on valid i with a such that Σλ = k.
 
-  With the valid scores sorted in decreasing order, the optimum saturates a prefix of r entries
-  and for that r, a = ε log(k - r) - ε log Σ_{i>r} exp(s_(i)/ε). The right r is the first one whose
-  largest unsaturated entry does not exceed 1 (the test is monotone in r), found for all r at once
-  from a reversed cumulative logsumexp. `a` is then recomputed with the largest unsaturated score
-  as pivot, which avoids cancelling two numbers of size |s|/ε (~2.5e4 at ε = 0.002) in float32.
+  Σλ is increasing in a, so bisection on a (elementwise passes only; a sort is far slower on
+  CPU) brackets the optimum and tells which entries are saturated (λ = 1). Given that set R,
+  a has a closed form, a = ε log(k - |R|) - ε log Σ_{i∉R} exp(s_i/ε), evaluated with the largest
+  unsaturated score as pivot so that two numbers of size |s|/ε (~2.5e4 at ε = 0.002) never
+  cancel in float32. An entry within rounding of the saturation point has λ ≈ 1 either way.
   """
-  length = s.shape[-1]
-  rank = selection.descending_rank(s, mask)
-  srt = -jnp.sort(jnp.where(mask, -s, jnp.inf), axis=-1)  # descending, padding = -inf at the end
-  tail_lse = lax.cumlogsumexp(srt / eps, axis=srt.ndim - 1, reverse=True)  # log Σ_{i≥r} exp(s_(i)/ε)
-  r = jnp.arange(length, dtype=s.dtype)
-  feasible = r < k  # needs k - r > 0, which also keeps the tail non-empty (k ≤ n_valid)
-  log_rest = jnp.log(jnp.where(feasible, k - r, 1.0))
-  excess = srt + eps * (log_rest - jnp.where(feasible, tail_lse, 0.0))  # s_(r+1) + a_r
-  num_saturated = jnp.sum(feasible & (excess > 0), axis=-1, keepdims=True)
-  pivot = jnp.take_along_axis(srt, num_saturated, axis=-1)
-  pivot = jnp.where(jnp.isfinite(pivot), pivot, 0.0)
-  saturated = mask & (rank < num_saturated)
+  n_valid = jnp.sum(mask, axis=-1, keepdims=True).astype(s.dtype)
+  top = jnp.max(jnp.where(mask, s, -jnp.inf), axis=-1, keepdims=True)
+  bottom = jnp.min(jnp.where(mask, s, jnp.inf), axis=-1, keepdims=True)
+  ok = (k > 0) & (n_valid > 0)
+  top, bottom = jnp.where(ok, top, 0.0), jnp.where(ok, bottom, 0.0)
+  # At a = -max s + ε log(k/n) every λ ≤ k/n (Σλ ≤ k); at a = -min s every λ = 1 (Σλ = n ≥ k).
+  lo = -top + eps * jnp.log(jnp.where(ok, k / jnp.maximum(n_valid, 1.0), 1.0))
+  hi = -bottom
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    total = jnp.sum(jnp.where(mask, jnp.exp(jnp.minimum((s + mid) / eps, 0.0)), 0.0), axis=-1,
+                    keepdims=True)
+    short = total < k
+    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
+
+  _, hi = lax.fori_loop(0, NUM_BISECTIONS, halve, (lo, hi))
+  saturated = mask & (s + hi >= 0)
   tail = mask & ~saturated
+  pivot = jnp.max(jnp.where(tail, s, -jnp.inf), axis=-1, keepdims=True)
+  pivot = jnp.where(jnp.isfinite(pivot), pivot, 0.0)
   log_tail = _masked_logsumexp((s - pivot) / eps, tail)[..., None]
-  rest = k - num_saturated.astype(s.dtype)
+  rest = k - jnp.sum(saturated, axis=-1, keepdims=True).astype(s.dtype)
   offset = eps * (jnp.log(jnp.where(rest > 0, rest, 1.0)) - log_tail)  # a + pivot
   lam = jnp.exp(jnp.minimum((s - pivot + offset) / eps, 0.0))
   # Rounding can saturate all k entries (the ε → 0 limit); the tail then has no mass left.
   lam = jnp.where(saturated, 1.0, jnp.where(rest > 0, lam, 0.0))
-  return jnp.where(mask & (k > 0), lam, 0.0)
+  return jnp.where(mask & ok, lam, 0.0)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -98,7 +110,7 @@ def _lp_exact(s, mask, k, eps):
 @_lp_exact.defjvp
 def _lp_exact_jvp(eps, primals, tangents):
   # Implicit differentiation of the optimum: on the free set F (0 < λ < 1) dλ_i = λ_i/ε (ds_i + da),
-  # saturated entries stay at 1, and Σ_F dλ = dk fixes da. A sort has no useful derivative.
+  # saturated entries stay at 1, and Σ_F dλ = dk fixes da. Bisection has no useful derivative.
   s, mask, k = primals
   ds, _, dk = tangents
   lam = _lp_exact(s, mask, k, eps)
