@@ -54,11 +54,6 @@ def test_aligner_t5_1_1_base_msmarco(tmp_path, msmarco):
   assert "ALIGNMENT = 'top_k:1'" in operative and "LOSS = 'softmax_ce'" in operative
 
 
-# Known bug outside the trainer, kept visible: with SalienceHeads the gradient of
-# `aligner_jax.scoring.similarity.safe_ratio` (Σ S·A / Σ A) overflows when Σ A is tiny but
-# positive (the LP gate gives saliences ~1e-22 at ε = 0.002, so Σ A ~ 4e-22 and the quotient
-# rule's den² underflows): NaN gradients at the first step. Remove the marker once fixed.
-@pytest.mark.xfail(strict=True, reason="NaN gradients through safe_ratio with tiny saliences")
 def test_aligner_salience(tmp_path, msmarco):
   lib.run_main(
       ["gin/experiments/aligner_salience.gin", TINY_T5],
