@@ -33,7 +33,7 @@ from aligner_jax.train import trainer as trainer_lib
 
 # (task_name, feature_lengths, *, batch_size (global), shard_index, num_shards, seed) -> a
 # pipeline: an iterator of this host's rows of each global batch {feature: np.ndarray
-# [batch_size / num_shards, ...]} with `state()` / `restore(state)`.
+# [batch_size / num_shards, ...]} with `state()` / `restore(state)` / `close()`.
 DatasetFn = Callable[..., Any]
 
 
@@ -112,9 +112,10 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
   else:
     state = trainer.init_state(example)
     if initial_checkpoint_path:
-      host_params = model.load_initial_params(initial_checkpoint_path,
-                                              jax.device_get(state.params))
-      state = trainer.with_params(state, host_params)
+      # Only the encoder subtree is replaced (by host arrays, identical on every host); the
+      # freshly initialised heads stay where they are.
+      params = model.load_initial_params(initial_checkpoint_path, state.params)
+      state = trainer.with_params(state, params)
   if is_writer:
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     _write_operative_config(model_dir)
@@ -136,7 +137,6 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
     # The last step is always saved, so a finished run restarts as a no-op.
     checkpointer.save(step, state, pipeline.state(), force=step == train_steps)
   checkpointer.close()
-  if hasattr(pipeline, "close"):
-    pipeline.close()
+  pipeline.close()
   logger.close()
   return record

@@ -55,6 +55,16 @@ def rank_metrics(scores: jax.Array, labels: jax.Array, valid: jax.Array) -> dict
           "mrr": jnp.mean(1.0 / rank.astype(jnp.float32))}
 
 
+def token_hash(ids: jax.Array) -> jax.Array:
+  """A 32-bit polynomial hash of each token sequence: ids [..., m] int -> [...] uint32.
+
+  Equal sequences hash equal; distinct ones collide with probability ~2^-32 per pair.
+  """
+  ids = ids.astype(jnp.uint32)
+  powers = jnp.cumprod(jnp.full(ids.shape[-1:], 1000003, jnp.uint32))  # wraps mod 2^32
+  return jnp.sum(ids * powers, axis=-1, dtype=jnp.uint32)
+
+
 def _candidate_labels(b: int, k: int) -> jax.Array:
   """[B, K] one-hot on candidate 0 (the positive)."""
   return jnp.zeros((b, k), jnp.float32).at[:, 0].set(1.0)
@@ -86,7 +96,8 @@ class _DualEncoderModelBase:
                                     doc_length=batch["doc_tokens"].shape[-1])
 
   def load_initial_params(self, path: str, params: Any) -> Any:
-    """`params` with the encoder subtree(s) replaced by the checkpoint at `path`."""
+    """`params` with the encoder subtree(s) replaced by the checkpoint at `path` (HF, T5X or
+    orbax); the other leaves are returned as they are."""
     return models.insert_encoder_params(params, models.load_initial_params(path))
 
   def _encode(self, params, batch, *, rng, train):
@@ -105,7 +116,13 @@ class _DualEncoderModelBase:
     valid = jnp.any(d_ids != self.pad_id, axis=-1)
     return q, d, valid
 
+  def _check_batch(self, batch) -> None:
+    """Fails before any encoding when a distillation loss has no teacher scores."""
+    if self.loss not in (SOFTMAX_CE, "one_hot_ce"):
+      _teacher(batch, self.loss)
+
   def _distill(self, student, batch, valid):
+    """A `get_loss` loss of student scores [B, K] against the teacher on own candidates."""
     b, k = student.shape
     labels = _candidate_labels(b, k)
     fn = losses.get_loss(self.loss, **self.loss_kwargs)
@@ -158,6 +175,7 @@ class RetrievalModel(_DualEncoderModelBase):
                                    q_salience=q.salience, d_salience=d.salience)
 
   def loss_fn(self, params, batch, *, rng, train):
+    self._check_batch(batch)
     q, d, valid = self._encode(params, batch, rng=rng, train=train)
     if self.loss != SOFTMAX_CE:
       return self._distill(self.score_scale * self._candidate_scores(q, d), batch, valid)
@@ -165,7 +183,11 @@ class RetrievalModel(_DualEncoderModelBase):
     scores = self._in_batch_scores(q, d, valid)
     # Query i's positive is document i * K of the flattened global batch.
     labels = jax.nn.one_hot(jnp.arange(b) * k, b * k, dtype=jnp.float32)
-    mask = jnp.broadcast_to(valid.reshape(1, b * k), (b, b * k))
+    # Another copy of a query's positive elsewhere in the batch (e.g. someone's hard negative)
+    # is not a negative for that query: it is masked out like padding.
+    doc_hash = token_hash(batch["doc_tokens"]).reshape(b * k)
+    copy_of_positive = (doc_hash[None, :] == doc_hash[::k][:, None]) & (labels == 0)
+    mask = valid.reshape(1, b * k) & ~copy_of_positive
     loss = losses.softmax_ce(scores, labels, temperature=self.temperature, mask=mask)
     return loss, rank_metrics(scores, labels, mask)
 
@@ -188,6 +210,7 @@ class LiteModel(_DualEncoderModelBase):
     super().__init__(module, loss=loss, pad_id=pad_id, loss_kwargs=loss_kwargs)
 
   def loss_fn(self, params, batch, *, rng, train):
+    self._check_batch(batch)
     q, d, valid = self._encode(params, batch, rng=rng, train=train)
     student = self.module.apply({"params": params}, q, d,
                                 method=models.DualEncoder.lite_scores)

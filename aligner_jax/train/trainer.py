@@ -92,7 +92,8 @@ class Trainer:
         abstract, self.state_shardings)
 
   def with_params(self, state: TrainState, params: Any) -> TrainState:
-    """`state` with its parameters replaced by host `params`, placed into their shardings."""
+    """`state` with its parameters replaced by `params` (host arrays, the same on every host,
+    or arrays already in place), put into the parameter shardings."""
     placed = jax.device_put(params, self.state_shardings.params)
     return state.replace(params=placed)
 
