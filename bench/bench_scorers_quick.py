@@ -92,9 +92,7 @@ def main(argv=None):
   record("flat GEMM MaxSim (unchunked floor)", jax.jit(flat_maxsim), *inputs[:4], check=reference)
   record("naive einsum('kmh,nh->knm') MaxSim", jax.jit(naive_maxsim), *inputs[:4],
          check=reference)
-  for spec in ("top_k:1", "top_k:4", "top_p:0.02", "top_p:0.1", "da:k=4,eps=0.002", "coil"):
-    if spec == "coil":
-      continue  # needs token ids; covered by the tests
+  for spec in ("top_k:1", "top_k:4", "top_p:0.02", "top_p:0.1", "da:k=4,eps=0.002"):
     for saliences in (False, True):
       want = candidates(spec, method="dense", saliences=saliences)(*inputs)
       label = f"fast {spec}" + (" + saliences" if saliences else "")

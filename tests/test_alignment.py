@@ -226,7 +226,6 @@ def test_fast_path_chunks_agree_with_dense(spec):
 
 @pytest.mark.parametrize("spec", ["top_k:1", "top_k:3", "da:k=2,eps=0.05", "me_bert:2", "coil"])
 def test_candidates_match_loops(spec):
-  rng = np.random.default_rng(5)
   num_q, k, n, m = 2, 4, 3, 7
   case = make_case(5, num_q, num_q * k, n, m, saliences=True)
   d = case["d"].reshape(num_q, k, m, -1)
@@ -238,7 +237,6 @@ def test_candidates_match_loops(spec):
   want = np.stack([full[b, b * k:(b + 1) * k] for b in range(num_q)])
   tol = 2e-3 if spec.startswith("da") else 1e-5
   np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
-  assert rng is not None
 
 
 # ---------------------------------------------------------------- semantics

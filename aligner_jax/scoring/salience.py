@@ -24,6 +24,7 @@ from aligner_jax import sharding
 from aligner_jax.scoring import selection
 
 GATES = ("lp", "relu", "hard_topk")
+NUM_BISECTIONS = 40  # halvings of the bracket of a: past float32 resolution for |s| ≤ 1e3
 
 
 def salience_budget(mask: jax.Array, ratio: float) -> jax.Array:
@@ -47,9 +48,6 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
   total = jnp.sum(jnp.where(mask, jnp.exp(jnp.where(mask, x, top) - top), 0.0), axis=-1)
   safe = jnp.where(total > 0, total, 1.0)
   return jnp.where(total > 0, jnp.log(safe) + top[..., 0], -jnp.inf)
-
-
-NUM_BISECTIONS = 40  # halvings of the bracket of a: past float32 resolution for |s| ≤ 1e3
 
 
 def _prepare(scores, mask, k):
