@@ -1,4 +1,4 @@
-"""Gin names for training (imported by `gin/runs/train.gin`: `import aligner_jax.train.gin_registry`).
+"""Gin names for training (`import aligner_jax.train.gin_registry` in gin/runs/train.gin).
 
 The training library stays gin-free; this module registers, under the gin module
 `aligner_jax.train`:

@@ -86,7 +86,27 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
           checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
           async_checkpoints: bool = True, initial_checkpoint_path: str | None = None,
           num_microbatches: int = 1, log_period: int = 1, seed: int = 0) -> dict[str, float]:
-  """Trains `model` for `train_steps` optimizer steps; returns the last logged metrics."""
+  """Trains `model` for `train_steps` optimizer steps; returns the last logged metrics.
+
+  Args:
+    model: a `model_fns.RetrievalModel` / `LiteModel` (MODEL).
+    model_dir: MODEL_DIR (local or gs://): checkpoints/, train_metrics.jsonl,
+      train/ (TensorBoard), operative_config.gin.
+    train_steps: TRAIN_STEPS, the total (a resumed run continues up to it).
+    batch_size: BATCH_SIZE, global; divisible by hosts x data-parallel devices x microbatches.
+    task_name, feature_lengths: MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS.
+    dataset_fn: builds the input pipeline (`train_pipeline`).
+    optimizer: the optax transformation (`optim.make_optimizer`).
+    learning_rate_fn: the schedule the optimizer uses, logged as `learning_rate`.
+    num_partitions: NUM_PARTITIONS, model-parallel devices.
+    checkpoint_period: CHECKPOINT_PERIOD; the last step is always saved too.
+    keep_checkpoints: how many checkpoints to keep (None: all).
+    async_checkpoints: write checkpoints in the background.
+    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH (used only when starting from scratch).
+    num_microbatches: gradient accumulation over this many micro-batches per step.
+    log_period: log every this many steps (means over the period).
+    seed: parameter init, data order, negatives and dropout.
+  """
   distributed.initialize()
   is_writer = distributed.is_logging_process()
   partitioner = partitioning.Partitioner(num_partitions)
