@@ -44,7 +44,10 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  return flags.FLAGS(rewrite_gin_args(argv))
+  try:
+    return flags.FLAGS(rewrite_gin_args(argv))
+  except (app.UsageError, flags.Error) as e:
+    raise SystemExit(f"{argv[0]}: {e}") from None
 
 
 @gin.configurable
@@ -56,7 +59,7 @@ def run(job: Callable[[], Any] = gin.REQUIRED) -> Any:
 def parse_gin(files: Sequence[str], bindings: Sequence[str],
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files and bindings (files relative to cwd, the search paths, or the repo)."""
-  for path in [*search_paths, os.getcwd(), str(REPO_ROOT)]:
+  for path in dict.fromkeys([*search_paths, os.getcwd(), str(REPO_ROOT)]):
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
 
@@ -85,7 +88,10 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   from aligner_jax.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
-  parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+  try:
+    parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+  except (OSError, SyntaxError, ValueError) as e:  # missing file, bad binding, unset macro
+    raise SystemExit(f"aligner_jax.main: {e}") from None
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     _write_config("config.gin", gin.config_str())
