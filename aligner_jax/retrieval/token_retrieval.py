@@ -31,6 +31,7 @@ _CHUNK_FLOATS = 1 << 24
 _MAX_CHUNK = 1024
 _MIN_CHUNK = 16
 _LENGTH_BUCKET = 32
+_QUERY_BUCKET = 8
 _SEARCH_CHUNK = 512
 
 
@@ -169,9 +170,10 @@ def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
            query_block: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
   """Steps 4-5: scores each query's candidates with `alignment` and keeps the top `top_n`.
 
-  Queries are refined in blocks: the union of a block's candidates is scored against every
-  query of the block in all-pairs calls (`align_scores`), so a document shared by many
-  queries' candidate sets is read once per block; each query keeps only its own candidates.
+  Queries are refined in blocks of similar length (each block cut to its longest query): the
+  union of a block's candidates is scored against every query of the block in all-pairs
+  calls (`align_scores`), so a document shared by many queries' candidate sets is read once
+  per block; each query keeps only its own candidates.
   With query_block = 1 exactly the candidates are scored. The default (None) uses blocks of
   32 when candidate sets cover at least 5 % of the corpus on average (small corpora, large
   K′), else 1.
@@ -202,13 +204,18 @@ def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     query_block = 32 if covered >= 0.05 * max(index.num_docs, 1) else 1
   block = min(query_block, _pow2_at_least(num_q))
   lengths = index.doc_lengths
-  results = []
+  # Queries of similar length share a block, which is cut to its own longest query.
+  q_lengths = queries.mask.sum(axis=1)
+  q_order = np.argsort(q_lengths, kind="stable")
+  results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * num_q
   for start in range(0, num_q, block):
-    rows = list(range(start, min(start + block, num_q)))
-    q = _pad_rows(queries.vectors[rows], block)
-    q_mask = _pad_rows(queries.mask[rows], block)
-    q_sal = _pad_rows(queries.salience[rows], block) if with_sal else q_mask.astype(np.float32)
-    q_ids = _pad_rows(queries.token_ids[rows], block) if with_ids else q_mask.astype(np.int32)
+    rows = [int(r) for r in q_order[start:start + block]]
+    width = min(queries.mask.shape[1], max(
+        _QUERY_BUCKET, int(math.ceil(q_lengths[rows].max() / _QUERY_BUCKET)) * _QUERY_BUCKET))
+    cut = lambda x: _pad_rows(x[rows][:, :width], block)  # noqa: E731
+    q, q_mask = cut(queries.vectors), cut(queries.mask)
+    q_sal = cut(queries.salience) if with_sal else q_mask.astype(np.float32)
+    q_ids = cut(queries.token_ids) if with_ids else q_mask.astype(np.int32)
     union = np.unique(np.concatenate([candidates.docs[r] for r in rows] + [np.zeros(0, int)]))
     scores = np.zeros((block, len(union)), np.float32)
     # Similar lengths share a chunk, so padding stays small.
@@ -230,8 +237,8 @@ def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     for i, r in enumerate(rows):
       docs = candidates.docs[r]
       where = np.searchsorted(union, docs)
-      results.append(top_documents(docs, scores[i, where], top_n))
-  return results
+      results[r] = top_documents(docs, scores[i, where], top_n)
+  return results  # type: ignore[return-value]
 
 
 def top_documents(docs: np.ndarray, scores: np.ndarray,
