@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     # pytrec-eval 0.5 does not build offline; the terrier fork ships wheels.
     "pytrec-eval-terrier==0.5.11",
     "bm25s==0.3.16",
+    "PyStemmer==3.1.0",  # the Snowball stemmer of the BM25 baseline
     "clu==0.0.12",
     "matplotlib==3.11.2",
 ]
