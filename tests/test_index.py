@@ -113,13 +113,20 @@ def test_pruning_keeps_top_salience_tokens(num_docs, max_len, ratio, seed, ties)
     salience = np.round(salience * 2) / 2
   want = _reference_kept(salience, mask, ratio)
   np.testing.assert_array_equal(top_salience_mask(salience, mask, ratio), want)
-  # The same selection as the scorer's pruning of padded token sets.
-  np.testing.assert_array_equal(np.asarray(prune_tokens(mask, salience, ratio)), want)
   store = from_padded([str(i) for i in range(num_docs)], vectors, mask, salience=salience)
   pruned = prune_store(store, ratio)
   np.testing.assert_array_equal(pruned.lengths, want.sum(1))
   np.testing.assert_array_equal(pruned.vectors, vectors[want])
   np.testing.assert_array_equal(pruned.salience, salience[want])
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 1.0])
+def test_pruning_matches_the_scorers_prune_tokens(ratio):
+  rng = np.random.default_rng(int(ratio * 10))
+  mask = rng.random((16, 30)) < 0.8
+  salience = np.round(rng.random((16, 30)) * 3) / 3  # ties included
+  np.testing.assert_array_equal(top_salience_mask(salience, mask, ratio),
+                                np.asarray(prune_tokens(mask, salience, ratio)))
 
 
 def test_pruning_without_salience_is_refused():

@@ -172,8 +172,11 @@ def test_rerank_with_the_models_lite_head():
   module = models.DualEncoder(encoder_config=models.t5_config("tiny"), projection_dim=16,
                               lite_scorer=LiteScorer(query_len=8, doc_len=48, row_width=4,
                                                      col_width=4))
-  params = nn.unbox(models.init_dual_encoder(module, jax.random.key(1), query_length=8,
-                                             doc_length=48))
+  # Only the LITE head is used, so only its parameters are initialised.
+  head = LiteScorer(query_len=8, doc_len=48, row_width=4, col_width=4)
+  head_params = jax.jit(head.init)(jax.random.key(1), np.zeros((1, 8, 48), np.float32),
+                                   np.ones((1, 8), bool), np.ones((1, 48), bool))["params"]
+  params = {"lite_scorer": nn.unbox(head_params)}
   score_fn = token_scorer(queries, store, lite_pair_fn(module, params), query_length=8,
                           doc_length=48)
   docs = [f"d{i}" for i in range(5)]
@@ -184,8 +187,8 @@ def test_rerank_with_the_models_lite_head():
   q_mask = np.zeros((1, 8), bool)
   q_mask[0, :7] = queries.mask[2]
   g = store.gather_padded(np.arange(5), 48)
-  want = module.apply({"params": params},
-                      models.Encoded(q, q_mask, None, q[:, 0]),
-                      models.Encoded(g["vectors"][None], g["mask"][None], None,
-                                     g["vectors"][None, :, 0]), method="lite_scores")
+  direct = jax.jit(lambda p, qe, de: module.apply({"params": p}, qe, de, method="lite_scores"))
+  want = direct(params, models.Encoded(q, q_mask, None, q[:, 0]),
+                models.Encoded(g["vectors"][None], g["mask"][None], None,
+                               g["vectors"][None, :, 0]))
   np.testing.assert_allclose(got, np.asarray(want)[0], rtol=1e-5, atol=1e-6)
