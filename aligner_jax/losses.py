@@ -156,6 +156,18 @@ def m3se(teacher: Array, student: Array, labels: Array, *, mask: Array | None = 
   return jnp.mean(per_query)
 
 
+def _tempered_distributions(teacher, student, labels, mask, temperature):
+  """p^(t), log p^(t), log p^(s) = softmax over valid candidates of scores / τ; [B, K] each."""
+  _check_same_shape(teacher=teacher, student=student, labels=labels, mask=mask)
+  _check_temperature(temperature)
+  valid, _, _ = _sets(labels, mask)
+  t, s = _as_float(teacher, student, valid=valid)
+  log_p_teacher = _masked_log_softmax(t / temperature, valid)
+  log_p_student = _masked_log_softmax(s / temperature, valid)
+  p_teacher = jnp.where(valid, jnp.exp(log_p_teacher), 0.0)
+  return p_teacher, log_p_teacher, log_p_student
+
+
 def softmax_ce_distill(teacher: Array, student: Array, labels: Array, *,
                        mask: Array | None = None, temperature: float = 1.0) -> Array:
   """Softmax cross-entropy distillation (Menon et al. Eq. 1 with teacher probabilities).
@@ -171,13 +183,8 @@ def softmax_ce_distill(teacher: Array, student: Array, labels: Array, *,
   Returns:
     scalar (float32; float64 for float64 scores).
   """
-  _check_same_shape(teacher=teacher, student=student, labels=labels, mask=mask)
-  _check_temperature(temperature)
-  valid, _, _ = _sets(labels, mask)
-  t, s = _as_float(teacher, student, valid=valid)
-  log_p_teacher = _masked_log_softmax(t / temperature, valid)
-  log_p_student = _masked_log_softmax(s / temperature, valid)
-  p_teacher = jnp.where(valid, jnp.exp(log_p_teacher), 0.0)
+  p_teacher, log_p_teacher, log_p_student = _tempered_distributions(
+      teacher, student, labels, mask, temperature)
   # Menon et al. Eq. (1): ℓ = −Σ_k p^teach_k · log p_k(θ), p = softmax(score / τ)
   per_query = -jnp.sum(p_teacher * log_p_student, axis=-1)
   return jnp.mean(per_query)
@@ -198,13 +205,8 @@ def kl_distill(teacher: Array, student: Array, labels: Array, *, mask: Array | N
   Returns:
     scalar (float32; float64 for float64 scores).
   """
-  _check_same_shape(teacher=teacher, student=student, labels=labels, mask=mask)
-  _check_temperature(temperature)
-  valid, _, _ = _sets(labels, mask)
-  t, s = _as_float(teacher, student, valid=valid)
-  log_p_teacher = _masked_log_softmax(t / temperature, valid)
-  log_p_student = _masked_log_softmax(s / temperature, valid)
-  p_teacher = jnp.where(valid, jnp.exp(log_p_teacher), 0.0)
+  p_teacher, log_p_teacher, log_p_student = _tempered_distributions(
+      teacher, student, labels, mask, temperature)
   # LITE App. A.2: KL(p^(t) ‖ p^(s)) = Σ_k p^(t)_k (log p^(t)_k − log p^(s)_k)
   per_query = jnp.sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
   return jnp.mean(per_query)
