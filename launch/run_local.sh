@@ -39,6 +39,29 @@ if ! [[ "$NUM_DEVICES" =~ ^[0-9]+$ && "$NUM_PROCESSES" =~ ^[0-9]+$ ]] || \
   exit 2
 fi
 
+# One argument quoted for a POSIX shell, readably (bare when safe).
+shquote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# A command line; leading NAME=VALUE words stay assignments (only the value is quoted).
+command_line() {
+  local line="" arg assignments=1
+  for arg in "$@"; do
+    if [[ $assignments -eq 1 && "$arg" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then
+      line+="${arg%%=*}=$(shquote "${arg#*=}") "
+    else
+      assignments=0
+      line+="$(shquote "$arg") "
+    fi
+  done
+  printf '%s' "${line% }"
+}
+
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 PER_PROCESS=$((NUM_DEVICES / NUM_PROCESSES))
@@ -47,8 +70,7 @@ export JAX_PLATFORMS=cpu
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$PER_PROCESS"
 
 if [[ "$NUM_PROCESSES" -eq 1 ]]; then
-  printf -v quoted '%q ' "$PY" -m aligner_jax.main "$@"
-  echo "+ XLA_FLAGS='$XLA_FLAGS' ${quoted% }"
+  echo "+ $(command_line "XLA_FLAGS=$XLA_FLAGS" "$PY" -m aligner_jax.main "$@")"
   if [[ $DRY_RUN -eq 0 ]]; then exec "$PY" -m aligner_jax.main "$@"; fi
   exit 0
 fi
@@ -57,8 +79,9 @@ PORT="${ALIGNER_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("l
 PIDS=()
 trap 'for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done' INT TERM
 for ((i = 0; i < NUM_PROCESSES; i++)); do
-  printf -v quoted '%q ' "$PY" -m aligner_jax.main "$@"
-  echo "+ ALIGNER_COORDINATOR=localhost:$PORT ALIGNER_NUM_PROCESSES=$NUM_PROCESSES ALIGNER_PROCESS_ID=$i XLA_FLAGS='$XLA_FLAGS' ${quoted% }"
+  echo "+ $(command_line "ALIGNER_COORDINATOR=localhost:$PORT" \
+    "ALIGNER_NUM_PROCESSES=$NUM_PROCESSES" "ALIGNER_PROCESS_ID=$i" "XLA_FLAGS=$XLA_FLAGS" \
+    "$PY" -m aligner_jax.main "$@")"
   if [[ $DRY_RUN -eq 0 ]]; then
     ALIGNER_COORDINATOR="localhost:$PORT" ALIGNER_NUM_PROCESSES="$NUM_PROCESSES" \
       ALIGNER_PROCESS_ID="$i" "$PY" -m aligner_jax.main "$@" &
