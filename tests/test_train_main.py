@@ -36,8 +36,9 @@ def test_gin_files_resolve_from_the_repository(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,message", [
     ([], "at least one --gin_file is required"),
     (["--gin_file=gin/experiments/no_such.gin"], "Unable to open file"),
-    (["--gin_file=gin/experiments/aligner_salience.gin"],
-     "MODEL_DIR/macro.value set to `%gin.REQUIRED` but not subsequently overridden"),
+    pytest.param(["--gin_file=gin/experiments/aligner_salience.gin"],
+                 "MODEL_DIR/macro.value set to `%gin.REQUIRED` but not subsequently overridden",
+                 marks=pytest.mark.slow),  # imports every task and model: ~10 s
     (["--gin_file=gin/experiments/demo.gin", "--gin.TRAIN_STEPS"], "expected --gin.NAME=VALUE"),
 ])
 def test_bad_command_lines_fail_with_a_message(args, message):
