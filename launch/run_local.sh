@@ -11,10 +11,8 @@
 # and ignored, so the same command line works for both. --dry_run prints the commands.
 set -euo pipefail
 
-usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
+source "$(dirname "$0")/common.sh"
+usage() { usage_from_header "$0" 12; }
 
 NUM_DEVICES=8 NUM_PROCESSES=1 DRY_RUN=0
 while [[ $# -gt 0 ]]; do
@@ -38,15 +36,6 @@ if ! [[ "$NUM_DEVICES" =~ ^[0-9]+$ && "$NUM_PROCESSES" =~ ^[0-9]+$ ]] || \
   echo "run_local.sh: --num_devices=$NUM_DEVICES must be a multiple of --num_processes=$NUM_PROCESSES" >&2
   exit 2
 fi
-
-# One argument quoted for a POSIX shell, readably (bare when safe).
-shquote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
 
 # A command line; leading NAME=VALUE words stay assignments (only the value is quoted).
 command_line() {

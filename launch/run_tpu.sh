@@ -16,10 +16,8 @@
 # variables such as ALIGNER_MSMARCO_DIR or ALIGNER_T5_VOCAB to the job.
 set -euo pipefail
 
-usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
+source "$(dirname "$0")/common.sh"
+usage() { usage_from_header "$0" 16; }
 
 TPU_NAME="" ZONE="" ACCELERATOR_TYPE="" PROJECT="" DRY_RUN=0
 RUNTIME_VERSION="tpu-ubuntu2204-base"
@@ -66,15 +64,6 @@ TARBALL="${TMPDIR:-/tmp}/aligner_jax-${TPU_NAME}.tar.gz"
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE")
 if [[ -n "$PROJECT" ]]; then WHERE+=(--project="$PROJECT"); fi
-
-# One argument quoted for a POSIX shell, readably: 'it'\''s' style, bare when safe.
-shquote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
 
 # Prints a command as one shell-quoted line; runs it unless --dry_run.
 run() {
