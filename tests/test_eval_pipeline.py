@@ -2,6 +2,7 @@
 random T5 dual encoder: encode -> index (saved, verified, reused) -> retrieve -> metrics,
 adaptation, report; BM25 and re-ranking; model loading from trainer checkpoints."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -127,6 +128,54 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
       rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
       query_length=16, log=logs.append)
   assert rebuilt["ndcg@10"] == result["ndcg@10"]
+
+
+def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
+  """Reading the encode job's stores gives the same runs as encoding in the evaluation."""
+  from aligner_jax.index.store import from_padded
+  from aligner_jax.index.store_io import save_token_store
+  collection = pipeline.load_split(str(beir_dir), "test")
+  enc = tmp_path / "encoded"
+  store = pipeline.encode_collection_corpus(encoders, collection, doc_length=64,
+                                            log=lambda m: None)
+  # Two shards, as two hosts would write them.
+  half = store.num_docs // 2
+  for i, rows in enumerate((np.arange(half), np.arange(half, store.num_docs))):
+    part = store.select_rows(np.arange(store.offsets[rows[0]], store.offsets[rows[-1] + 1]))
+    part = dataclasses.replace(
+        part, doc_ids=[store.doc_ids[r] for r in rows], offsets=np.concatenate(
+            [[0], np.cumsum(store.lengths[rows])]), pooled=store.pooled[rows])
+    save_token_store(part, enc / f"corpus-{i:05d}-of-00002", doc_length=64)
+  queries = pipeline.encode_split_queries(encoders, collection, "test", query_length=16,
+                                          log=lambda m: None)
+  save_token_store(from_padded(queries.ids, queries.vectors, queries.mask,
+                               salience=queries.salience, token_ids=queries.token_ids,
+                               pooled=queries.pooled), enc / "queries-test", query_length=16)
+  for retriever in ("dense", "exact"):
+    kwargs = dict(beir_dir=str(beir_dir), split="test", retriever=retriever, model=encoders,
+                  num_neighbors=20, top_n=15, doc_length=64, query_length=16,
+                  log=lambda m: None)
+    fresh = pipeline.evaluate_beir(output_dir=str(tmp_path / f"fresh_{retriever}"), **kwargs)
+    logs = []
+    cached = pipeline.evaluate_beir(output_dir=str(tmp_path / f"cached_{retriever}"),
+                                    encoded_dir=str(enc), **{**kwargs, "log": logs.append})
+    assert any("encoded documents from" in m for m in logs), logs
+    assert not any(m.startswith("encoding") for m in logs), logs
+    for q, values in fresh["per_query"].items():
+      assert cached["per_query"][q] == pytest.approx(values, abs=1e-5), q
+    ours = metrics_lib.read_trec_run(tmp_path / f"cached_{retriever}" / "run.trec")
+    theirs = metrics_lib.read_trec_run(tmp_path / f"fresh_{retriever}" / "run.trec")
+    assert {q: list(d)[:5] for q, d in ours.items()} == {q: list(d)[:5] for q, d in theirs.items()}
+  # Stores encoded with other lengths are refused, naming the directory and the fix.
+  with pytest.raises(IndexFileError, match="doc_length=64 but this run asks for 32"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+                           model=encoders, output_dir=str(tmp_path / "bad"), doc_length=32,
+                           query_length=16, encoded_dir=str(enc), log=lambda m: None)
+  (enc / "corpus-00001-of-00002" / "manifest.json").unlink()
+  with pytest.raises(IndexFileError, match="corpus-00001-of-00002"):
+    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+                           model=encoders, output_dir=str(tmp_path / "bad2"), doc_length=64,
+                           query_length=16, encoded_dir=str(enc), log=lambda m: None)
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ import numpy as np
 from aligner_jax.eval import pipeline
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import concatenate
-from aligner_jax.index import files
 from aligner_jax.index.store_io import load_token_store
 from aligner_jax.index.store_io import save_token_store
 from aligner_jax.index.store_io import shard_name
@@ -158,16 +157,7 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   return {"documents": store.num_docs, "tokens": store.num_tokens}
 
 
-def corpus_shards(encoded_dir: str) -> list[pathlib.Path]:
-  found = sorted(pathlib.Path(encoded_dir).glob("corpus-*-of-*"))
-  if not found:
-    raise files.IndexFileError(encoded_dir, "no encoded corpus shards (corpus-*-of-*) here; "
-                               "run the encode job first")
-  counts = {p.name.rsplit("-of-", 1)[1] for p in found}
-  if len(counts) != 1 or len(found) != int(counts.pop()):
-    raise files.IndexFileError(encoded_dir, f"incomplete set of corpus shards: "
-                               f"{[p.name for p in found]}")
-  return found
+corpus_shards = pipeline.corpus_shards
 
 
 @gin.configurable(module=_MODULE)
@@ -200,8 +190,14 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               query_length: int = 64, batch_size: int = 32, num_partitions: int = 1,
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
-              ignore_identical_ids: bool = True) -> dict[str, Any]:
-  """Evaluates on one BEIR split (see `pipeline.evaluate_beir`); process 0 writes the files."""
+              ignore_identical_ids: bool = True,
+              encoded_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates on one BEIR split (see `pipeline.evaluate_beir`); process 0 writes the files.
+
+  `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
+  the split's queries, when encoded there) are read from it instead of being encoded again
+  (`--gin.eval_beir.encoded_dir="'DIR'"`).
+  """
   encoders = None
   if model is not None and (retriever != "bm25" or rerank_depth):
     if vocabulary is None:
@@ -218,7 +214,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       prune_query_ratio=prune_query_ratio, top_n=top_n, doc_length=doc_length,
       query_length=query_length, rerank_depth=rerank_depth, rerank_with=rerank_with,
       adaptation=adaptation,
-      num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids)
+      num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids,
+      encoded_dir=encoded_dir)
   print(pipeline.summary_table(result), flush=True)
   return result
 

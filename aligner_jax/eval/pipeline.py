@@ -12,6 +12,9 @@ Retrievers: "scann" / "exact" (the token index with refinement), "dense" (pooled
 a different backend or pruning ratio is an error that names the fix), otherwise built from
 the encoded corpus and saved; `rebuild_index=True` always rebuilds. The dense path reads the
 pooled document vectors from that index when there is one, else encodes the corpus.
+With `encoded_dir` (the encode job's output: corpus-*-of-*/ and queries-<split>/), the corpus
+and, when that split is there, the queries are read from it instead of being encoded; their
+lengths and document ids must match this run (an error names the directory otherwise).
 `rerank_depth` > 0 re-ranks BM25's top documents instead, with each alignment
 (`rerank_with="alignment"`) or with the model's LITE / KNRM head (`"lite"`).
 
@@ -36,7 +39,12 @@ from aligner_jax.index import build_token_index
 from aligner_jax.index import index_exists
 from aligner_jax.index import load_index
 from aligner_jax.index import save_index
+from aligner_jax.index import concatenate
+from aligner_jax.index.files import IndexFileError
+from aligner_jax.index.files import MANIFEST
+from aligner_jax.index.files import read_json
 from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store_io import load_token_store
 from aligner_jax.retrieval import BM25
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import candidate_documents
@@ -111,6 +119,59 @@ def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, do
                        vector_dtype=vector_dtype, progress=log)
 
 
+def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """The complete set of encoded corpus shards (corpus-<p>-of-<P>/) in `encoded_dir`."""
+  found = sorted(pathlib.Path(encoded_dir).glob("corpus-*-of-*"))
+  if not found:
+    raise IndexFileError(encoded_dir, "no encoded corpus shards (corpus-*-of-*) here; "
+                         "run the encode job first")
+  counts = {p.name.rsplit("-of-", 1)[1] for p in found}
+  if len(counts) != 1 or len(found) != int(counts.pop()):
+    raise IndexFileError(encoded_dir, f"incomplete set of corpus shards: "
+                         f"{[p.name for p in found]}")
+  return found
+
+
+def _check_encoded(directory: pathlib.Path, key: str, want: int) -> None:
+  config = read_json(pathlib.Path(directory) / MANIFEST).get("config", {})
+  if config.get(key) != want:
+    raise IndexFileError(directory, f"encoded with {key}={config.get(key)!r} but this run asks "
+                         f"for {want}; re-encode or set the evaluation length to match")
+
+
+def load_encoded_corpus(encoded_dir: str | pathlib.Path, collection: Collection, *,
+                        doc_length: int, log: Log = _print) -> TokenStore:
+  """The encoded corpus shards of `encoded_dir` (verified) as one store, checked against
+  `collection`'s document ids and `doc_length`."""
+  t = time.time()
+  shards = corpus_shards(encoded_dir)
+  for shard in shards:
+    _check_encoded(shard, "doc_length", doc_length)
+  store = concatenate([load_token_store(p) for p in shards])
+  if sorted(store.doc_ids) != sorted(collection.corpus.ids):
+    raise IndexFileError(encoded_dir, f"the encoded corpus holds {store.num_docs} documents "
+                         f"that are not the {len(collection.corpus)} of {collection.name}")
+  log(f"read {store.num_docs} encoded documents from {encoded_dir} in {time.time() - t:.1f}s")
+  return store
+
+
+def load_encoded_queries(directory: str | pathlib.Path, query_ids: Sequence[str], *,
+                         query_length: int) -> QueryBatch:
+  """The encoded queries in `directory` (queries-<split>/, verified) as a padded batch in the
+  order of `query_ids`."""
+  directory = pathlib.Path(directory)
+  _check_encoded(directory, "query_length", query_length)
+  store = load_token_store(directory)
+  row = {q: i for i, q in enumerate(store.doc_ids)}
+  missing = [q for q in query_ids if q not in row]
+  if missing:
+    raise IndexFileError(directory, f"{len(missing)} queries were not encoded, e.g. {missing[:3]}")
+  rows = np.array([row[q] for q in query_ids], np.int64)
+  g = store.gather_padded(rows, max(1, int(store.lengths[rows].max(initial=0))))
+  return QueryBatch(list(query_ids), g["vectors"], g["mask"], g.get("salience"),
+                    g.get("token_ids"), None if store.pooled is None else store.pooled[rows])
+
+
 def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
                  corpus_fn: Callable[[], TokenStore], log: Log = _print) -> TokenIndex:
   """Loads the index in `index_dir` (verified) or builds it from `corpus_fn()` and saves it."""
@@ -155,6 +216,7 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
                   rerank_depth: int = 0, rerank_with: str = "alignment",
                   adaptation: bool = False,
                   num_pictures: int = 0, ignore_identical_ids: bool = True,
+                  encoded_dir: str | None = None,
                   run_name: str = "aligner_jax", log: Log = _print) -> dict[str, Any]:
   """Runs one retriever on one BEIR split and writes the files of the module docstring.
 
@@ -180,6 +242,20 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
   extra: dict[str, Any] = {"dataset": collection.name, "split": split, "retriever": retriever}
   index = queries = cands = None
 
+  def corpus_store(vector_dtype: str = "float16") -> TokenStore:
+    if encoded_dir:
+      return load_encoded_corpus(encoded_dir, collection, doc_length=doc_length,
+                                 log=log).with_vector_dtype(vector_dtype)
+    return encode_collection_corpus(model, collection, doc_length=doc_length,
+                                    vector_dtype=vector_dtype, log=log)
+
+  def split_queries() -> QueryBatch:
+    stored = pathlib.Path(encoded_dir or "") / f"queries-{split}"
+    if encoded_dir and stored.is_dir():
+      log(f"reading {len(qids)} encoded {split} queries from {stored}")
+      return load_encoded_queries(stored, qids, query_length=query_length)
+    return encode_split_queries(model, collection, split, query_length=query_length, log=log)
+
   if retriever == "bm25" or rerank_depth:
     t = time.time()
     corpus = collection.corpus
@@ -188,9 +264,8 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
     first = to_run(qids, corpus.ids, bm25.search(texts, max(top_n, rerank_depth)))
     timings["bm25_s"] = time.time() - t
     if rerank_depth:
-      store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
-      queries = encode_split_queries(model, collection, split, query_length=query_length,
-                                     log=log)
+      store = corpus_store()
+      queries = split_queries()
       t = time.time()
       if rerank_with == "lite":
         if model.lite is None:
@@ -215,11 +290,13 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
       doc_ids, pooled = index.doc_ids, index.pooled()
       log(f"pooled document vectors from the index in {index_dir}")
     else:
-      store = encode_collection_corpus(model, collection, doc_length=doc_length, log=log)
+      store = corpus_store()
       doc_ids, pooled = store.doc_ids, store.pooled
     if pooled is None:
       raise ValueError("the dense path needs pooled document vectors, and these have none")
-    queries = encode_split_queries(model, collection, split, query_length=query_length, log=log)
+    queries = split_queries()
+    if queries.pooled is None:
+      raise ValueError("the dense path needs pooled query vectors, and these have none")
     t = time.time()
     results = dense_search(pooled, queries.pooled, top_n)
     timings["search_s"] = time.time() - t
@@ -229,10 +306,8 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
     config = index_config or IndexConfig()
     config = dataclasses.replace(config, backend=retriever)
     index = obtain_index(index_dir, config, rebuild=rebuild_index, log=log,
-                         corpus_fn=lambda: encode_collection_corpus(
-                             model, collection, doc_length=doc_length,
-                             vector_dtype=config.vector_dtype, log=log))
-    queries = encode_split_queries(model, collection, split, query_length=query_length, log=log)
+                         corpus_fn=lambda: corpus_store(config.vector_dtype))
+    queries = split_queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=num_neighbors,
                                 prune_query_ratio=prune_query_ratio)
