@@ -3,7 +3,6 @@
 Gin-free library code; the gin jobs live in `aligner_jax.repro.jobs`.
 
 Public API:
-  query_batch                      a query token store as the padded `QueryBatch` (cached.py)
   family_positions                 query positions grouped by a metadata field (r1.py)
   strategy_ndcg                    [strategies, queries] nDCG@10 over fixed candidates (r1.py)
   r1_report, r1_summary            one dataset's R1 result; the claim over datasets (r1.py)
@@ -11,7 +10,6 @@ Public API:
   plot_strategy_heatmap, plot_picks  the R1 figures (figures.py)
 """
 
-from aligner_jax.repro.cached import query_batch
 from aligner_jax.repro.figures import plot_picks
 from aligner_jax.repro.figures import plot_strategy_heatmap
 from aligner_jax.repro.r1 import PAPER
@@ -23,6 +21,6 @@ from aligner_jax.repro.r1 import strategy_ndcg
 from aligner_jax.repro.r1 import write_r1
 
 __all__ = [
-    "PAPER", "family_positions", "plot_picks", "plot_strategy_heatmap", "query_batch",
+    "PAPER", "family_positions", "plot_picks", "plot_strategy_heatmap",
     "r1_report", "r1_summary", "r1_table", "strategy_ndcg", "write_r1",
 ]

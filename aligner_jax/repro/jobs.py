@@ -26,12 +26,9 @@ import numpy as np
 
 from aligner_jax.eval import pipeline
 from aligner_jax.index import IndexConfig
-from aligner_jax.index import concatenate
 from aligner_jax.index import files
-from aligner_jax.index.store_io import load_token_store
 from aligner_jax.repro import figures
 from aligner_jax.repro import r1 as r1_lib
-from aligner_jax.repro.cached import query_batch
 from aligner_jax.retrieval import candidate_documents
 
 _MODULE = "aligner_jax.repro"
@@ -70,9 +67,8 @@ def _log(message: str) -> None:
 
 def _fingerprint(spec: R1Dataset, **settings: Any) -> str:
   """SHA-256 over the encoded stores' manifests (content checksums) and the settings."""
-  encoded = pathlib.Path(spec.encoded_dir)
-  from aligner_jax.eval.jobs import corpus_shards  # pylint: disable=g-import-not-at-top
-  stores = [*corpus_shards(spec.encoded_dir), encoded / f"queries-{spec.split}"]
+  stores = [*pipeline.corpus_shards(spec.encoded_dir),
+            pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}"]
   h = hashlib.sha256()
   for store in stores:
     h.update((store / files.MANIFEST).read_bytes())
@@ -99,7 +95,6 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
   qrels = collection.qrels[spec.split]
   cache = fingerprint = None
   if spec.encoded_dir:
-    from aligner_jax.eval.jobs import corpus_shards  # pylint: disable=g-import-not-at-top
     fingerprint = _fingerprint(spec, strategies=list(strategies), top_n=top_n,
                                index=index_config.to_json())
     cache = work_dir / f"{spec.name}.scores.json"
@@ -108,11 +103,13 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
       _log(f"{spec.name}: per-query nDCG@10 of every strategy reused from {cache}")
       timings["reused_scores_from"] = str(cache)
       return collection, *found
-    corpus_fn = lambda: concatenate(  # noqa: E731
-        [load_token_store(p) for p in corpus_shards(spec.encoded_dir)])
+    corpus_fn = lambda: pipeline.load_encoded_corpus(  # noqa: E731
+        spec.encoded_dir, collection, doc_length=spec.doc_length,
+        log=_log).with_vector_dtype(index_config.vector_dtype)
     t = time.time()
-    queries = query_batch(load_token_store(pathlib.Path(spec.encoded_dir) /
-                                           f"queries-{spec.split}"))
+    queries = pipeline.load_encoded_queries(
+        pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}",
+        collection.split_queries(spec.split), query_length=spec.query_length)
     timings["load_queries_s"] = time.time() - t
   else:
     if model is None or vocabulary is None:
