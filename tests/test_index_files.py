@@ -101,7 +101,7 @@ def test_scann_round_trip_gives_identical_search(scann_index_dir):
   for rel, entry in manifest["files"].items():
     assert entry["sha256"] == files.sha256_file(path / "shard-00000" / rel)
   assert any(rel.startswith("scann/") for rel in manifest["files"])
-  assert {"doc_ids.json", "ann_doc.npy", "vectors.npy", "manifest.json"} <= {
+  assert {"doc_ids.json", "offsets.npy", "vectors.npy", "manifest.json"} <= {
       p.name for p in (path / "shard-00000").iterdir()}
 
 
@@ -111,7 +111,7 @@ def _flip_byte(path: pathlib.Path, offset_from_end: int = 10):
   path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("victim", ["vectors.npy", "ann_doc.npy", "doc_ids.json",
+@pytest.mark.parametrize("victim", ["vectors.npy", "offsets.npy", "doc_ids.json",
                                     "scann/hashed_dataset.npy"])
 def test_a_flipped_byte_is_refused_naming_the_file(scann_index_dir, tmp_path, victim):
   _, _, path = scann_index_dir

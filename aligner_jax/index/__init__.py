@@ -3,12 +3,14 @@
 
 Public API:
   TokenStore, from_padded, concatenate        ragged per-document token vectors (store.py)
+  pq                                          product quantisation of vectors ("pq:M")
   prune_budget, top_salience_mask, prune_store  top-β salience pruning (pruning.py)
   IndexConfig, build_token_index, TokenIndex  building and searching (token_index.py)
   save_index, load_index, index_exists        checksummed export / verified load
   IndexFileError                              raised for corrupted or mismatched files
 """
 
+from aligner_jax.index import pq
 from aligner_jax.index.files import IndexFileError
 from aligner_jax.index.pruning import prune_budget
 from aligner_jax.index.pruning import prune_store
@@ -26,5 +28,5 @@ from aligner_jax.index.token_index import save_index
 __all__ = [
     "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore", "build_token_index",
     "concatenate", "from_padded", "index_exists", "load_index", "prune_budget", "prune_store",
-    "save_index", "top_salience_mask",
+    "pq", "save_index", "top_salience_mask",
 ]

@@ -5,26 +5,47 @@ A `TokenStore` holds the token vectors of N documents back to back: document i o
 to each row it may keep the token's salience and vocabulary id, and next to each document its
 pooled vector (the dense path).
 
-Vector formats (`VECTOR_DTYPES`):
+Vector formats (`VECTOR_DTYPES`, what encoding writes; any of them or "pq:M" in an index):
   "float32"  exact.
   "float16"  2 bytes per dimension; the default for refinement.
   "int8"     1 byte per dimension plus one float32 scale per vector: x ≈ scale · q with
              scale = max|x| / 127, so the error per dimension is at most scale / 2.
-`dequantize` always returns float32.
+  "pq:M"     product quantisation (`pq.py`): M bytes per vector ([T, M] uint8 codes) plus one
+             codebook [M, 256, h/M] float32 per store, trained by k-means on a sample.
+`dequantize` always returns float32 (PQ codes decoded to their centroids).
 """
 
 import dataclasses
+import re
 from typing import Sequence
 
 import numpy as np
 
+from aligner_jax.index import pq
+
 VECTOR_DTYPES = ("float32", "float16", "int8")
+_PQ_FORMAT = re.compile(r"pq:([1-9][0-9]*)")
 
 
 def check_vector_dtype(dtype: str) -> str:
+  """A plain storage dtype (what the encoder writes): one of `VECTOR_DTYPES`."""
   if dtype not in VECTOR_DTYPES:
     raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
   return dtype
+
+
+def pq_subspaces(fmt: str) -> int | None:
+  """M of a "pq:M" format, None for the plain dtypes."""
+  match = _PQ_FORMAT.fullmatch(fmt) if isinstance(fmt, str) else None
+  return int(match.group(1)) if match else None
+
+
+def check_vector_format(fmt: str) -> str:
+  """A refinement vector format: one of `VECTOR_DTYPES` or "pq:M" (M ≥ 1)."""
+  if pq_subspaces(fmt) is None and fmt not in VECTOR_DTYPES:
+    raise ValueError(f"vector format must be one of {VECTOR_DTYPES} or 'pq:M' (M sub-spaces "
+                     f"of 8-bit codes), got {fmt!r}")
+  return fmt
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +67,7 @@ def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_vectors(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-  """Float vectors [T, h] in storage format `dtype`: (stored [T, h], scales [T] | None)."""
+  """Float vectors [T, h] in plain storage dtype `dtype`: (stored [T, h], scales [T] | None)."""
   check_vector_dtype(dtype)
   if dtype == "int8":
     return quantize_int8(x)
@@ -65,6 +86,7 @@ class TokenStore:
     salience: [T] float32 token saliences u^d, or None when the model has none.
     token_ids: [T] int32 vocabulary ids (COIL's exact-match alignment needs them), or None.
     pooled: [N, h'] float32 pooled document vectors for the dense path, or None.
+    codebook: [M, 256, h/M] float32 when `vectors` are [T, M] uint8 PQ codes, else None.
   """
   doc_ids: list[str]
   offsets: np.ndarray
@@ -73,6 +95,7 @@ class TokenStore:
   salience: np.ndarray | None = None
   token_ids: np.ndarray | None = None
   pooled: np.ndarray | None = None
+  codebook: np.ndarray | None = None
 
   def __post_init__(self):
     self.offsets = np.asarray(self.offsets, np.int64)
@@ -86,6 +109,15 @@ class TokenStore:
       problems.append(f"vectors must be [T, h], got shape {self.vectors.shape}")
     if self.vectors.dtype == np.int8 and (self.scales is None or self.scales.shape != (t,)):
       problems.append("int8 vectors need scales of shape [T]")
+    if self.codebook is not None:
+      cb = self.codebook
+      if (cb.ndim != 3 or cb.shape[1] != pq.NUM_CENTROIDS or cb.dtype != np.float32 or
+          self.vectors.dtype != np.uint8 or self.vectors.shape[1:] != cb.shape[:1]):
+        problems.append(f"PQ codes {self.vectors.dtype}{list(self.vectors.shape)} do not fit "
+                        f"the codebook {cb.dtype}{list(cb.shape)} (expected uint8 [T, M] codes "
+                        f"and a float32 [M, {pq.NUM_CENTROIDS}, h/M] codebook)")
+    elif self.vectors.dtype == np.uint8:
+      problems.append("uint8 vectors are PQ codes and need a codebook")
     for name in ("scales", "salience", "token_ids"):
       value = getattr(self, name)
       if value is not None and value.shape != (t,):
@@ -105,10 +137,15 @@ class TokenStore:
 
   @property
   def dim(self) -> int:
+    if self.codebook is not None:
+      return int(self.codebook.shape[0] * self.codebook.shape[2])
     return int(self.vectors.shape[1])
 
   @property
   def vector_dtype(self) -> str:
+    """The vector format: a numpy dtype name or "pq:M"."""
+    if self.codebook is not None:
+      return f"pq:{self.codebook.shape[0]}"
     return str(self.vectors.dtype)
 
   @property
@@ -120,6 +157,8 @@ class TokenStore:
     """float32 vectors of `rows` (all rows when None): [len(rows), h]."""
     sel = slice(None) if rows is None else rows
     v = self.vectors[sel]
+    if self.codebook is not None:
+      return pq.decode(v, self.codebook)
     if self.vectors.dtype == np.int8:
       return v.astype(np.float32) * self.scales[sel][..., None]
     return v.astype(np.float32)
@@ -131,15 +170,29 @@ class TokenStore:
     counts = np.bincount(doc_of_row[rows], minlength=self.num_docs)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     pick = lambda a: None if a is None else a[rows]  # noqa: E731
-    return TokenStore(list(self.doc_ids), offsets, self.vectors[rows], pick(self.scales),
-                      pick(self.salience), pick(self.token_ids), self.pooled)
+    return dataclasses.replace(self, doc_ids=list(self.doc_ids), offsets=offsets,
+                               vectors=self.vectors[rows], scales=pick(self.scales),
+                               salience=pick(self.salience), token_ids=pick(self.token_ids))
 
-  def with_vector_dtype(self, dtype: str) -> "TokenStore":
-    """The same store with vectors re-encoded in `dtype` (a no-op when already so)."""
+  def with_vector_dtype(self, dtype: str, *, pq_sample_size: int = 65_536,
+                        pq_seed: int = 0) -> "TokenStore":
+    """The same store with vectors re-encoded in format `dtype` (a no-op when already so).
+
+    "pq:M" trains a codebook on `pq_sample_size` rows (seed `pq_seed`) of this store.
+    """
+    check_vector_format(dtype)
     if dtype == self.vector_dtype:
       return self
-    vectors, scales = encode_vectors(self.dequantize(), dtype)
-    return dataclasses.replace(self, vectors=vectors, scales=scales)
+    x = self.dequantize()
+    m = pq_subspaces(dtype)
+    if m is not None:
+      if not self.num_tokens:
+        raise ValueError("cannot train a PQ codebook on a store without tokens")
+      codebook = pq.train_codebook(x, m, sample_size=pq_sample_size, seed=pq_seed)
+      return dataclasses.replace(self, vectors=pq.encode(x, codebook), scales=None,
+                                 codebook=codebook)
+    vectors, scales = encode_vectors(x, dtype)
+    return dataclasses.replace(self, vectors=vectors, scales=scales, codebook=None)
 
   def gather_padded(self, docs: np.ndarray, length: int) -> dict[str, np.ndarray]:
     """Documents `docs` as padded arrays for the alignment scorer.
@@ -214,6 +267,9 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
     raise ValueError("concatenate needs at least one store")
   first = stores[0]
   for s in stores[1:]:
+    if first.codebook is not None and not np.array_equal(s.codebook, first.codebook):
+      raise ValueError("PQ stores with different codebooks cannot be concatenated; decode "
+                       "them (with_vector_dtype) first")
     if (s.vector_dtype != first.vector_dtype or s.dim != first.dim or
         (s.salience is None) != (first.salience is None) or
         (s.token_ids is None) != (first.token_ids is None) or
@@ -228,4 +284,4 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
     base += s.num_tokens
   return TokenStore(sum((s.doc_ids for s in stores), []), np.concatenate(offsets),
                     cat("vectors"), cat("scales"), cat("salience"), cat("token_ids"),
-                    cat("pooled"))
+                    cat("pooled"), first.codebook)

@@ -4,7 +4,8 @@ A store directory (written atomically, verified on load; see `files.py`) holds
   manifest.json   kind "token_store", counts, bytes and SHA-256 of every file
   doc_ids.json    [N] ids (documents or queries)
   offsets.npy     [N + 1] int64
-  vectors.npy     [T, h] float32 | float16 | int8 (+ scales.npy [T] float32 for int8)
+  vectors.npy     [T, h] float32 | float16 | int8 (+ scales.npy [T] float32 for int8), or
+                  [T, M] uint8 PQ codes (+ codebook.npy [M, 256, h/M] float32)
   salience.npy    [T] float32, token_ids.npy [T] int32, pooled.npy [N, h'] float32 (if present)
 Multi-host encoding writes one such directory per process (`shard_name`).
 """
@@ -15,12 +16,30 @@ from typing import Any
 import numpy as np
 
 from aligner_jax.index import files
+from aligner_jax.index import pq
 from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import check_vector_dtype
+from aligner_jax.index.store import check_vector_format
+from aligner_jax.index.store import pq_subspaces
 
 KIND = "token_store"
 VERSION = 1
-_OPTIONAL = ("scales", "salience", "token_ids", "pooled")
+_OPTIONAL = ("scales", "salience", "token_ids", "pooled", "codebook")
+
+
+def load_vector_arrays(directory: pathlib.Path, fmt: str, tokens: int, dim: int
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+  """(vectors, scales, codebook) of a verified directory holding `tokens` vectors of format
+  `fmt` and dimension `dim`; shapes and dtypes are checked against those counts."""
+  load = lambda name, dt, shape: files.load_array(directory, name, dtype=dt, shape=shape)  # noqa
+  m = pq_subspaces(fmt)
+  if m is not None:
+    if dim % m:
+      raise files.IndexFileError(directory / files.MANIFEST, f"format {fmt} does not divide "
+                                 f"the dimension {dim}")
+    codebook = load("codebook.npy", np.float32, (m, pq.NUM_CENTROIDS, dim // m))
+    return load("vectors.npy", np.uint8, (tokens, m)), None, codebook
+  vectors = load("vectors.npy", fmt, (tokens, dim))
+  return vectors, load("scales.npy", np.float32, (tokens,)) if fmt == "int8" else None, None
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:
@@ -54,7 +73,7 @@ def load_token_store(directory: str | pathlib.Path) -> TokenStore:
     counts, config = manifest["counts"], manifest["config"]
     n, t, h = int(counts["documents"]), int(counts["tokens"]), int(counts["dim"])
     pooled_dim = int(counts["pooled_dim"])
-    dtype = check_vector_dtype(config["vector_dtype"])
+    dtype = check_vector_format(config["vector_dtype"])
     fields = set(config["fields"])
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(directory / files.MANIFEST,
@@ -68,10 +87,9 @@ def load_token_store(directory: str | pathlib.Path) -> TokenStore:
   if offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0):
     raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
                                f"manifest's {t} tokens")
-  shapes = {"scales": (np.float32, (t,)), "salience": (np.float32, (t,)),
-            "token_ids": (np.int32, (t,)), "pooled": (np.float32, (n, pooled_dim))}
-  extra = {name: load(f"{name}.npy", *shapes[name]) if name in fields else None
-           for name in _OPTIONAL}
-  if dtype == "int8" and extra["scales"] is None:
-    raise files.IndexFileError(directory / files.MANIFEST, "int8 vectors without scales")
-  return TokenStore(ids, offsets, load("vectors.npy", dtype, (t, h)), **extra)
+  shapes = {"salience": (np.float32, (t,)), "token_ids": (np.int32, (t,)),
+            "pooled": (np.float32, (n, pooled_dim))}
+  extra = {name: load(f"{name}.npy", *shape) if name in fields else None
+           for name, shape in shapes.items()}
+  vectors, scales, codebook = load_vector_arrays(directory, dtype, t, h)
+  return TokenStore(ids, offsets, vectors, scales=scales, codebook=codebook, **extra)

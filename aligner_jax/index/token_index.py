@@ -8,17 +8,26 @@ reads each shard's stored vectors: by default the kept tokens (`refine_tokens="k
 storage saving the paper reports), or every token (`"all"`, the paper's "full model with all
 token vectors" at the cost of storage).
 
+Refinement vectors are float32 / float16 / int8 or product-quantised ("pq:M": M bytes per
+token plus a codebook per shard, trained on the shard's stored tokens). The "exact" backend
+scans the stored vectors themselves, so with PQ the MIPS stage runs on the PQ codes and the
+index holds no second copy; ScaNN keeps its own AH codes (and, unless `reorder` is "stored" or
+"none", its own reorder copy). `fields` says which extras are kept: token saliences (needed by
+salience-weighted refinement), vocabulary ids (COIL) and pooled vectors (the dense path).
+
 On disk (`save_index`, `load_index`), INDEX_DIR holds `index.json` (config, shard list with the
 SHA-256 of each shard manifest, totals) and one directory per shard:
   manifest.json   config, counts, bytes and SHA-256 of every file (see `files.py`)
   doc_ids.json    [N] document ids
-  offsets.npy     [N + 1] int64 refinement rows of each document
-  vectors.npy     [T, h] float16 | int8 | float32 refinement vectors (+ scales.npy [T] for int8)
-  salience.npy    [T] float32 (when the model has saliences)
-  token_ids.npy   [T] int32 (when stored; COIL needs them)
-  pooled.npy      [N, h'] float32 pooled vectors for the dense path (when present)
-  ann_doc.npy     [T_ann] int32 the token → document map of the searched tokens
-  ann_rows.npy    [T_ann] int64 refinement row of each searched token (only for "all")
+  offsets.npy     [N + 1] int64 refinement rows of each document; also the token → document
+                  map (a searched row's document is found from the offsets, no id per token)
+  vectors.npy     [T, h] float16 | int8 | float32 refinement vectors (+ scales.npy [T] for
+                  int8), or [T, M] uint8 PQ codes (+ codebook.npy [M, 256, h/M] float32)
+  salience.npy    [T] float32 (when the model has saliences and "salience" is in `fields`)
+  token_ids.npy   [T] int32 (when stored and kept; COIL needs them)
+  pooled.npy      [N, h'] float32 pooled vectors for the dense path (when present and kept)
+  ann_keep.npy    [⌈T / 8⌉] uint8 bit mask of the searched rows (only for refine_tokens="all"
+                  with β^d < 1; otherwise every stored row is searched)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
 Document numbers are global: shard s's local document i is `doc_base[s] + i`.
 """
@@ -36,14 +45,17 @@ from aligner_jax.index.backends import ScannSearcher
 from aligner_jax.index.backends import ScannSettings
 from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import check_vector_dtype
+from aligner_jax.index.store import check_vector_format
+from aligner_jax.index.store_io import load_vector_arrays
 
 SHARD_KIND = "token_index_shard"
 INDEX_KIND = "token_index"
-VERSION = 1
+# 2: PQ vectors, no per-token document map (derived from the offsets), ann_keep bit mask.
+VERSION = 2
 INDEX_JSON = "index.json"
 BACKENDS = ("scann", "exact")
 REFINE_TOKENS = ("kept", "all")
+FIELDS = ("salience", "token_ids", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +63,15 @@ class IndexConfig:
   """How a token index is built. ScaNN fields left None are scaled with the shard size.
 
   Attributes:
-    backend: "scann" (tree + AH + reorder) or "exact" (brute force).
-    vector_dtype: refinement vector format: "float16" (default), "int8" or "float32".
+    backend: "scann" (tree + AH + reorder) or "exact" (brute force over the stored vectors,
+      PQ codes included).
+    vector_dtype: refinement vector format: "float16" (default), "int8", "float32" or "pq:M"
+      (M one-byte sub-space codes per token; M must divide h).
     prune_doc_ratio: β^d in (0, 1]: fraction of each document's tokens searched (by salience).
     refine_tokens: "kept" (refine with the searched tokens) or "all" (store every token).
+    fields: extras kept when the encoded documents have them, a subset of
+      ("salience", "token_ids", "pooled"); pruning uses saliences either way.
+    pq_sample_size: tokens sampled per shard to train PQ codebooks.
     max_shard_tokens: split documents into shards of at most this many searched tokens
       (whole documents; None: one shard per input store).
     num_leaves, leaves_to_search, search_fraction, scan_factor, expected_k, dims_per_block,
@@ -66,6 +83,8 @@ class IndexConfig:
   vector_dtype: str = "float16"
   prune_doc_ratio: float = 1.0
   refine_tokens: str = "kept"
+  fields: tuple[str, ...] = FIELDS
+  pq_sample_size: int = 65_536
   max_shard_tokens: int | None = None
   num_leaves: int | None = None
   leaves_to_search: int | None = None
@@ -85,7 +104,13 @@ class IndexConfig:
     if self.refine_tokens not in REFINE_TOKENS:
       raise ValueError(f"refine_tokens must be one of {REFINE_TOKENS}, got "
                        f"{self.refine_tokens!r}")
-    check_vector_dtype(self.vector_dtype)
+    check_vector_format(self.vector_dtype)
+    object.__setattr__(self, "fields", tuple(self.fields))
+    unknown = sorted(set(self.fields) - set(FIELDS))
+    if unknown:
+      raise ValueError(f"index fields must be a subset of {FIELDS}, got unknown {unknown}")
+    if self.pq_sample_size < 1:
+      raise ValueError(f"pq_sample_size must be positive, got {self.pq_sample_size}")
     pruning.check_ratio(self.prune_doc_ratio, "document pruning ratio β^d")
     if self.max_shard_tokens is not None and self.max_shard_tokens < 1:
       raise ValueError(f"max_shard_tokens must be positive, got {self.max_shard_tokens}")
@@ -144,20 +169,24 @@ def _make_searcher(config: IndexConfig, store: TokenStore, ann_rows: np.ndarray 
                              training_threads=config.training_threads)
 
 
+def _ann_doc(store: TokenStore, ann_rows: np.ndarray | None) -> np.ndarray:
+  """[T_ann] int32 document of each searched token, from the offsets."""
+  doc_of_row = np.repeat(np.arange(store.num_docs, dtype=np.int32), store.lengths)
+  return doc_of_row if ann_rows is None else doc_of_row[ann_rows]
+
+
 def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
   """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens)."""
   if store.num_tokens == 0:
     raise ValueError("cannot index a shard without tokens")
-  store = store.with_vector_dtype(config.vector_dtype)
   kept = pruning.kept_rows(store, config.prune_doc_ratio)
-  if config.refine_tokens == "kept":
-    refine = store.select_rows(kept) if len(kept) < store.num_tokens else store
-    ann_rows = None
-    ann_doc = np.repeat(np.arange(refine.num_docs), refine.lengths)
-  else:
-    refine = store
-    ann_rows = kept
-    ann_doc = np.repeat(np.arange(store.num_docs), store.lengths)[kept]
+  everything = len(kept) == store.num_tokens
+  refine = store if everything or config.refine_tokens == "all" else store.select_rows(kept)
+  ann_rows = None if everything or config.refine_tokens == "kept" else kept
+  # Quantised after pruning, so a PQ codebook is trained on the tokens it will encode.
+  refine = refine.with_vector_dtype(config.vector_dtype, pq_sample_size=config.pq_sample_size)
+  refine = dataclasses.replace(refine, **{f: None for f in FIELDS if f not in config.fields})
+  ann_doc = _ann_doc(refine, ann_rows)
   searcher = _make_searcher(config, refine, ann_rows, len(ann_doc))
   return IndexShard(refine, ann_doc, ann_rows, searcher, original_tokens=store.num_tokens)
 
@@ -179,9 +208,11 @@ def split_documents(store: TokenStore, max_tokens: int | None,
   for a, b in groups:
     lo, hi = store.offsets[a], store.offsets[b]
     cut = lambda x: None if x is None else x[lo:hi]  # noqa: E731
-    out.append(TokenStore(store.doc_ids[a:b], store.offsets[a:b + 1] - lo, store.vectors[lo:hi],
-                          cut(store.scales), cut(store.salience), cut(store.token_ids),
-                          None if store.pooled is None else store.pooled[a:b]))
+    out.append(dataclasses.replace(
+        store, doc_ids=store.doc_ids[a:b], offsets=store.offsets[a:b + 1] - lo,
+        vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
+        token_ids=cut(store.token_ids),
+        pooled=None if store.pooled is None else store.pooled[a:b]))
   return out
 
 
@@ -303,19 +334,18 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
     files.write_json(tmp / "doc_ids.json", s.doc_ids)
     files.save_array(tmp, "offsets.npy", s.offsets)
     files.save_array(tmp, "vectors.npy", s.vectors)
-    for name in ("scales", "salience", "token_ids"):
+    for name in ("scales", "codebook", "salience", "token_ids", "pooled"):
       if getattr(s, name) is not None:
         files.save_array(tmp, f"{name}.npy", getattr(s, name))
-    if s.pooled is not None:
-      files.save_array(tmp, "pooled.npy", s.pooled)
-    files.save_array(tmp, "ann_doc.npy", shard.ann_doc)
     if shard.ann_rows is not None:
-      files.save_array(tmp, "ann_rows.npy", shard.ann_rows)
+      keep = np.zeros(s.num_tokens, bool)
+      keep[shard.ann_rows] = True
+      files.save_array(tmp, "ann_keep.npy", np.packbits(keep))
     shard.searcher.save(tmp)
     manifest_config = {"index": config.to_json(), "vector_dtype": s.vector_dtype,
                        "has_salience": s.salience is not None,
                        "has_token_ids": s.token_ids is not None,
-                       "has_ann_rows": shard.ann_rows is not None,
+                       "has_ann_keep": shard.ann_rows is not None,
                        "backend": shard.searcher.kind, "backend_settings": shard.searcher.settings()}
     manifest = files.write_manifest(tmp, kind=SHARD_KIND, version=VERSION,
                                     config=manifest_config, counts=_shard_counts(shard))
@@ -367,7 +397,7 @@ def load_shard(directory: str | pathlib.Path,
     config = IndexConfig.from_json(mc["index"])
     n, t, t_ann, h = (int(counts[k]) for k in ("documents", "tokens", "ann_tokens", "dim"))
     dtype = mc["vector_dtype"]
-    check_vector_dtype(dtype)
+    check_vector_format(dtype)
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(mpath, f"manifest config/counts are malformed ({e})") from None
   if expect_config is not None and config != expect_config:
@@ -382,21 +412,25 @@ def load_shard(directory: str | pathlib.Path,
   if offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0):
     raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
                                f"manifest's {t} tokens")
-  vectors = load("vectors.npy", dtype, (t, h))
-  scales = load("scales.npy", np.float32, (t,)) if dtype == "int8" else None
+  vectors, scales, codebook = load_vector_arrays(directory, dtype, t, h)
   salience = load("salience.npy", np.float32, (t,)) if mc.get("has_salience") else None
   token_ids = load("token_ids.npy", np.int32, (t,)) if mc.get("has_token_ids") else None
   pooled_dim = int(counts.get("pooled_dim", 0))
   pooled = load("pooled.npy", np.float32, (n, pooled_dim)) if pooled_dim else None
-  ann_doc = load("ann_doc.npy", np.int32, (t_ann,))
-  if t_ann and (ann_doc.min() < 0 or ann_doc.max() >= n):
-    raise files.IndexFileError(directory / "ann_doc.npy", f"token → document map points "
-                               f"outside the shard's {n} documents")
-  ann_rows = load("ann_rows.npy", np.int64, (t_ann,)) if mc.get("has_ann_rows") else None
-  if ann_rows is not None and t_ann and (ann_rows.min() < 0 or ann_rows.max() >= t):
-    raise files.IndexFileError(directory / "ann_rows.npy", "rows point outside the stored "
-                               "vectors")
-  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled)
+  ann_rows = None
+  if mc.get("has_ann_keep"):
+    packed = load("ann_keep.npy", np.uint8, ((t + 7) // 8,))
+    bits = np.unpackbits(packed)
+    if bits[t:].any() or int(bits.sum()) != t_ann:
+      raise files.IndexFileError(directory / "ann_keep.npy", f"the mask marks "
+                                 f"{int(bits[:t].sum())} of {t} rows (+{int(bits[t:].sum())} "
+                                 f"past the end) but the manifest says {t_ann} are searched")
+    ann_rows = np.flatnonzero(bits[:t]).astype(np.int64)
+  elif t_ann != t:
+    raise files.IndexFileError(mpath, f"{t_ann} searched tokens of {t} stored without a mask "
+                               "of the searched rows (ann_keep.npy)")
+  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled, codebook)
+  ann_doc = _ann_doc(store, ann_rows)
   vectors_fn = _ann_vectors_fn(store, ann_rows)
   if mc.get("backend") == "scann":
     try:
