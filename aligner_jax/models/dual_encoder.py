@@ -83,8 +83,10 @@ def pool(hidden: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
 def l2_normalize(x: jax.Array, *, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, eps) along the last axis (zero vectors stay zero, never NaN)."""
   x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  # sqrt(max(Σx², ε²)) = max(||x||, ε) with a finite gradient at x = 0 (zero padding vectors
+  # of cached encoder states), where the gradient of sqrt(Σx²) is 0 · ∞.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
+  return x / norm
 
 
 def similarity_for_lite(q: Encoded, d: Encoded) -> jax.Array:
@@ -163,9 +165,22 @@ class DualEncoder(nn.Module):
 
   def _encode(self, side: str, input_ids: jax.Array, attention_mask: jax.Array,
               deterministic: bool) -> Encoded:
-    encoder, token_proj, pooled_proj = self.towers["" if self.shared_encoder else f"{side}_"]
+    encoder = self.towers["" if self.shared_encoder else f"{side}_"][0]
     mask = attention_mask.astype(bool)
     hidden = encoder(input_ids, mask, deterministic=deterministic)
+    return self.encode_hidden(side, hidden, mask)
+
+  def encode_hidden(self, side: str, hidden: jax.Array, mask: jax.Array) -> Encoded:
+    """The heads of `side` ("query" | "doc") alone, on encoder states computed elsewhere.
+
+    Used to train heads over cached states of a frozen encoder: only head parameters are
+    created and touched (the encoder submodule is never called).
+
+    Args:
+      hidden: [B, L, H] encoder states; mask: [B, L] bool.
+    """
+    _, token_proj, pooled_proj = self.towers["" if self.shared_encoder else f"{side}_"]
+    mask = mask.astype(bool)
     vectors = hidden if token_proj is None else token_proj(hidden)
     vectors = vectors.astype(jnp.float32)
     if self.normalize_vectors:
@@ -220,6 +235,21 @@ class DualEncoder(nn.Module):
     """
     q = self.encode_queries(query_ids, query_mask, deterministic=deterministic)
     d = self.encode_documents(doc_ids, doc_mask, deterministic=deterministic)
+    return self._with_lite(q, d)
+
+  def heads(self, query_hidden: jax.Array, query_mask: jax.Array, doc_hidden: jax.Array,
+            doc_mask: jax.Array) -> DualEncoderOutput:
+    """`__call__` on precomputed encoder states (a frozen encoder); `init` through this
+    creates the head parameters only.
+
+    Args:
+      query_hidden: [B, n, H], query_mask: [B, n]; doc_hidden: [B * K, m, H], doc_mask:
+        [B * K, m].
+    """
+    return self._with_lite(self.encode_hidden("query", query_hidden, query_mask),
+                           self.encode_hidden("doc", doc_hidden, doc_mask))
+
+  def _with_lite(self, q: Encoded, d: Encoded) -> DualEncoderOutput:
     lite = None
     if self.lite_scorer is not None:
       b, c = q.vectors.shape[0], d.vectors.shape[0]

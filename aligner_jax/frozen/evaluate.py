@@ -1,0 +1,163 @@
+"""Evaluating heads over cached vectors: re-ranking a first-stage run, and retrieval through
+the project's token index with salience pruning.
+
+Re-ranking (`rerank_with_head`): each query's top documents of a run (BM25 by default) are
+scored by `heads.pair_scores` on the cached vectors, in fixed shapes (candidates padded to the
+depth, documents to the cache's token limit) so one compilation serves every query.
+
+Token-index retrieval (`head_store`, `head_queries`, `PruningEvaluator`): the heads map the
+cached corpus and queries to their token vectors and saliences; documents are pruned to β^d
+in the index and queries to β^q for the search (ALIGNER §3.2). As in the paper, refinement
+uses the full model with all token vectors, so a (query, document) pair always gets the same
+refined score: it is computed once for every pair (`refine` over all documents) and each
+(β^d, β^q) setting keeps the best of its own candidate set -- the same ranking the token-index
+path returns, without refining the same pairs eight times.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.frozen import heads
+from aligner_jax.index import IndexConfig
+from aligner_jax.index import build_token_index
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import from_padded
+from aligner_jax.retrieval import BM25
+from aligner_jax.retrieval import QueryBatch
+from aligner_jax.retrieval import all_documents
+from aligner_jax.retrieval import candidate_documents
+from aligner_jax.retrieval import refine
+from aligner_jax.retrieval import rerank
+from aligner_jax.retrieval import to_run
+from aligner_jax.retrieval.token_retrieval import top_documents
+
+Run = metrics_lib.Run
+REPORTED = ("ndcg@10", "mrr@10", "recall@100")
+
+
+def bm25_run(collection, query_ids: Sequence[str], *, top_n: int = 100) -> Run:
+  """BM25 (the project's baseline settings) top `top_n` of each query."""
+  corpus = collection.corpus
+  bm25 = BM25(corpus.ids, [corpus.text(i) for i in range(len(corpus))])
+  texts = [collection.queries.text(collection.queries.index[q]) for q in query_ids]
+  results = bm25.search(texts, top_n=top_n)
+  return to_run(list(query_ids), corpus.ids, results)
+
+
+def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Run,
+             query_ids: Sequence[str] | None = None) -> dict[str, float]:
+  """Mean BEIR metrics (REPORTED) of `run` over `query_ids` (default: all judged queries)."""
+  if query_ids is not None:
+    qrels = {q: qrels[q] for q in query_ids}
+  mean, _ = metrics_lib.evaluate(qrels, run, metrics=REPORTED)
+  return mean
+
+
+def rerank_with_head(module: Any, config: heads.HeadConfig, params: Any, queries: QueryBatch,
+                     corpus: TokenStore, first_stage: Run, *, depth: int = 100,
+                     doc_length: int = 256) -> Run:
+  """`first_stage`'s top-`depth` documents of each query re-scored by the head."""
+  row_of_query = {q: i for i, q in enumerate(queries.ids)}
+  row_of_doc = {d: i for i, d in enumerate(corpus.doc_ids)}
+  score = jax.jit(lambda p, q, qm, d, dm: heads.pair_scores(module, config, p, q, qm, d, dm))
+
+  def score_fn(qid: str, doc_ids: Sequence[str]) -> np.ndarray:
+    b = row_of_query[qid]
+    rows = np.full(depth, -1, np.int64)
+    rows[:len(doc_ids)] = [row_of_doc[d] for d in doc_ids]
+    g = corpus.gather_padded(rows, doc_length)
+    out = score(params, jnp.asarray(queries.vectors[b:b + 1]),
+                jnp.asarray(queries.mask[b:b + 1]), jnp.asarray(g["vectors"][None]),
+                jnp.asarray(g["mask"][None]))
+    return np.asarray(out)[0, :len(doc_ids)]
+
+  run = {q: first_stage.get(q, {}) for q in queries.ids}
+  return rerank(run, score_fn, depth=depth)
+
+
+def head_store(module: Any, params: Any, corpus: TokenStore, *, batch_size: int = 64,
+               doc_length: int = 256, vector_dtype: str = "float16") -> TokenStore:
+  """The cached corpus mapped through the document heads: a store of head token vectors
+  (with saliences when the head has them) and pooled vectors."""
+  fn = jax.jit(lambda p, h, m: heads.encode_side(module, p, "doc", h, m))
+  parts = {"vectors": [], "mask": [], "salience": [], "pooled": []}
+  for start in range(0, corpus.num_docs, batch_size):
+    rows = np.arange(start, start + batch_size)
+    rows = np.where(rows < corpus.num_docs, rows, -1)
+    g = corpus.gather_padded(rows, doc_length)
+    out = fn(params, jnp.asarray(g["vectors"]), jnp.asarray(g["mask"]))
+    keep = rows >= 0
+    parts["mask"].append(g["mask"][keep])
+    for name in ("vectors", "salience", "pooled"):
+      if name in out:
+        parts[name].append(np.asarray(out[name], np.float32)[keep])
+  cat = lambda name: np.concatenate(parts[name]) if parts[name] else None  # noqa: E731
+  return from_padded(corpus.doc_ids, cat("vectors"), cat("mask"), salience=cat("salience"),
+                     pooled=cat("pooled"), vector_dtype=vector_dtype)
+
+
+def head_queries(module: Any, params: Any, queries: QueryBatch) -> QueryBatch:
+  """The cached queries mapped through the query heads (vectors, saliences, pooled)."""
+  out = jax.jit(lambda p, h, m: heads.encode_side(module, p, "query", h, m))(
+      params, jnp.asarray(queries.vectors), jnp.asarray(queries.mask))
+  sal = out.get("salience")
+  return QueryBatch(list(queries.ids), np.asarray(out["vectors"]), queries.mask,
+                    None if sal is None else np.asarray(sal), queries.token_ids,
+                    np.asarray(out["pooled"]))
+
+
+@dataclasses.dataclass
+class PruningEvaluator:
+  """Runs of one trained ALIGNER head for several pruning ratios (see the module docstring).
+
+  Attributes:
+    store: the head's corpus store (vectors + saliences), from `head_store`.
+    queries: the head's queries (vectors + saliences), from `head_queries`.
+    num_neighbors: K′ nearest stored tokens per searched query token.
+    top_n: documents kept per query.
+  """
+  store: TokenStore
+  queries: QueryBatch
+  num_neighbors: int
+  top_n: int = 1000
+  alignment: str = heads.MAXSIM
+  _scores: np.ndarray | None = None
+
+  def full_scores(self) -> np.ndarray:
+    """[B, N] refined score of every query against every document (all tokens)."""
+    if self._scores is None:
+      index = build_token_index(self.store, IndexConfig(backend="exact", refine_tokens="all"))
+      results = refine(index, self.queries, all_documents(index, self.queries), self.alignment,
+                       top_n=index.num_docs)
+      scores = np.full((len(self.queries), index.num_docs), -np.inf, np.float32)
+      for i, (docs, s) in enumerate(results):
+        scores[i, docs] = s
+      self._scores = scores
+    return self._scores
+
+  def run(self, prune_doc_ratio: float, prune_query_ratio: float) -> tuple[Run, dict[str, Any]]:
+    """The run for (β^d, β^q) and the search statistics (indexed tokens, candidates)."""
+    scores = self.full_scores()
+    index = build_token_index(self.store, IndexConfig(
+        backend="exact", prune_doc_ratio=prune_doc_ratio, refine_tokens="all"))
+    cands = candidate_documents(index, self.queries, num_neighbors=self.num_neighbors,
+                                prune_query_ratio=prune_query_ratio)
+    results = [top_documents(docs, scores[i, docs], self.top_n)
+               for i, docs in enumerate(cands.docs)]
+    stats = {"indexed_tokens": int(index.num_ann_tokens),
+             "original_tokens": int(index.num_original_tokens),
+             "mean_candidates": float(cands.sizes().mean())}
+    return to_run(self.queries.ids, index.doc_ids, results), stats
+
+
+
+
+def score_log(name: str, values: Mapping[str, float]) -> str:
+  return f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+
+

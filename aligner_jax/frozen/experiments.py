@@ -1,0 +1,279 @@
+"""The frozen-encoder experiments behind claims R2-R5, as gin-free functions returning plain
+JSON-ready dicts (the gin jobs in `jobs.py` write them and their figures).
+
+  run_pruning      R2 / R3: ALIGNER heads (one per salience gate), token-index retrieval on the
+                   test split for every (β^d, β^q)
+  run_rerank       R4: several heads trained alike, re-ranking BM25's top documents
+  run_distillation R5: dual-encoder students distilled from a trained teacher, one per loss
+Every trained head is selected on the dev queries (held out from the training split) by
+re-ranking BM25's top 100 (nDCG@10); test numbers are computed once, after training.
+"""
+
+import dataclasses
+import itertools
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aligner_jax.frozen import batches as batches_lib
+from aligner_jax.frozen import evaluate
+from aligner_jax.frozen import heads
+from aligner_jax.frozen import store
+from aligner_jax.frozen import train as train_lib
+from aligner_jax.frozen.data import FrozenData
+from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import from_padded
+from aligner_jax.retrieval import QueryBatch
+
+Log = Callable[[str], None]
+DEV_DEPTH = 100
+
+
+def _print(message: str) -> None:
+  print(message, flush=True)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "n": int(len(v))}
+
+
+def rerank_metrics(data: FrozenData, split: str, module: Any, head: heads.HeadConfig,
+                   params: Any, *, query_ids: Sequence[str] | None = None,
+                   corpus: TokenStore | None = None, depth: int = DEV_DEPTH) -> dict[str, float]:
+  """Metrics of re-ranking BM25's top `depth` of `split` (optionally only `query_ids`)."""
+  first = data.bm25(split, depth)
+  if query_ids is not None:
+    first = {q: first[q] for q in query_ids}
+  corpus = data.corpus if corpus is None else corpus
+  run = evaluate.rerank_with_head(module, head, params, data.queries(split), corpus, first,
+                                  depth=depth, doc_length=int(corpus.lengths.max()))
+  return evaluate.evaluate(data.qrels(split), run, query_ids=list(first))
+
+
+def dev_ndcg_fn(data: FrozenData, module: Any, head: heads.HeadConfig, *,
+                corpus: TokenStore | None = None) -> Callable[[Any], float]:
+  dev = data.examples[1]
+  return lambda params: rerank_metrics(data, data.train_split, module, head, params,
+                                       query_ids=dev.query_ids, corpus=corpus)["ndcg@10"]
+
+
+def train_or_load(data: FrozenData, name: str, head: heads.HeadConfig,
+                  config: train_lib.TrainConfig, seed: int, *,
+                  batches: Callable[[int], Iterator[dict]] | None = None,
+                  dev_corpus: TokenStore | None = None, extra_key: Any = None,
+                  log: Log = _print) -> tuple[Any, Any, dict[str, Any]]:
+  """(module, params, history) of head `name` trained with `seed` (or read back when the same
+  head, settings, data and seed were trained before; see `store`).
+
+  Default batches: `batches.sample_batches` over the training examples. Parameter-free heads
+  (maxsim) return empty params.
+  """
+  module = heads.build_module(head)
+  if head.kind == "maxsim":
+    return module, {}, {"trained": False}
+  key = store.head_key(name, head, config, data.fingerprint(), seed, extra_key)
+  npz, meta = store.paths(pathlib.Path(data.work_dir) / "heads", name, seed, key)
+  loaded = store.load_head(npz, meta)
+  if loaded is not None:
+    log(f"{name} seed {seed}: trained head read from {npz}")
+    return module, loaded[0], loaded[1]
+  train_ex, _ = data.examples
+  if batches is None:
+    it = batches_lib.sample_batches(
+        train_ex, data.queries(data.train_split), data.corpus, batch_size=config.batch_size,
+        num_negatives=config.num_negatives, negative_depth=config.negative_depth,
+        doc_length=data.doc_length, seed=seed)
+  else:
+    it = batches(seed)
+  params = heads.init_params(module, head, hidden_dim=data.corpus.dim, rng=jax.random.key(seed))
+  log(f"{name} seed {seed}: training {heads.num_params(params)} parameters")
+  params, history = train_lib.train_head(module, head, params, it, config,
+                                         dev_fn=dev_ndcg_fn(data, module, head, corpus=dev_corpus),
+                                         log=lambda m: log(f"{name} seed {seed}: {m}"))
+  history["trained"] = True
+  history["num_params"] = heads.num_params(params)
+  history["dev_ndcg@10"] = max(v for _, v in history["dev"])
+  history["key"] = key
+  store.save_head(params, history, npz, meta)
+  return module, params, history
+
+
+def _summary(history: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: history[k] for k in ("best_step", "dev_ndcg@10", "seconds", "num_params", "dev")
+          if k in history}
+
+
+# ------------------------------------------------------------------------------------------
+# R2 / R3: pruning.
+
+
+def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.TrainConfig,
+                gates: Sequence[str], seeds: Sequence[int], doc_ratios: Sequence[float],
+                query_ratios: Sequence[float], num_neighbors: int,
+                log: Log = _print) -> dict[str, Any]:
+  """nDCG@10 etc. of ALIGNER heads per gate, seed and (β^d, β^q) on the test split."""
+  split = data.test_split
+  results: dict[str, Any] = {}
+  for gate in gates:
+    per_seed = []
+    for seed in seeds:
+      gate_head = dataclasses.replace(head, gate=gate)
+      module, params, history = train_or_load(data, f"aligner-{gate}", gate_head, config, seed,
+                                              log=log)
+      t = time.time()
+      ev = evaluate.PruningEvaluator(
+          evaluate.head_store(module, params, data.corpus, doc_length=data.doc_length),
+          evaluate.head_queries(module, params, data.queries(split)), num_neighbors)
+      cells = []
+      for bd, bq in itertools.product(doc_ratios, query_ratios):
+        run, stats = ev.run(bd, bq)
+        m = evaluate.evaluate(data.qrels(split), run)
+        cells.append({"doc_ratio": bd, "query_ratio": bq, **m, **stats})
+        log(evaluate.score_log(f"{gate} seed {seed} β^d={bd} β^q={bq}", m))
+      per_seed.append({"seed": seed, "training": _summary(history), "cells": cells,
+                       "eval_seconds": time.time() - t})
+    results[gate] = {"seeds": per_seed, "summary": _pruning_summary(per_seed)}
+  return results
+
+
+def _pruning_summary(per_seed: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per (β^d, β^q): mean ± std over seeds of nDCG@10 and of its change from the least pruned
+  setting (the largest β^d and β^q evaluated: (1, 1) when present)."""
+  out = []
+  first = per_seed[0]["cells"]
+  ref = max(range(len(first)), key=lambda i: (first[i]["doc_ratio"], first[i]["query_ratio"]))
+  for i, cell in enumerate(first):
+    values = [s["cells"][i]["ndcg@10"] for s in per_seed]
+    full = [s["cells"][ref]["ndcg@10"] for s in per_seed]
+    out.append({"doc_ratio": cell["doc_ratio"], "query_ratio": cell["query_ratio"],
+                "ndcg@10": mean_std(values),
+                "delta_points": mean_std([100 * (v - f) for v, f in zip(values, full)]),
+                "reference": [first[ref]["doc_ratio"], first[ref]["query_ratio"]],
+                "mrr@10": mean_std([s["cells"][i]["mrr@10"] for s in per_seed]),
+                "indexed_fraction": cell["indexed_tokens"] / cell["original_tokens"]})
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# R4: re-ranking with heads trained alike.
+
+
+def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
+               temperatures: Mapping[str, float], config: train_lib.TrainConfig,
+               seeds: Sequence[int], depth: int = 100, transfer: Sequence[FrozenData] = (),
+               log: Log = _print) -> dict[str, Any]:
+  """Test (and transfer) metrics of each model re-ranking BM25's top `depth`."""
+  out: dict[str, Any] = {"bm25": {data.name: evaluate.evaluate(
+      data.qrels(data.test_split), data.bm25(data.test_split, depth))}}
+  for t in transfer:
+    out["bm25"][t.name] = evaluate.evaluate(t.qrels(t.test_split), t.bm25(t.test_split, depth))
+  for name, head in models.items():
+    cfg = dataclasses.replace(config, objective="group", temperature=temperatures[name])
+    runs = []
+    for seed in (seeds if head.kind != "maxsim" else seeds[:1]):
+      module, params, history = train_or_load(data, name, head, cfg, seed, log=log)
+      entry = {"seed": seed, "training": _summary(history)}
+      entry[data.name] = rerank_metrics(data, data.test_split, module, head, params, depth=depth)
+      for t in transfer:
+        entry[t.name] = rerank_metrics(t, t.test_split, module, head, params, depth=depth)
+      log(evaluate.score_log(f"{name} seed {seed} {data.name}", entry[data.name]))
+      runs.append(entry)
+    names = [data.name] + [t.name for t in transfer]
+    out[name] = {"head": dataclasses.asdict(head), "temperature": temperatures[name],
+                 "seeds": runs,
+                 "summary": {ds: {m: mean_std([r[ds][m] for r in runs])
+                                  for m in evaluate.REPORTED} for ds in names},
+                 "dev_ndcg@10": mean_std([r["training"].get("dev_ndcg@10", np.nan)
+                                          for r in runs]) if head.kind != "maxsim" else None}
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# R5: distillation into a dual encoder.
+
+
+def pooled_store(corpus: TokenStore) -> TokenStore:
+  """Each document as one token, the mean of its cached token vectors: the dual encoder's
+  mean pooling gives the same vector, at a fraction of the cost of padding 256 tokens."""
+  sums = np.add.reduceat(corpus.dequantize(), corpus.offsets[:-1], axis=0)
+  means = sums / np.maximum(corpus.lengths, 1)[:, None]
+  return from_padded(corpus.doc_ids, means[:, None, :], np.ones((corpus.num_docs, 1), bool))
+
+
+def teacher_scores(module: Any, head: heads.HeadConfig, params: Any, queries: QueryBatch,
+                   corpus: TokenStore, examples: batches_lib.Examples, candidates: np.ndarray,
+                   *, doc_length: int, batch_size: int = 8) -> np.ndarray:
+  """[Q, K] teacher scores of the candidate lists (0 on padding)."""
+  score = jax.jit(lambda p, q, qm, d, dm: heads.pair_scores(module, head, p, q, qm, d, dm))
+  out = []
+  for batch in batches_lib.fixed_batches(examples, queries, corpus, candidates,
+                                         batch_size=batch_size, doc_length=doc_length,
+                                         drop_last=False):
+    s = score(params, *(jnp.asarray(batch[k]) for k in ("query", "query_mask", "docs",
+                                                         "doc_mask")))
+    out.append(np.where(batch["cand_mask"], np.asarray(s), 0.0))
+  return np.concatenate(out).astype(np.float32)
+
+
+def _epochs(make: Callable[[int], Iterator[dict]], seed: int) -> Iterator[dict]:
+  for epoch in itertools.count():
+    yield from make(seed * 100_003 + epoch)
+
+
+def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.HeadConfig,
+                     teacher_config: train_lib.TrainConfig, student: heads.HeadConfig,
+                     config: train_lib.TrainConfig,
+                     objectives: Mapping[str, tuple[str, Mapping[str, float]]],
+                     seeds: Sequence[int], num_candidates: int = 20, depth: int = 100,
+                     log: Log = _print) -> dict[str, Any]:
+  """Students distilled with each objective from the teacher (trained with seed 0)."""
+  t_module, t_params, t_history = train_or_load(data, teacher_name, teacher, teacher_config, 0,
+                                                log=log)
+  train_ex, _ = data.examples
+  queries = data.queries(data.train_split)
+  cands = batches_lib.candidate_rows(train_ex, num_candidates=num_candidates)
+  t0 = time.time()
+  scores = teacher_scores(t_module, teacher, t_params, queries, data.corpus, train_ex, cands,
+                          doc_length=data.doc_length)
+  valid = cands >= 0
+  # One affine map for every loss: teacher scores with mean 0 and std 1 over the training
+  # candidates, so that score-matching losses and RankDistil-B's γ₀ see a fixed scale.
+  mu, sd = float(scores[valid].mean()), float(scores[valid].std())
+  scores = np.where(valid, (scores - mu) / max(sd, 1e-6), 0.0).astype(np.float32)
+  log(f"teacher scores of {valid.sum()} candidates in {time.time() - t0:.0f}s")
+  pooled = pooled_store(data.corpus)
+  teacher_test = rerank_metrics(data, data.test_split, t_module, teacher, t_params, depth=depth)
+  out: dict[str, Any] = {
+      "teacher": {"name": teacher_name, "head": dataclasses.asdict(teacher),
+                  "training": _summary(t_history), data.name: teacher_test,
+                  "score_mean": mu, "score_std": sd},
+      "bm25": evaluate.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
+      "students": {}}
+
+  def make_batches(seed: int) -> Iterator[dict]:
+    return batches_lib.fixed_batches(train_ex, queries, pooled, cands, batch_size=config.batch_size,
+                                     doc_length=1, teacher=scores, shuffle_seed=seed)
+
+  for name, (objective, hparams) in objectives.items():
+    cfg = dataclasses.replace(config, objective=objective,
+                              loss_hparams=tuple(sorted(dict(hparams).items())))
+    runs = []
+    for seed in seeds:
+      module, params, history = train_or_load(
+          data, f"student-{name}", student, cfg, seed,
+          batches=lambda s: _epochs(make_batches, s), dev_corpus=pooled,
+          extra_key=(teacher_name, t_history.get("key"), num_candidates), log=log)
+      m = rerank_metrics(data, data.test_split, module, student, params, corpus=pooled,
+                         depth=depth)
+      log(evaluate.score_log(f"student {name} seed {seed}", m))
+      runs.append({"seed": seed, "training": _summary(history), data.name: m})
+    out["students"][name] = {
+        "objective": objective, "hparams": dict(hparams), "seeds": runs,
+        "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in evaluate.REPORTED}}
+  return out

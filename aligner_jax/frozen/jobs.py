@@ -1,0 +1,176 @@
+"""Gin jobs of the frozen-encoder claims (`gin/experiments/repro_r{2,3,4,5}_*.gin`).
+
+Entry-point code only: gin binds the arguments, `experiments` does the work, and each job
+writes `output_json` (numbers, seeds, settings, the paper's numbers, machine, wall time) and
+its figure(s). Registered under the gin module `aligner_jax.frozen`:
+  FrozenData, FrozenHead (= heads.HeadConfig), FrozenTrain (= train.TrainConfig)
+  repro_r2_pruning, repro_r3_gates, repro_r4_rerank, repro_r5_distill   (run.job)
+"""
+
+import datetime
+import os
+import pathlib
+import platform
+import time
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+
+from aligner_jax.frozen import experiments
+from aligner_jax.frozen import figures
+from aligner_jax.frozen.data import FrozenData
+from aligner_jax.frozen.heads import HeadConfig
+from aligner_jax.frozen.train import TrainConfig
+from aligner_jax.index.files import write_json
+
+_MODULE = "aligner_jax.frozen"
+gin.external_configurable(FrozenData, "FrozenData", module=_MODULE)
+gin.external_configurable(HeadConfig, "FrozenHead", module=_MODULE)
+gin.external_configurable(TrainConfig, "FrozenTrain", module=_MODULE)
+
+# The papers' numbers the reports put beside ours (MS MARCO dev unless said otherwise).
+PAPER = {
+    "r2": {"source": "ALIGNER §4.3, Fig. 6 (MS MARCO, MRR@10 x 100) and Fig. 7 (BEIR)",
+           "msmarco_mrr@10": {"no pruning": 38.8, "β^q=50%, β^d=40%": 38.1,
+                              "β^q=50%, β^d=10%": 37.3},
+           "claim": "pruning 50% of query and 80% of document tokens costs < 1 point nDCG@10 "
+                    "on BEIR; β^d = 10% stays close for most datasets"},
+    "r3": {"source": "ALIGNER Fig. 6 (MS MARCO)",
+           "claim": "the ReLU gate is good at β^d = 40% but drops significantly for smaller "
+                    "β^d; hard top-k is worse than the entropic LP for all β^d"},
+    "r4": {"source": "LITE Tables 1, 3, 7 (MS MARCO dev re-ranking, fine-tuned 6-layer BERT) "
+                     "and App. A.4 (frozen encoders)",
+           "msmarco": {"DE": {"mrr@10": 0.355, "ndcg@10": 0.413},
+                       "ColBERT": {"mrr@10": 0.383, "ndcg@10": 0.442},
+                       "KNRM": {"mrr@10": 0.390, "ndcg@10": 0.448},
+                       "Separable LITE": {"mrr@10": 0.393, "ndcg@10": 0.452},
+                       "Small separable LITE (50 doc tokens)": {"mrr@10": 0.391}},
+           "frozen_msmarco_mrr@10": {"ColBERT (no weights)": 0.112, "Separable LITE": 0.188}},
+    "r5": {"source": "Menon et al. Table 1 (re-ranking; 6-layer BERT DE students, 12-layer "
+                     "cross-attention teacher)",
+           "msmarco": {"teacher (cross-attention)": {"mrr@10": 0.370, "ndcg@10": 0.430},
+                       "one-hot CE": {"mrr@10": 0.310, "ndcg@10": 0.360},
+                       "MSE": {"mrr@10": 0.289, "ndcg@10": 0.343},
+                       "margin MSE": {"mrr@10": 0.334, "ndcg@10": 0.392},
+                       "RankDistil-B": {"mrr@10": 0.249, "ndcg@10": 0.301},
+                       "M3SE": {"mrr@10": 0.349, "ndcg@10": 0.406},
+                       "softmax CE": {"mrr@10": 0.346, "ndcg@10": 0.405}},
+           "nq": {"teacher (cross-attention)": {"mrr@10": 0.746, "ndcg@10": 0.673},
+                  "one-hot CE": {"mrr@10": 0.676, "ndcg@10": 0.601},
+                  "MSE": {"mrr@10": 0.659, "ndcg@10": 0.591},
+                  "margin MSE": {"mrr@10": 0.673, "ndcg@10": 0.594},
+                  "RankDistil-B": {"mrr@10": 0.649, "ndcg@10": 0.561},
+                  "M3SE": {"mrr@10": 0.699, "ndcg@10": 0.625},
+                  "softmax CE": {"mrr@10": 0.682, "ndcg@10": 0.607}}},
+}
+
+
+def machine() -> dict[str, Any]:
+  return {"platform": platform.platform(), "python": platform.python_version(),
+          "cpus": os.cpu_count(), "jax": jax.__version__,
+          "jax_devices": [str(d) for d in jax.devices()], "loadavg": list(os.getloadavg())}
+
+
+def _data_setup(data: FrozenData) -> dict[str, Any]:
+  return {k: getattr(data, k) for k in ("name", "beir_dir", "cache_dir", "train_split",
+                                        "test_split", "max_query_tokens", "doc_length",
+                                        "negatives_depth", "dev_fraction", "split_seed")}
+
+
+def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapping[str, Any],
+           started: float, load_before: Sequence[float]) -> dict[str, Any]:
+  out = pathlib.Path(output_json)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  content = {"claim": claim, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"), "setup": dict(setup), "results": dict(results),
+      "paper": PAPER[claim], "machine": {**machine(), "loadavg_before": list(load_before)},
+      "wall_seconds": time.time() - started}
+  write_json(out, content)
+  print(f"wrote {out}", flush=True)
+  return content
+
+
+@gin.configurable(module=_MODULE)
+def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
+                     seeds: Sequence[int], doc_ratios: Sequence[float],
+                     query_ratios: Sequence[float], num_neighbors: int, output_json: str,
+                     figure: str, gates: Sequence[str] = ("lp",)) -> dict[str, Any]:
+  """R2: nDCG@10 of the ALIGNER head through the pruned token index -> JSON + pruning curve."""
+  started, load = time.time(), os.getloadavg()
+  results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
+                                    doc_ratios=doc_ratios, query_ratios=query_ratios,
+                                    num_neighbors=num_neighbors)
+  figures.plot_pruning(results, figure, gate=gates[0], title=(
+      f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head, K′={num_neighbors}"))
+  setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
+           "gates": list(gates), "num_neighbors": num_neighbors, "index": "exact",
+           "refinement": "all tokens (ALIGNER §3.2)", "alignment": "top_k:1"}
+  return _write("r2", output_json, results, _plain(setup), started, load)
+
+
+@gin.configurable(module=_MODULE)
+def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
+                   seeds: Sequence[int], doc_ratios: Sequence[float], query_ratio: float,
+                   num_neighbors: int, output_json: str, figure: str,
+                   gates: Sequence[str] = ("lp", "relu", "hard_topk")) -> dict[str, Any]:
+  """R3: the same pruning evaluation for each salience gate -> JSON + one curve per gate."""
+  started, load = time.time(), os.getloadavg()
+  results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
+                                    doc_ratios=doc_ratios, query_ratios=(query_ratio,),
+                                    num_neighbors=num_neighbors)
+  figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
+      f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
+  setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
+           "gates": list(gates), "num_neighbors": num_neighbors, "index": "exact",
+           "refinement": "all tokens (ALIGNER §3.2)", "alignment": "top_k:1"}
+  return _write("r3", output_json, results, _plain(setup), started, load)
+
+
+@gin.configurable(module=_MODULE)
+def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
+                    temperatures: Mapping[str, float], train: TrainConfig,
+                    seeds: Sequence[int], output_json: str, figure: str, depth: int = 100,
+                    transfer: Sequence[FrozenData] = ()) -> dict[str, Any]:
+  """R4: heads trained alike re-rank BM25's top `depth` -> JSON + bar chart."""
+  started, load = time.time(), os.getloadavg()
+  results = experiments.run_rerank(data, models=models, temperatures=temperatures,
+                                   config=train, seeds=seeds, depth=depth, transfer=transfer)
+  figures.plot_rerank(results, figure, dataset=data.name, title=(
+      f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, frozen MiniLM"))
+  setup = {"data": _data_setup(data), "train": train, "seeds": list(seeds), "depth": depth,
+           "objective": "softmax CE over each query's positive + BM25 negatives",
+           "transfer": [_data_setup(t) for t in transfer]}
+  return _write("r4", output_json, results, _plain(setup), started, load)
+
+
+@gin.configurable(module=_MODULE)
+def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig,
+                     teacher_train: TrainConfig, student: HeadConfig, train: TrainConfig,
+                     objectives: Mapping[str, Any], seeds: Sequence[int], output_json: str,
+                     figure: str, num_candidates: int = 20, depth: int = 100) -> dict[str, Any]:
+  """R5: dual-encoder students per distillation loss -> JSON + bar chart."""
+  started, load = time.time(), os.getloadavg()
+  objectives = {k: (v[0], dict(v[1]) if len(v) > 1 else {}) for k, v in objectives.items()}
+  results = experiments.run_distillation(
+      data, teacher_name=teacher_name, teacher=teacher, teacher_config=teacher_train,
+      student=student, config=train, objectives=objectives, seeds=seeds,
+      num_candidates=num_candidates, depth=depth)
+  figures.plot_distillation(results, figure, dataset=data.name, title=(
+      f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth}"))
+  setup = {"data": _data_setup(data), "teacher_train": teacher_train, "student": student,
+           "train": train, "seeds": list(seeds), "num_candidates": num_candidates,
+           "depth": depth, "objectives": objectives}
+  return _write("r5", output_json, results, _plain(setup), started, load)
+
+
+def _plain(value: Any) -> Any:
+  """Dataclasses and tuples as JSON values."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return _plain(dataclasses.asdict(value))
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value

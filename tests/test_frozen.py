@@ -1,0 +1,270 @@
+"""Frozen-encoder heads (aligner_jax/frozen): batching, head wiring, training, and 2-step runs
+of the R2-R5 gin jobs on a tiny collection with a token cache made here."""
+
+import json
+import pathlib
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aligner_jax.frozen import batches as batches_lib
+from aligner_jax.frozen import cache
+from aligner_jax.frozen import experiments
+from aligner_jax.frozen import heads
+from aligner_jax.frozen import store
+from aligner_jax.frozen import train as train_lib
+from aligner_jax.frozen.data import FrozenData
+from aligner_jax.index.store import from_padded
+from aligner_jax.index.store_io import save_token_store
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = [f"{a}{b}" for a in ("alpha", "beta", "gamma", "delta", "omega", "sigma")
+         for b in ("river", "stone", "cloud", "field", "light", "metal", "glass")]
+H, DOC_LEN = 16, 24  # cached vector width and the cache's document token limit
+
+
+def _write_collection(root: pathlib.Path, rng) -> dict[str, dict[str, int]]:
+  """40 documents, 30 train and 10 test queries (1-2 relevant documents each)."""
+  (root / "qrels").mkdir(parents=True)
+  docs = [" ".join(rng.choice(WORDS, rng.integers(6, 20))) for _ in range(40)]
+  with open(root / "corpus.jsonl", "w") as f:
+    for i, text in enumerate(docs):
+      f.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
+  qrels = {"train": {}, "test": {}}
+  with open(root / "queries.jsonl", "w") as f:
+    for q in range(40):
+      split = "train" if q < 30 else "test"
+      rel = sorted({int(rng.integers(40)) for _ in range(int(rng.integers(1, 3)))})
+      f.write(json.dumps({"_id": f"q{q}", "text": " ".join(docs[rel[0]].split()[:3])}) + "\n")
+      qrels[split][f"q{q}"] = {f"d{r}": 1 for r in rel}
+  for split, table in qrels.items():
+    with open(root / "qrels" / f"{split}.tsv", "w") as g:
+      g.write("query-id\tcorpus-id\tscore\n")
+      for q, docs_ in table.items():
+        for d in docs_:
+          g.write(f"{q}\t{d}\t1\n")
+  return qrels
+
+
+def _write_cache(cache_dir: pathlib.Path, qrels, rng) -> None:
+  """Random unit token vectors standing in for an encoder's (what the encode job writes)."""
+  def unit(shape):
+    x = rng.normal(size=shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+  lengths = rng.integers(3, DOC_LEN + 1, size=40)
+  mask = np.arange(DOC_LEN)[None, :] < lengths[:, None]
+  save_token_store(from_padded([f"d{i}" for i in range(40)], unit((40, DOC_LEN, H)), mask,
+                               vector_dtype="float16"), cache_dir / "corpus-00000-of-00001")
+  for split, table in qrels.items():
+    ids = list(table)
+    qmask = np.arange(6)[None, :] < rng.integers(2, 7, size=len(ids))[:, None]
+    save_token_store(from_padded(ids, unit((len(ids), 6, H)), qmask,
+                                 pooled=unit((len(ids), H))), cache.query_dir(cache_dir, split))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("frozen")
+  rng = np.random.default_rng(0)
+  qrels = _write_collection(root / "beir", rng)
+  _write_cache(root / "cache", qrels, rng)
+  return root
+
+
+def _data(tiny, **kw) -> FrozenData:
+  return FrozenData(name="tiny", beir_dir=str(tiny / "beir"), cache_dir=str(tiny / "cache"),
+                    work_dir=str(tiny / "work"), max_query_tokens=8, doc_length=DOC_LEN,
+                    negatives_depth=10, dev_fraction=0.2, **kw)
+
+
+def test_cache_loading(tiny):
+  data = _data(tiny)
+  assert data.corpus.num_docs == 40 and data.corpus.dim == H
+  q = data.queries("test")
+  assert q.vectors.shape[0] == 10 and q.vectors.shape[2] == H
+  np.testing.assert_array_equal(q.vectors[~q.mask], 0.0)
+  with pytest.raises(FileNotFoundError, match="queries-dev"):
+    cache.load_queries(tiny / "cache", "dev")
+
+
+def test_examples_split_and_batches(tiny):
+  data = _data(tiny)
+  train, dev = data.examples
+  assert not set(train.query_ids) & set(dev.query_ids)
+  assert len(train) + len(dev) == 30 and len(dev) == 6
+  queries = data.queries("train")
+  make = lambda: batches_lib.sample_batches(  # noqa: E731
+      train, queries, data.corpus, batch_size=4, num_negatives=3, negative_depth=10,
+      doc_length=DOC_LEN, seed=7)
+  first, again = next(make()), next(make())
+  for k in first:
+    np.testing.assert_array_equal(first[k], again[k])  # deterministic given the seed
+  assert first["query"].shape == (4, 6, H) and first["docs"].shape == (4, 4, DOC_LEN, H)
+  assert first["in_batch_labels"].shape == (4, 16)
+  # Slot 0 is a relevant document, the negatives are not; in-batch labels agree with labels.
+  np.testing.assert_array_equal(first["labels"][:, 0], 1.0)
+  np.testing.assert_array_equal(first["labels"][:, 1:], 0.0)
+  for b in range(4):
+    np.testing.assert_array_equal(first["in_batch_labels"][b, 4 * b:4 * b + 4],
+                                  first["labels"][b])
+  # The gathered vectors are the cached ones (float16 in the store, float32 here).
+  for b in range(4):
+    got = first["docs"][b, 0][first["doc_mask"][b, 0]]
+    assert any(got.shape == data.corpus.dequantize(data.corpus.doc_tokens(int(r))).shape and
+               np.array_equal(got, data.corpus.dequantize(data.corpus.doc_tokens(int(r))))
+               for r in np.concatenate(train.positives))
+  cands = batches_lib.candidate_rows(train, num_candidates=5)
+  for i in range(len(train)):
+    np.testing.assert_array_equal(cands[i, :len(train.positives[i])], train.positives[i][:5])
+
+
+def _toy_batch(rng, b=3, k=4, n=5, m=7):
+  def unit(shape):
+    x = rng.normal(size=shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+  q_mask = np.arange(n)[None] < rng.integers(1, n + 1, size=b)[:, None]
+  d_mask = np.arange(m)[None, None] < rng.integers(1, m + 1, size=(b, k))[..., None]
+  return unit((b, n, H)) * q_mask[..., None], q_mask, unit((b, k, m, H)) * d_mask[..., None], d_mask
+
+
+@pytest.mark.parametrize("kind", ["colbert", "de", "maxsim"])
+def test_pair_scores_numpy_reference(kind):
+  rng = np.random.default_rng(1)
+  q, qm, d, dm = _toy_batch(rng)
+  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7)
+  module = heads.build_module(head)
+  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  got = np.asarray(heads.pair_scores(module, head, params, q, qm, d, dm))
+  norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa
+  want = np.zeros(got.shape)
+  for b in range(q.shape[0]):
+    for c in range(d.shape[1]):
+      qq, dd = q[b][qm[b]], d[b, c][dm[b, c]]
+      if kind == "de":
+        w = params["pooled_projection"]["kernel"]
+        want[b, c] = norm(qq.mean(0) @ w) @ norm(dd.mean(0) @ w)
+      else:
+        if kind == "colbert":
+          w = params["token_projection"]["kernel"]
+          qq, dd = norm(qq @ w), norm(dd @ w)
+        want[b, c] = (qq @ dd.T).max(axis=1).mean()  # MaxSim, averaged over query tokens
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["aligner", "colbert", "de"])
+def test_in_batch_scores_agree_with_pair_scores(kind):
+  rng = np.random.default_rng(2)
+  q, qm, d, dm = _toy_batch(rng)
+  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7)
+  module = heads.build_module(head)
+  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  pairs = np.asarray(heads.pair_scores(module, head, params, q, qm, d, dm))
+  all_pairs = np.asarray(heads.in_batch_scores(module, head, params, q, qm,
+                                               d.reshape(-1, 7, H), dm.reshape(-1, 7)))
+  for b in range(3):
+    np.testing.assert_allclose(all_pairs[b, 4 * b:4 * b + 4], pairs[b], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,objective", [("aligner", "in_batch"), ("lite", "group"),
+                                            ("knrm", "group"), ("de", "distill:m3se")])
+def test_gradients_reach_every_head_parameter_and_nothing_else(kind, objective):
+  rng = np.random.default_rng(3)
+  q, qm, d, dm = _toy_batch(rng)
+  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7,
+                          lite_row_width=6, lite_col_width=4)
+  module = heads.build_module(head)
+  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  assert not any("encoder" in k for k in params)  # only heads exist: the encoder is frozen
+  labels = np.zeros((3, 4), np.float32)
+  labels[:, 0] = 1
+  batch = {"query": q, "query_mask": qm, "docs": d, "doc_mask": dm,
+           "cand_mask": np.ones((3, 4), bool), "labels": labels,
+           "in_batch_labels": np.kron(np.eye(3), np.array([1, 0, 0, 0]))[:, :12].astype(
+               np.float32), "teacher": rng.normal(size=(3, 4)).astype(np.float32)}
+  cfg = train_lib.TrainConfig(objective=objective, temperature=0.1)
+  loss_fn = train_lib.make_loss_fn(module, head, cfg)
+  grads = jax.grad(loss_fn)(params, {k: jnp.asarray(v) for k, v in batch.items()})
+  flat = jax.tree_util.tree_leaves_with_path(grads)
+  assert flat
+  for path, g in flat:
+    assert np.all(np.isfinite(g)), path
+  # Every head receives a gradient (KNRM's weights start at zero but get one).
+  moved = [np.any(np.asarray(g) != 0) for _, g in flat]
+  assert np.mean(moved) > 0.5, [jax.tree_util.keystr(p) for p, _ in flat]
+  # The loss is differentiated with respect to the head parameters only.
+  assert set(grads) == set(params)
+
+
+def test_training_lowers_loss_and_store_roundtrip(tiny, tmp_path):
+  data = _data(tiny)
+  head = heads.HeadConfig(kind="colbert", projection_dim=8)
+  cfg = train_lib.TrainConfig(steps=30, batch_size=4, num_negatives=3, negative_depth=10,
+                              learning_rate=3e-3, eval_every=15, objective="group",
+                              temperature=0.1)
+  module, params, history = experiments.train_or_load(data, "colbert", head, cfg, 0,
+                                                      log=lambda m: None)
+  losses = history["loss"]
+  assert np.mean(losses[-10:]) < np.mean(losses[:10])
+  assert [s for s, _ in history["dev"]] == [15, 30]
+  assert history["best_step"] in (15, 30)
+  again = experiments.train_or_load(data, "colbert", head, cfg, 0, log=lambda m: None)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again[1])):
+    np.testing.assert_array_equal(a, b)  # read back from the head store, bit for bit
+  key = store.head_key("x", head)
+  assert key != store.head_key("x", heads.HeadConfig(kind="colbert", projection_dim=4))
+
+
+def _run_job(gin_file: str, bindings: list[str]):
+  from aligner_jax.main import run as main_run  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings([str(ROOT / gin_file)], bindings,
+                                        finalize_config=False)
+    return main_run()
+  finally:
+    gin.clear_config()
+
+
+def _tiny_bindings(tiny, out: pathlib.Path) -> list[str]:
+  return [f"SCIFACT_DIR = '{tiny / 'beir'}'", f"FROZEN_CACHE = '{tiny / 'cache'}'",
+          f"FROZEN_WORK_DIR = '{out / 'work'}'", "TRAIN_SEEDS = [0]", "FROZEN_NEIGHBORS = 8",
+          "scifact/FrozenData.doc_length = 24", "scifact/FrozenData.max_query_tokens = 8",
+          "scifact/FrozenData.negatives_depth = 10", "FrozenTrain.steps = 2",
+          "FrozenTrain.eval_every = 2", "FrozenTrain.batch_size = 4",
+          "FrozenTrain.negative_depth = 10"]
+
+
+@pytest.mark.slow
+def test_gin_jobs_two_steps(tiny, tmp_path):
+  common = _tiny_bindings(tiny, tmp_path)
+  r2 = _run_job("gin/experiments/repro_r2_pruning.gin", common + [
+      f"R2_OUTPUT = '{tmp_path / 'r2.json'}'", f"R2_FIGURE = '{tmp_path / 'r2.png'}'"])
+  cells = r2["results"]["lp"]["seeds"][0]["cells"]
+  assert len(cells) == 8 and all(0 <= c["ndcg@10"] <= 1 for c in cells)
+  full = next(c for c in cells if c["doc_ratio"] == 1.0)
+  tenth = next(c for c in cells if c["doc_ratio"] == 0.1)
+  assert tenth["indexed_tokens"] < full["indexed_tokens"]
+  assert (tmp_path / "r2.png").stat().st_size > 0
+  assert json.loads((tmp_path / "r2.json").read_text())["paper"]["source"].startswith("ALIGNER")
+  r3 = _run_job("gin/experiments/repro_r3_gates.gin", common + [
+      f"R3_OUTPUT = '{tmp_path / 'r3.json'}'", f"R3_FIGURE = '{tmp_path / 'r3.png'}'"])
+  assert set(r3["results"]) == {"lp", "relu", "hard_topk"}
+  r4 = _run_job("gin/experiments/repro_r4_rerank.gin", common + [
+      f"R4_OUTPUT = '{tmp_path / 'r4.json'}'", f"R4_FIGURE = '{tmp_path / 'r4.png'}'",
+      "lite/FrozenHead.query_len = 8", "lite/FrozenHead.doc_len = 24",
+      "lite50/FrozenHead.query_len = 8", "lite50/FrozenHead.doc_len = 24",
+      "lite50/FrozenHead.lite_doc_tokens = 5", "R4_TRANSFER = []"])
+  assert {"bm25", "maxsim", "colbert", "de", "knrm", "lite", "lite50"} <= set(r4["results"])
+  r5 = _run_job("gin/experiments/repro_r5_distill.gin", common + [
+      f"R5_OUTPUT = '{tmp_path / 'r5.json'}'", f"R5_FIGURE = '{tmp_path / 'r5.png'}'",
+      "lite/FrozenHead.query_len = 8", "lite/FrozenHead.doc_len = 24",
+      "R5_NUM_CANDIDATES = 6"])
+  students = r5["results"]["students"]
+  assert set(students) == {"one_hot_ce", "mse", "margin_mse", "m3se", "softmax_ce",
+                           "rankdistil_b"}
+  for entry in students.values():
+    assert 0 <= entry["summary"]["ndcg@10"]["mean"] <= 1
