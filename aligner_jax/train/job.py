@@ -3,6 +3,9 @@
 This is entry-point code: gin configures its arguments (see `gin_registry.py`) and it writes
 the operative gin config to `MODEL_DIR/operative_config.gin` once everything is built.
 
+Preemption: on SIGTERM the loop checkpoints the step it is at and returns
+(`aligner_jax.train.preemption`); all hosts agree on that step.
+
 Resuming: if `MODEL_DIR/checkpoints` holds a checkpoint, the newest one is restored (train
 state into the current shardings, this host's data pipeline position) and training continues
 from its step; the same command therefore resumes a killed run exactly. Otherwise parameters
@@ -29,6 +32,7 @@ from aligner_jax.train import checkpoints as checkpoints_lib
 from aligner_jax.train import distributed
 from aligner_jax.train import metrics as metrics_lib
 from aligner_jax.train import partitioning
+from aligner_jax.train import preemption
 from aligner_jax.train import trainer as trainer_lib
 
 # (task_name, feature_lengths, *, batch_size (global), shard_index, num_shards, seed) -> a
@@ -143,20 +147,28 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
   logger = metrics_lib.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
                                      is_writer=is_writer)
   pending, examples, tokens, record = [], 0, 0, {}
-  for step in range(start_step + 1, train_steps + 1):
-    host_batch = next(pipeline)
-    state, step_metrics = trainer.train_step(state, host_batch)
-    pending.append(step_metrics)
-    examples += batch_size
-    tokens += trainer_lib.count_tokens(host_batch) * jax.process_count()
-    if step % log_period == 0 or step == train_steps:
-      fetched = jax.device_get(pending)
-      means = {k: sum(float(m[k]) for m in fetched) / len(fetched) for k in fetched[0]}
-      record = logger.log(step, means, examples=examples, tokens=tokens)
-      pending, examples, tokens = [], 0, 0
-    # The last step is always saved, so a finished run restarts as a no-op.
-    checkpointer.save(step, state, pipeline.state(), force=step == train_steps)
+  with preemption.PreemptionWatch() as watch:
+    for step in range(start_step + 1, train_steps + 1):
+      host_batch = next(pipeline)
+      state, step_metrics = trainer.train_step(state, host_batch)
+      pending.append(step_metrics)
+      examples += batch_size
+      tokens += trainer_lib.count_tokens(host_batch) * jax.process_count()
+      stop = watch.should_stop(step)
+      if step % log_period == 0 or step == train_steps or stop:
+        fetched = jax.device_get(pending)
+        means = {k: sum(float(m[k]) for m in fetched) / len(fetched) for k in fetched[0]}
+        record = logger.log(step, means, examples=examples, tokens=tokens)
+        pending, examples, tokens = [], 0, 0
+      # The last step is always saved, so a finished run restarts as a no-op; a preempted
+      # run saves where it stops, so the same command resumes it exactly.
+      checkpointer.save(step, state, pipeline.state(), force=step == train_steps or stop)
+      if stop:
+        break
   checkpointer.close()
+  if watch.stopped_at is not None and is_writer:
+    print(f"SIGTERM: stopped at step {watch.stopped_at} of {train_steps} with a checkpoint; "
+          "run the same command again to continue.", flush=True)
   pipeline.close()
   logger.close()
   return record
