@@ -127,6 +127,7 @@ class PruningEvaluator:
   top_n: int = 1000
   alignment: str = heads.MAXSIM
   _scores: np.ndarray | None = None
+  _indexes: dict[float, Any] = dataclasses.field(default_factory=dict)
 
   def full_scores(self) -> np.ndarray:
     """[B, N] refined score of every query against every document (all tokens)."""
@@ -143,8 +144,10 @@ class PruningEvaluator:
   def run(self, prune_doc_ratio: float, prune_query_ratio: float) -> tuple[Run, dict[str, Any]]:
     """The run for (β^d, β^q) and the search statistics (indexed tokens, candidates)."""
     scores = self.full_scores()
-    index = build_token_index(self.store, IndexConfig(
-        backend="exact", prune_doc_ratio=prune_doc_ratio, refine_tokens="all"))
+    if prune_doc_ratio not in self._indexes:  # one index per β^d, searched for every β^q
+      self._indexes = {prune_doc_ratio: build_token_index(self.store, IndexConfig(
+          backend="exact", prune_doc_ratio=prune_doc_ratio, refine_tokens="all"))}
+    index = self._indexes[prune_doc_ratio]
     cands = candidate_documents(index, self.queries, num_neighbors=self.num_neighbors,
                                 prune_query_ratio=prune_query_ratio)
     results = [top_documents(docs, scores[i, docs], self.top_n)

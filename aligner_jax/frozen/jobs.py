@@ -19,6 +19,7 @@ import jax
 
 from aligner_jax.frozen import experiments
 from aligner_jax.frozen import figures
+from aligner_jax.frozen import report
 from aligner_jax.frozen.data import FrozenData
 from aligner_jax.frozen.heads import HeadConfig
 from aligner_jax.frozen.train import TrainConfig
@@ -87,7 +88,11 @@ def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapp
       "paper": PAPER[claim], "machine": {**machine(), "loadavg_before": list(load_before)},
       "wall_seconds": time.time() - started}
   write_json(out, content)
-  print(f"wrote {out}", flush=True)
+  md = out.with_suffix(".md")
+  tmp = md.with_name(f".{md.name}.tmp")
+  tmp.write_text(report.table(content), encoding="utf-8")
+  tmp.replace(md)
+  print(f"wrote {out} and {md}", flush=True)
   return content
 
 

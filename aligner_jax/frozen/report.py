@@ -1,0 +1,86 @@
+"""Markdown tables of the R2-R5 result files, with the papers' numbers beside ours.
+
+`python -m aligner_jax.frozen.report docs/results/r2.json [...]` prints them; the jobs write the
+same text next to each JSON file (`r<N>.md`). Numbers are x 100, mean ± std over seeds.
+"""
+
+import json
+import sys
+from typing import Any, Mapping
+
+
+def _ms(entry: Mapping[str, float], scale: float = 100.0) -> str:
+  if entry.get("n", 1) > 1:
+    return f"{scale * entry['mean']:.1f} ± {scale * entry['std']:.1f}"
+  return f"{scale * entry['mean']:.1f}"
+
+
+def r2_table(content: Mapping[str, Any]) -> str:
+  lines = []
+  for gate, entry in content["results"].items():
+    lines += [f"Gate `{gate}` (seeds: {len(entry['seeds'])}); Δ = change from "
+              f"β^d = {entry['summary'][0]['reference'][0]:g}, β^q = "
+              f"{entry['summary'][0]['reference'][1]:g} in nDCG@10 points:", "",
+              "| β^d | β^q | doc tokens indexed | nDCG@10 | Δ | MRR@10 |", "|---|---|---|---|---|---|"]
+    for c in entry["summary"]:
+      lines.append(f"| {100 * c['doc_ratio']:g} % | {100 * c['query_ratio']:g} % | "
+                   f"{100 * c['indexed_fraction']:.1f} % | {_ms(c['ndcg@10'])} | "
+                   f"{_ms(c['delta_points'], 1.0)} | {_ms(c['mrr@10'])} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def r4_table(content: Mapping[str, Any]) -> str:
+  results = content["results"]
+  datasets = list(results["bm25"])
+  head = "| model | " + " | ".join(f"{d} MRR@10 | {d} nDCG@10" for d in datasets) + \
+         " | dev nDCG@10 | seeds |"
+  lines = [head, "|---" * (2 * len(datasets) + 3) + "|"]
+  lines.append("| BM25 (first stage) | " + " | ".join(
+      f"{100 * results['bm25'][d]['mrr@10']:.1f} | {100 * results['bm25'][d]['ndcg@10']:.1f}"
+      for d in datasets) + " | | |")
+  for name, entry in results.items():
+    if name == "bm25":
+      continue
+    cells = " | ".join(f"{_ms(entry['summary'][d]['mrr@10'])} | "
+                       f"{_ms(entry['summary'][d]['ndcg@10'])}" for d in datasets)
+    dev = entry.get("dev_ndcg@10")
+    lines.append(f"| {name} | {cells} | {_ms(dev) if dev else '—'} | {len(entry['seeds'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def r5_table(content: Mapping[str, Any]) -> str:
+  r = content["results"]
+  paper = content["paper"]["msmarco"]
+  names = {"one_hot_ce": "one-hot CE", "mse": "MSE", "margin_mse": "margin MSE",
+           "m3se": "M3SE", "softmax_ce": "softmax CE", "rankdistil_b": "RankDistil-B"}
+  ds = content["setup"]["data"]["name"]
+  lines = ["| student loss | MRR@10 | nDCG@10 | paper MS MARCO MRR@10 / nDCG@10 |",
+           "|---|---|---|---|",
+           f"| teacher ({r['teacher']['name']}) | {100 * r['teacher'][ds]['mrr@10']:.1f} | "
+           f"{100 * r['teacher'][ds]['ndcg@10']:.1f} | 37.0 / 43.0 (cross-attention) |",
+           f"| BM25 | {100 * r['bm25']['mrr@10']:.1f} | {100 * r['bm25']['ndcg@10']:.1f} | "
+           "19.4 / 24.1 |"]
+  for key, entry in r["students"].items():
+    p = paper.get(names.get(key, key), {})
+    ref = f"{100 * p['mrr@10']:.1f} / {100 * p['ndcg@10']:.1f}" if p else "—"
+    lines.append(f"| {names.get(key, key)} | {_ms(entry['summary']['mrr@10'])} | "
+                 f"{_ms(entry['summary']['ndcg@10'])} | {ref} |")
+  return "\n".join(lines) + "\n"
+
+
+def table(content: Mapping[str, Any]) -> str:
+  claim = content["claim"]
+  if claim in ("r2", "r3"):
+    return r2_table(content)
+  return {"r4": r4_table, "r5": r5_table}[claim](content)
+
+
+def main(argv: list[str]) -> None:
+  for path in argv[1:]:
+    with open(path, encoding="utf-8") as f:
+      print(f"## {path}\n\n{table(json.load(f))}")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
