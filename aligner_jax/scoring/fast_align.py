@@ -7,16 +7,22 @@ per query (so candidates need no `vmap`, which would turn the rare-tie `lax.cond
 
   * Documents are processed in chunks (`lax.map` over `dynamic_slice`s, no copy of the inputs),
     so memory stays bounded: K = 1000 candidates of m = 256 tokens never materialise a
-    [K, m, n] block. The default chunk keeps a block near `CHUNK_ELEMENTS` floats (~1 MiB),
-    which measured fastest on CPU because the block stays in cache.
+    [K, m, n] block. The default chunk keeps a block near `CHUNK_ELEMENTS` floats (128 KiB, in
+    the L2 cache of one core; 1 MiB blocks measured 1.2-1.5x slower at K = 1000) in chunks of equal
+    size, so a ragged end recomputes less than one document per chunk.
   * Inside a chunk S is one flat GEMM (chunk·m, h) @ (h, n) per group, laid out [chunk, m, n],
     and reductions run over the middle (document-token) axis; the `einsum('kmh,nh->knm')`
-    layout with a last-axis reduction measured 2-4x slower.
-  * top-1 is a masked max (argmax + gather when document saliences weight the chosen token).
-    top-k for k ≤ MAX_ITERATIVE_K repeats max-and-remove (counting ties) on the cached block;
-    larger counts use `lax.top_k` on the transposed block. Ties go to the lower document index:
-    without saliences tied entries are interchangeable; with saliences an index-ordered pick
-    (a cumulative sum, slow on CPU) runs only when a chunk has ties across the cut (`lax.cond`).
+    layout with a last-axis reduction measured 2-4x slower. XLA's CPU backend materialises the
+    input of every reduction, so the cost of a selection is the number of passes over the block.
+  * top-1 is a masked max. Every other hard selection (top-1 weighted by document saliences,
+    top-k and top-p for counts ≤ MAX_ITERATIVE_K) takes the count-th largest *distinct* value
+    as a threshold (one masked max per selected entry, no counting) and counts the entries
+    reaching it once: when that count is exact in every column of the chunk, no selected value
+    repeats and the entries above the threshold are the selection. A chunk where a value repeats
+    (`lax.cond`, rare with float vectors) takes the exact kernels instead: argmax + gather for
+    top-1, max-and-remove with counts for top-k, with an index-ordered pick (a cumulative sum)
+    only when ties cross the cut. Ties go to the lower document index; without saliences tied
+    entries are interchangeable. Larger counts use `lax.top_k` on the transposed block.
   * "da" runs the exact LP (bisection, elementwise passes only) on the transposed block.
   * Each chunk is rematerialised in the backward pass (`jax.checkpoint`), so training memory is
     bounded by one chunk as well.
@@ -30,13 +36,16 @@ from jax import lax
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import similarity
 
-CHUNK_ELEMENTS = 1 << 18  # floats per [groups·chunk, m, rows] block
+CHUNK_ELEMENTS = 1 << 15  # floats per [groups·chunk, m, rows] block
 MAX_ITERATIVE_K = 16  # above this many alignments per row, `lax.top_k` is cheaper
 
 
 def default_chunk(num_docs: int, doc_len: int, rows: int, groups: int = 1) -> int:
-  """Documents per chunk so that a [groups·chunk, m, rows] block holds about CHUNK_ELEMENTS."""
-  return max(1, min(num_docs, CHUNK_ELEMENTS // max(1, groups * doc_len * rows)))
+  """Documents per chunk: a [groups·chunk, m, rows] block of at most ~CHUNK_ELEMENTS, in chunks
+  of equal size (100 documents by 45 would compute 135; by 34, 102)."""
+  most = max(1, min(num_docs, CHUNK_ELEMENTS // max(1, groups * doc_len * rows)))
+  num_chunks = -(-num_docs // most)
+  return -(-num_docs // num_chunks)
 
 
 def _map_chunks(fn, chunk: int, total: int, arrays: dict) -> tuple:
@@ -67,13 +76,16 @@ def _map_chunks(fn, chunk: int, total: int, arrays: dict) -> tuple:
   return jax.tree.map(lambda x: x[rows], flat)
 
 
-def _top1(s, allowed, u_d):
-  """top-1 per column of s [x, m, r] among `allowed`; returns (Σ w S, Σ w) per column, [x, r]."""
+def _top1(s, allowed):
+  """Largest allowed entry per column of s [x, m, r]; returns (Σ S, count) per column, [x, r]."""
+  top = jnp.max(jnp.where(allowed, s, -jnp.inf), axis=1)
+  has = top > -jnp.inf
+  return jnp.where(has, top, 0.0), has.astype(s.dtype)
+
+
+def _top1_argmax(s, allowed, u_d):
+  """top-1 weighted by the chosen token's salience, exact under ties; (Σ w S, Σ w) [x, r]."""
   masked = jnp.where(allowed, s, -jnp.inf)
-  if u_d is None:
-    top = jnp.max(masked, axis=1)
-    has = top > -jnp.inf
-    return jnp.where(has, top, 0.0), has.astype(s.dtype)
   best = jnp.argmax(masked, axis=1)  # first maximum: ties to the lower index
   top = jnp.take_along_axis(s, best[:, None, :], axis=1)[:, 0]
   has = jnp.take_along_axis(jnp.broadcast_to(allowed, s.shape), best[:, None, :], axis=1)[:, 0]
@@ -81,8 +93,70 @@ def _top1(s, allowed, u_d):
   return w * top, w
 
 
-def _topk_iterative(s, allowed, count, max_count, u_d):
-  """The `count` [x, 1] largest allowed entries per column by max-and-remove; (num, den) [x, r]."""
+def _distinct_tops(x, max_count):
+  """The `max_count` largest distinct values of every column of x [x, m, r], largest first.
+
+  tops[i] [x, r] is the (i+1)-th largest distinct value, -inf when a column has fewer. Each is
+  one masked max over the block (a select and a reduction, no counting), and its gradient goes
+  to the entry holding it, as `jnp.max`'s does.
+  """
+  top = jnp.max(x, axis=1)
+  tops = [top]
+  for _ in range(max_count - 1):
+    below = x < lax.stop_gradient(top)[:, None, :]
+    top = jnp.max(jnp.where(below, x, -jnp.inf), axis=1)
+    tops.append(top)
+  return tops
+
+
+def _topk_threshold(s, allowed, count, max_count, u_d):
+  """The `count` largest allowed entries per column; (Σ w S, Σ w) [x, r].
+
+  The count-th largest distinct value is a threshold: when, in every column of the block,
+  exactly `count` entries reach it, no value among the top `count` repeats and those entries are
+  the selection, whatever the tie rule. Otherwise (a repeated value, e.g. quantised vectors or a
+  repeated token) the whole block takes the exact kernel, which implements the tie rule. Costs
+  `max_count` masked maxima and one counting pass, against ~3 passes per selected entry for
+  max-and-remove with counts.
+
+  Args:
+    s: [x, m, r]; allowed: bool, broadcastable to s; u_d: [x, m] or None (weight 1).
+    count: [x, 1] int alignments per column, or None for top-1 (one wherever a column has an
+      allowed entry; `allowed` may then differ per column, as COIL's does).
+  """
+  x = jnp.where(allowed, s, -jnp.inf)
+  tops = _distinct_tops(x, max_count)
+  if count is None:
+    count_r = (tops[0] > -jnp.inf).astype(jnp.int32)
+  else:
+    count_r = jnp.broadcast_to(count, tops[0].shape)  # [x, r]
+  kth = jnp.full(count_r.shape, jnp.inf, s.dtype)  # +inf selects nothing (count 0)
+  for i, top in enumerate(tops):
+    kth = jnp.where(count_r == i + 1, lax.stop_gradient(top), kth)
+  chosen = lax.stop_gradient(x) >= kth[:, None, :]
+  reached = jnp.sum(jnp.where(chosen, 1.0, 0.0).astype(s.dtype), axis=1)
+  distinct = jnp.all(reached == count_r)
+
+  def by_threshold(s):
+    if u_d is None:  # the sum of the selected values is the sum of the top `count` tops
+      num = sum(jnp.where(i < count_r, top, 0.0) for i, top in enumerate(tops))
+      return num, count_r.astype(s.dtype)
+    w = jnp.where(chosen, u_d[:, :, None], 0.0)
+    if max_count == 1:  # Σ w S = S_max · Σ w without a third pass over the block
+      den = jnp.sum(w, axis=1)
+      return jnp.where(count_r > 0, tops[0], 0.0) * den, den
+    return jnp.sum(w * s, axis=1), jnp.sum(w, axis=1)
+
+  def exact(s):
+    if count is None:
+      return _top1_argmax(s, allowed, u_d)
+    return _topk_exact(s, jnp.broadcast_to(allowed, s.shape), count, max_count, u_d)
+
+  return lax.cond(distinct, by_threshold, exact, s)
+
+
+def _topk_exact(s, allowed, count, max_count, u_d):
+  """As `_topk_threshold` by max-and-remove with counts, exact under ties; (num, den) [x, r]."""
   x = jnp.where(allowed, s, -jnp.inf)
   remaining = jnp.broadcast_to(count, (s.shape[0], s.shape[2]))
   if u_d is None:
@@ -151,12 +225,13 @@ def _block_rows(s, d_mask, u_d, same_id, alignment):
     w = lam if u_d is None else lam * u_d[:, None, :]
     return jnp.sum(w * s_rows, axis=2), jnp.sum(w, axis=2)
   if max_count == 1:
-    return _top1(s, allowed, u_d)
+    if u_d is None:
+      return _top1(s, allowed)
+    return _topk_threshold(s, allowed, None, 1, u_d)
   count = alignment.count(m_valid)
-  allowed = jnp.broadcast_to(allowed, s.shape)
   if max_count <= MAX_ITERATIVE_K:
-    return _topk_iterative(s, allowed, count, max_count, u_d)
-  return _topk_sorted(s, allowed, count, max_count, u_d)
+    return _topk_threshold(s, allowed, count, max_count, u_d)
+  return _topk_sorted(s, jnp.broadcast_to(allowed, s.shape), count, max_count, u_d)
 
 
 def _first_token_scores(q, q_mask, u_q, d, d_mask, u_d, alignment):
