@@ -83,6 +83,34 @@ def load_vectors(num_docs: int, part: str, doc_length: int = DOC_LENGTH) -> np.n
   return np.ascontiguousarray(vectors)
 
 
+def load_encoded_vectors(encoded_dir: str | os.PathLike, part: str) -> np.ndarray:
+  """[T, h] float32 token vectors of the encode job's output (NumPy only, no JAX import).
+
+  Args:
+    encoded_dir: the encode job's OUTPUT_DIR (e.g. /work/cache/minilm/scifact).
+    part: "corpus" (every corpus-*-of-* shard, in order) or a store name such as
+      "queries-test".
+  """
+  root = pathlib.Path(encoded_dir)
+  dirs = sorted(root.glob("corpus-*-of-*")) if part == "corpus" else [root / part]
+  if not dirs or not all((d / "manifest.json").is_file() for d in dirs):
+    raise FileNotFoundError(f"{root}: no complete encoded {part!r} store (manifest.json "
+                            "missing); run the encode job (bench/README.md) first")
+  out = []
+  for d in dirs:
+    manifest = json.loads((d / "manifest.json").read_text())
+    dtype = manifest["config"]["vector_dtype"]
+    want = (manifest["counts"]["tokens"], manifest["counts"]["dim"])
+    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    if vectors.shape != want or vectors.dtype != np.dtype(dtype):
+      raise ValueError(f"{d}/vectors.npy: {vectors.dtype} {vectors.shape}, but the manifest "
+                       f"says {dtype} {want}")
+    if (d / "vectors.npy").stat().st_size != manifest["files"]["vectors.npy"]["bytes"]:
+      raise ValueError(f"{d}/vectors.npy: size differs from the manifest (truncated?)")
+    out.append(np.asarray(vectors, np.float32))
+  return out[0] if len(out) == 1 else np.concatenate(out)
+
+
 def prepare(num_docs: int, doc_length: int = DOC_LENGTH) -> pathlib.Path:
   """Encodes and caches the stores unless they are there already; returns the directory."""
   out = cache_dir(num_docs, doc_length)

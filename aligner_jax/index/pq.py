@@ -14,7 +14,7 @@ deterministic for a given seed.
 import numpy as np
 
 NUM_CENTROIDS = 256  # one byte per sub-space
-_ENCODE_CHUNK = 1 << 15
+_ENCODE_CHUNK = 4096  # [chunk, 256] scores per sub-space stay cache-sized
 
 
 def check_num_subspaces(dim: int, num_subspaces: int) -> int:
@@ -33,7 +33,8 @@ def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
   """Lloyd's k-means on x [S, d] float32 from k distinct sample points: [k, d] float32."""
-  unique = np.unique(x, axis=0)
+  # Only small samples can have at most k distinct points; sorting big ones is wasted time.
+  unique = np.unique(x, axis=0) if len(x) <= 4 * k else x
   if len(unique) <= k:
     # Fewer distinct points than centroids: every point is its own centroid (exact codes);
     # the spare centroids repeat the first one and are never the unique nearest.
@@ -55,14 +56,15 @@ def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) ->
   return centroids
 
 
-def train_codebook(x: np.ndarray, num_subspaces: int, *, sample_size: int = 65_536,
-                   iterations: int = 20, seed: int = 0) -> np.ndarray:
+def train_codebook(x: np.ndarray, num_subspaces: int, *, sample_size: int = 16_384,
+                   iterations: int = 12, seed: int = 0) -> np.ndarray:
   """k-means codebooks of each sub-space on a sample of the rows.
 
   Args:
     x: [T, h] float vectors (T ≥ 1).
     num_subspaces: M, dividing h.
-    sample_size: rows sampled (without replacement) for training.
+    sample_size: rows sampled (without replacement) for training; the default, 64 points
+      per centroid, keeps training to seconds.
     iterations: Lloyd iterations per sub-space.
     seed: sampling and initialisation seed.
 

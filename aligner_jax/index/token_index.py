@@ -84,7 +84,7 @@ class IndexConfig:
   prune_doc_ratio: float = 1.0
   refine_tokens: str = "kept"
   fields: tuple[str, ...] = FIELDS
-  pq_sample_size: int = 65_536
+  pq_sample_size: int = 16_384
   max_shard_tokens: int | None = None
   num_leaves: int | None = None
   leaves_to_search: int | None = None

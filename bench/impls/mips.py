@@ -7,9 +7,12 @@ bytes_per_vector (serialised index size / vectors). Built indexes are cached und
 `<ALIGNER_BENCH_CACHE>/mips/<dataset>/<method key>/` so that each operating point, timed in its
 own process, does not rebuild them; the cache is written through a temp dir and a rename.
 
-Parameters: dataset key and k (cell); the operating point (implementation options):
-  scann   leaves_fraction (share of the leaves searched) or leaves_to_search=None (the
-          project's default scaled with n and k); reorder_factor.
+Parameters: dataset (cell: `encoded_dir` of the encode job's output, or `cache_docs` of the
+bench's own cache; base_vectors, queries, seed) and k; the operating point (implementation
+options):
+  scann   leaves_fraction (share of the leaves searched), leaves_to_search, or neither (the
+          project's default scaled with n and k); reorder_factor; build settings
+          dims_per_block (AH dimensions per 4-bit code) and reorder ("int8", "stored", ...).
   ivfpq   nlist (None: 2·√n), nprobe, k_factor (refine pool = k_factor · k); the FAISS index is
           "IVF{nlist},PQ{h/2}x4fs,Refine(SQ8)": 4-bit fast-scan PQ codes with an int8-like
           scalar-quantised copy for refinement, the same layout as the project's ScaNN index
@@ -36,8 +39,13 @@ QUERY_CHUNK = 256
 
 def make_inputs(params: dict[str, Any]) -> dict[str, np.ndarray]:
   """base [n, h] and queries [Q, h] float32 MiniLM token vectors (see bench/minilm_vectors)."""
-  base = minilm_vectors.load_vectors(params["cache_docs"], "corpus")[:params["base_vectors"]]
-  queries = minilm_vectors.load_vectors(params["cache_docs"], "queries")
+  if params.get("encoded_dir"):
+    base = minilm_vectors.load_encoded_vectors(params["encoded_dir"], "corpus")
+    queries = minilm_vectors.load_encoded_vectors(params["encoded_dir"], "queries-test")
+  else:
+    base = minilm_vectors.load_vectors(params["cache_docs"], "corpus")
+    queries = minilm_vectors.load_vectors(params["cache_docs"], "queries")
+  base = base[:params["base_vectors"]]
   rng = np.random.default_rng(params.get("seed", 0))
   pick = np.sort(rng.choice(len(queries), size=min(params["queries"], len(queries)),
                             replace=False))
@@ -45,8 +53,9 @@ def make_inputs(params: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _cache(params: dict[str, Any], key: str) -> pathlib.Path:
-  return (minilm_vectors.cache_root() / "mips" /
-          f"{params['cache_docs']}docs_{params['base_vectors']}vec" / key)
+  source = (pathlib.Path(params["encoded_dir"]).name if params.get("encoded_dir")
+            else f"{params['cache_docs']}docs")
+  return minilm_vectors.cache_root() / "mips" / f"{source}_{params['base_vectors']}vec" / key
 
 
 def _cached_build(path: pathlib.Path, build: Callable[[pathlib.Path], None]) -> float:
@@ -92,8 +101,11 @@ def scann(params: dict[str, Any], inputs: dict[str, np.ndarray]):
   """The project's ScaNN backend (aligner_jax.index.backends), default settings for n and k."""
   from aligner_jax.index.backends import ScannSearcher, scann_settings
   base, queries, k = inputs["base"], inputs["queries"], params["k"]
-  settings = scann_settings(len(base), expected_k=k)
-  key = f"scann_l{settings.num_leaves}_k{k}"
+  dims_per_block = int(params.get("dims_per_block", 2))
+  reorder = params.get("reorder", "int8")
+  settings = scann_settings(len(base), expected_k=k, dims_per_block=dims_per_block,
+                            reorder=reorder)
+  key = f"scann_l{settings.num_leaves}_k{k}_b{dims_per_block}_{reorder}"
   vectors_fn = lambda rows: base[rows]  # noqa: E731
   path = _cache(params, key)
 
@@ -102,12 +114,14 @@ def scann(params: dict[str, Any], inputs: dict[str, np.ndarray]):
 
   build_s = _cached_build(path, build)
   searcher = ScannSearcher.load(path, settings, len(base), vectors_fn)
-  leaves = (None if params.get("leaves_fraction") is None
-            else max(1, round(params["leaves_fraction"] * settings.num_leaves)))
+  leaves = params.get("leaves_to_search")
+  if params.get("leaves_fraction") is not None:
+    leaves = max(1, round(params["leaves_fraction"] * settings.num_leaves))
   factor = params.get("reorder_factor")
   info = {"build_s": build_s, "bytes_per_vector": _dir_bytes(path / "scann") / len(base),
-          "num_leaves": settings.num_leaves,
-          "leaves_to_search": leaves or settings.leaves_to_search}
+          "num_leaves": settings.num_leaves, "dims_per_block": dims_per_block,
+          "reorder": reorder, "leaves_to_search": leaves or settings.leaves_to_search,
+          "reorder_factor": factor or settings.reorder_factor}
   return (lambda: searcher.search(queries, k, leaves_to_search=leaves,
                                   reorder_factor=factor)[0]), info
 
@@ -143,7 +157,7 @@ def ivfpq(params: dict[str, Any], inputs: dict[str, np.ndarray]):
                              train=True)
   faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
   index.k_factor = float(params.get("k_factor", 2.0))
-  info.update(nlist=nlist, nprobe=int(params["nprobe"]))
+  info.update(nlist=nlist, nprobe=int(params["nprobe"]), k_factor=index.k_factor)
   return _search(index, inputs["queries"], params["k"]), info
 
 
