@@ -1,0 +1,403 @@
+"""End-to-end retrieval on BEIR SciFact (test): ms/query and nDCG@10 per pipeline.
+
+Pipelines, each in its own fresh process (`--worker NAME`), over the same all-MiniLM-L6-v2
+token vectors (384-d, float16, 256 tokens per document and query) read from the encode job's
+cache, so encoding is excluded (it is measured by bench_encoder.py and reported separately):
+  bm25                 bm25s (the project's `retrieval.BM25`) top-100: the first stage shared
+                       by both re-rankers (its run is written once and read by them)
+  aligner_jax_rerank   BM25 top-100 → MaxSim (top_k:1) re-ranking with `retrieval.rerank` +
+                       `token_scorer` (`align_scores_candidates`, JAX)
+  pylate_rerank        the same candidates re-ranked by PyLate's `rank.rerank` (torch)
+  aligner_jax_index    the project's token index: ScaNN over every token, K′ neighbours per
+                       query token, refinement with top_k:1 over the union of their documents
+  pylate_plaid         PyLate's own pipeline: its PLAID index (fast-plaid) built from the same
+                       vectors, `retrieve.ColBERT` top-100
+Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
+every judged test query gives the run (nDCG@10 etc. by pytrec_eval, `eval.metrics`); then
+`--runs` (≥ 5) timed passes over the first `--timed-queries` queries give ms/query (median,
+interquartile range). Runs are written to `--work-dir`; results to
+bench/results/end_to_end.json (table schema, with the machine and load averages).
+
+PyLate is not a dependency of the project: it is installed apart with `--no-deps` into
+`--pylate-path` (see bench/README.md) and put on the PyLate workers' `sys.path` only; when it
+cannot run, the row records exactly why.
+
+  python -m bench.bench_end_to_end [--quick] [--encoded-dir /work/cache/minilm/scifact]
+      [--pipelines bm25,aligner_jax_rerank,...] [--timed-queries 32] [--runs 5]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from bench import harness
+
+PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
+             "pylate_plaid")
+FRAMEWORK = {"bm25": "numpy", "aligner_jax_rerank": "jax", "pylate_rerank": "torch",
+             "aligner_jax_index": "jax", "pylate_plaid": "torch"}
+DEPTH = 100  # BM25 candidates re-ranked, and documents PyLate's PLAID returns
+TOP_N = 1000  # documents the token index returns (R@1000 in the project README)
+LENGTH = 256  # tokens per document and query in the encode cache
+DEFAULT_ENCODED = "/work/cache/minilm/scifact"
+DEFAULT_WORK = "/work/cache/bench_end_to_end"
+DEFAULT_PYLATE = "/work/cache/pylate_site"
+ALIGNMENT = "top_k:1"
+COLUMNS = ("pipeline", "framework", "stages", "status", "ms_per_query", "ms_iqr",
+           "first_stage_ms", "total_ms_per_query", "ndcg@10", "mrr@10", "recall@100",
+           "build_s", "timed_queries", "runs", "note")
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs every worker reads without importing JAX (the PyLate workers run torch only).
+
+
+def read_store(directory: pathlib.Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(ids, offsets [N + 1], vectors [T, h] memory-mapped) of an encoded token store directory.
+
+  The aligner_jax workers load the same directory through `index.store_io` (checksums
+  verified); this NumPy-only view serves the torch workers.
+  """
+  ids = json.loads((directory / "doc_ids.json").read_text())
+  offsets = np.load(directory / "offsets.npy")
+  vectors = np.load(directory / "vectors.npy", mmap_mode="r")
+  if len(offsets) != len(ids) + 1 or offsets[-1] != len(vectors):
+    raise ValueError(f"{directory}: offsets.npy does not match doc_ids.json and vectors.npy")
+  return ids, offsets, vectors
+
+
+def judged_queries(beir_dir: pathlib.Path, split: str = "test") -> list[str]:
+  """Judged query ids of `split`, in qrels file order (NumPy-only; no JAX)."""
+  seen: dict[str, None] = {}
+  path = beir_dir / "qrels" / f"{split}.tsv"
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    cols = line.split("\t")
+    if number == 1 and cols[0] == "query-id":
+      continue
+    if len(cols) != 3:
+      raise ValueError(f"{path}:{number}: expected 3 tab-separated columns, got {len(cols)}")
+    if int(cols[2]) > 0:
+      seen.setdefault(cols[0], None)
+  return list(seen)
+
+
+def read_run(path: pathlib.Path) -> dict[str, dict[str, float]]:
+  return json.loads(path.read_text())
+
+
+def write_run(path: pathlib.Path, run: dict[str, dict[str, float]]) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(run))
+  os.replace(tmp, path)
+
+
+def timed_passes(fn, runs: int) -> list[float]:
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+# ------------------------------------------------------------------------------------------
+# Workers: each returns {"run": full run, "times_s": [...], "build_s": float, "note": str}.
+
+
+def _bm25(spec: dict[str, Any]) -> dict[str, Any]:
+  from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import BM25, to_run  # pylint: disable=g-import-not-at-top
+  collection = read_beir(spec["beir_dir"], splits=["test"])
+  corpus = collection.corpus
+  qids = spec["queries"]
+  texts = [collection.queries.texts[collection.queries.index[q]] for q in qids]
+  t = time.perf_counter()
+  bm25 = BM25(corpus.ids, [corpus.text(i) for i in range(len(corpus))])
+  build_s = time.perf_counter() - t
+  run = to_run(qids, corpus.ids, bm25.search(texts, DEPTH))
+  timed = texts[:spec["timed_queries"]]
+  return {"run": run, "build_s": build_s, "times_s": timed_passes(
+      lambda: bm25.search(timed, DEPTH), spec["runs"]),
+          "note": "bm25s, k1 = 0.9, b = 0.4, Snowball stemming; the build tokenises the corpus"}
+
+
+def _aligner_jax_rerank(spec: dict[str, Any]) -> dict[str, Any]:
+  from aligner_jax.eval import pipeline  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index.store_io import load_token_store  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import alignment_pair_fn, rerank, token_scorer  # noqa
+  encoded = pathlib.Path(spec["encoded_dir"])
+  store = load_token_store(pipeline.corpus_shards(encoded)[0])
+  queries = pipeline.load_encoded_queries(encoded / "queries-test", spec["queries"],
+                                          query_length=LENGTH)
+  first = read_run(pathlib.Path(spec["first_stage"]))
+  scorer = token_scorer(queries, store, alignment_pair_fn(ALIGNMENT))
+  run = rerank(first, scorer, depth=DEPTH)  # also compiles every shape the timed passes use
+  timed = {q: first[q] for q in spec["queries"][:spec["timed_queries"]]}
+  return {"run": run, "build_s": 0.0, "times_s": timed_passes(
+      lambda: rerank(timed, scorer, depth=DEPTH), spec["runs"]),
+          "note": f"{ALIGNMENT} via align_scores_candidates, documents padded to multiples "
+                  "of 32 tokens; one jit per padded shape, compiled in the untimed pass"}
+
+
+def _pylate_import(spec: dict[str, Any]):
+  sys.path.insert(0, spec["pylate_path"])
+  import pylate  # pylint: disable=g-import-not-at-top
+  return pylate
+
+
+def _torch_vectors(vectors: np.ndarray, offsets: np.ndarray, rows) -> list:
+  import torch  # pylint: disable=g-import-not-at-top
+  return [torch.from_numpy(np.array(vectors[offsets[r]:offsets[r + 1]], np.float32))
+          for r in rows]
+
+
+def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
+  pylate = _pylate_import(spec)
+  from pylate import rank  # pylint: disable=g-import-not-at-top
+  encoded = pathlib.Path(spec["encoded_dir"])
+  doc_ids, doc_off, doc_vec = read_store(sorted(encoded.glob("corpus-*-of-*"))[0])
+  q_ids, q_off, q_vec = read_store(encoded / "queries-test")
+  doc_row = {d: i for i, d in enumerate(doc_ids)}
+  q_row = {q: i for i, q in enumerate(q_ids)}
+  first = read_run(pathlib.Path(spec["first_stage"]))
+
+  def rerank_all(qids):
+    cands = [sorted(first[q], key=lambda d: -first[q][d])[:DEPTH] for q in qids]
+    out = rank.rerank(
+        documents_ids=cands,
+        queries_embeddings=_torch_vectors(q_vec, q_off, [q_row[q] for q in qids]),
+        documents_embeddings=[_torch_vectors(doc_vec, doc_off, [doc_row[d] for d in c])
+                              for c in cands])
+    return {q: {r["id"]: float(r["score"]) for r in res} for q, res in zip(qids, out)}
+
+  run = rerank_all(spec["queries"])
+  timed = spec["queries"][:spec["timed_queries"]]
+  return {"run": run, "build_s": 0.0,
+          "times_s": timed_passes(lambda: rerank_all(timed), spec["runs"]),
+          "note": f"pylate {pylate.__version__} rank.rerank (colbert_scores, torch "
+                  "einsum); float16 vectors converted to float32 tensors in the timed pass"}
+
+
+def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
+  from aligner_jax.eval import pipeline  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import IndexConfig, index_exists  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index.store_io import load_token_store  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import candidate_documents, refine, to_run  # noqa
+  encoded = pathlib.Path(spec["encoded_dir"])
+  index_dir = pathlib.Path(spec["work_dir"]) / "scann_index"
+  build_file = pathlib.Path(spec["work_dir"]) / "scann_index.build.json"
+  built_now = not index_exists(index_dir)
+  t = time.perf_counter()
+  index = pipeline.obtain_index(
+      str(index_dir), IndexConfig(backend="scann"), rebuild=False, log=lambda m: None,
+      corpus_fn=lambda: load_token_store(pipeline.corpus_shards(encoded)[0]))
+  if built_now:
+    build_file.write_text(json.dumps({"build_s": time.perf_counter() - t}))
+  build_s = json.loads(build_file.read_text())["build_s"] if build_file.exists() else None
+  queries = pipeline.load_encoded_queries(encoded / "queries-test", spec["queries"],
+                                          query_length=LENGTH)
+  neighbours = spec["num_neighbors"]
+
+  def search(batch):
+    cands = candidate_documents(index, batch, num_neighbors=neighbours)
+    return cands, refine(index, batch, cands, ALIGNMENT, top_n=TOP_N)
+
+  cands, results = search(queries)
+  run = to_run(queries.ids, index.doc_ids, results)
+  timed = queries.select(slice(0, spec["timed_queries"]))
+  search(timed)  # the timed block's shapes, compiled before timing
+  return {"run": run, "build_s": build_s, "times_s": timed_passes(
+      lambda: search(timed), spec["runs"]),
+          "note": f"ScaNN default config, K′ = {neighbours} per query token, mean "
+                  f"{cands.sizes().mean():.0f} candidate documents per query, refinement in "
+                  "blocks of queries (all-pairs align_scores); build_s from the first build"}
+
+
+def _pylate_plaid(spec: dict[str, Any]) -> dict[str, Any]:
+  pylate = _pylate_import(spec)
+  from pylate import indexes, retrieve  # pylint: disable=g-import-not-at-top
+  encoded = pathlib.Path(spec["encoded_dir"])
+  doc_ids, doc_off, doc_vec = read_store(sorted(encoded.glob("corpus-*-of-*"))[0])
+  q_ids, q_off, q_vec = read_store(encoded / "queries-test")
+  q_row = {q: i for i, q in enumerate(q_ids)}
+  t = time.perf_counter()
+  index = indexes.PLAID(index_folder=str(pathlib.Path(spec["work_dir"]) / "pylate_plaid"),
+                        index_name="scifact", override=True, show_progress=False)
+  index.add_documents(documents_ids=doc_ids, documents_embeddings=_torch_vectors(
+      doc_vec, doc_off, range(len(doc_ids))))
+  build_s = time.perf_counter() - t
+  retriever = retrieve.ColBERT(index=index)
+
+  def search(qids):
+    out = retriever.retrieve(
+        queries_embeddings=_torch_vectors(q_vec, q_off, [q_row[q] for q in qids]), k=DEPTH)
+    return {q: {r["id"]: float(r["score"]) for r in res} for q, res in zip(qids, out)}
+
+  run = search(spec["queries"])
+  timed = spec["queries"][:spec["timed_queries"]]
+  return {"run": run, "build_s": build_s,
+          "times_s": timed_passes(lambda: search(timed), spec["runs"]),
+          "note": f"pylate {pylate.__version__} PLAID (fast-plaid) with its defaults, "
+                  "retrieve.ColBERT k = 100"}
+
+
+WORKERS = {"bm25": _bm25, "aligner_jax_rerank": _aligner_jax_rerank,
+           "pylate_rerank": _pylate_rerank, "aligner_jax_index": _aligner_jax_index,
+           "pylate_plaid": _pylate_plaid}
+
+
+def worker_main(name: str, spec_path: str) -> int:
+  spec = json.loads(pathlib.Path(spec_path).read_text())
+  out = pathlib.Path(spec["out"])
+  try:
+    result = WORKERS[name](spec)
+    if "torch" in sys.modules and "jax" in sys.modules:
+      raise RuntimeError("torch and jax are both loaded in one process")
+    write_run(out.with_suffix(".run.json"), result.pop("run"))
+    result["status"] = "ok"
+  except BaseException as e:  # noqa: BLE001 - the parent records every failure
+    traceback.print_exc(file=sys.stderr)
+    result = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]}
+  result["loadavg_end"] = list(os.getloadavg())
+  out.write_text(json.dumps(result))
+  return 0 if result["status"] == "ok" else 1
+
+
+# ------------------------------------------------------------------------------------------
+# The parent.
+
+
+def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
+           ) -> dict[str, Any]:
+  spec_path = work / f"{name}.spec.json"
+  spec = {**spec, "out": str(work / f"{name}.result.json")}
+  spec_path.write_text(json.dumps(spec))
+  pathlib.Path(spec["out"]).unlink(missing_ok=True)
+  log_path = work / f"{name}.log"
+  start = time.perf_counter()
+  with open(log_path, "w") as log:
+    try:
+      subprocess.run([sys.executable, "-m", "bench.bench_end_to_end", "--worker", name,
+                      str(spec_path)], cwd=harness.REPO_ROOT, env=harness.worker_env(),
+                     stdout=log, stderr=log, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+      return {"status": "timeout", "error": f"no result within {timeout_s:.0f} s"}
+  out = pathlib.Path(spec["out"])
+  if not out.exists():
+    tail = log_path.read_text(errors="replace")[-1500:]
+    return {"status": "error", "error": f"worker wrote no result; log tail:\n{tail}"}
+  result = json.loads(out.read_text())
+  result["wall_s"] = time.perf_counter() - start
+  return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["--worker"]:
+    sys.exit(worker_main(argv[1], argv[2]))
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="K′ = 1000 for the token index")
+  parser.add_argument("--encoded-dir", default=DEFAULT_ENCODED)
+  parser.add_argument("--beir-dir", default=str(harness.REPO_ROOT.parent / "shared" / "data" /
+                                                "beir" / "scifact"))
+  parser.add_argument("--work-dir", default=DEFAULT_WORK, help="runs, built indexes, logs")
+  parser.add_argument("--pylate-path", default=DEFAULT_PYLATE)
+  parser.add_argument("--pipelines", default=",".join(PIPELINES))
+  parser.add_argument("--timed-queries", type=int, default=32)
+  parser.add_argument("--runs", type=int, default=harness.MIN_RUNS)
+  parser.add_argument("--num-neighbors", type=int, default=None,
+                      help="K′ of the token index (default 4000, 1000 with --quick)")
+  parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
+  parser.add_argument("--results-dir", default=str(harness.RESULTS_DIR))
+  parser.add_argument("--no-report", action="store_true")
+  args = parser.parse_args(argv)
+  if args.runs < harness.MIN_RUNS:
+    parser.error(f"--runs must be at least {harness.MIN_RUNS}")
+  names = [p for p in args.pipelines.split(",") if p]
+  unknown = [p for p in names if p not in PIPELINES]
+  if unknown:
+    parser.error(f"unknown pipelines {unknown}; known: {list(PIPELINES)}")
+  encoded = pathlib.Path(args.encoded_dir)
+  for need in (encoded / "queries-test" / "manifest.json",):
+    if not need.is_file() or not list(encoded.glob("corpus-*-of-*/manifest.json")):
+      parser.error(f"{encoded}: no complete encode cache (corpus-*-of-*/ and queries-test/ "
+                   "with manifest.json); regenerate it with the encode command in "
+                   "bench/README.md")
+  work = pathlib.Path(args.work_dir)
+  work.mkdir(parents=True, exist_ok=True)
+  queries = judged_queries(pathlib.Path(args.beir_dir))
+  neighbours = args.num_neighbors or (1000 if args.quick else 4000)
+  spec = {"encoded_dir": str(encoded), "beir_dir": args.beir_dir, "work_dir": str(work),
+          "pylate_path": args.pylate_path, "queries": queries, "runs": args.runs,
+          "timed_queries": min(args.timed_queries, len(queries)),
+          "num_neighbors": neighbours, "first_stage": str(work / "bm25.result.run.json")}
+  if any(p.endswith("rerank") for p in names) and "bm25" not in names:
+    names.insert(0, "bm25")
+  table = harness.TableRun(
+      "end_to_end",
+      f"BEIR SciFact test ({len(queries)} judged queries), all-MiniLM-L6-v2 token vectors "
+      f"(384-d, float16, cached; encoding excluded). ms/query: median of {args.runs} timed "
+      f"passes over the first {spec['timed_queries']} queries after an untimed pass over all "
+      "(which also gives the metrics, pytrec_eval); first_stage_ms is BM25's, total adds it.",
+      COLUMNS, mode="quick" if args.quick else "full",
+      plot={"x": "ms_per_query", "y": "ndcg@10", "series": "pipeline", "kind": "line",
+            "logx": True, "logy": False})
+  from aligner_jax.eval import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
+  qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
+  stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": "BM25 top-100 → MaxSim",
+            "pylate_rerank": "BM25 top-100 → MaxSim",
+            "aligner_jax_index": f"ScaNN tokens (K′ = {neighbours}) → MaxSim refinement",
+            "pylate_plaid": "PLAID → MaxSim"}
+  first_ms = None
+  details = {}
+  for name in names:
+    print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
+    res = _spawn(name, spec, work, args.timeout)
+    row = {c: None for c in COLUMNS}
+    row.update(pipeline=name, framework=FRAMEWORK[name], stages=stages[name],
+               status=res["status"], timed_queries=spec["timed_queries"], runs=args.runs,
+               note=res.get("note") or res.get("error"), build_s=res.get("build_s"))
+    if res["status"] == "ok":
+      stats = harness.summarize(res["times_s"])
+      per_q = 1e3 / spec["timed_queries"]
+      row["ms_per_query"] = stats["median_s"] * per_q
+      row["ms_iqr"] = stats["iqr_s"] * per_q
+      run = read_run(work / f"{name}.result.run.json")
+      mean, _ = metrics_lib.evaluate(qrels, run)
+      row.update({"ndcg@10": mean["ndcg@10"], "mrr@10": mean["mrr@10"],
+                  "recall@100": mean["recall@100"]})
+      if name == "bm25":
+        first_ms = row["ms_per_query"]
+      if name.endswith("rerank") and first_ms is not None:
+        row["first_stage_ms"] = first_ms
+        row["total_ms_per_query"] = first_ms + row["ms_per_query"]
+      else:
+        row["total_ms_per_query"] = row["ms_per_query"]
+    details[name] = res
+    table.add(row)
+  write_run(work / "details.json", details)  # every timing and worker record, outside the repo
+  record = table.write(pathlib.Path(args.results_dir), notes=[
+      "encoding excluded: the vectors come from the encode job's cache (bench_encoder.py "
+      "measures the encoder)",
+      "each pipeline ran in a fresh process; load averages at the start and end are recorded",
+      "PyLate is installed apart (--no-deps, its own directory) and never mixed with JAX"],
+      extra={"encoded_dir": str(encoded), "token index K′": neighbours})
+  if not args.no_report:
+    from bench import report  # pylint: disable=g-import-not-at-top
+    report.write_plot(record, pathlib.Path(args.results_dir) / "end_to_end.png")
+    report.update_readme(harness.BENCH_DIR / "README.md", pathlib.Path(args.results_dir))
+  return record
+
+
+if __name__ == "__main__":
+  main()
