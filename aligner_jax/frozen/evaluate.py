@@ -5,6 +5,9 @@ Re-ranking (`rerank_with_head`): each query's top documents of a run (BM25 by de
 scored by `heads.pair_scores` on the cached vectors, in fixed shapes (candidates padded to the
 depth, documents to the cache's token limit) so one compilation serves every query.
 
+Pruned re-ranking (`pruned_rerank`): the same, scoring with only the tokens that survive β^d /
+β^q pruning by salience, every setting from one pass of the heads.
+
 Token-index retrieval (`head_store`, `head_queries`, `PruningEvaluator`): the heads map the
 cached corpus and queries to their token vectors and saliences; documents are pruned to β^d
 in the index and queries to β^q for the search (ALIGNER §3.2). As in the paper, refinement
@@ -35,6 +38,8 @@ from aligner_jax.retrieval import refine
 from aligner_jax.retrieval import rerank
 from aligner_jax.retrieval import to_run
 from aligner_jax.retrieval.token_retrieval import top_documents
+from aligner_jax.scoring import align_scores_candidates
+from aligner_jax.scoring import prune_tokens
 
 Run = metrics_lib.Run
 REPORTED = ("ndcg@10", "mrr@10", "recall@100")
@@ -78,6 +83,53 @@ def rerank_with_head(module: Any, config: heads.HeadConfig, params: Any, queries
 
   run = {q: first_stage.get(q, {}) for q in queries.ids}
   return rerank(run, score_fn, depth=depth)
+
+
+def pruned_rerank(module: Any, config: heads.HeadConfig, params: Any, queries: QueryBatch,
+                  corpus: TokenStore, first_stage: Run, *,
+                  ratios: Sequence[tuple[float, float]], depth: int = 100,
+                  doc_length: int = 256) -> dict[tuple[float, float], Run]:
+  """`first_stage`'s top-`depth` re-scored by an ALIGNER head with only the kept tokens, for
+  every (β^d, β^q) in `ratios`: the ⌈β^d · m⌉ most salient document tokens and ⌈β^q · n⌉ query
+  tokens (`scoring.prune_tokens`, ALIGNER §3.2) are the only ones aligned and scored -- the
+  pruned tokens are not stored at all. The heads run once per query for all settings."""
+  if config.kind != "aligner":
+    raise ValueError(f"pruning needs saliences: an aligner head, not {config.kind!r}")
+  row_of_query = {q: i for i, q in enumerate(queries.ids)}
+  row_of_doc = {d: i for i, d in enumerate(corpus.doc_ids)}
+  ratios = [tuple(map(float, r)) for r in ratios]
+
+  def fn(mdl, q, q_mask, d, d_mask):
+    b, k, m, h = d.shape
+    qe = mdl.encode_hidden("query", q, q_mask)
+    de = mdl.encode_hidden("doc", d.reshape(b * k, m, h), d_mask.reshape(b * k, m))
+    out = []
+    for doc_ratio, query_ratio in ratios:
+      keep_q = prune_tokens(qe.mask, qe.salience, query_ratio)
+      keep_d = prune_tokens(de.mask, de.salience, doc_ratio).reshape(b, k, m)
+      out.append(align_scores_candidates(
+          qe.vectors, keep_q, de.vectors.reshape(b, k, m, -1), keep_d, heads.MAXSIM,
+          q_salience=qe.salience, d_salience=de.salience.reshape(b, k, m)))
+    return jnp.stack(out)  # [R, B, K]
+
+  score = jax.jit(lambda p, *xs: module.apply({"params": p}, *xs, method=fn))
+  runs: dict[tuple[float, float], Run] = {r: {} for r in ratios}
+  for qid in queries.ids:
+    docs = [d for d, _ in metrics_lib.ranked(first_stage.get(qid, {}))[:depth]]
+    if not docs:
+      for r in ratios:
+        runs[r][qid] = {}
+      continue
+    b = row_of_query[qid]
+    rows = np.full(depth, -1, np.int64)
+    rows[:len(docs)] = [row_of_doc[d] for d in docs]
+    g = corpus.gather_padded(rows, doc_length)
+    out = np.asarray(score(params, jnp.asarray(queries.vectors[b:b + 1]),
+                           jnp.asarray(queries.mask[b:b + 1]), jnp.asarray(g["vectors"][None]),
+                           jnp.asarray(g["mask"][None])))[:, 0, :len(docs)]
+    for r, values in zip(ratios, out):
+      runs[r][qid] = {d: float(v) for d, v in zip(docs, values)}
+  return runs
 
 
 def head_store(module: Any, params: Any, corpus: TokenStore, *, batch_size: int = 64,

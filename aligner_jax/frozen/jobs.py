@@ -79,6 +79,13 @@ def _data_setup(data: FrozenData) -> dict[str, Any]:
                                         "negatives_depth", "dev_fraction", "split_seed")}
 
 
+def _pruning_mode(mode: str, num_neighbors: int, depth: int) -> dict[str, Any]:
+  if mode == "rerank":
+    return {"mode": f"re-ranking BM25's top {depth}, scoring only the kept tokens"}
+  return {"mode": "exact token index, refinement with all tokens (ALIGNER §3.2)",
+          "num_neighbors": num_neighbors}
+
+
 def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapping[str, Any],
            started: float, load_before: Sequence[float]) -> dict[str, Any]:
   out = pathlib.Path(output_json)
@@ -100,17 +107,18 @@ def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapp
 def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                      seeds: Sequence[int], doc_ratios: Sequence[float],
                      query_ratios: Sequence[float], num_neighbors: int, output_json: str,
-                     figure: str, gates: Sequence[str] = ("lp",)) -> dict[str, Any]:
+                     figure: str, gates: Sequence[str] = ("lp",), mode: str = "rerank",
+                     depth: int = 100) -> dict[str, Any]:
   """R2: nDCG@10 of the ALIGNER head through the pruned token index -> JSON + pruning curve."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=query_ratios,
-                                    num_neighbors=num_neighbors)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
   figures.plot_pruning(results, figure, gate=gates[0], title=(
-      f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head, K′={num_neighbors}"))
+      f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head ({mode})"))
   setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-           "gates": list(gates), "num_neighbors": num_neighbors, "index": "exact",
-           "refinement": "all tokens (ALIGNER §3.2)", "alignment": "top_k:1"}
+           "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
+           "alignment": "top_k:1 with saliences"}
   return _write("r2", output_json, results, _plain(setup), started, load)
 
 
@@ -118,17 +126,18 @@ def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
 def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                    seeds: Sequence[int], doc_ratios: Sequence[float], query_ratio: float,
                    num_neighbors: int, output_json: str, figure: str,
-                   gates: Sequence[str] = ("lp", "relu", "hard_topk")) -> dict[str, Any]:
+                   gates: Sequence[str] = ("lp", "relu", "hard_topk"), mode: str = "rerank",
+                   depth: int = 100) -> dict[str, Any]:
   """R3: the same pruning evaluation for each salience gate -> JSON + one curve per gate."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=(query_ratio,),
-                                    num_neighbors=num_neighbors)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
   figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
       f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
   setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-           "gates": list(gates), "num_neighbors": num_neighbors, "index": "exact",
-           "refinement": "all tokens (ALIGNER §3.2)", "alignment": "top_k:1"}
+           "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
+           "alignment": "top_k:1 with saliences"}
   return _write("r3", output_json, results, _plain(setup), started, load)
 
 
