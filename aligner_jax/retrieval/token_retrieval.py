@@ -10,12 +10,13 @@ reused to refine with other alignments (few-shot adaptation reruns only step 4).
 
 Refinement calls the all-pairs scorer `align_scores` on blocks of queries against chunks of
 their candidates padded to a few bucketed lengths, so that only a handful of shapes are ever
-compiled (see `refine`). Results are ordered by score, then by document number (lower first).
+compiled; `refine_many` applies several alignments in the same pass (see `refine_many`). Results are ordered by score, then by document number (lower first).
 """
 
 import dataclasses
 import functools
 import math
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -29,9 +30,9 @@ from aligner_jax.scoring import align_scores
 # Floats of candidate document vectors per refinement call ([K, m, h] in float32): ~64 MB.
 _CHUNK_FLOATS = 1 << 24
 _MAX_CHUNK = 1024
-_MIN_CHUNK = 16
 _LENGTH_BUCKET = 32
 _QUERY_BUCKET = 8
+_QUERY_BLOCK = 32
 _SEARCH_CHUNK = 512
 
 
@@ -131,14 +132,18 @@ def all_documents(index: TokenIndex, queries: QueryBatch) -> Candidates:
 
 
 @functools.lru_cache(maxsize=None)
-def _scorer(alignment: Alignment, with_q_sal: bool, with_d_sal: bool, with_ids: bool):
-  """One jitted all-pairs refinement call per alignment and set of optional inputs."""
+def _scorer(alignments: tuple[Alignment, ...], with_q_sal: bool, with_d_sal: bool,
+            with_ids: bool):
+  """One jitted all-pairs refinement call scoring a chunk under every alignment at once
+  ([A, B, K]): the chunk is gathered, transferred and dispatched once for all of them."""
 
   def score(q, q_mask, d, d_mask, q_sal, d_sal, q_ids, d_ids):
-    return align_scores(
+    return jax.numpy.stack([align_scores(
         q, q_mask, d, d_mask, alignment, q_salience=q_sal if with_q_sal else None,
-        d_salience=d_sal if with_d_sal else None, q_ids=q_ids if with_ids else None,
-        d_ids=d_ids if with_ids else None)
+        d_salience=d_sal if with_d_sal else None,
+        q_ids=q_ids if with_ids and alignment.needs_token_ids else None,
+        d_ids=d_ids if with_ids and alignment.needs_token_ids else None)
+                            for alignment in alignments])
 
   return jax.jit(score)
 
@@ -151,12 +156,24 @@ def _pow2_at_least(x: int) -> int:
   return 1 << int(math.ceil(math.log2(max(x, 1))))
 
 
-def _chunk_size(length: int, dim: int, remaining: int) -> int:
-  """Documents per refinement call: a power of two (few compiled shapes) no larger than the
-  memory budget or than needed for the `remaining` documents."""
+def _chunk_sizes(length: int, dim: int) -> tuple[int, int]:
+  """(big, small) documents per refinement call at padded `length`: powers of two, big within
+  the memory budget, small = big / 8. Only these two shapes are compiled per length, and the
+  last documents of a length go in small chunks, so padding stays under `small`."""
   budget = max(1, min(_MAX_CHUNK, _CHUNK_FLOATS // (length * dim)))
-  budget = 1 << int(math.floor(math.log2(budget)))
-  return min(budget, _pow2_at_least(max(remaining, _MIN_CHUNK)))
+  big = 1 << int(math.floor(math.log2(budget)))
+  return big, max(1, big // 8)
+
+
+def _block_work(candidates: Candidates, order: np.ndarray, block: int) -> int:
+  """Document scorings done with query blocks of `block`: each block scores the union of its
+  queries' candidates for every query of the block."""
+  work = 0
+  for start in range(0, len(order), block):
+    rows = order[start:start + block]
+    union = np.unique(np.concatenate([candidates.docs[r] for r in rows] + [np.zeros(0, int)]))
+    work += block * len(union)
+  return work
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -167,47 +184,73 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
            alignment: Alignment | str, *, top_n: int = 1000, use_salience: bool = True,
-           query_block: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Steps 4-5: scores each query's candidates with `alignment` and keeps the top `top_n`.
+           query_block: int | None = None,
+           progress: Callable[[str], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Steps 4-5 with one alignment (see `refine_many`)."""
+  alignment = Alignment.parse(alignment)
+  return refine_many(index, queries, candidates, [alignment], top_n=top_n,
+                     use_salience=use_salience, query_block=query_block,
+                     progress=progress)[str(alignment)]
 
+
+def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
+                alignments: Sequence[Alignment | str], *, top_n: int = 1000,
+                use_salience: bool = True, query_block: int | None = None,
+                progress: Callable[[str], None] | None = None
+                ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+  """Steps 4-5: scores each query's candidates with every alignment and keeps the top `top_n`.
+
+  All alignments are applied in one pass over the candidates: each chunk of documents is
+  gathered once and scored under every alignment in one compiled call, so refining with ten
+  strategies (few-shot adaptation) costs far less than ten passes.
   Queries are refined in blocks of similar length (each block cut to its longest query): the
   union of a block's candidates is scored against every query of the block in all-pairs
   calls (`align_scores`), so a document shared by many queries' candidate sets is read once
   per block; each query keeps only its own candidates.
   With query_block = 1 exactly the candidates are scored. The default (None) uses blocks of
-  32 when candidate sets cover at least 5 % of the corpus on average (small corpora, large
-  K′), else 1.
+  32 unless that scores more than twice as many (query, document) pairs as there are
+  candidates (candidate sets that overlap little), else 1.
+  Compiled shapes are few and fixed: query widths in multiples of 8, document lengths in
+  multiples of 32, and two chunk sizes per length (`_chunk_sizes`).
 
   Args:
     index: the token index whose stored vectors are scored.
     queries: the encoded queries (all their tokens are used).
     candidates: from `candidate_documents` (same query order; sorted document numbers).
-    alignment: an `Alignment` or spec such as "top_k:1" or "top_p:0.015".
+    alignments: `Alignment`s or specs such as "top_k:1" or "top_p:0.015".
     top_n: how many documents to return per query.
     use_salience: pass the stored saliences to the scorer (when both sides have them).
     query_block: queries refined together (see above).
+    progress: called with a line (queries done, rate, ETA) about every 10 seconds.
 
   Returns:
-    Per query (global document numbers [≤ top_n] int64, scores [≤ top_n] float32), best first.
+    {str(alignment): per query (global document numbers [≤ top_n] int64, scores [≤ top_n]
+    float32), best first}.
   """
-  alignment = Alignment.parse(alignment)
+  parsed = tuple(dict.fromkeys(Alignment.parse(a) for a in alignments))
+  if not parsed:
+    raise ValueError("give at least one alignment to refine with")
   if list(candidates.query_ids) != list(queries.ids):
     raise ValueError("candidates were computed for other queries")
-  if alignment.needs_token_ids and (queries.token_ids is None or not index.has_token_ids):
-    raise ValueError(f"alignment {alignment} needs token ids of queries and documents")
+  with_ids = any(a.needs_token_ids for a in parsed)
+  if with_ids and (queries.token_ids is None or not index.has_token_ids):
+    raise ValueError(f"alignments {[str(a) for a in parsed if a.needs_token_ids]} need token "
+                     "ids of queries and documents")
   with_sal = use_salience and queries.salience is not None and index.has_salience
-  with_ids = alignment.needs_token_ids
-  fn = _scorer(alignment, with_sal, with_sal, with_ids)
+  fn = _scorer(parsed, with_sal, with_sal, with_ids)
   num_q = len(queries)
-  if query_block is None:
-    covered = candidates.sizes().mean() if num_q else 0.0
-    query_block = 32 if covered >= 0.05 * max(index.num_docs, 1) else 1
-  block = min(query_block, _pow2_at_least(num_q))
   lengths = index.doc_lengths
   # Queries of similar length share a block, which is cut to its own longest query.
   q_lengths = queries.mask.sum(axis=1)
   q_order = np.argsort(q_lengths, kind="stable")
-  results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * num_q
+  if query_block is None:
+    # Blocks read each shared document once but score the whole union for every query; one
+    # query at a time scores exactly its candidates with more, smaller calls.
+    block_work = _block_work(candidates, q_order, _QUERY_BLOCK)
+    query_block = _QUERY_BLOCK if block_work <= 2 * int(candidates.sizes().sum()) else 1
+  block = min(query_block, _pow2_at_least(num_q))
+  results = {str(a): [None] * num_q for a in parsed}
+  eta = _Eta(num_q, progress, f"refining with {len(parsed)} alignment(s)")
   for start in range(0, num_q, block):
     rows = [int(r) for r in q_order[start:start + block]]
     width = min(queries.mask.shape[1], max(
@@ -217,28 +260,52 @@ def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     q_sal = cut(queries.salience) if with_sal else q_mask.astype(np.float32)
     q_ids = cut(queries.token_ids) if with_ids else q_mask.astype(np.int32)
     union = np.unique(np.concatenate([candidates.docs[r] for r in rows] + [np.zeros(0, int)]))
-    scores = np.zeros((block, len(union)), np.float32)
+    scores = np.zeros((len(parsed), block, len(union)), np.float32)
     # Similar lengths share a chunk, so padding stays small.
     order = np.argsort(lengths[union], kind="stable")
     pos = 0
     while pos < len(union):
       length = _bucket(int(lengths[union[order[pos]]]))
-      size = _chunk_size(length, index.dim, len(union) - pos)
-      take = order[pos:pos + size]
-      take = take[lengths[union[take]] <= length]
+      big, small = _chunk_sizes(length, index.dim)
+      fits = int(np.searchsorted(lengths[union[order[pos:]]], length, side="right"))
+      size = big if fits > big - small else small
+      take = order[pos:pos + min(size, fits)]
       padded = np.full(size, -1, np.int64)
       padded[:len(take)] = union[take]
       g = index.gather_padded(padded, length)
       d_sal = g["salience"] if with_sal else g["mask"].astype(np.float32)
       d_ids = g["token_ids"] if with_ids else g["mask"].astype(np.int32)
       out = fn(q, q_mask, g["vectors"], g["mask"], q_sal, d_sal, q_ids, d_ids)
-      scores[:, take] = np.asarray(out)[:, :len(take)]
+      scores[:, :, take] = np.asarray(out)[:, :, :len(take)]
       pos += len(take)
     for i, r in enumerate(rows):
       docs = candidates.docs[r]
       where = np.searchsorted(union, docs)
-      results[r] = top_documents(docs, scores[i, where], top_n)
+      for a, alignment in enumerate(parsed):
+        results[str(alignment)][r] = top_documents(docs, scores[a, i, where], top_n)
+    eta.update(len(rows))
   return results  # type: ignore[return-value]
+
+
+class _Eta:
+  """Progress lines with a rate and an estimated time left, at most every `every` seconds."""
+
+  def __init__(self, total: int, log: Callable[[str], None] | None, what: str,
+               every: float = 10.0):
+    self.total, self.log, self.what, self.every = total, log, what, every
+    self.done = 0
+    self.start = self.last = time.monotonic()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.monotonic()
+    if self.log is None or (now - self.last < self.every and self.done < self.total):
+      return
+    self.last = now
+    rate = self.done / max(now - self.start, 1e-9)
+    left = (self.total - self.done) / max(rate, 1e-9)
+    self.log(f"{self.what}: {self.done}/{self.total} queries, {rate:.1f}/s, "
+             f"{'done' if self.done >= self.total else f'ETA {left:.0f}s'}")
 
 
 def top_documents(docs: np.ndarray, scores: np.ndarray,
