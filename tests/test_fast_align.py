@@ -33,7 +33,7 @@ def block(seed, x, m, r, *, ties, empty_doc=True):
 
 
 def numpy_topk(s, mask, count, u):
-  """Σ u S and Σ u over the `count` largest allowed entries per column, ties to the lower index."""
+  """Σ u S and Σ u over the `count` largest allowed entries per column (ties: lower index)."""
   x, m, r = s.shape
   num, den = np.zeros((x, r)), np.zeros((x, r))
   for i in range(x):
