@@ -198,6 +198,9 @@ def main(argv=None) -> int:
   parser.add_argument("--exhaustive", action="store_true",
                       help="refine every document (default: the BM25 ∪ dense top-100 pool)")
   parser.add_argument("--name", default="storage", help="result name (storage*.json)")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the rows of an earlier run of the same table and measure only "
+                           "the configurations it lacks")
   parser.add_argument("--results-dir", default=str(harness.RESULTS_DIR))
   parser.add_argument("--no-report", action="store_true")
   args = parser.parse_args(argv)
@@ -223,6 +226,19 @@ def main(argv=None) -> int:
       plot={"x": "all_in", "y": "ndcg@10", "series": "vector_format", "kind": "line",
             "logx": True, "hlines": []})
   reference = None
+  done = set()
+  previous = pathlib.Path(args.results_dir) / f"{args.name}.json"
+  if args.resume and previous.is_file():
+    old = harness.load_result(previous)
+    if old["description"] != table.record["description"] or old["columns"] != list(COLUMNS):
+      raise SystemExit(f"{previous}: measured on other inputs; cannot resume it")
+    for values in old["rows"]:
+      row = dict(zip(COLUMNS, values))
+      table.add(row)
+      done.add((row["vector_format"], float(row["prune_ratio"])))
+      if (row["vector_format"], float(row["prune_ratio"])) == ("float16", 1.0):
+        reference = row["ndcg@10"]
+    table.record["plot"]["hlines"] = old["plot"]["hlines"]
   if args.configs:
     pairs = [c.split("@") for c in args.configs.split(",")]
     grid = [(f, float(r)) for f, r in pairs]
@@ -241,7 +257,10 @@ def main(argv=None) -> int:
       "salience head); the proxy is not stored (extras = 0)",
       "pq:M: M one-byte codes per token, 256 k-means centroids per sub-space of h / M "
       "dimensions, codebook trained (12 k-means iterations) on 16,384 sampled kept tokens"]
+  result = None
   for fmt, ratio in runs:
+    if (fmt, ratio) in done:
+      continue
     row = measure(corpus, queries, qrels, pool, fmt, ratio)
     if reference is None:
       reference = row["ndcg@10"]
@@ -253,6 +272,8 @@ def main(argv=None) -> int:
                              row["delta_ndcg"] >= -GOAL_NDCG_DROP)
     table.add(row)
     # Written after every row: a long run keeps what it measured.
+    result = table.write(results_dir, notes=notes)
+  if result is None:
     result = table.write(results_dir, notes=notes)
   if not args.no_report:
     from bench import report
