@@ -42,11 +42,13 @@ EXTRAS_REQUIRE = {
         "hypothesis==6.170.15",
         "torch==2.13.0",
         "transformers==5.23.0",
+        "sentence-transformers==6.2.0",  # the MiniLM dense reference (issue 6)
     ],
     "bench": [
         "faiss-cpu==1.15.1",  # the token-MIPS peer, benchmarks only
         "torch==2.13.0",
         "transformers==5.23.0",
+        "sentence-transformers==6.2.0",
     ],
 }
 
