@@ -3,8 +3,8 @@
 A scorer is a callable `(query id, [document ids]) -> [scores]`, so LITE, KNRM, a cross-encoder
 or MaxSim plug in alike. `token_scorer` adapts a late-interaction function over padded token
 vectors — `pair_fn(q [1, n, h], q_mask [1, n], d [1, K, m, h], d_mask [1, K, m], q_salience,
-d_salience) -> [1, K]`, the signature of `align_scores_candidates` with its alignment bound —
-to that interface, reading documents from an encoded `TokenStore`. `alignment_pair_fn` binds
+d_salience) -> [1, K]` (saliences [1, n] / [1, K, m], or None), the signature of
+`align_scores_candidates` with its alignment bound — to that interface, reading documents from an encoded `TokenStore`. `alignment_pair_fn` binds
 an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM head, whose fixed matrix
 shape needs `query_length` / `doc_length` padding in `token_scorer`.
 """
@@ -76,7 +76,7 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
                  query_length: int | None = None, doc_length: int | None = None) -> ScoreFn:
   """A `ScoreFn` scoring with `pair_fn` over the stored token vectors of queries and documents.
 
-  Saliences are passed when both sides have them; otherwise the masks (u = 1) are. Documents
+  Saliences are passed when both sides have them; otherwise None (u = 1). Documents
   are padded to a multiple of 32 tokens, or to exactly `doc_length` (longer ones truncated),
   and queries to exactly `query_length` when given (fixed-shape scorers such as LITE).
   """
@@ -100,12 +100,14 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
     g = documents.gather_padded(rows, length)
     if doc_length is not None:
       g = {k: fit(v, doc_length) for k, v in g.items()}
-    q_sal = queries.salience[b:b + 1] if with_sal else queries.mask[b:b + 1]
-    d_sal = g["salience"] if with_sal else g["mask"]
+    # Without saliences None is passed, so plain alignments take the fast unweighted path.
+    q_sal = d_sal = None
+    if with_sal:
+      q_sal = fit(np.asarray(queries.salience[b:b + 1], np.float32), query_length)
+      d_sal = np.asarray(g["salience"], np.float32)[None]
     out = pair_fn(fit(queries.vectors[b:b + 1], query_length),
                   fit(queries.mask[b:b + 1], query_length), g["vectors"][None],
-                  g["mask"][None], fit(np.asarray(q_sal, np.float32), query_length),
-                  np.asarray(d_sal, np.float32)[None])
+                  g["mask"][None], q_sal, d_sal)
     return np.asarray(out)[0]
 
   return score
