@@ -289,3 +289,23 @@ def test_demo_collection_by_name():
   assert collection.qrels["test"] and len(collection.corpus) > 1000
   with pytest.raises(ValueError, match="no split"):
     pipeline.load_split("demo", "nope")
+
+
+@pytest.mark.slow
+def test_product_quantised_index_from_the_evaluation(beir_dir, encoders, tmp_path):
+  """`vector_dtype='pq:M'` in the evaluation: the corpus stays float16 until the index build
+  trains the codebook, and retrieval with the PQ index finds what float16 finds."""
+  from aligner_jax.index import IndexConfig
+  results = {}
+  for fmt in ("float16", "pq:4"):
+    out = tmp_path / fmt.replace(":", "")
+    results[fmt] = pipeline.evaluate_beir(
+        beir_dir=str(beir_dir), split="test", retriever="exact", model=encoders,
+        index_dir=str(out / "index"),
+        index_config=IndexConfig(backend="exact", vector_dtype=fmt),
+        num_neighbors=20, top_n=15, doc_length=64, query_length=16, output_dir=str(out),
+        log=lambda m: None)
+  manifest = json.loads(next((tmp_path / "pq4" / "index").glob("*/manifest.json")).read_text())
+  assert manifest["config"]["vector_dtype"] == "pq:4"
+  assert "codebook.npy" in manifest["files"]
+  assert results["pq:4"]["ndcg@10"] >= results["float16"]["ndcg@10"] - 0.15

@@ -244,6 +244,9 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
   refined: dict[str, Any] = {}
 
   def corpus_store(vector_dtype: str = "float16") -> TokenStore:
+    # Product-quantised codes are trained by the index build, after pruning, on the kept
+    # tokens; the corpus is held as float16 until then.
+    vector_dtype = "float16" if vector_dtype.startswith("pq:") else vector_dtype
     if encoded_dir:
       return load_encoded_corpus(encoded_dir, collection, doc_length=doc_length,
                                  log=log).with_vector_dtype(vector_dtype)
