@@ -65,6 +65,19 @@ def _log(message: str) -> None:
   print(message, flush=True)
 
 
+# The index settings that change retrieval results; fields added to IndexConfig for other
+# formats (e.g. product quantisation) must not invalidate scores kept from before.
+_SCORE_INDEX_FIELDS = (
+    "backend", "vector_dtype", "prune_doc_ratio", "refine_tokens", "max_shard_tokens",
+    "num_leaves", "leaves_to_search", "search_fraction", "scan_factor", "expected_k",
+    "dims_per_block", "anisotropic_threshold", "reorder", "reorder_factor",
+    "training_sample_size", "training_threads")
+
+
+def _index_settings(config: IndexConfig) -> dict[str, Any]:
+  return {k: v for k, v in config.to_json().items() if k in _SCORE_INDEX_FIELDS}
+
+
 def _fingerprint(spec: R1Dataset, **settings: Any) -> str:
   """SHA-256 over the encoded stores' manifests (content checksums) and the settings."""
   stores = [*pipeline.corpus_shards(spec.encoded_dir),
@@ -96,7 +109,7 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
   cache = fingerprint = None
   if spec.encoded_dir:
     fingerprint = _fingerprint(spec, strategies=list(strategies), top_n=top_n,
-                               index=index_config.to_json())
+                               index=_index_settings(index_config))
     cache = work_dir / f"{spec.name}.scores.json"
     found = _load_scores(cache, fingerprint) if reuse_scores else None
     if found is not None:
