@@ -158,6 +158,13 @@ def _pylate_import(spec: dict[str, Any]):
   return pylate
 
 
+def _read_corpus_and_queries(spec: dict[str, Any]) -> tuple[tuple, tuple]:
+  """`read_store` of the encode cache's (first) corpus shard and its test queries."""
+  encoded = pathlib.Path(spec["encoded_dir"])
+  return (read_store(sorted(encoded.glob("corpus-*-of-*"))[0]),
+          read_store(encoded / "queries-test"))
+
+
 def _torch_vectors(vectors: np.ndarray, offsets: np.ndarray, rows) -> list:
   import torch  # pylint: disable=g-import-not-at-top
   return [torch.from_numpy(np.array(vectors[offsets[r]:offsets[r + 1]], np.float32))
@@ -167,9 +174,7 @@ def _torch_vectors(vectors: np.ndarray, offsets: np.ndarray, rows) -> list:
 def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
   pylate = _pylate_import(spec)
   from pylate import rank  # pylint: disable=g-import-not-at-top
-  encoded = pathlib.Path(spec["encoded_dir"])
-  doc_ids, doc_off, doc_vec = read_store(sorted(encoded.glob("corpus-*-of-*"))[0])
-  q_ids, q_off, q_vec = read_store(encoded / "queries-test")
+  (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
   doc_row = {d: i for i, d in enumerate(doc_ids)}
   q_row = {q: i for i, q in enumerate(q_ids)}
   first = read_run(pathlib.Path(spec["first_stage"]))
@@ -229,9 +234,7 @@ def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
 def _pylate_plaid(spec: dict[str, Any]) -> dict[str, Any]:
   pylate = _pylate_import(spec)
   from pylate import indexes, retrieve  # pylint: disable=g-import-not-at-top
-  encoded = pathlib.Path(spec["encoded_dir"])
-  doc_ids, doc_off, doc_vec = read_store(sorted(encoded.glob("corpus-*-of-*"))[0])
-  q_ids, q_off, q_vec = read_store(encoded / "queries-test")
+  (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
   q_row = {q: i for i, q in enumerate(q_ids)}
   t = time.perf_counter()
   index = indexes.PLAID(index_folder=str(pathlib.Path(spec["work_dir"]) / "pylate_plaid"),

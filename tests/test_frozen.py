@@ -131,13 +131,18 @@ def _toy_batch(rng, b=3, k=4, n=5, m=7):
   return unit((b, n, H)) * q_mask[..., None], q_mask, unit((b, k, m, H)) * d_mask[..., None], d_mask
 
 
+def _toy_head(kind, **settings):
+  """(config, module, params) of a small head over H-dim cached vectors, 5 x 7 tokens."""
+  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7, **settings)
+  module = heads.build_module(head)
+  return head, module, heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+
+
 @pytest.mark.parametrize("kind", ["colbert", "de", "maxsim"])
 def test_pair_scores_numpy_reference(kind):
   rng = np.random.default_rng(1)
   q, qm, d, dm = _toy_batch(rng)
-  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7)
-  module = heads.build_module(head)
-  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  head, module, params = _toy_head(kind)
   got = np.asarray(heads.pair_scores(module, head, params, q, qm, d, dm))
   norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa
   want = np.zeros(got.shape)
@@ -159,9 +164,7 @@ def test_pair_scores_numpy_reference(kind):
 def test_in_batch_scores_agree_with_pair_scores(kind):
   rng = np.random.default_rng(2)
   q, qm, d, dm = _toy_batch(rng)
-  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7)
-  module = heads.build_module(head)
-  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  head, module, params = _toy_head(kind)
   pairs = np.asarray(heads.pair_scores(module, head, params, q, qm, d, dm))
   all_pairs = np.asarray(heads.in_batch_scores(module, head, params, q, qm,
                                                d.reshape(-1, 7, H), dm.reshape(-1, 7)))
@@ -174,10 +177,7 @@ def test_in_batch_scores_agree_with_pair_scores(kind):
 def test_gradients_reach_every_head_parameter_and_nothing_else(kind, objective):
   rng = np.random.default_rng(3)
   q, qm, d, dm = _toy_batch(rng)
-  head = heads.HeadConfig(kind=kind, projection_dim=8, query_len=5, doc_len=7,
-                          lite_row_width=6, lite_col_width=4)
-  module = heads.build_module(head)
-  params = heads.init_params(module, head, hidden_dim=H, rng=jax.random.key(0))
+  head, module, params = _toy_head(kind, lite_row_width=6, lite_col_width=4)
   assert not any("encoder" in k for k in params)  # only heads exist: the encoder is frozen
   labels = np.zeros((3, 4), np.float32)
   labels[:, 0] = 1

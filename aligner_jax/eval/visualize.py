@@ -16,17 +16,14 @@ import dataclasses
 import html
 import os
 import pathlib
-import tempfile
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
-
-from aligner_jax.index import pruning  # noqa: E402
-from aligner_jax.scoring import Alignment  # noqa: E402
-from aligner_jax.scoring.alignment import alignment_matrix  # noqa: E402
+from aligner_jax.index import pruning
+from aligner_jax.plots import write_png
+from aligner_jax.scoring import Alignment
+from aligner_jax.scoring.alignment import alignment_matrix
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
           "#17becf")
@@ -150,17 +147,7 @@ def save_png(view: AlignmentView, path: str | os.PathLike, *, title: str = "") -
   ax_d.set_xticks([])
   ax_d.set_ylabel("doc salience", fontsize=8)
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  write_png(fig, path, dpi=110)
 
 
 def _pieces(tokens: list[str]) -> list[tuple[str, str]]:

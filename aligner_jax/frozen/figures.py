@@ -7,30 +7,16 @@ kept fraction of document tokens, one line per β^q), `plot_gates` (R3: one line
 
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+from aligner_jax.plots import write_png
 
 
 def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-  os.close(fd)
-  try:
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=120, format="png")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return path
+  fig.tight_layout()
+  return write_png(fig, path)
 
 
 def _curve(ax, summary: Sequence[Mapping[str, Any]], query_ratio: float, label: str) -> None:
@@ -42,6 +28,17 @@ def _curve(ax, summary: Sequence[Mapping[str, Any]], query_ratio: float, label: 
               label=label)
 
 
+def _save_ratio_axes(fig: Any, ax: Any, path: str | os.PathLike, title: str) -> pathlib.Path:
+  """Labels the nDCG@10-vs-β^d axes of the pruning curves (log x) and saves."""
+  ax.set_xscale("log")
+  ax.set_xticks([10, 20, 50, 100], ["10", "20", "50", "100"])
+  ax.set_xlabel("document tokens kept, β^d (%)")
+  ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
 def plot_pruning(result: Mapping[str, Any], path: str | os.PathLike, *, gate: str = "lp",
                  title: str = "") -> pathlib.Path:
   summary = result[gate]["summary"]
@@ -51,13 +48,7 @@ def plot_pruning(result: Mapping[str, Any], path: str | os.PathLike, *, gate: st
   full = max(summary, key=lambda c: (c["doc_ratio"], c["query_ratio"]))
   ref = 100 * full["ndcg@10"]["mean"]
   ax.axhspan(ref - 1.0, ref, color="0.85", zorder=0, label="within 1 point of no pruning")
-  ax.set_xscale("log")
-  ax.set_xticks([10, 20, 50, 100], ["10", "20", "50", "100"])
-  ax.set_xlabel("document tokens kept, β^d (%)")
-  ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  return _save(fig, path)
+  return _save_ratio_axes(fig, ax, path, title)
 
 
 def plot_gates(result: Mapping[str, Any], path: str | os.PathLike, *, query_ratio: float,
@@ -66,13 +57,7 @@ def plot_gates(result: Mapping[str, Any], path: str | os.PathLike, *, query_rati
   labels = {"lp": "entropic LP (ALIGNER)", "relu": "ReLU gate", "hard_topk": "hard top-k"}
   for gate, entry in result.items():
     _curve(ax, entry["summary"], query_ratio, labels.get(gate, gate))
-  ax.set_xscale("log")
-  ax.set_xticks([10, 20, 50, 100], ["10", "20", "50", "100"])
-  ax.set_xlabel("document tokens kept, β^d (%)")
-  ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  return _save(fig, path)
+  return _save_ratio_axes(fig, ax, path, title)
 
 
 def _bars(ax, names: Sequence[str], means: Sequence[float], stds: Sequence[float]) -> None:

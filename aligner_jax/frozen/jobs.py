@@ -103,6 +103,15 @@ def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapp
   return content
 
 
+def _pruning_setup(data: FrozenData, head: HeadConfig, train: TrainConfig,
+                   seeds: Sequence[int], gates: Sequence[str], mode: str, num_neighbors: int,
+                   depth: int) -> dict[str, Any]:
+  """The settings R2 and R3 record beside their results."""
+  return _plain({"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
+                 "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
+                 "alignment": "top_k:1 with saliences"})
+
+
 @gin.configurable(module=_MODULE)
 def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                      seeds: Sequence[int], doc_ratios: Sequence[float],
@@ -116,10 +125,8 @@ def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                                     num_neighbors=num_neighbors, mode=mode, depth=depth)
   figures.plot_pruning(results, figure, gate=gates[0], title=(
       f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head ({mode})"))
-  setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-           "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
-           "alignment": "top_k:1 with saliences"}
-  return _write("r2", output_json, results, _plain(setup), started, load)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  return _write("r2", output_json, results, setup, started, load)
 
 
 @gin.configurable(module=_MODULE)
@@ -135,10 +142,8 @@ def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                                     num_neighbors=num_neighbors, mode=mode, depth=depth)
   figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
       f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
-  setup = {"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-           "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
-           "alignment": "top_k:1 with saliences"}
-  return _write("r3", output_json, results, _plain(setup), started, load)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  return _write("r3", output_json, results, setup, started, load)
 
 
 @gin.configurable(module=_MODULE)

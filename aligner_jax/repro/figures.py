@@ -8,34 +8,17 @@ backend.
 
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
+from aligner_jax.plots import write_png
 
 
 def _label(strategy: str) -> str:
   kind, value = strategy.split(":")
   return f"top-p {float(value) * 100:g}%" if kind == "top_p" else f"top-k {value}"
-
-
-def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return path
 
 
 def strategy_matrix(reports: Sequence[Mapping[str, Any]],
@@ -88,7 +71,7 @@ def plot_strategy_heatmap(reports: Sequence[Mapping[str, Any]], path: str | os.P
   ax.set_title("nDCG@10 x 100 per alignment strategy (box: best of the column)", fontsize=9)
   fig.colorbar(im, ax=ax, label="points below the column's best")
   fig.tight_layout()
-  return _save(fig, path)
+  return write_png(fig, path)
 
 
 def plot_picks(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> pathlib.Path:
@@ -118,4 +101,4 @@ def plot_picks(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) ->
   ax.set_title("Alignment strategy picked by 8-shot adaptation", fontsize=9)
   ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
-  return _save(fig, path)
+  return write_png(fig, path)
