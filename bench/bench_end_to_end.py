@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--num-neighbors", type=int, default=None,
                       help="K′ of the token index (default 4000, 1000 with --quick)")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
-  parser.add_argument("--results-dir", default=str(harness.RESULTS_DIR))
+  harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
-  args = parser.parse_args(argv)
+  args = harness.resolve_results_dir(parser.parse_args(argv))
   if args.runs < harness.MIN_RUNS:
     parser.error(f"--runs must be at least {harness.MIN_RUNS}")
   names = [p for p in args.pipelines.split(",") if p]

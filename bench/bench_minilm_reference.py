@@ -322,9 +322,9 @@ def main(argv=None) -> int:
   parser.add_argument("--encoded-dir", default=None,
                       help=f"the project's encoded SciFact (default: ${ENCODED_ENV} or the "
                       "bench cache, encoded there when absent)")
-  parser.add_argument("--results-dir", default=str(harness.RESULTS_DIR))
+  harness.add_results_dir_arg(parser)
   parser.add_argument("--encode-reference", action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  args = harness.resolve_results_dir(parser.parse_args(argv))
   beir_dir = pathlib.Path(args.beir_dir).resolve()
   if not (beir_dir / "corpus.jsonl").is_file():
     raise SystemExit(f"{beir_dir}/corpus.jsonl not found: give --beir-dir (BEIR SciFact)")

@@ -201,9 +201,9 @@ def main(argv=None) -> int:
   parser.add_argument("--resume", action="store_true",
                       help="keep the rows of an earlier run of the same table and measure only "
                            "the configurations it lacks")
-  parser.add_argument("--results-dir", default=str(harness.RESULTS_DIR))
+  harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
-  args = parser.parse_args(argv)
+  args = harness.resolve_results_dir(parser.parse_args(argv))
   args.beir_dir = args.beir_dir or str(minilm_vectors.scifact_dir())
   formats = (args.formats.split(",") if args.formats else
              QUICK_FORMATS if args.quick else FORMATS)

@@ -53,6 +53,8 @@ TABLE_SCHEMA = "aligner_jax.bench.table/1"  # measured quantities that are not t
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
+# Quick runs (fewer cells, subsets of the data) never overwrite the full suite's results.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 STATUSES = ("ok", "disagrees", "error", "timeout", "skipped")
 # Versions recorded with every result (read from package metadata: nothing is imported).
 PACKAGES = ("numpy", "jax", "jaxlib", "flax", "torch", "scann", "faiss-cpu", "tensorflow",
@@ -648,9 +650,21 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
   parser.add_argument("--warmup", type=int, default=None, help="untimed calls after the first")
   parser.add_argument("--only", default=None, help="run only cells whose label contains this")
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per subprocess")
-  parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+  add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true", help="skip the plot and README tables")
-  return parser.parse_args(argv)
+  return resolve_results_dir(parser.parse_args(argv))
+
+
+def add_results_dir_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--results-dir", default=None,
+                      help=f"default {RESULTS_DIR}, or {QUICK_RESULTS_DIR} with --quick")
+
+
+def resolve_results_dir(args: argparse.Namespace) -> argparse.Namespace:
+  """Fills in the default --results-dir: quick runs keep their results apart."""
+  if args.results_dir is None:
+    args.results_dir = str(QUICK_RESULTS_DIR if getattr(args, "quick", False) else RESULTS_DIR)
+  return args
 
 
 def main(build: Callable[[bool], Benchmark], argv: Sequence[str] | None = None,

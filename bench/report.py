@@ -227,7 +227,7 @@ def _fmt(value: Any) -> str:
   return "" if value is None else str(value)
 
 
-def table_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
+def table_markdown(result: dict[str, Any], png_link: str | None) -> list[str]:
   """The README section of a table result."""
   out = _header(result)
   out += [f"- {k}: {v}" for k, v in result.get("extra", {}).items()]
@@ -235,15 +235,15 @@ def table_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
   cols = result["columns"]
   out += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in result["rows"]]
-  if png_name:
-    out += ["", f"![{result['benchmark']}](results/{png_name})"]
+  if png_link:
+    out += ["", f"![{result['benchmark']}]({png_link})"]
   return out
 
 
-def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
+def result_markdown(result: dict[str, Any], png_link: str | None) -> list[str]:
   """The README section of one benchmark result."""
   if result.get("schema") == harness.TABLE_SCHEMA:
-    return table_markdown(result, png_name)
+    return table_markdown(result, png_link)
   out = _header(result)[:-1] + [
          f"- {result['settings']['runs']} timed runs after {result['settings']['warmup']} "
          f"warm-up calls, each implementation in a fresh process; "
@@ -266,26 +266,46 @@ def result_markdown(result: dict[str, Any], png_name: str | None) -> list[str]:
     out.append("Entries: median ms per call [interquartile range].")
   for title, cells in _groups(result).items():
     out += ["", f"**{title}**", ""] + _cell_table(cells)
-  if png_name:
-    out += ["", f"![{result['benchmark']}](results/{png_name})"]
+  if png_link:
+    out += ["", f"![{result['benchmark']}]({png_link})"]
   return out
 
 
-def generated_section(results_dir: pathlib.Path) -> str:
-  lines = [GENERATED_BEGIN, ""]
-  paths = sorted(pathlib.Path(results_dir).glob("*.json"))
-  if not paths:
-    lines.append("No results yet: run `make bench-quick` or `make bench`.")
-  for path in paths:
+def _result_sections(results_dir: pathlib.Path, link_prefix: str) -> list[str]:
+  lines = []
+  for path in sorted(pathlib.Path(results_dir).glob("*.json")):
     result = harness.load_result(path)
     png = path.with_suffix(".png")
-    lines += result_markdown(result, png.name if png.exists() else None) + [""]
+    lines += result_markdown(result, link_prefix + png.name if png.exists() else None) + [""]
+  return lines
+
+
+def generated_section(results_dir: pathlib.Path) -> str:
+  """The generated README block: the full results of `results_dir`, then its quick runs."""
+  results_dir = pathlib.Path(results_dir)
+  lines = [GENERATED_BEGIN, ""]
+  full = _result_sections(results_dir, "results/")
+  quick = _result_sections(results_dir / harness.QUICK_RESULTS_DIR.name, "results/quick/")
+  if not full and not quick:
+    lines.append("No results yet: run `make bench-quick` or `make bench`.")
+  lines += full
+  if quick:
+    lines += ["## Quick runs (`make bench-quick`)", "",
+              "Subsets of the cells and of the data, kept in `results/quick/`; they never "
+              "replace the full results above.", ""] + quick
   lines.append(GENERATED_END)
   return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: pathlib.Path, results_dir: pathlib.Path) -> None:
-  """Replaces the generated block of `readme` (appends one if absent); written atomically."""
+def update_readme(readme: pathlib.Path, results_dir: pathlib.Path = harness.RESULTS_DIR) -> None:
+  """Replaces the generated block of `readme` (appends one if absent); written atomically.
+
+  `results_dir` is the results root (or its quick/ directory, which means the same root): the
+  block always shows both the full and the quick results.
+  """
+  results_dir = pathlib.Path(results_dir)
+  if results_dir.name == harness.QUICK_RESULTS_DIR.name:
+    results_dir = results_dir.parent
   text = readme.read_text() if readme.exists() else "# Benchmarks\n\n"
   block = generated_section(results_dir)
   begin, end = text.find(GENERATED_BEGIN), text.find(GENERATED_END)

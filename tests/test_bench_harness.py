@@ -163,3 +163,22 @@ def test_report_plot_and_readme_block(result, tmp_path):
   readme.write_text(broken)
   with pytest.raises(ValueError, match="only one of the generated-results markers"):
     report.update_readme(readme, out_dir)
+
+
+def test_quick_results_are_kept_apart_from_full_ones(result, tmp_path):
+  res, out_dir = result
+  assert harness.parse_args(["--quick"], "").results_dir == str(harness.QUICK_RESULTS_DIR)
+  assert harness.parse_args([], "").results_dir == str(harness.RESULTS_DIR)
+  assert harness.parse_args(["--quick", "--results-dir", "x"], "").results_dir == "x"
+  root = tmp_path / "results"
+  full = copy.deepcopy(res)
+  full["mode"] = "full"
+  harness.write_json(root / "selfcheck.json", full)
+  harness.write_json(root / "quick" / "selfcheck.json", res)
+  (root / "quick" / "selfcheck.png").write_bytes(b"png")
+  readme = tmp_path / "README.md"
+  report.update_readme(readme, root / "quick")  # the quick dir names the same root
+  text = readme.read_text()
+  full_at, quick_at = text.index("`selfcheck` (full)"), text.index("`selfcheck` (quick)")
+  assert full_at < text.index("## Quick runs") < quick_at
+  assert "](results/quick/selfcheck.png)" in text
