@@ -112,7 +112,12 @@ def attention_weights(q: jax.Array, k: jax.Array, bias: jax.Array) -> jax.Array:
   Returns:
     [B, heads, Lq, Lk] float32.
   """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  # Heads moved next to the batch first, so both products are plain batched matmuls: XLA's CPU
+  # backend runs einsum("bqhd,bkhd->bhqk") with heads in the middle 1.3-1.7x slower end to end
+  # (all-MiniLM-L6-v2 forward, batch 16 x 256 tokens, 2 cores).
+  q_heads = jnp.transpose(q, (0, 2, 1, 3))  # [B, heads, Lq, kv]
+  k_heads = jnp.transpose(k, (0, 2, 3, 1))  # [B, heads, kv, Lk]
+  logits = jnp.matmul(q_heads, k_heads, preferred_element_type=jnp.float32)
   return jax.nn.softmax(logits + bias, axis=-1)
 
 
@@ -124,7 +129,8 @@ def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
   Returns:
     [B, Lq, heads, kv] in v's dtype.
   """
-  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+  v_heads = jnp.transpose(v, (0, 2, 1, 3))  # [B, heads, Lk, kv]: see attention_weights
+  return jnp.transpose(jnp.matmul(weights.astype(v.dtype), v_heads), (0, 2, 1, 3))
 
 
 def constrain_hidden(x: jax.Array) -> jax.Array:
