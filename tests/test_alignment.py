@@ -435,4 +435,4 @@ def test_chunking_bounds_memory_for_a_thousand_candidates():
     compiled = _candidates_jit.lower(q, qm, d, dm, alignment=spec).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 8 * 2**20, (spec, temp)
-  assert fast_align.default_chunk(1000, 256, 32) == 4  # [4, 256, 32] blocks of 128 KiB
+  assert fast_align.default_chunk(1000, 256, 32) == 32  # [32, 256, 32] blocks of 1 MiB
