@@ -218,6 +218,91 @@ def test_training_lowers_loss_and_store_roundtrip(tiny, tmp_path):
   assert key != store.head_key("x", heads.HeadConfig(kind="colbert", projection_dim=4))
 
 
+def test_drop_tokens_hides_real_tokens_only_and_keeps_one():
+  rng = np.random.default_rng(5)
+  lengths = rng.integers(1, 31, size=400)
+  mask = np.arange(30)[None] < lengths[:, None]
+  out = np.asarray(train_lib.drop_tokens(jnp.asarray(mask), jax.random.key(0), 0.5))
+  assert out.dtype == bool and out.shape == mask.shape
+  assert not np.any(out & ~mask)  # padding stays padding
+  assert np.all(out[:, 0])  # the first real token is always kept: no empty document
+  kept = out[:, 1:].sum() / mask[:, 1:].sum()
+  assert 0.45 < kept < 0.55, kept
+  again = np.asarray(train_lib.drop_tokens(jnp.asarray(mask), jax.random.key(0), 0.5))
+  other = np.asarray(train_lib.drop_tokens(jnp.asarray(mask), jax.random.key(1), 0.5))
+  np.testing.assert_array_equal(out, again)
+  assert np.any(out != other)
+  np.testing.assert_array_equal(
+      np.asarray(train_lib.drop_tokens(jnp.asarray(mask), jax.random.key(0), 0.0)), mask)
+  # Rows whose first real token is not at position 0 (left padding) keep that one.
+  shifted = np.zeros((50, 10), bool)
+  shifted[:, 4:] = True
+  low = np.asarray(train_lib.drop_tokens(jnp.asarray(shifted), jax.random.key(2), 0.95))
+  assert np.all(low[:, 4]) and not np.any(low[:, :4])
+  with pytest.raises(ValueError, match="doc_token_dropout"):
+    train_lib.TrainConfig(doc_token_dropout=1.0)
+
+
+def test_doc_token_dropout_changes_training_and_is_seeded():
+  rng = np.random.default_rng(4)
+  head, module, params = _toy_head("lite", lite_row_width=6, lite_col_width=4)
+  labels = np.zeros((3, 4), np.float32)
+  labels[:, 0] = 1
+  batches = []
+  for _ in range(6):
+    q, qm, d, dm = _toy_batch(rng)
+    batches.append({"query": q, "query_mask": qm, "docs": d, "doc_mask": dm,
+                    "cand_mask": np.ones((3, 4), bool), "labels": labels})
+
+  def run(rate, key):
+    cfg = train_lib.TrainConfig(steps=6, learning_rate=1e-2, warmup_steps=0, objective="group",
+                                temperature=1.0, eval_every=0, doc_token_dropout=rate)
+    return train_lib.train_head(module, head, params, iter(batches), cfg, log=lambda m: None,
+                                rng=jax.random.key(key))
+
+  plain, plain_h = run(0.0, 0)
+  plain_other_key, _ = run(0.0, 1)
+  dropped, dropped_h = run(0.5, 0)
+  dropped_again, _ = run(0.5, 0)
+  dropped_other, _ = run(0.5, 1)
+  leaves = lambda p: [np.asarray(x) for x in jax.tree_util.tree_leaves(p)]  # noqa: E731
+  for a, b in zip(leaves(plain), leaves(plain_other_key)):
+    np.testing.assert_array_equal(a, b)  # without dropout the key plays no part
+  for a, b in zip(leaves(dropped), leaves(dropped_again)):
+    np.testing.assert_array_equal(a, b)  # the same key gives the same run
+  assert plain_h["loss"][0] != dropped_h["loss"][0]  # dropout acts from the first step
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(dropped), leaves(dropped_other)))
+
+
+def test_sweep_configs_and_select_on_dev(tiny):
+  base = train_lib.TrainConfig(steps=6, batch_size=4, num_negatives=3, negative_depth=10,
+                               eval_every=3, objective="group", temperature=0.1)
+  configs = experiments.sweep_configs(base, {"learning_rate": [1e-3, 3e-3],
+                                             "doc_token_dropout": [0.0, 0.2]})
+  assert [(c.learning_rate, c.doc_token_dropout) for c in configs] == [
+      (1e-3, 0.0), (1e-3, 0.2), (3e-3, 0.0), (3e-3, 0.2)]
+  assert all(c.steps == 6 for c in configs)
+  assert experiments.sweep_configs(base, {}) == [base]
+  with pytest.raises(ValueError, match="unknown"):
+    experiments.sweep_configs(base, {"lr": [1e-3]})
+  data = _data(tiny)
+  head = heads.HeadConfig(kind="colbert", projection_dim=8)
+  sweep = {"learning_rate": [1e-6, 3e-2], "doc_token_dropout": [0.0, 0.3]}
+  chosen, rows = experiments.select_on_dev(data, "colbert-sweep", head, base, sweep, 0,
+                                           log=lambda m: None)
+  assert len(rows) == 4
+  assert [(r["learning_rate"], r["doc_token_dropout"]) for r in rows] == [
+      (c.learning_rate, c.doc_token_dropout) for c in experiments.sweep_configs(base, sweep)]
+  best = max(rows, key=lambda r: r["dev_ndcg@10"])
+  assert (chosen.learning_rate, chosen.doc_token_dropout) == (best["learning_rate"],
+                                                               best["doc_token_dropout"])
+  assert len({r["dev_ndcg@10"] for r in rows}) > 1  # the settings really trained differently
+  # The chosen head is the stored one: its dev value is the row's, read back, not retrained.
+  _, _, history = experiments.train_or_load(data, "colbert-sweep", head, chosen, 0,
+                                            log=lambda m: None)
+  assert history["dev_ndcg@10"] == best["dev_ndcg@10"]
+
+
 def _run_job(gin_file: str, bindings: list[str]):
   from aligner_jax.main import run as main_run  # pylint: disable=g-import-not-at-top
   gin.clear_config()
@@ -259,12 +344,19 @@ def test_gin_jobs_two_steps(tiny, tmp_path):
       "lite50/FrozenHead.query_len = 8", "lite50/FrozenHead.doc_len = 24",
       "lite50/FrozenHead.lite_doc_tokens = 5"])
   assert {"bm25", "maxsim", "colbert", "de", "knrm", "lite", "lite50"} <= set(r4["results"])
+  lite = r4["results"]["lite"]
+  assert len(lite["sweep"]) == 4 and set(lite["chosen"]) == {"learning_rate", "doc_token_dropout"}
+  assert lite["dev_ndcg@10"]["mean"] == max(r["dev_ndcg@10"] for r in lite["sweep"])
   r5 = _run_job("gin/experiments/repro_r5_distill.gin", common + [
       f"R5_OUTPUT = '{tmp_path / 'r5.json'}'", f"R5_FIGURE = '{tmp_path / 'r5.png'}'",
       "lite/FrozenHead.query_len = 8", "lite/FrozenHead.doc_len = 24",
-      "R5_NUM_CANDIDATES = 6", "R5_SEEDS = [0]"])
+      "R5_NUM_CANDIDATES = 6", "R5_SEEDS = [0]", "R5_STEPS = 4", "R5_EVAL_EVERY = 2",
+      "R5_SWEEP = {'learning_rate': [1e-3, 1e-2]}"])
   students = r5["results"]["students"]
   assert set(students) == {"one_hot_ce", "mse", "margin_mse", "m3se", "softmax_ce",
                            "rankdistil_b"}
   for entry in students.values():
     assert 0 <= entry["summary"]["ndcg@10"]["mean"] <= 1
+    assert [r["learning_rate"] for r in entry["sweep"]] == [1e-3, 1e-2]
+  # The teacher is R4's ColBERT with the setting R4 chose on dev, read back from the store.
+  assert r5["results"]["teacher"]["chosen"] == r4["results"]["colbert"]["chosen"]

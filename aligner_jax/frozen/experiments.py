@@ -6,7 +6,9 @@ JSON-ready dicts (the gin jobs in `jobs.py` write them and their figures).
   run_rerank       R4: several heads trained alike, re-ranking BM25's top documents
   run_distillation R5: dual-encoder students distilled from a trained teacher, one per loss
 Every trained head is selected on the dev queries (held out from the training split) by
-re-ranking BM25's top 100 (nDCG@10); test numbers are computed once, after training.
+re-ranking BM25's top 100 (nDCG@10): its best evaluated step, and, with a `sweep` of training
+settings, its best setting (`select_on_dev`); test numbers are computed once, after training,
+for the selected head only.
 """
 
 import dataclasses
@@ -96,13 +98,43 @@ def train_or_load(data: FrozenData, name: str, head: heads.HeadConfig,
   log(f"{name} seed {seed}: training {heads.num_params(params)} parameters")
   params, history = train_lib.train_head(module, head, params, it, config,
                                          dev_fn=dev_ndcg_fn(data, module, head, corpus=dev_corpus),
-                                         log=lambda m: log(f"{name} seed {seed}: {m}"))
+                                         log=lambda m: log(f"{name} seed {seed}: {m}"),
+                                         rng=jax.random.fold_in(jax.random.key(seed), 1))
   history["trained"] = True
   history["num_params"] = heads.num_params(params)
   history["dev_ndcg@10"] = max(v for _, v in history["dev"])
   history["key"] = key
   store.save_head(params, history, npz, meta)
   return module, params, history
+
+
+def sweep_configs(config: train_lib.TrainConfig,
+                  sweep: Mapping[str, Sequence[Any]]) -> list[train_lib.TrainConfig]:
+  """`config` with every combination of the `sweep` values (TrainConfig field -> values), in
+  `itertools.product` order of the fields as given; [config] for an empty sweep."""
+  fields = list(sweep)
+  unknown = set(fields) - {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  if unknown:
+    raise ValueError(f"sweep over unknown TrainConfig fields {sorted(unknown)}")
+  return [dataclasses.replace(config, **dict(zip(fields, values)))
+          for values in itertools.product(*(sweep[f] for f in fields))]
+
+
+def select_on_dev(data: FrozenData, name: str, head: heads.HeadConfig,
+                  config: train_lib.TrainConfig, sweep: Mapping[str, Sequence[Any]],
+                  seed: int, **train_kw: Any) -> tuple[train_lib.TrainConfig, list[dict]]:
+  """Trains (or reads back) head `name` with `seed` under each setting of `sweep_configs` and
+  returns the one with the best dev nDCG@10 (the first on ties) and one row per setting
+  ({swept field: value, "dev_ndcg@10", "best_step"}). Only the dev queries (held out from the
+  training split) are read; `train_kw` goes to `train_or_load`."""
+  configs = sweep_configs(config, sweep)
+  rows = []
+  for cfg in configs:
+    _, _, history = train_or_load(data, name, head, cfg, seed, **train_kw)
+    rows.append({**{f: getattr(cfg, f) for f in sweep}, "dev_ndcg@10": history["dev_ndcg@10"],
+                 "best_step": history["best_step"]})
+  best = int(np.argmax([r["dev_ndcg@10"] for r in rows]))
+  return configs[best], rows
 
 
 def _summary(history: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,14 +218,25 @@ def _pruning_summary(per_seed: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
                temperatures: Mapping[str, float], config: train_lib.TrainConfig,
                seeds: Sequence[int], depth: int = 100, transfer: Sequence[FrozenData] = (),
+               sweep: Mapping[str, Sequence[Any]] | None = None,
                log: Log = _print) -> dict[str, Any]:
-  """Test (and transfer) metrics of each model re-ranking BM25's top `depth`."""
+  """Test (and transfer) metrics of each model re-ranking BM25's top `depth`.
+
+  Every trained head gets the same `config` and the same `sweep` of its settings; each keeps
+  the setting with the best dev nDCG@10 of the first seed (`select_on_dev`), then trains the
+  other seeds with it.
+  """
+  sweep = dict(sweep or {})
   out: dict[str, Any] = {"bm25": {data.name: evaluate.evaluate(
       data.qrels(data.test_split), data.bm25(data.test_split, depth))}}
   for t in transfer:
     out["bm25"][t.name] = evaluate.evaluate(t.qrels(t.test_split), t.bm25(t.test_split, depth))
   for name, head in models.items():
     cfg = dataclasses.replace(config, objective="group", temperature=temperatures[name])
+    table: list[dict[str, Any]] = []
+    if head.kind != "maxsim":
+      cfg, table = select_on_dev(data, name, head, cfg, sweep, seeds[0], log=log)
+      log(f"{name}: chosen on dev {({f: getattr(cfg, f) for f in sweep})}")
     runs = []
     for seed in (seeds if head.kind != "maxsim" else seeds[:1]):
       module, params, history = train_or_load(data, name, head, cfg, seed, log=log)
@@ -205,6 +248,8 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
       runs.append(entry)
     names = [data.name] + [t.name for t in transfer]
     out[name] = {"head": dataclasses.asdict(head), "temperature": temperatures[name],
+                 "sweep": table,
+                 "chosen": {f: getattr(cfg, f) for f in sweep} if table else None,
                  "seeds": runs,
                  "summary": {ds: {m: mean_std([r[ds][m] for r in runs])
                                   for m in evaluate.REPORTED} for ds in names},
@@ -250,8 +295,18 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
                      config: train_lib.TrainConfig,
                      objectives: Mapping[str, tuple[str, Mapping[str, float]]],
                      seeds: Sequence[int], num_candidates: int = 20, depth: int = 100,
+                     sweep: Mapping[str, Sequence[Any]] | None = None,
+                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None,
                      log: Log = _print) -> dict[str, Any]:
-  """Students distilled with each objective from the teacher (trained with seed 0)."""
+  """Students distilled with each objective from the teacher (trained with seed 0).
+
+  The teacher's setting is chosen on dev over `teacher_sweep` (R4's sweep: its heads are read
+  back from the store); each objective's student setting over `sweep`, on the first seed's dev
+  nDCG@10 (`select_on_dev`), the other seeds then trained with it.
+  """
+  sweep, teacher_sweep = dict(sweep or {}), dict(teacher_sweep or {})
+  teacher_config, _ = select_on_dev(data, teacher_name, teacher, teacher_config, teacher_sweep,
+                                    0, log=log)
   t_module, t_params, t_history = train_or_load(data, teacher_name, teacher, teacher_config, 0,
                                                 log=log)
   train_ex, _ = data.examples
@@ -270,7 +325,9 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
   teacher_test = rerank_metrics(data, data.test_split, t_module, teacher, t_params, depth=depth)
   out: dict[str, Any] = {
       "teacher": {"name": teacher_name, "head": dataclasses.asdict(teacher),
-                  "training": _summary(t_history), data.name: teacher_test,
+                  "training": _summary(t_history),
+                  "chosen": {f: getattr(teacher_config, f) for f in teacher_sweep},
+                  data.name: teacher_test,
                   "score_mean": mu, "score_std": sd},
       "bm25": evaluate.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
       "students": {}}
@@ -282,17 +339,20 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
   for name, (objective, hparams) in objectives.items():
     cfg = dataclasses.replace(config, objective=objective,
                               loss_hparams=tuple(sorted(dict(hparams).items())))
+    train_kw = dict(batches=lambda s: _epochs(make_batches, s), dev_corpus=pooled,
+                    extra_key=(teacher_name, t_history.get("key"), num_candidates), log=log)
+    cfg, table = select_on_dev(data, f"student-{name}", student, cfg, sweep, seeds[0],
+                               **train_kw)
     runs = []
     for seed in seeds:
-      module, params, history = train_or_load(
-          data, f"student-{name}", student, cfg, seed,
-          batches=lambda s: _epochs(make_batches, s), dev_corpus=pooled,
-          extra_key=(teacher_name, t_history.get("key"), num_candidates), log=log)
+      module, params, history = train_or_load(data, f"student-{name}", student, cfg, seed,
+                                              **train_kw)
       m = rerank_metrics(data, data.test_split, module, student, params, corpus=pooled,
                          depth=depth)
       log(evaluate.score_log(f"student {name} seed {seed}", m))
       runs.append({"seed": seed, "training": _summary(history), data.name: m})
     out["students"][name] = {
-        "objective": objective, "hparams": dict(hparams), "seeds": runs,
+        "objective": objective, "hparams": dict(hparams), "sweep": table,
+        "chosen": {f: getattr(cfg, f) for f in sweep}, "seeds": runs,
         "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in evaluate.REPORTED}}
   return out

@@ -150,14 +150,19 @@ def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
 def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
                     temperatures: Mapping[str, float], train: TrainConfig,
                     seeds: Sequence[int], output_json: str, figure: str, depth: int = 100,
-                    transfer: Sequence[FrozenData] = ()) -> dict[str, Any]:
-  """R4: heads trained alike re-rank BM25's top `depth` -> JSON + bar chart."""
+                    transfer: Sequence[FrozenData] = (),
+                    sweep: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+  """R4: heads trained alike (the same `sweep` of settings, each chosen on dev) re-rank BM25's
+  top `depth` -> JSON + bar chart."""
   started, load = time.time(), os.getloadavg()
+  sweep = {k: list(v) for k, v in (sweep or {}).items()}
   results = experiments.run_rerank(data, models=models, temperatures=temperatures,
-                                   config=train, seeds=seeds, depth=depth, transfer=transfer)
+                                   config=train, seeds=seeds, depth=depth, transfer=transfer,
+                                   sweep=sweep)
   figures.plot_rerank(results, figure, dataset=data.name, title=(
       f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, frozen MiniLM"))
   setup = {"data": _data_setup(data), "train": train, "seeds": list(seeds), "depth": depth,
+           "sweep": sweep, "selection": "dev nDCG@10 (held-out training queries), first seed",
            "objective": "softmax CE over each query's positive + BM25 negatives",
            "transfer": [_data_setup(t) for t in transfer]}
   return _write("r4", output_json, results, _plain(setup), started, load)
@@ -167,19 +172,27 @@ def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
 def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig,
                      teacher_train: TrainConfig, student: HeadConfig, train: TrainConfig,
                      objectives: Mapping[str, Any], seeds: Sequence[int], output_json: str,
-                     figure: str, num_candidates: int = 20, depth: int = 100) -> dict[str, Any]:
-  """R5: dual-encoder students per distillation loss -> JSON + bar chart."""
+                     figure: str, num_candidates: int = 20, depth: int = 100,
+                     sweep: Mapping[str, Sequence[Any]] | None = None,
+                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None
+                     ) -> dict[str, Any]:
+  """R5: dual-encoder students per distillation loss (settings over `sweep` chosen on dev;
+  the teacher's over `teacher_sweep`, R4's) -> JSON + bar chart."""
   started, load = time.time(), os.getloadavg()
   objectives = {k: (v[0], dict(v[1]) if len(v) > 1 else {}) for k, v in objectives.items()}
+  sweep = {k: list(v) for k, v in (sweep or {}).items()}
+  teacher_sweep = {k: list(v) for k, v in (teacher_sweep or {}).items()}
   results = experiments.run_distillation(
       data, teacher_name=teacher_name, teacher=teacher, teacher_config=teacher_train,
       student=student, config=train, objectives=objectives, seeds=seeds,
-      num_candidates=num_candidates, depth=depth)
+      num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep)
   figures.plot_distillation(results, figure, dataset=data.name, title=(
       f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth}"))
   setup = {"data": _data_setup(data), "teacher_train": teacher_train, "student": student,
            "train": train, "seeds": list(seeds), "num_candidates": num_candidates,
-           "depth": depth, "objectives": objectives}
+           "depth": depth, "objectives": objectives, "sweep": sweep,
+           "teacher_sweep": teacher_sweep,
+           "selection": "dev nDCG@10 (held-out training queries), first seed"}
   return _write("r5", output_json, results, _plain(setup), started, load)
 
 

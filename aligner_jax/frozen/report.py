@@ -6,7 +6,7 @@ same text next to each JSON file (`r<N>.md`). Numbers are x 100, mean ± std ove
 
 import json
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def _ms(entry: Mapping[str, float], scale: float = 100.0) -> str:
@@ -30,23 +30,59 @@ def r2_table(content: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _setting(chosen: Mapping[str, Any] | None) -> str:
+  """The swept settings a head kept ("lr 0.001, dropout 0.2"), or "—"."""
+  if not chosen:
+    return "—"
+  short = {"learning_rate": "lr", "doc_token_dropout": "dropout", "weight_decay": "wd"}
+  return ", ".join(f"{short.get(k, k)} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                   for k, v in chosen.items())
+
+
+def _best_steps(entry: Mapping[str, Any]) -> str:
+  return "/".join(str(s["training"].get("best_step", "—")) for s in entry["seeds"])
+
+
+def sweep_table(rows_by_name: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+  """Dev nDCG@10 (and the step kept) of every swept setting, one row per head / student."""
+  rows_by_name = {k: v for k, v in rows_by_name.items() if v}
+  if not rows_by_name:
+    return ""
+  fields = [k for k in next(iter(rows_by_name.values()))[0]
+            if k not in ("dev_ndcg@10", "best_step")]
+  settings = [tuple(r[f] for f in fields) for r in next(iter(rows_by_name.values()))]
+  label = lambda values: _setting(dict(zip(fields, values)))  # noqa: E731
+  lines = ["Dev nDCG@10 × 100 (step kept) per swept setting:", "",
+           "| | " + " | ".join(label(v) for v in settings) + " |",
+           "|---" * (len(settings) + 1) + "|"]
+  for name, rows in rows_by_name.items():
+    by = {tuple(r[f] for f in fields): r for r in rows}
+    lines.append(f"| {name} | " + " | ".join(
+        f"{100 * by[v]['dev_ndcg@10']:.1f} ({by[v]['best_step']})" if v in by else ""
+        for v in settings) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def r4_table(content: Mapping[str, Any]) -> str:
   results = content["results"]
   datasets = list(results["bm25"])
   head = "| model | " + " | ".join(f"{d} MRR@10 | {d} nDCG@10" for d in datasets) + \
-         " | dev nDCG@10 | seeds |"
-  lines = [head, "|---" * (2 * len(datasets) + 3) + "|"]
+         " | dev nDCG@10 | setting (dev) | step kept | seeds |"
+  lines = [head, "|---" * (2 * len(datasets) + 5) + "|"]
   lines.append("| BM25 (first stage) | " + " | ".join(
       f"{100 * results['bm25'][d]['mrr@10']:.1f} | {100 * results['bm25'][d]['ndcg@10']:.1f}"
-      for d in datasets) + " | | |")
+      for d in datasets) + " | | | | |")
   for name, entry in results.items():
     if name == "bm25":
       continue
     cells = " | ".join(f"{_ms(entry['summary'][d]['mrr@10'])} | "
                        f"{_ms(entry['summary'][d]['ndcg@10'])}" for d in datasets)
     dev = entry.get("dev_ndcg@10")
-    lines.append(f"| {name} | {cells} | {_ms(dev) if dev else '—'} | {len(entry['seeds'])} |")
-  return "\n".join(lines) + "\n"
+    lines.append(f"| {name} | {cells} | {_ms(dev) if dev else '—'} | "
+                 f"{_setting(entry.get('chosen'))} | {_best_steps(entry) if dev else '—'} | "
+                 f"{len(entry['seeds'])} |")
+  sweep = sweep_table({n: e.get("sweep") for n, e in results.items() if n != "bm25"})
+  return "\n".join(lines) + "\n" + (f"\n{sweep}" if sweep else "")
 
 
 def r5_table(content: Mapping[str, Any]) -> str:
@@ -55,18 +91,23 @@ def r5_table(content: Mapping[str, Any]) -> str:
   names = {"one_hot_ce": "one-hot CE", "mse": "MSE", "margin_mse": "margin MSE",
            "m3se": "M3SE", "softmax_ce": "softmax CE", "rankdistil_b": "RankDistil-B"}
   ds = content["setup"]["data"]["name"]
-  lines = ["| student loss | MRR@10 | nDCG@10 | paper MS MARCO MRR@10 / nDCG@10 |",
-           "|---|---|---|---|",
+  lines = ["| student loss | MRR@10 | nDCG@10 | setting (dev) | step kept | "
+           "paper MS MARCO MRR@10 / nDCG@10 |",
+           "|---|---|---|---|---|---|",
            f"| teacher ({r['teacher']['name']}) | {100 * r['teacher'][ds]['mrr@10']:.1f} | "
-           f"{100 * r['teacher'][ds]['ndcg@10']:.1f} | 37.0 / 43.0 (cross-attention) |",
-           f"| BM25 | {100 * r['bm25']['mrr@10']:.1f} | {100 * r['bm25']['ndcg@10']:.1f} | "
+           f"{100 * r['teacher'][ds]['ndcg@10']:.1f} | "
+           f"{_setting(r['teacher'].get('chosen'))} | "
+           f"{r['teacher']['training'].get('best_step', '—')} | 37.0 / 43.0 (cross-attention) |",
+           f"| BM25 | {100 * r['bm25']['mrr@10']:.1f} | {100 * r['bm25']['ndcg@10']:.1f} | | | "
            "19.4 / 24.1 |"]
   for key, entry in r["students"].items():
     p = paper.get(names.get(key, key), {})
     ref = f"{100 * p['mrr@10']:.1f} / {100 * p['ndcg@10']:.1f}" if p else "—"
     lines.append(f"| {names.get(key, key)} | {_ms(entry['summary']['mrr@10'])} | "
-                 f"{_ms(entry['summary']['ndcg@10'])} | {ref} |")
-  return "\n".join(lines) + "\n"
+                 f"{_ms(entry['summary']['ndcg@10'])} | {_setting(entry.get('chosen'))} | "
+                 f"{_best_steps(entry)} | {ref} |")
+  sweep = sweep_table({names.get(k, k): e.get("sweep") for k, e in r["students"].items()})
+  return "\n".join(lines) + "\n" + (f"\n{sweep}" if sweep else "")
 
 
 def table(content: Mapping[str, Any]) -> str:

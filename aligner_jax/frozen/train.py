@@ -10,6 +10,11 @@ Objectives (`TrainConfig.objective`):
 The step is one jitted function; batches are NumPy dicts from `aligner_jax.frozen.batches`.
 Every `eval_every` steps `dev_fn(params)` (a number, higher is better, computed on held-out
 *training* queries) is recorded and the best parameters are kept.
+Regularisation besides AdamW's weight decay: `doc_token_dropout` hides each real document
+token from the head with that probability at every training step (`drop_tokens`; the first
+real token is always kept), the same way for every head kind -- for LITE / KNRM it is dropout
+on the columns of the similarity matrix, for ColBERT on MaxSim's candidates, for the dual
+encoder on its mean pool. Evaluation always sees every token.
 """
 
 import dataclasses
@@ -39,6 +44,8 @@ class TrainConfig:
     temperature: τ of the softmax objectives (cosine scores need a small τ).
     loss_hparams: extra hyper-parameters of a distillation loss (e.g. gamma0).
     eval_every: steps between dev evaluations (0 = only at the end).
+    doc_token_dropout: probability of hiding a real document token during training
+      (`drop_tokens`; 0 = off).
   """
   steps: int = 300
   batch_size: int = 16
@@ -52,6 +59,24 @@ class TrainConfig:
   temperature: float = 0.05
   loss_hparams: tuple[tuple[str, float], ...] = ()
   eval_every: int = 100
+  doc_token_dropout: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.doc_token_dropout < 1.0:
+      raise ValueError(f"doc_token_dropout must be in [0, 1), got {self.doc_token_dropout}")
+
+
+def drop_tokens(mask: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
+  """Hides each real token of `mask` [..., L] (bool) with probability `rate`.
+
+  Padding stays padding and the first real token of every row is always kept, so no document
+  becomes empty. Returns a bool mask of the same shape.
+  """
+  if rate <= 0.0:
+    return mask
+  keep = jax.random.uniform(rng, mask.shape) >= rate
+  first = mask & (jnp.cumsum(mask, axis=-1) == 1)
+  return (mask & keep) | first
 
 
 def make_loss_fn(module: Any, head: heads.HeadConfig, config: TrainConfig
@@ -93,10 +118,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
                               weight_decay=config.weight_decay, clip_norm=config.clip_norm)
 
 
-def make_step(loss_fn, optimizer):
-  """The jitted train step (params, opt_state, batch) -> (params, opt_state, loss)."""
+def make_step(loss_fn, optimizer, doc_token_dropout: float = 0.0):
+  """The jitted train step (params, opt_state, batch, rng) -> (params, opt_state, loss);
+  `rng` draws the document tokens `drop_tokens` hides (unused without dropout)."""
 
-  def step(params, opt_state, batch):
+  def step(params, opt_state, batch, rng):
+    if doc_token_dropout > 0.0:
+      batch = {**batch, "doc_mask": drop_tokens(batch["doc_mask"], rng, doc_token_dropout)}
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -111,8 +139,11 @@ def _device_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 def train_head(module: Any, head: heads.HeadConfig, params: Any,
                batches: Iterable[dict[str, np.ndarray]], config: TrainConfig, *,
                dev_fn: Callable[[Any], float] | None = None,
-               log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+               log: Callable[[str], None] = print,
+               rng: jax.Array | None = None) -> tuple[Any, dict[str, Any]]:
   """Trains `params` for `config.steps` steps on `batches`.
+
+  `rng` seeds the token dropout (step t uses fold_in(rng, t)); default key 0.
 
   Returns:
     (the parameters with the best dev value -- the last ones without `dev_fn` --,
@@ -123,7 +154,8 @@ def train_head(module: Any, head: heads.HeadConfig, params: Any,
   loss_fn = make_loss_fn(module, head, config)
   optimizer = make_optimizer(config)
   opt_state = optimizer.init(params)
-  step_fn = make_step(loss_fn, optimizer)
+  step_fn = make_step(loss_fn, optimizer, config.doc_token_dropout)
+  rng = jax.random.key(0) if rng is None else rng
   params = jax.tree_util.tree_map(jnp.array, params)  # own copies: the step donates them
   history: dict[str, Any] = {"loss": [], "dev": []}
   best = (-np.inf, None, 0)
@@ -131,7 +163,8 @@ def train_head(module: Any, head: heads.HeadConfig, params: Any,
   it = iter(batches)
   every = config.eval_every or config.steps
   for step in range(1, config.steps + 1):
-    params, opt_state, loss = step_fn(params, opt_state, _device_batch(next(it)))
+    params, opt_state, loss = step_fn(params, opt_state, _device_batch(next(it)),
+                                      jax.random.fold_in(rng, step))
     history["loss"].append(float(loss))
     if step % every == 0 or step == config.steps:
       msg = f"step {step}/{config.steps}: loss {float(loss):.4f}"
