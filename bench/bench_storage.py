@@ -25,12 +25,19 @@ MiniLM has no salience head, so documents are pruned by a transparent proxy: the
 token's vocabulary id over the corpus (special tokens, in every document, go first). The
 proxy is used only to choose the kept tokens; it is not stored.
 
+`--head PATH.npz` first maps the cached vectors through a head trained on them (the frozen-
+encoder regime of docs/reproduction.md: R4's ColBERT projection to 128-d, or R2's ALIGNER head
+whose document saliences then replace the IDF proxy); the candidate pool stays MiniLM's, so the
+rows of the two curves re-rank the same documents.
+
 Inputs (never re-encoded here; regenerate the full cache with the encode job, see
 bench/README.md): `--encoded-dir` (default /work/cache/minilm/scifact: corpus-*-of-*/ and
 queries-test/, 256 tokens per document and query) and `--beir-dir` (SciFact).
 
   python -m bench.bench_storage [--quick] [--formats float16,pq:32] [--ratios 1,0.25]
       [--exhaustive] [--name storage_exhaustive]
+  python -m bench.bench_storage --head runs/frozen/heads/colbert-seed0-<key>.npz \
+      --name storage_colbert128
 
 Quick: the 400-document bench cache (bench/minilm_vectors.py), every document refined,
 nDCG@10 over that subset.
@@ -147,16 +154,37 @@ def load_inputs(args) -> tuple:
   if corpus.token_ids is None:
     raise ValueError(f"{args.encoded_dir}: the encoded corpus has no token ids; the IDF "
                      "pruning proxy needs them")
-  corpus = dataclasses.replace(corpus, salience=idf_salience(corpus.token_ids, corpus.offsets))
   return corpus, queries, qrels, label, pool
 
 
-def measure(corpus, queries, qrels, pool, fmt: str, ratio: float) -> dict:
+def apply_head(npz_path: str, kind: str, dim: int, corpus, queries) -> tuple:
+  """The corpus and queries mapped through a head trained on the frozen vectors
+  (`aligner_jax.frozen`, e.g. R4's ColBERT projection or R2's ALIGNER head): [T, dim] float16
+  token vectors, with the head's saliences when it has them. Token ids are kept (IDF proxy)."""
+  from aligner_jax.frozen import evaluate as frozen_eval
+  from aligner_jax.frozen import heads
+  from aligner_jax.frozen import store
+  npz = pathlib.Path(npz_path)
+  loaded = store.load_head(npz, npz.with_suffix(".json"))
+  if loaded is None:
+    raise SystemExit(f"{npz}: no trained head there (the .npz and its .json history are both "
+                     "needed; heads are written by the gin/experiments/repro_r* jobs)")
+  params, _ = loaded
+  config = heads.HeadConfig(kind=kind, projection_dim=dim)
+  module = heads.build_module(config)
+  mapped = frozen_eval.head_store(module, params, corpus, doc_length=ENCODED_LENGTH)
+  mapped = dataclasses.replace(mapped, token_ids=corpus.token_ids)
+  return mapped, frozen_eval.head_queries(module, params, queries)
+
+
+def measure(corpus, queries, qrels, pool, fmt: str, ratio: float, *,
+            pq_sample_size: int = 16_384) -> dict:
   """Builds, saves and evaluates one configuration; returns its table row (bytes per token)."""
   from aligner_jax.eval import metrics
   from aligner_jax.index import IndexConfig, build_token_index, load_index, save_index
   from aligner_jax.retrieval import token_retrieval as tr
-  config = IndexConfig(backend="exact", vector_dtype=fmt, prune_doc_ratio=ratio, fields=())
+  config = IndexConfig(backend="exact", vector_dtype=fmt, prune_doc_ratio=ratio, fields=(),
+                       pq_sample_size=pq_sample_size)
   start = time.perf_counter()
   index = build_token_index(corpus, config)
   build_s = time.perf_counter() - start
@@ -198,6 +226,13 @@ def main(argv=None) -> int:
   parser.add_argument("--exhaustive", action="store_true",
                       help="refine every document (default: the BM25 ∪ dense top-100 pool)")
   parser.add_argument("--name", default="storage", help="result name (storage*.json)")
+  parser.add_argument("--head", default=None,
+                      help="a trained frozen-encoder head (.npz with its .json beside it) that "
+                           "maps the cached vectors first; the candidate pool stays MiniLM's")
+  parser.add_argument("--head-kind", default="colbert", choices=("colbert", "aligner"))
+  parser.add_argument("--head-dim", type=int, default=128, help="the head's projection width")
+  parser.add_argument("--pq-sample-size", type=int, default=16_384,
+                      help="kept tokens sampled to train each PQ codebook")
   parser.add_argument("--resume", action="store_true",
                       help="keep the rows of an earlier run of the same table and measure only "
                            "the configurations it lacks")
@@ -213,13 +248,23 @@ def main(argv=None) -> int:
   if not args.name.startswith("storage"):
     raise SystemExit(f"--name must start with 'storage', got {args.name!r}")
   corpus, queries, qrels, label, pool = load_inputs(args)
+  vectors_from = "all-MiniLM-L6-v2 token vectors"
+  if args.head:
+    corpus, queries = apply_head(args.head, args.head_kind, args.head_dim, corpus, queries)
+    vectors_from = (f"all-MiniLM-L6-v2 token vectors through the trained {args.head_kind} head "
+                    f"{pathlib.Path(args.head).name}")
+  pruned_by = "the head's saliences"
+  if corpus.salience is None:
+    pruned_by = "IDF proxy salience"
+    corpus = dataclasses.replace(corpus,
+                                 salience=idf_salience(corpus.token_ids, corpus.offsets))
   how = ("every document refined" if pool is None else
          f"re-ranking the union of the BM25 and dense top {POOL_DEPTH} "
          f"(mean {np.mean([len(p) for p in pool]):.0f} documents per query)")
   table = harness.TableRun(
-      args.name, f"Token index quality vs size on {label}: all-MiniLM-L6-v2 token vectors "
+      args.name, f"Token index quality vs size on {label}: {vectors_from} "
       f"(h = {corpus.dim}, {corpus.num_tokens} document tokens, {len(queries)} judged queries), "
-      "by refinement vector format and document pruning ratio β^d (IDF proxy salience); "
+      f"by refinement vector format and document pruning ratio β^d ({pruned_by}); "
       f"columns refine … all_in are bytes per original document token; nDCG@10 of top-1 "
       f"refinement, {how}.",
       COLUMNS, mode="quick" if args.quick else "full",
@@ -253,15 +298,19 @@ def main(argv=None) -> int:
       "backend exact: the MIPS stage scans the stored refinement vectors (PQ codes for pq:M), "
       "so ann = 0; a ScaNN index would add its AH codes (h / dims_per_block bytes per "
       "searched token) and, unless reorder='stored', an int8 reorder copy (h bytes)",
-      "pruning by a proxy salience, the IDF of the token id over the corpus (MiniLM has no "
-      "salience head); the proxy is not stored (extras = 0)",
+      ("pruning by the trained head's document saliences (not stored: extras = 0)"
+       if pruned_by.startswith("the head") else
+       "pruning by a proxy salience, the IDF of the token id over the corpus (MiniLM has no "
+       "salience head); the proxy is not stored (extras = 0)"),
       "pq:M: M one-byte codes per token, 256 k-means centroids per sub-space of h / M "
-      "dimensions, codebook trained (12 k-means iterations) on 16,384 sampled kept tokens"]
+      "dimensions, codebook trained (12 k-means iterations) on "
+      f"{args.pq_sample_size:,} sampled kept tokens"]
   result = None
   for fmt, ratio in runs:
     if (fmt, ratio) in done:
       continue
-    row = measure(corpus, queries, qrels, pool, fmt, ratio)
+    row = measure(corpus, queries, qrels, pool, fmt, ratio,
+                  pq_sample_size=args.pq_sample_size)
     if reference is None:
       reference = row["ndcg@10"]
       table.record["plot"]["hlines"] = [

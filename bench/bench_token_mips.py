@@ -40,7 +40,8 @@ RECALL_TARGETS = (0.90, 0.95)
 FULL_BASE = 1_300_000  # above the corpus size: every vector
 FULL_QUERIES = 300
 # (leaves searched of √n ≈ 1,113, reorder pool factor) and (nprobe of √n lists, k_factor).
-FULL_SCANN = ((40, 2.0), (80, 2.0), (160, 2.0), (320, 2.0), (80, 4.0), (160, 4.0))
+FULL_SCANN = ((40, 2.0), (80, 2.0), (160, 2.0), (320, 2.0), (40, 4.0), (80, 4.0), (160, 4.0),
+              (80, 8.0), (160, 8.0))
 FULL_FAISS = ((16, 2.0), (32, 2.0), (64, 2.0), (128, 2.0), (256, 2.0), (64, 4.0), (128, 4.0))
 REFERENCE = harness.Impl("numpy_exact", "bench.impls.mips:exact", "numpy")
 
