@@ -251,3 +251,14 @@ def test_writes_are_atomic(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
   assert load_index(target).shards[0].store.vectors.tobytes() != before[
       pathlib.Path("shard-00000/vectors.npy")]
+
+
+def test_json_is_written_whole_and_readable_by_everyone(tmp_path):
+  path = tmp_path / "result.json"
+  files.write_json(path, {"b": 1, "a": [1.5]})
+  assert files.read_json(path) == {"a": [1.5], "b": 1}
+  assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+  with pytest.raises(ValueError):
+    files.write_json(path, {"x": float("nan")})  # refused, and the old file is kept
+  assert files.read_json(path) == {"a": [1.5], "b": 1}
+  assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

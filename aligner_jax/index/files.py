@@ -53,6 +53,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
       f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary, shareable files
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
