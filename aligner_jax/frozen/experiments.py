@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import pathlib
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +120,11 @@ def sweep_configs(config: train_lib.TrainConfig,
           for values in itertools.product(*(sweep[f] for f in fields))]
 
 
+def swept_values(config: train_lib.TrainConfig, sweep: Iterable[str]) -> dict[str, Any]:
+  """{swept TrainConfig field: its value in `config`}, the record of a chosen setting."""
+  return {f: getattr(config, f) for f in sweep}
+
+
 def select_on_dev(data: FrozenData, name: str, head: heads.HeadConfig,
                   config: train_lib.TrainConfig, sweep: Mapping[str, Sequence[Any]],
                   seed: int, **train_kw: Any) -> tuple[train_lib.TrainConfig, list[dict]]:
@@ -131,7 +136,7 @@ def select_on_dev(data: FrozenData, name: str, head: heads.HeadConfig,
   rows = []
   for cfg in configs:
     _, _, history = train_or_load(data, name, head, cfg, seed, **train_kw)
-    rows.append({**{f: getattr(cfg, f) for f in sweep}, "dev_ndcg@10": history["dev_ndcg@10"],
+    rows.append({**swept_values(cfg, sweep), "dev_ndcg@10": history["dev_ndcg@10"],
                  "best_step": history["best_step"]})
   best = int(np.argmax([r["dev_ndcg@10"] for r in rows]))
   return configs[best], rows
@@ -236,7 +241,7 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
     table: list[dict[str, Any]] = []
     if head.kind != "maxsim":
       cfg, table = select_on_dev(data, name, head, cfg, sweep, seeds[0], log=log)
-      log(f"{name}: chosen on dev {({f: getattr(cfg, f) for f in sweep})}")
+      log(f"{name}: chosen on dev {swept_values(cfg, sweep)}")
     runs = []
     for seed in (seeds if head.kind != "maxsim" else seeds[:1]):
       module, params, history = train_or_load(data, name, head, cfg, seed, log=log)
@@ -249,7 +254,7 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
     names = [data.name] + [t.name for t in transfer]
     out[name] = {"head": dataclasses.asdict(head), "temperature": temperatures[name],
                  "sweep": table,
-                 "chosen": {f: getattr(cfg, f) for f in sweep} if table else None,
+                 "chosen": swept_values(cfg, sweep) if table else None,
                  "seeds": runs,
                  "summary": {ds: {m: mean_std([r[ds][m] for r in runs])
                                   for m in evaluate.REPORTED} for ds in names},
@@ -326,7 +331,7 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
   out: dict[str, Any] = {
       "teacher": {"name": teacher_name, "head": dataclasses.asdict(teacher),
                   "training": _summary(t_history),
-                  "chosen": {f: getattr(teacher_config, f) for f in teacher_sweep},
+                  "chosen": swept_values(teacher_config, teacher_sweep),
                   data.name: teacher_test,
                   "score_mean": mu, "score_std": sd},
       "bm25": evaluate.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
@@ -353,6 +358,6 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
       runs.append({"seed": seed, "training": _summary(history), data.name: m})
     out["students"][name] = {
         "objective": objective, "hparams": dict(hparams), "sweep": table,
-        "chosen": {f: getattr(cfg, f) for f in sweep}, "seeds": runs,
+        "chosen": swept_values(cfg, sweep), "seeds": runs,
         "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in evaluate.REPORTED}}
   return out
