@@ -14,7 +14,9 @@ from aligner_jax.index import prune_budget
 from aligner_jax.index import prune_store
 from aligner_jax.index import top_salience_mask
 from aligner_jax.index.backends import ExactSearcher
+from aligner_jax.index.backends import pack_nibbles
 from aligner_jax.index.backends import scann_settings
+from aligner_jax.index.backends import unpack_nibbles
 from aligner_jax.index.store import quantize_int8
 from aligner_jax.scoring import prune_tokens
 
@@ -163,6 +165,18 @@ def test_scann_settings_scale_with_size():
   assert large.training_sample_size == 100_000 and small.training_sample_size == 10_000
   with pytest.raises(ValueError, match="reorder"):
     scann_settings(100, reorder="bogus")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 20), st.integers(1, 13), st.integers(0, 2**32 - 1))
+def test_nibble_packing_round_trips_and_halves_the_bytes(rows, blocks, seed):
+  codes = np.random.default_rng(seed).integers(0, 16, (rows, blocks)).astype(np.uint8)
+  packed = pack_nibbles(codes)
+  assert packed.shape == (rows, (blocks + 1) // 2) and packed.dtype == np.uint8
+  np.testing.assert_array_equal(unpack_nibbles(packed, blocks), codes)
+  # Byte j holds blocks 2j (low nibble) and 2j + 1 (high nibble).
+  if rows and blocks >= 2:
+    assert packed[0, 0] == codes[0, 0] + 16 * codes[0, 1]
 
 
 def _recall(approx_rows, exact_rows):

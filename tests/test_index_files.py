@@ -105,6 +105,37 @@ def test_scann_round_trip_gives_identical_search(scann_index_dir):
       p.name for p in (path / "shard-00000").iterdir()}
 
 
+def test_scann_codes_are_stored_two_per_byte(scann_index_dir):
+  _, index, path = scann_index_dir
+  scann_dir = path / "shard-00000" / "scann"
+  assert not (scann_dir / "hashed_dataset.npy").exists()
+  with np.load(scann_dir / "hashed_dataset.4bit.npz") as z:
+    packed, blocks = z["packed"], int(z["blocks"])
+  h = index.shards[0].store.vectors.shape[1]
+  assert blocks == -(-h // 2)  # 2 dimensions per AH block by default
+  assert packed.shape == (index.shards[0].searcher.size, (blocks + 1) // 2)
+  assert packed.dtype == np.uint8
+
+
+def test_malformed_packed_codes_are_refused_naming_the_file(scann_index_dir, tmp_path):
+  """A packed-codes file that passes its checksum but holds the wrong shape (hand-edited
+  manifest) is refused with the file named, never handed to ScaNN."""
+  _, _, path = scann_index_dir
+  bad = copy_tree(path, tmp_path / "bad")
+  shard = bad / "shard-00000"
+  target = shard / "scann" / "hashed_dataset.4bit.npz"
+  with np.load(target) as z:
+    packed, blocks = z["packed"], z["blocks"]
+  np.savez(target, packed=packed[:, :-1], blocks=blocks)
+  manifest = json.loads((shard / "manifest.json").read_text())
+  entry = manifest["files"]["scann/hashed_dataset.4bit.npz"]
+  entry.update(sha256=files.sha256_file(target), bytes=target.stat().st_size)
+  (shard / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(IndexFileError, match="4-bit codes per row") as err:
+    load_shard(shard)
+  assert err.value.path == os.fspath(target)
+
+
 def _flip_byte(path: pathlib.Path, offset_from_end: int = 10):
   data = bytearray(path.read_bytes())
   data[-offset_from_end] ^= 0xFF
@@ -112,7 +143,7 @@ def _flip_byte(path: pathlib.Path, offset_from_end: int = 10):
 
 
 @pytest.mark.parametrize("victim", ["vectors.npy", "offsets.npy", "doc_ids.json",
-                                    "scann/hashed_dataset.npy"])
+                                    "scann/hashed_dataset.4bit.npz"])
 def test_a_flipped_byte_is_refused_naming_the_file(scann_index_dir, tmp_path, victim):
   _, _, path = scann_index_dir
   bad = copy_tree(path, tmp_path / "bad")

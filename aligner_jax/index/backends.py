@@ -14,17 +14,27 @@ instead rescores the AH candidates with this project's stored refinement vectors
 the index to AH codes + one copy of the vectors but runs in NumPy and is several times slower
 (measured 8x at K′ = 4,000); "none" keeps the AH scores.
 
+On disk the AH codes (4 bits each, one per 2-dimension block) are packed two per byte
+(`hashed_dataset.4bit.npz`); ScaNN itself serialises one per byte, so 384-d vectors would
+otherwise carry 192 B of codes instead of 96. Searches hand ScaNN batches of queries small
+enough to keep every core busy (`_parallel_batch_size`).
+
 Results ScaNN cannot fill (too few points in the searched leaves) come back as row -1 with
 score -inf.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
 import pathlib
-from typing import Any, Callable
+import tempfile
+from typing import Any, Callable, Iterator
+import zipfile
 
 import numpy as np
+
+from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
 
@@ -185,11 +195,13 @@ class ScannSearcher:
   def load(cls, directory: pathlib.Path, settings: ScannSettings, size: int,
            vectors_fn: VectorsFn) -> "ScannSearcher":
     scann = _scann()
-    searcher = scann.scann_ops_pybind.load_searcher(os.fspath(directory / cls.SUBDIR))
+    target = directory / cls.SUBDIR
+    with _unpacked_assets(target) as assets:
+      searcher = scann.scann_ops_pybind.ScannSearcher(
+          scann.scann_ops_pybind.scann_pybind.ScannNumpy(os.fspath(target), assets))
     if searcher.size() != size:
-      from aligner_jax.index.files import IndexFileError  # pylint: disable=g-import-not-at-top
-      raise IndexFileError(directory / cls.SUBDIR, f"ScaNN index holds {searcher.size()} "
-                           f"vectors but the manifest says {size} (mismatched shard)")
+      raise files.IndexFileError(target, f"ScaNN index holds {searcher.size()} "
+                                 f"vectors but the manifest says {size} (mismatched shard)")
     return cls(searcher, settings, size, vectors_fn)
 
   def save(self, directory: pathlib.Path) -> None:
@@ -197,6 +209,7 @@ class ScannSearcher:
     target.mkdir()
     # Relative asset paths keep the files valid after the atomic rename of the directory.
     self.searcher.serialize(os.fspath(target), relative_path=True)
+    _pack_codes(target)
 
   def settings(self) -> dict[str, Any]:
     return dataclasses.asdict(self.settings_)
@@ -212,13 +225,15 @@ class ScannSearcher:
       s = dataclasses.replace(s, reorder_factor=float(reorder_factor))
     leaves = None if leaves_to_search is None else int(min(leaves_to_search, s.num_leaves))
     pool = s.reorder_k(k, self.size)
+    batch = _parallel_batch_size(len(queries))
     if s.reorder == "stored":
       rows, _ = self.searcher.search_batched_parallel(queries, final_num_neighbors=pool,
-                                                       leaves_to_search=leaves)
+                                                       leaves_to_search=leaves, batch_size=batch)
       return self._rescore(queries, np.asarray(rows, np.int64), k)
     pre = pool if s.reorder != "none" else None
     rows, scores = self.searcher.search_batched_parallel(
-        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre, leaves_to_search=leaves)
+        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre, leaves_to_search=leaves,
+        batch_size=batch)
     rows, scores = np.asarray(rows, np.int64), np.asarray(scores, np.float32)
     return _drop_missing(rows, scores)
 
@@ -236,6 +251,82 @@ class ScannSearcher:
       out_rows.append(rr)
       out_scores.append(ss)
     return _drop_missing(np.concatenate(out_rows), np.concatenate(out_scores))
+
+
+# ScaNN serialises its 4-bit AH codes one per byte; the index keeps them two per byte (the
+# on-disk size FAISS's fast-scan codes have) and unpacks them for ScaNN at load time.
+_CODES = "hashed_dataset.npy"
+_PACKED_CODES = "hashed_dataset.4bit.npz"
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+  """uint8 [n, b] codes < 16 -> uint8 [n, ceil(b / 2)]: block 2j in the low nibble, 2j+1 high."""
+  if codes.shape[1] % 2:
+    codes = np.pad(codes, ((0, 0), (0, 1)))
+  return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, blocks: int) -> np.ndarray:
+  """Inverse of `pack_nibbles`: uint8 [n, ceil(b / 2)] -> uint8 [n, blocks]."""
+  codes = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
+  codes[:, 0::2] = packed & 0x0F
+  codes[:, 1::2] = packed >> 4
+  return codes[:, :blocks]
+
+
+def _pack_codes(target: pathlib.Path) -> None:
+  """Replaces ScaNN's one-code-per-byte AH dataset in `target` with its 4-bit packing."""
+  path = target / _CODES
+  if not path.is_file():
+    return  # no AH codes (brute-force ScaNN configs)
+  codes = np.load(path)
+  if codes.dtype != np.uint8 or codes.ndim != 2 or (codes.size and codes.max() > 15):
+    return  # not 16-centre (lut16) codes: keep ScaNN's own layout
+  np.savez(target / _PACKED_CODES, packed=pack_nibbles(codes), blocks=np.int64(codes.shape[1]))
+  path.unlink()
+
+
+@contextlib.contextmanager
+def _unpacked_assets(target: pathlib.Path) -> Iterator[str]:
+  """ScaNN's asset list for `target`, with packed AH codes unpacked into a temp file.
+
+  The asset list keeps naming `hashed_dataset.npy` (so ScaNN alone refuses the directory
+  rather than reading packed codes); here that entry points at the unpacked temp copy, which
+  ScaNN reads into memory while loading.
+  """
+  assets_path = target / "scann_assets.pbtxt"
+  if not assets_path.is_file():
+    raise files.IndexFileError(assets_path, "missing: not a saved ScaNN index")
+  assets = assets_path.read_text()
+  packed_path = target / _PACKED_CODES
+  if not packed_path.is_file():
+    yield assets
+    return
+  try:
+    with np.load(packed_path) as z:
+      packed, blocks = z["packed"], int(z["blocks"])
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise files.IndexFileError(packed_path, f"unreadable packed AH codes ({e})") from None
+  if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != (blocks + 1) // 2:
+    raise files.IndexFileError(packed_path, f"packed AH codes {packed.dtype}{list(packed.shape)} "
+                               f"do not hold {blocks} 4-bit codes per row")
+  entry = f'asset_path: "{_CODES}"'
+  if assets.count(entry) != 1:
+    raise files.IndexFileError(assets_path, f"expected one {entry} entry for the AH codes")
+  with tempfile.TemporaryDirectory(prefix="aligner_jax_scann_") as tmp:
+    unpacked = pathlib.Path(tmp) / _CODES
+    np.save(unpacked, unpack_nibbles(packed, blocks))
+    yield assets.replace(entry, f'asset_path: "{unpacked}"')
+
+
+def _parallel_batch_size(num_queries: int) -> int:
+  """Queries per ScaNN work item: at least 4 items per core, at most ScaNN's default 256.
+
+  ScaNN's parallel search hands out batches of `batch_size` queries to its threads; with the
+  default 256, 300 queries become batches of 256 and 44, and one core idles most of the call.
+  """
+  items = 4 * (os.cpu_count() or 1)
+  return max(1, min(256, math.ceil(num_queries / items)))
 
 
 def _drop_missing(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

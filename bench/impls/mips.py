@@ -11,8 +11,9 @@ Parameters: dataset (cell: `encoded_dir` of the encode job's output, or `cache_d
 bench's own cache; base_vectors, queries, seed) and k; the operating point (implementation
 options):
   scann   leaves_fraction (share of the leaves searched), leaves_to_search, or neither (the
-          project's default scaled with n and k); reorder_factor; build settings
-          dims_per_block (AH dimensions per 4-bit code) and reorder ("int8", "stored", ...).
+          project's default scaled with n and k); reorder_factor; build settings num_leaves
+          (None: √n), dims_per_block (AH dimensions per 4-bit code) and reorder ("int8",
+          "stored", ...).
   ivfpq   nlist (None: 2·√n), nprobe, k_factor (refine pool = k_factor · k); the FAISS index is
           "IVF{nlist},PQ{h/2}x4fs,Refine(SQ8)": 4-bit fast-scan PQ codes with an int8-like
           scalar-quantised copy for refinement, the same layout as the project's ScaNN index
@@ -104,7 +105,7 @@ def scann(params: dict[str, Any], inputs: dict[str, np.ndarray]):
   dims_per_block = int(params.get("dims_per_block", 2))
   reorder = params.get("reorder", "int8")
   settings = scann_settings(len(base), expected_k=k, dims_per_block=dims_per_block,
-                            reorder=reorder)
+                            reorder=reorder, num_leaves=params.get("num_leaves"))
   key = f"scann_l{settings.num_leaves}_k{k}_b{dims_per_block}_{reorder}"
   vectors_fn = lambda rows: base[rows]  # noqa: E731
   path = _cache(params, key)
