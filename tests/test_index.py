@@ -17,6 +17,7 @@ from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import pack_nibbles
 from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.backends import unpack_nibbles
+from aligner_jax.index.store import aligned_zeros
 from aligner_jax.index.store import quantize_int8
 from aligner_jax.scoring import prune_tokens
 
@@ -55,6 +56,37 @@ def test_from_padded_and_gather_round_trip():
     np.testing.assert_array_equal(g["token_ids"][k, :n], ids[d, :n])
   with pytest.raises(ValueError, match="does not fit"):
     store.gather_padded(np.array([int(np.argmax(mask.sum(1)))]), 1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8", "pq:2"])
+def test_gather_native_dtype_keeps_floats_and_is_aligned(dtype):
+  vectors, mask, _ = clustered_tokens(12, 7, 8, seed=2)
+  store = from_padded([f"d{i}" for i in range(12)], vectors, mask).with_vector_dtype(dtype)
+  docs = np.array([4, -1, 0, 11])
+  plain = store.gather_padded(docs, 8)
+  native = store.gather_padded(docs, 8, native_dtype=True)
+  expected = dtype if dtype in ("float16", "float32") else "float32"
+  assert plain["vectors"].dtype == np.float32 and native["vectors"].dtype == expected
+  # The same values either way; padding and empty candidates are zero.
+  np.testing.assert_array_equal(native["vectors"].astype(np.float32), plain["vectors"])
+  np.testing.assert_array_equal(plain["vectors"][~plain["mask"]], 0.0)
+  for k, d in enumerate(docs[docs >= 0]):
+    rows = store.doc_tokens(int(d))
+    n = rows.stop - rows.start
+    np.testing.assert_array_equal(plain["vectors"][np.flatnonzero(docs >= 0)[k], :n],
+                                  store.dequantize(rows))
+  for g in (plain, native):
+    assert g["vectors"].ctypes.data % 64 == 0
+
+
+def test_aligned_zeros_are_adopted_by_jax_without_a_copy():
+  import jax
+  x = aligned_zeros((3, 5, 7), np.float32)
+  assert x.ctypes.data % 64 == 0 and x.shape == (3, 5, 7) and not x.any()
+  assert aligned_zeros((0, 4), np.float16).shape == (0, 4)
+  device = jax.device_put(x)
+  x[1, 2, 3] = 5.0  # visible through the aliased device buffer: no copy was made
+  assert float(device[1, 2, 3]) == 5.0
 
 
 def test_concatenate_keeps_documents_in_order():

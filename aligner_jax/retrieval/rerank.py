@@ -4,7 +4,9 @@ A scorer is a callable `(query id, [document ids]) -> [scores]`, so LITE, KNRM, 
 or MaxSim plug in alike. `token_scorer` adapts a late-interaction function over padded token
 vectors — `pair_fn(q [1, n, h], q_mask [1, n], d [1, K, m, h], d_mask [1, K, m], q_salience,
 d_salience) -> [1, K]` (saliences [1, n] / [1, K, m], or None), the signature of
-`align_scores_candidates` with its alignment bound — to that interface, reading documents from an encoded `TokenStore`. `alignment_pair_fn` binds
+`align_scores_candidates` with its alignment bound — to that interface, reading documents from
+an encoded `TokenStore`. `d` arrives in the store's dtype when that is float16 (converting in
+NumPy cost more than the scoring), so a pair_fn converts it itself. `alignment_pair_fn` binds
 an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM head, whose fixed matrix
 shape needs `query_length` / `doc_length` padding in `token_scorer`.
 """
@@ -13,11 +15,13 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from aligner_jax.eval.metrics import Run
 from aligner_jax.eval.metrics import ranked
 from aligner_jax.index.store import TokenStore
+from aligner_jax.index.store import aligned_zeros
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 from aligner_jax.scoring import Alignment
 from aligner_jax.scoring import align_scores_candidates
@@ -51,6 +55,7 @@ def alignment_pair_fn(alignment: Alignment | str, *, use_salience: bool = True) 
 
   @jax.jit
   def pair_fn(q, q_mask, d, d_mask, q_salience, d_salience):
+    d = d.astype(jnp.float32)  # token_scorer passes float16 stores as they are
     return align_scores_candidates(q, q_mask, d, d_mask, alignment,
                                    q_salience=q_salience if use_salience else None,
                                    d_salience=d_salience if use_salience else None)
@@ -65,6 +70,7 @@ def lite_pair_fn(module: Any, params: Any) -> PairFn:
   @jax.jit
   def pair_fn(q, q_mask, d, d_mask, q_salience, d_salience):
     del q_salience, d_salience  # LITE reads the similarity matrix only
+    d = d.astype(jnp.float32)  # token_scorer passes float16 stores as they are
     qe = Encoded(vectors=q, mask=q_mask, salience=None, pooled=q[:, 0])
     de = Encoded(vectors=d, mask=d_mask, salience=None, pooled=d[:, :, 0])
     return module.apply({"params": params}, qe, de, method="lite_scores")
@@ -87,7 +93,7 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
   def fit(x: np.ndarray, length: int | None) -> np.ndarray:
     if length is None:
       return x
-    out = np.zeros(x.shape[:1] + (length,) + x.shape[2:], x.dtype)
+    out = aligned_zeros(x.shape[:1] + (length,) + x.shape[2:], x.dtype)
     n = min(length, x.shape[1])
     out[:, :n] = x[:, :n]
     return out
@@ -97,7 +103,9 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
     rows = np.array([row_of_doc[d] for d in doc_ids], np.int64)
     longest = int(documents.lengths[rows].max()) if len(rows) else 1
     length = max(_LENGTH_BUCKET, math.ceil(longest / _LENGTH_BUCKET) * _LENGTH_BUCKET)
-    g = documents.gather_padded(rows, length)
+    # Stored dtype, 64-byte aligned: the jitted pair_fn reads the batch without a host copy
+    # and converts float16 itself.
+    g = documents.gather_padded(rows, length, native_dtype=True)
     if doc_length is not None:
       g = {k: fit(v, doc_length) for k, v in g.items()}
     # Without saliences None is passed, so plain alignments take the fast unweighted path.
