@@ -280,22 +280,23 @@ class TokenIndex:
       docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
     return docs, scores
 
-  def gather_padded(self, docs: np.ndarray, length: int) -> dict[str, np.ndarray]:
+  def gather_padded(self, docs: np.ndarray, length: int, *,
+                    native_dtype: bool = False) -> dict[str, np.ndarray]:
     """Refinement inputs of global documents `docs` [K] (-1 = padding); see TokenStore."""
     docs = np.asarray(docs, np.int64)
     if len(self.shards) == 1:
-      return self.shards[0].store.gather_padded(docs, length)
+      return self.shards[0].store.gather_padded(docs, length, native_dtype=native_dtype)
     shard_of = np.searchsorted(self.doc_base, docs, side="right") - 1
     out = None
     for s, shard in enumerate(self.shards):
       sel = (shard_of == s) & (docs >= 0)
       local = np.where(sel, docs - self.doc_base[s], -1)
-      part = shard.store.gather_padded(local, length)
+      part = shard.store.gather_padded(local, length, native_dtype=native_dtype)
       if out is None:
         out = part
       else:
         for key, value in part.items():
-          out[key] = np.where(sel.reshape((-1,) + (1,) * (value.ndim - 1)), value, out[key])
+          out[key][sel] = value[sel]  # in place: keeps the first part's aligned buffers
     return out
 
   def pooled(self) -> np.ndarray | None:

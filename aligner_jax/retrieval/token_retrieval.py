@@ -138,6 +138,7 @@ def _scorer(alignments: tuple[Alignment, ...], with_q_sal: bool, with_d_sal: boo
   ([A, B, K]): the chunk is gathered, transferred and dispatched once for all of them."""
 
   def score(q, q_mask, d, d_mask, q_sal, d_sal, q_ids, d_ids):
+    d = d.astype(jax.numpy.float32)  # float16 stores arrive as they are (see refine_many)
     return jax.numpy.stack([align_scores(
         q, q_mask, d, d_mask, alignment, q_salience=q_sal if with_q_sal else None,
         d_salience=d_sal if with_d_sal else None,
@@ -272,7 +273,8 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
       take = order[pos:pos + min(size, fits)]
       padded = np.full(size, -1, np.int64)
       padded[:len(take)] = union[take]
-      g = index.gather_padded(padded, length)
+      # Stored dtype in an aligned buffer: no NumPy conversion and no host copy to the device.
+      g = index.gather_padded(padded, length, native_dtype=True)
       d_sal = g["salience"] if with_sal else g["mask"].astype(np.float32)
       d_ids = g["token_ids"] if with_ids else g["mask"].astype(np.int32)
       out = fn(q, q_mask, g["vectors"], g["mask"], q_sal, d_sal, q_ids, d_ids)
