@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -293,15 +294,17 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   start = time.perf_counter()
   with open(log_path, "w") as log:
     try:
-      subprocess.run([sys.executable, "-m", "bench.bench_end_to_end", "--worker", name,
-                      str(spec_path)], cwd=harness.REPO_ROOT, env=harness.worker_env(),
-                     stdout=log, stderr=log, timeout=timeout_s, check=False)
+      proc = subprocess.run([sys.executable, "-m", "bench.bench_end_to_end", "--worker", name,
+                             str(spec_path)], cwd=harness.REPO_ROOT, env=harness.worker_env(),
+                            stdout=log, stderr=log, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
       return {"status": "timeout", "error": f"no result within {timeout_s:.0f} s"}
   out = pathlib.Path(spec["out"])
   if not out.exists():
+    code = proc.returncode
+    how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
     tail = log_path.read_text(errors="replace")[-1500:]
-    return {"status": "error", "error": f"worker wrote no result; log tail:\n{tail}"}
+    return {"status": "error", "error": f"worker wrote no result ({how}); log tail:\n{tail}"}
   result = json.loads(out.read_text())
   result["wall_s"] = time.perf_counter() - start
   return result

@@ -291,6 +291,7 @@ def main(argv=None) -> int:
     grid = [(f, r) for f in formats for r in ratios]
   runs = [("float16", 1.0)] + [c for c in grid if c != ("float16", 1.0)]
   results_dir = pathlib.Path(args.results_dir)
+  from aligner_jax.index import pq  # pylint: disable=g-import-not-at-top
   notes = [
       f"goal (issue 7): all_in ≤ {GOAL_BYTES:.0f} bytes per original token within "
       f"{GOAL_NDCG_DROP * 100:.0f} nDCG@10 point of float16 at β^d = 1; PLAID (ColBERTv2) "
@@ -304,7 +305,9 @@ def main(argv=None) -> int:
        "salience head); the proxy is not stored (extras = 0)"),
       "pq:M: M one-byte codes per token, 256 k-means centroids per sub-space of h / M "
       "dimensions, codebook trained (12 k-means iterations) on "
-      f"{args.pq_sample_size:,} sampled kept tokens"]
+      f"{args.pq_sample_size:,} sampled kept tokens" + (
+          "; the vectors are L2-normalised, so decoded vectors are rescaled to norm 1 "
+          "(TokenStore.unit_norm)" if pq.all_unit_norm(corpus.dequantize()) else "")]
   result = None
   for fmt, ratio in runs:
     if (fmt, ratio) in done:

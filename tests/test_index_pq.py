@@ -1,6 +1,7 @@
 """Product-quantised refinement vectors ("pq:M") and the compact index layout: codes against a
 brute-force nearest-centroid reference, index round trips, refusal of corrupted PQ shards."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -192,3 +193,52 @@ def test_corrupted_or_inconsistent_pq_shards_are_refused(tmp_path):
   files.write_json(shard / "manifest.json", manifest)
   with pytest.raises(IndexFileError, match="mismatched shard"):
     load_shard(shard)
+
+
+def test_pq_codes_of_unit_norm_vectors_decode_to_unit_norm(tmp_path):
+  store = clustered_store(seed=6)  # L2-normalised tokens
+  coded = store.with_vector_dtype("pq:4")
+  assert coded.unit_norm
+  x, y = store.dequantize(), coded.dequantize()
+  np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+  plain = pq.decode(coded.vectors, coded.codebook)
+  np.testing.assert_allclose(y, plain / np.linalg.norm(plain, axis=1, keepdims=True), rtol=1e-6)
+  # Rescaling to the known length removes the radial error: never further from the original.
+  assert np.sum((y - x) ** 2) <= np.sum((plain - x) ** 2)
+  # Vectors of other lengths keep plain decoding.
+  longer = from_padded(store.doc_ids, 2 * store.gather_padded(
+      np.arange(store.num_docs), int(store.lengths.max()))["vectors"],
+                       store.gather_padded(np.arange(store.num_docs),
+                                           int(store.lengths.max()))["mask"])
+  coded_long = longer.with_vector_dtype("pq:4")
+  assert not coded_long.unit_norm
+  np.testing.assert_array_equal(coded_long.dequantize(),
+                                pq.decode(coded_long.vectors, coded_long.codebook))
+  assert not coded.with_vector_dtype("float16").unit_norm
+  with pytest.raises(ValueError, match="unit-norm decoding"):
+    concatenate([coded, dataclasses.replace(coded, unit_norm=False)])
+  # The flag survives both file formats.
+  save_token_store(coded, tmp_path / "store")
+  assert load_token_store(tmp_path / "store").unit_norm
+  index = build_token_index(store, IndexConfig(backend="exact", vector_dtype="pq:4",
+                                               fields=()))
+  save_index(index, tmp_path / "idx")
+  loaded = load_index(tmp_path / "idx")
+  assert loaded.shards[0].store.unit_norm
+  np.testing.assert_array_equal(loaded.shards[0].store.dequantize(),
+                                index.shards[0].store.dequantize())
+
+
+@pytest.mark.parametrize("flag", ["yes", True])
+def test_a_bad_unit_norm_flag_is_refused_naming_the_manifest(tmp_path, flag):
+  store = clustered_store(seed=7)
+  fmt = "float16" if flag is True else "pq:4"  # true is only meaningful for PQ codes
+  save_index(build_token_index(store, IndexConfig(backend="exact", vector_dtype=fmt,
+                                                  fields=())), tmp_path / "idx")
+  shard = tmp_path / "idx" / "shard-00000"
+  manifest = json.loads((shard / "manifest.json").read_text())
+  manifest["config"]["pq_unit_norm"] = flag
+  files.write_json(shard / "manifest.json", manifest)
+  with pytest.raises(IndexFileError, match="pq_unit_norm") as err:
+    load_shard(shard)
+  assert err.value.path.endswith("manifest.json")

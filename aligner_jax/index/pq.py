@@ -15,6 +15,7 @@ import numpy as np
 
 NUM_CENTROIDS = 256  # one byte per sub-space
 _ENCODE_CHUNK = 4096  # [chunk, 256] scores per sub-space stay cache-sized
+UNIT_NORM_TOLERANCE = 1e-3
 
 
 def check_num_subspaces(dim: int, num_subspaces: int) -> int:
@@ -96,6 +97,25 @@ def encode(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     for j in range(m):
       codes[start:start + len(sub), j] = _nearest(sub[:, j], codebook[j])
   return codes
+
+
+def all_unit_norm(x: np.ndarray, tol: float = UNIT_NORM_TOLERANCE) -> bool:
+  """Whether every row of x [T, h] has L2 norm 1 ± tol (L2-normalised encoder outputs)."""
+  if len(x) == 0:
+    return False
+  norms = np.sqrt(np.einsum("th,th->t", x, x, dtype=np.float64))
+  return bool(np.all(np.abs(norms - 1.0) <= tol))
+
+
+def to_unit_norm(x: np.ndarray) -> np.ndarray:
+  """Rows of decoded vectors x [..., h] rescaled to norm 1 (a zero row stays zero).
+
+  For unit-norm originals the decoded x̂ = x + e is closer to x after rescaling: the part of
+  e along x, which changes only the length, is removed, and MaxSim compares a query token's
+  inner products across document tokens, where length errors reorder the maxima.
+  """
+  norms = np.linalg.norm(x, axis=-1, keepdims=True)
+  return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def decode(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:

