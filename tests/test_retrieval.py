@@ -192,6 +192,27 @@ def test_rerank_with_a_token_scorer():
     rerank(first, lambda q, docs: np.zeros(3), depth=10)
 
 
+@pytest.mark.parametrize("alignment", ["top_k:1", "top_k:3", "top_p:0.1"])
+def test_float16_stores_score_as_their_float32_values(alignment):
+  """float16 documents reach the jitted scorers unconverted (converted chunk by chunk next to
+  the GEMM); the scores equal those of float32 copies of the same values."""
+  store, queries = make_corpus(seed=8)
+  half = store.with_vector_dtype("float16")
+  same = half.with_vector_dtype("float32")  # float16 values, stored as float32
+  docs = [f"d{i}" for i in range(0, store.num_docs, 3)]
+  for q in queries.ids[:3]:
+    a = token_scorer(queries, half, alignment_pair_fn(alignment))(q, docs)
+    b = token_scorer(queries, same, alignment_pair_fn(alignment))(q, docs)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  half_index = build_token_index(half, IndexConfig(backend="exact", vector_dtype="float16"))
+  same_index = build_token_index(same, IndexConfig(backend="exact", vector_dtype="float32"))
+  got = refine(half_index, queries, all_documents(half_index, queries), alignment, top_n=10)
+  want = refine(same_index, queries, all_documents(same_index, queries), alignment, top_n=10)
+  for (d1, s1), (d2, s2) in zip(got, want):
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-6)
+
+
 def test_rerank_with_the_models_lite_head():
   import flax.linen as nn
   import jax

@@ -5,8 +5,9 @@ or MaxSim plug in alike. `token_scorer` adapts a late-interaction function over 
 vectors — `pair_fn(q [1, n, h], q_mask [1, n], d [1, K, m, h], d_mask [1, K, m], q_salience,
 d_salience) -> [1, K]` (saliences [1, n] / [1, K, m], or None), the signature of
 `align_scores_candidates` with its alignment bound — to that interface, reading documents from
-an encoded `TokenStore`. `d` arrives in the store's dtype when that is float16 (converting in
-NumPy cost more than the scoring), so a pair_fn converts it itself. `alignment_pair_fn` binds
+an encoded `TokenStore`. `d` arrives in the store's dtype when that is float16 (converting the
+batch first, in NumPy or in XLA, cost more than the scoring): `align_scores_candidates` takes it
+as it is and converts chunk by chunk; a pair_fn of another kind converts it itself. `alignment_pair_fn` binds
 an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM head, whose fixed matrix
 shape needs `query_length` / `doc_length` padding in `token_scorer`.
 """
@@ -55,7 +56,8 @@ def alignment_pair_fn(alignment: Alignment | str, *, use_salience: bool = True) 
 
   @jax.jit
   def pair_fn(q, q_mask, d, d_mask, q_salience, d_salience):
-    d = d.astype(jnp.float32)  # token_scorer passes float16 stores as they are
+    # float16 documents go in as they are: the fast path converts each ~1 MiB chunk next to
+    # its GEMM, 3x faster on the CPU than converting the whole batch first.
     return align_scores_candidates(q, q_mask, d, d_mask, alignment,
                                    q_salience=q_salience if use_salience else None,
                                    d_salience=d_salience if use_salience else None)
