@@ -126,14 +126,16 @@ def test_malformed_packed_codes_are_refused_naming_the_file(scann_index_dir, tmp
   target = shard / "scann" / "hashed_dataset.4bit.npz"
   with np.load(target) as z:
     packed, blocks = z["packed"], z["blocks"]
-  np.savez(target, packed=packed[:, :-1], blocks=blocks)
-  manifest = json.loads((shard / "manifest.json").read_text())
-  entry = manifest["files"]["scann/hashed_dataset.4bit.npz"]
-  entry.update(sha256=files.sha256_file(target), bytes=target.stat().st_size)
-  (shard / "manifest.json").write_text(json.dumps(manifest))
-  with pytest.raises(IndexFileError, match="4-bit codes per row") as err:
-    load_shard(shard)
-  assert err.value.path == os.fspath(target)
+  for bad_codes, problem in ((packed[:, :-1], "4-bit codes per row"),
+                             (packed[:-1], "mismatched shard")):
+    np.savez(target, packed=bad_codes, blocks=blocks)
+    manifest = json.loads((shard / "manifest.json").read_text())
+    entry = manifest["files"]["scann/hashed_dataset.4bit.npz"]
+    entry.update(sha256=files.sha256_file(target), bytes=target.stat().st_size)
+    (shard / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFileError, match=problem) as err:
+      load_shard(shard)
+    assert err.value.path == os.fspath(target)
 
 
 def _flip_byte(path: pathlib.Path, offset_from_end: int = 10):

@@ -196,7 +196,7 @@ class ScannSearcher:
            vectors_fn: VectorsFn) -> "ScannSearcher":
     scann = _scann()
     target = directory / cls.SUBDIR
-    with _unpacked_assets(target) as assets:
+    with _unpacked_assets(target, size) as assets:
       searcher = scann.scann_ops_pybind.ScannSearcher(
           scann.scann_ops_pybind.scann_pybind.ScannNumpy(os.fspath(target), assets))
     if searcher.size() != size:
@@ -287,8 +287,9 @@ def _pack_codes(target: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def _unpacked_assets(target: pathlib.Path) -> Iterator[str]:
-  """ScaNN's asset list for `target`, with packed AH codes unpacked into a temp file.
+def _unpacked_assets(target: pathlib.Path, rows: int) -> Iterator[str]:
+  """ScaNN's asset list for `target`, with packed AH codes (of `rows` vectors) unpacked into a
+  temp file.
 
   The asset list keeps naming `hashed_dataset.npy` (so ScaNN alone refuses the directory
   rather than reading packed codes); here that entry points at the unpacked temp copy, which
@@ -310,6 +311,9 @@ def _unpacked_assets(target: pathlib.Path) -> Iterator[str]:
   if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != (blocks + 1) // 2:
     raise files.IndexFileError(packed_path, f"packed AH codes {packed.dtype}{list(packed.shape)} "
                                f"do not hold {blocks} 4-bit codes per row")
+  if packed.shape[0] != rows:
+    raise files.IndexFileError(packed_path, f"packed AH codes for {packed.shape[0]} vectors but "
+                               f"the manifest says {rows} (mismatched shard)")
   entry = f'asset_path: "{_CODES}"'
   if assets.count(entry) != 1:
     raise files.IndexFileError(assets_path, f"expected one {entry} entry for the AH codes")
