@@ -304,8 +304,7 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
     if first.codebook is not None and (not np.array_equal(s.codebook, first.codebook) or
                                        s.unit_norm != first.unit_norm):
       raise ValueError("PQ stores with different codebooks (or unit-norm decoding) cannot be "
-                       "concatenated; decode "
-                       "them (with_vector_dtype) first")
+                       "concatenated; decode them (with_vector_dtype) first")
     if (s.vector_dtype != first.vector_dtype or s.dim != first.dim or
         (s.salience is None) != (first.salience is None) or
         (s.token_ids is None) != (first.token_ids is None) or

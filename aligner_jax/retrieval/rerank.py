@@ -7,9 +7,9 @@ d_salience) -> [1, K]` (saliences [1, n] / [1, K, m], or None), the signature of
 `align_scores_candidates` with its alignment bound — to that interface, reading documents from
 an encoded `TokenStore`. `d` arrives in the store's dtype when that is float16 (converting the
 batch first, in NumPy or in XLA, cost more than the scoring): `align_scores_candidates` takes it
-as it is and converts chunk by chunk; a pair_fn of another kind converts it itself. `alignment_pair_fn` binds
-an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM head, whose fixed matrix
-shape needs `query_length` / `doc_length` padding in `token_scorer`.
+as it is and converts chunk by chunk; a pair_fn of another kind converts it itself.
+`alignment_pair_fn` binds an alignment; `lite_pair_fn` uses a `DualEncoder`'s own LITE / KNRM
+head, whose fixed matrix shape needs `query_length` / `doc_length` padding in `token_scorer`.
 """
 
 import math
@@ -105,8 +105,7 @@ def token_scorer(queries: QueryBatch, documents: TokenStore, pair_fn: PairFn, *,
     rows = np.array([row_of_doc[d] for d in doc_ids], np.int64)
     longest = int(documents.lengths[rows].max()) if len(rows) else 1
     length = max(_LENGTH_BUCKET, math.ceil(longest / _LENGTH_BUCKET) * _LENGTH_BUCKET)
-    # Stored dtype, 64-byte aligned: the jitted pair_fn reads the batch without a host copy
-    # and converts float16 itself.
+    # Stored dtype, 64-byte aligned: the jitted pair_fn reads the batch without a host copy.
     g = documents.gather_padded(rows, length, native_dtype=True)
     if doc_length is not None:
       g = {k: fit(v, doc_length) for k, v in g.items()}
