@@ -58,7 +58,7 @@ setuptools.setup(
     description="Multi-vector retrieval as sparse alignment (ALIGNER), learnable late "
     "interactions (LITE) and dual-encoder distillation in JAX/Flax.",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["aligner_jax", "aligner_jax.*", "tasks"]),
+    packages=setuptools.find_packages(include=["aligner_jax", "aligner_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -71,10 +71,10 @@ def _write_config(name: str, text: str) -> None:
     return  # this config has no MODEL_DIR (e.g. a job that writes nothing)
   if not isinstance(model_dir, str):
     return
-  from aligner_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  from aligner_jax.train import metric_logging  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-  metrics.write_atomic(os.path.join(model_dir, name), text)
+  metric_logging.write_atomic(os.path.join(model_dir, name), text)
 
 
 def main(argv: Sequence[str]) -> None:

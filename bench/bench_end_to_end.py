@@ -1,4 +1,4 @@
-"""End-to-end retrieval on BEIR SciFact (test): ms/query and nDCG@10 per pipeline.
+"""End-to-end retrieval on BEIR SciFact (test): ms/query and nDCG@10 per evaluators.
 
 Pipelines, each in its own fresh process (`--worker NAME`), over the same all-MiniLM-L6-v2
 token vectors (384-d, float16, 256 tokens per document and query) read from the encode job's
@@ -136,12 +136,12 @@ def _bm25(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aligner_jax_rerank(spec: dict[str, Any]) -> dict[str, Any]:
-  from aligner_jax.eval import pipeline  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index.store_io import load_token_store  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
   from aligner_jax.retrieval import alignment_pair_fn, rerank, token_scorer  # noqa
   encoded = pathlib.Path(spec["encoded_dir"])
-  store = load_token_store(pipeline.corpus_shards(encoded)[0])
-  queries = pipeline.load_encoded_queries(encoded / "queries-test", spec["queries"],
+  store = load_token_store(evaluators.corpus_shards(encoded)[0])
+  queries = evaluators.load_encoded_queries(encoded / "queries-test", spec["queries"],
                                           query_length=LENGTH)
   first = read_run(pathlib.Path(spec["first_stage"]))
   scorer = token_scorer(queries, store, alignment_pair_fn(ALIGNMENT))
@@ -198,22 +198,22 @@ def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
-  from aligner_jax.eval import pipeline  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
   from aligner_jax.index import IndexConfig, index_exists  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index.store_io import load_token_store  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
   from aligner_jax.retrieval import candidate_documents, refine, to_run  # noqa
   encoded = pathlib.Path(spec["encoded_dir"])
   index_dir = pathlib.Path(spec["work_dir"]) / "scann_index"
   build_file = pathlib.Path(spec["work_dir"]) / "scann_index.build.json"
   built_now = not index_exists(index_dir)
   t = time.perf_counter()
-  index = pipeline.obtain_index(
+  index = evaluators.obtain_index(
       str(index_dir), IndexConfig(backend="scann"), rebuild=False, log=lambda m: None,
-      corpus_fn=lambda: load_token_store(pipeline.corpus_shards(encoded)[0]))
+      corpus_fn=lambda: load_token_store(evaluators.corpus_shards(encoded)[0]))
   if built_now:
     build_file.write_text(json.dumps({"build_s": time.perf_counter() - t}))
   build_s = json.loads(build_file.read_text())["build_s"] if build_file.exists() else None
-  queries = pipeline.load_encoded_queries(encoded / "queries-test", spec["queries"],
+  queries = evaluators.load_encoded_queries(encoded / "queries-test", spec["queries"],
                                           query_length=LENGTH)
   neighbours = spec["num_neighbors"]
 
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       COLUMNS, mode="quick" if args.quick else "full",
       plot={"x": "ms_per_query", "y": "ndcg@10", "series": "pipeline", "kind": "line",
             "logx": True, "logy": False})
-  from aligner_jax.eval import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import ir_metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
   stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": "BM25 top-100 → MaxSim",

@@ -240,7 +240,8 @@ def project_run(beir_dir: pathlib.Path, encoded_dir: pathlib.Path, output_dir: p
                 *, log=print) -> dict[str, Any]:
   """Runs gin/experiments/minilm_de_beir.gin (pooled vectors from `encoded_dir`); returns its
   metrics.json and run."""
-  from aligner_jax.eval import metrics  # pylint: disable=import-outside-toplevel
+  from aligner_jax.eval import ir_metrics  # pylint: disable=import-outside-toplevel
+  from aligner_jax.retrieval import runs as runs_lib
   ensure_encoded(beir_dir, encoded_dir, log=log)
   log("scoring with the project's dense path (gin/experiments/minilm_de_beir.gin)")
   subprocess.run(_main_command(
@@ -248,7 +249,7 @@ def project_run(beir_dir: pathlib.Path, encoded_dir: pathlib.Path, output_dir: p
       f"--gin.OUTPUT_DIR='{output_dir}'", f"--gin.eval_beir.encoded_dir='{encoded_dir}'"),
       cwd=REPO_ROOT, env=harness.worker_env(), check=True)
   return {"metrics": json.loads((output_dir / "metrics.json").read_text()),
-          "run": metrics.read_trec_run(output_dir / "run.trec")}
+          "run": runs_lib.read_trec_run(output_dir / "run.trec")}
 
 
 def pooled_vectors(store_dir: pathlib.Path) -> tuple[list[str], np.ndarray]:

@@ -128,12 +128,12 @@ def candidate_pool(collection, corpus, queries, depth: int = POOL_DEPTH) -> list
 def load_inputs(args) -> tuple:
   """(corpus TokenStore with IDF saliences, QueryBatch of judged queries, qrels, label,
   candidate pool per query or None for every document)."""
-  from aligner_jax.eval import pipeline
+  from aligner_jax.eval import evaluators
   from aligner_jax.retrieval.token_retrieval import QueryBatch
   if args.quick:
     minilm_vectors.prepare(QUICK_DOCS)  # encodes once; cached outside the repository
     corpus, q_store = minilm_vectors.load(QUICK_DOCS)
-    collection = pipeline.load_split(str(minilm_vectors.scifact_dir()), "test")
+    collection = evaluators.load_split(str(minilm_vectors.scifact_dir()), "test")
     qrels = {q: {d: r for d, r in docs.items() if d in set(corpus.doc_ids)}
              for q, docs in collection.qrels["test"].items()}
     qrels = {q: docs for q, docs in qrels.items() if docs}
@@ -144,12 +144,12 @@ def load_inputs(args) -> tuple:
     label = f"a {corpus.num_docs}-document subset of SciFact (quick)"
     pool = None
   else:
-    collection = pipeline.load_split(args.beir_dir, "test")
-    corpus = pipeline.load_encoded_corpus(args.encoded_dir, collection,
+    collection = evaluators.load_split(args.beir_dir, "test")
+    corpus = evaluators.load_encoded_corpus(args.encoded_dir, collection,
                                           doc_length=ENCODED_LENGTH)
     qrels = collection.qrels["test"]
     query_ids = [q for q in collection.queries.ids if q in qrels]
-    queries = pipeline.load_encoded_queries(pathlib.Path(args.encoded_dir) / "queries-test",
+    queries = evaluators.load_encoded_queries(pathlib.Path(args.encoded_dir) / "queries-test",
                                             query_ids, query_length=ENCODED_LENGTH)
     label = "SciFact test (all 5,183 documents)"
     pool = None if args.exhaustive else candidate_pool(collection, corpus, queries)
@@ -183,7 +183,7 @@ def measure(corpus, queries, qrels, pool, fmt: str, ratio: float, *,
             pq_sample_size: int = 16_384) -> tuple[dict, bool]:
   """Builds, saves and evaluates one configuration; returns its table row (bytes per token)
   and whether the saved index decodes its PQ codes to unit norm (`TokenStore.unit_norm`)."""
-  from aligner_jax.eval import metrics
+  from aligner_jax.eval import ir_metrics
   from aligner_jax.index import IndexConfig, build_token_index, load_index, save_index
   from aligner_jax.retrieval import token_retrieval as tr
   config = IndexConfig(backend="exact", vector_dtype=fmt, prune_doc_ratio=ratio, fields=(),
@@ -205,7 +205,7 @@ def measure(corpus, queries, qrels, pool, fmt: str, ratio: float, *,
   results = tr.refine(index, queries, candidates, "top_k:1", top_n=100, use_salience=False)
   refine_s = time.perf_counter() - start
   run = tr.to_run(queries.ids, index.doc_ids, results)
-  mean, _ = metrics.evaluate(qrels, run, metrics=("ndcg@10",))
+  mean, _ = ir_metrics.evaluate(qrels, run, metrics=("ndcg@10",))
   tokens = info["counts"]["original_tokens"]
   row = {"vector_format": fmt, "prune_ratio": ratio,
          "searched_tokens": info["counts"]["ann_tokens"],

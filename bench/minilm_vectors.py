@@ -63,7 +63,7 @@ def _require_cached(num_docs: int, doc_length: int) -> pathlib.Path:
 
 def load(num_docs: int, doc_length: int = DOC_LENGTH):
   """(corpus TokenStore, query TokenStore), verified against their manifests."""
-  from aligner_jax.index.store_io import load_token_store
+  from aligner_jax.index.token_store_io import load_token_store
   d = _require_cached(num_docs, doc_length)
   return load_token_store(d / "corpus"), load_token_store(d / "queries")
 
@@ -118,10 +118,10 @@ def prepare(num_docs: int, doc_length: int = DOC_LENGTH) -> pathlib.Path:
     return out
   from aligner_jax import models
   from aligner_jax.data.beir import read_beir
-  from aligner_jax.eval import jobs
-  from aligner_jax.eval.pipeline import encode_split_queries
-  from aligner_jax.index.store import from_padded
-  from aligner_jax.index.store_io import save_token_store
+  from aligner_jax.eval import retrieval_jobs
+  from aligner_jax.eval.evaluators import encode_split_queries
+  from aligner_jax.index.token_store import from_padded
+  from aligner_jax.index.token_store_io import save_token_store
   from aligner_jax.retrieval.encoding import encode_corpus
 
   collection = read_beir(scifact_dir(), splits=["test"])
@@ -133,8 +133,8 @@ def prepare(num_docs: int, doc_length: int = DOC_LENGTH) -> pathlib.Path:
   if num_docs > 0:
     rows = rows[:num_docs]
   module = models.DualEncoder(encoder_config=models.bert_config("minilm_l6"))
-  _, params = jobs.load_model(module, checkpoint_path=str(models.minilm_model_dir()))
-  enc = jobs.model_encoders(module, params, "minilm", batch_size=32)
+  _, params = retrieval_jobs.load_model(module, checkpoint_path=str(models.minilm_model_dir()))
+  enc = retrieval_jobs.model_encoders(module, params, "minilm", batch_size=32)
   log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
   store = encode_corpus(enc.documents, enc.vocabulary, [corpus.ids[r] for r in rows],
                         [corpus.text(r) for r in rows], max_length=doc_length,

@@ -7,7 +7,7 @@ directory of a task is looked up when its dataset is first requested
 
 Features and lengths: `aligner_jax.data.features` (query_tokens [64], doc_tokens [1 + N, 256]
 for training, ids for corpus/query tasks). Tokenised with `$ALIGNER_VOCABULARY` (default
-"t5_1_1"); `aligner_jax.data.pipeline.get_pipeline(..., vocabulary=...)` tokenises with any
+"t5_1_1"); `aligner_jax.data.input_pipeline.get_pipeline(..., vocabulary=...)` tokenises with any
 other vocabulary.
 """
 

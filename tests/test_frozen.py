@@ -17,8 +17,8 @@ from aligner_jax.frozen import heads
 from aligner_jax.frozen import store
 from aligner_jax.frozen import train as train_lib
 from aligner_jax.frozen.data import FrozenData
-from aligner_jax.index.store import from_padded
-from aligner_jax.index.store_io import save_token_store
+from aligner_jax.index.token_store import from_padded
+from aligner_jax.index.token_store_io import save_token_store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = [f"{a}{b}" for a in ("alpha", "beta", "gamma", "delta", "omega", "sigma")

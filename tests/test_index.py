@@ -17,8 +17,8 @@ from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import pack_nibbles
 from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.backends import unpack_nibbles
-from aligner_jax.index.store import aligned_zeros
-from aligner_jax.index.store import quantize_int8
+from aligner_jax.index.token_store import aligned_zeros
+from aligner_jax.index.token_store import quantize_int8
 from aligner_jax.scoring import prune_tokens
 
 

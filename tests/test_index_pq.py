@@ -21,9 +21,9 @@ from aligner_jax.index import from_padded
 from aligner_jax.index import load_index
 from aligner_jax.index import pq
 from aligner_jax.index import save_index
-from aligner_jax.index.store import check_vector_format
-from aligner_jax.index.store_io import load_token_store
-from aligner_jax.index.store_io import save_token_store
+from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store_io import load_token_store
+from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.index.token_index import load_shard
 
 

@@ -14,7 +14,7 @@ from aligner_jax import losses
 from aligner_jax import sharding
 from aligner_jax.scoring import lite
 from aligner_jax.scoring.lite import LiteScorer
-from aligner_jax.train.partitioning import Partitioner
+from aligner_jax.partitioning import Partitioner
 
 # ---------------------------------------------------------------------------------------------
 # NumPy reference: one similarity matrix at a time, explicit loops over rows and columns.

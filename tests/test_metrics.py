@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from aligner_jax.eval.metrics import METRICS
-from aligner_jax.eval.metrics import RunFileError
-from aligner_jax.eval.metrics import cut_run
-from aligner_jax.eval.metrics import evaluate
-from aligner_jax.eval.metrics import ranked
-from aligner_jax.eval.metrics import read_trec_run
-from aligner_jax.eval.metrics import write_metrics
-from aligner_jax.eval.metrics import write_trec_run
+from aligner_jax.eval.ir_metrics import METRICS
+from aligner_jax.retrieval.runs import RunFileError
+from aligner_jax.retrieval.runs import cut_run
+from aligner_jax.eval.ir_metrics import evaluate
+from aligner_jax.retrieval.runs import ranked
+from aligner_jax.retrieval.runs import read_trec_run
+from aligner_jax.eval.ir_metrics import write_metrics
+from aligner_jax.retrieval.runs import write_trec_run
 
 
 def test_ndcg_at_10_by_hand():

@@ -20,7 +20,7 @@ from aligner_jax.data.demo_collection import generate_collection
 from aligner_jax.eval.adaptation import STRATEGIES
 from aligner_jax.eval.adaptation import make_folds
 from aligner_jax.index import from_padded
-from aligner_jax.index.store_io import save_token_store
+from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.repro import figures
 from aligner_jax.repro import r1
 from aligner_jax.repro.jobs import R1Dataset

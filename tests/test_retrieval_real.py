@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from aligner_jax.data.beir import read_beir
-from aligner_jax.eval.metrics import evaluate
+from aligner_jax.eval.ir_metrics import evaluate
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import build_token_index
 from aligner_jax.retrieval import BM25
@@ -34,8 +34,8 @@ def minilm_scifact():
   them."""
   from conftest import shared_path
   from aligner_jax import models
-  from aligner_jax.eval import jobs
-  from aligner_jax.eval.pipeline import encode_split_queries
+  from aligner_jax.eval import retrieval_jobs
+  from aligner_jax.eval.evaluators import encode_split_queries
   from aligner_jax.retrieval.encoding import encode_corpus
   collection = read_beir(shared_path("beir", "scifact"), splits=["test"])
   qrels = collection.qrels["test"]
@@ -43,8 +43,8 @@ def minilm_scifact():
   rows = [collection.corpus.index[d] for d in wanted]
   rows += [r for r in range(len(collection.corpus)) if r not in set(rows)][:240 - len(rows)]
   module = models.DualEncoder(encoder_config=models.bert_config("minilm_l6"))
-  _, params = jobs.load_model(module, checkpoint_path=str(models.minilm_model_dir()))
-  enc = jobs.model_encoders(module, params, "minilm", batch_size=32)
+  _, params = retrieval_jobs.load_model(module, checkpoint_path=str(models.minilm_model_dir()))
+  enc = retrieval_jobs.model_encoders(module, params, "minilm", batch_size=32)
   corpus = collection.corpus
   store = encode_corpus(enc.documents, enc.vocabulary, [corpus.ids[r] for r in rows],
                         [corpus.text(r) for r in rows], max_length=128,

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from aligner_jax.train import checkpoints
 from aligner_jax.train import optim
-from aligner_jax.train import partitioning
+from aligner_jax import partitioning
 from aligner_jax.train.state import TrainState
 
 

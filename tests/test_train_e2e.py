@@ -19,10 +19,10 @@ import pytest
 
 import train_testlib as lib
 from aligner_jax import models
-from aligner_jax.train import job
+from aligner_jax.train import train_job
 from aligner_jax.train import model_fns
 from aligner_jax.train import optim
-from aligner_jax.train import partitioning
+from aligner_jax import partitioning
 from aligner_jax.train import trainer as trainer_lib
 
 DEMO = "gin/experiments/demo.gin"
@@ -37,7 +37,7 @@ def _losses(model_dir):
 
 
 def _demo_batches(n):
-  pipe = job.train_pipeline("demo_train", {"query_tokens": 16, "doc_tokens": (2, 32)},
+  pipe = train_job.train_pipeline("demo_train", {"query_tokens": 16, "doc_tokens": (2, 32)},
                             batch_size=8, shard_index=0, num_shards=1, seed=0)
   try:
     return [next(pipe) for _ in range(n)]

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from aligner_jax import sharding
 from aligner_jax.train import optim
-from aligner_jax.train import partitioning
+from aligner_jax import partitioning
 from aligner_jax.train.state import TrainState
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from aligner_jax import sharding
 from aligner_jax.train import optim
-from aligner_jax.train import partitioning
+from aligner_jax import partitioning
 from aligner_jax.train import trainer as trainer_lib
 
 

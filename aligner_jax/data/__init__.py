@@ -27,9 +27,9 @@ _EXPORTS = {
     "SentencePieceVocabulary": "aligner_jax.data.vocab",
     "FeatureLengths": "aligner_jax.data.features",
     "Featurizer": "aligner_jax.data.features",
-    "Pipeline": "aligner_jax.data.pipeline",
-    "get_pipeline": "aligner_jax.data.pipeline",
-    "dataset_fn": "aligner_jax.data.pipeline",
+    "Pipeline": "aligner_jax.data.input_pipeline",
+    "get_pipeline": "aligner_jax.data.input_pipeline",
+    "dataset_fn": "aligner_jax.data.input_pipeline",
     "set_data_dir": "aligner_jax.data.loaders",
 }
 

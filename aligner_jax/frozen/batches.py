@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from aligner_jax.index.store import TokenStore
+from aligner_jax.index.token_store import TokenStore
 from aligner_jax.retrieval import QueryBatch
 
 

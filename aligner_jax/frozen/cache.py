@@ -3,7 +3,7 @@
 A cache directory is what the encode job (`gin/runs/encode.gin`) writes for one collection:
   corpus-<p>-of-<P>/   the corpus token store(s) (one per encoding process)
   queries-<split>/     one split's query token store
-all in the `aligner_jax.index.store_io` format (checksums verified on load). The frozen-encoder
+all in the `aligner_jax.index.token_store_io` format (checksums verified on load). The frozen-encoder
 experiments read the corpus and the `train` / `test` queries from it; `encode_query_split` adds
 a missing `queries-<split>/` with the same encoder, without touching the corpus.
 
@@ -17,10 +17,10 @@ from typing import Any, Callable
 import numpy as np
 
 from aligner_jax.index import concatenate
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import from_padded
-from aligner_jax.index.store_io import load_token_store
-from aligner_jax.index.store_io import save_token_store
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import from_padded
+from aligner_jax.index.token_store_io import load_token_store
+from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.retrieval import QueryBatch
 
 
@@ -30,7 +30,7 @@ def query_dir(cache_dir: str | pathlib.Path, split: str) -> pathlib.Path:
 
 def load_corpus(cache_dir: str | pathlib.Path) -> TokenStore:
   """All corpus shards of `cache_dir`, concatenated in shard order (checksums verified)."""
-  from aligner_jax.eval.jobs import corpus_shards  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval.retrieval_jobs import corpus_shards  # pylint: disable=g-import-not-at-top
   return concatenate([load_token_store(p) for p in corpus_shards(str(cache_dir))])
 
 
@@ -63,12 +63,12 @@ def encode_query_split(*, encoders: Any, collection: Any, split: str,
   """Encodes the queries judged in `split` into `cache_dir/queries-<split>/` (atomically).
 
   Args:
-    encoders: `aligner_jax.eval.pipeline.ModelEncoders` of the frozen encoder.
+    encoders: `aligner_jax.eval.evaluators.ModelEncoders` of the frozen encoder.
     collection: the collection holding `split`'s qrels.
     query_length: the token limit the cache's other query splits were encoded with.
   """
-  from aligner_jax.eval import pipeline  # pylint: disable=g-import-not-at-top
-  queries = pipeline.encode_split_queries(encoders, collection, split, query_length=query_length,
+  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
+  queries = evaluators.encode_split_queries(encoders, collection, split, query_length=query_length,
                                           log=log)
   store = from_padded(queries.ids, queries.vectors, queries.mask, salience=queries.salience,
                       token_ids=queries.token_ids, pooled=queries.pooled)

@@ -71,7 +71,7 @@ class FrozenData:
     if self.encoder_fn is None:
       raise FileNotFoundError(f"{cache.query_dir(self.cache_dir, split)}: missing, and no "
                               "encoder_fn is configured to encode it")
-    from aligner_jax.eval.jobs import model_encoders  # pylint: disable=g-import-not-at-top
+    from aligner_jax.eval.retrieval_jobs import model_encoders  # pylint: disable=g-import-not-at-top
     module, params = self.encoder_fn()
     cache.encode_query_split(encoders=model_encoders(module, params, self.vocabulary),
                              collection=self.collection, split=split, cache_dir=self.cache_dir,

@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.eval import ir_metrics as metrics_lib
+
+from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.frozen import heads
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import build_token_index
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import from_padded
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import from_padded
 from aligner_jax.retrieval import BM25
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import all_documents
@@ -41,7 +43,7 @@ from aligner_jax.retrieval.token_retrieval import top_documents
 from aligner_jax.scoring import align_scores_candidates
 from aligner_jax.scoring import prune_tokens
 
-Run = metrics_lib.Run
+Run = runs_lib.Run
 REPORTED = ("ndcg@10", "mrr@10", "recall@100")
 
 
@@ -115,7 +117,7 @@ def pruned_rerank(module: Any, config: heads.HeadConfig, params: Any, queries: Q
   score = jax.jit(lambda p, *xs: module.apply({"params": p}, *xs, method=fn))
   runs: dict[tuple[float, float], Run] = {r: {} for r in ratios}
   for qid in queries.ids:
-    docs = [d for d, _ in metrics_lib.ranked(first_stage.get(qid, {}))[:depth]]
+    docs = [d for d, _ in runs_lib.ranked(first_stage.get(qid, {}))[:depth]]
     if not docs:
       for r in ratios:
         runs[r][qid] = {}

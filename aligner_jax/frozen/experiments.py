@@ -28,8 +28,8 @@ from aligner_jax.frozen import store
 from aligner_jax.frozen import train as train_lib
 from aligner_jax.frozen.data import FrozenData
 from aligner_jax.index import pruning
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import from_padded
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import from_padded
 from aligner_jax.retrieval import QueryBatch
 
 Log = Callable[[str], None]

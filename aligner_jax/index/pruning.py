@@ -9,7 +9,7 @@ large corpora need without padding.
 
 import numpy as np
 
-from aligner_jax.index.store import TokenStore
+from aligner_jax.index.token_store import TokenStore
 from aligner_jax.scoring.selection import ratio_fraction
 
 

@@ -44,10 +44,10 @@ from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import ScannSearcher
 from aligner_jax.index.backends import ScannSettings
 from aligner_jax.index.backends import scann_settings
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import check_vector_format
-from aligner_jax.index.store_io import load_vector_arrays
-from aligner_jax.index.store_io import unit_norm_flag
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store_io import load_vector_arrays
+from aligner_jax.index.token_store_io import unit_norm_flag
 
 SHARD_KIND = "token_index_shard"
 INDEX_KIND = "token_index"

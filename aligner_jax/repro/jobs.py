@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import gin
 import numpy as np
 
-from aligner_jax.eval import pipeline
+from aligner_jax.eval import evaluators
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import files
 from aligner_jax.repro import figures
@@ -80,7 +80,7 @@ def _index_settings(config: IndexConfig) -> dict[str, Any]:
 
 def _fingerprint(spec: R1Dataset, **settings: Any) -> str:
   """SHA-256 over the encoded stores' manifests (content checksums) and the settings."""
-  stores = [*pipeline.corpus_shards(spec.encoded_dir),
+  stores = [*evaluators.corpus_shards(spec.encoded_dir),
             pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}"]
   h = hashlib.sha256()
   for store in stores:
@@ -104,7 +104,7 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
                     batch_size: int, work_dir: pathlib.Path, reuse_scores: bool,
                     timings: dict[str, float]) -> tuple[Any, list[str], np.ndarray]:
   """(collection, judged query ids [Q], nDCG@10 [S, Q]) of one dataset."""
-  collection = pipeline.load_split(spec.beir_dir, spec.split)
+  collection = evaluators.load_split(spec.beir_dir, spec.split)
   qrels = collection.qrels[spec.split]
   cache = fingerprint = None
   if spec.encoded_dir:
@@ -116,11 +116,11 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
       _log(f"{spec.name}: per-query nDCG@10 of every strategy reused from {cache}")
       timings["reused_scores_from"] = str(cache)
       return collection, *found
-    corpus_fn = lambda: pipeline.load_encoded_corpus(  # noqa: E731
+    corpus_fn = lambda: evaluators.load_encoded_corpus(  # noqa: E731
         spec.encoded_dir, collection, doc_length=spec.doc_length,
         log=_log).with_vector_dtype(index_config.vector_dtype)
     t = time.time()
-    queries = pipeline.load_encoded_queries(
+    queries = evaluators.load_encoded_queries(
         pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}",
         collection.split_queries(spec.split), query_length=spec.query_length)
     timings["load_queries_s"] = time.time() - t
@@ -128,18 +128,18 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
     if model is None or vocabulary is None:
       raise ValueError(f"R1 dataset {spec.name!r} has no encoded_dir, so the job needs a model "
                        "and its VOCABULARY to encode it")
-    from aligner_jax.eval.jobs import model_encoders  # pylint: disable=g-import-not-at-top
+    from aligner_jax.eval.retrieval_jobs import model_encoders  # pylint: disable=g-import-not-at-top
     module, params = model()
     encoders = model_encoders(module, params, vocabulary, batch_size=batch_size)
-    corpus_fn = lambda: pipeline.encode_collection_corpus(  # noqa: E731
+    corpus_fn = lambda: evaluators.encode_collection_corpus(  # noqa: E731
         encoders, collection, doc_length=spec.doc_length,
         vector_dtype=index_config.vector_dtype, log=_log)
     t = time.time()
-    queries = pipeline.encode_split_queries(encoders, collection, spec.split,
+    queries = evaluators.encode_split_queries(encoders, collection, spec.split,
                                             query_length=spec.query_length, log=_log)
     timings["encode_queries_s"] = time.time() - t
   t = time.time()
-  index = pipeline.obtain_index(spec.index_dir, index_config, rebuild=False, log=_log,
+  index = evaluators.obtain_index(spec.index_dir, index_config, rebuild=False, log=_log,
                                 corpus_fn=corpus_fn)
   timings["index_s"] = time.time() - t
   t = time.time()

@@ -19,7 +19,7 @@ import numpy as np
 
 from aligner_jax.data.collection import Collection
 from aligner_jax.eval import adaptation as adaptation_lib
-from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.eval import ir_metrics as metrics_lib
 from aligner_jax.index import TokenIndex
 from aligner_jax.index.files import write_json
 from aligner_jax.retrieval import QueryBatch

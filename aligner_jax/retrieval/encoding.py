@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import encode_vectors
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import encode_vectors
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 
 # (params, input_ids [B, L] int32, mask [B, L] bool) -> Encoded-like with vectors, mask,
@@ -75,7 +75,7 @@ class Encoder:
 
   def __init__(self, encode_fn: EncodeFn, params: Any, *, batch_size: int = 32,
                pad_id: int = 0, length_bucket: int = 32, partitioner: Any = None):
-    from aligner_jax.train.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
+    from aligner_jax.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
     self.partitioner = partitioner or Partitioner(1)
     data = self.partitioner.data_size
     local = max(1, data // jax.process_count())

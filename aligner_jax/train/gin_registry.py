@@ -2,7 +2,7 @@
 
 The training library stays gin-free; this module registers, under the gin module
 `aligner_jax.train`:
-  train            the train job (`run.job = @train`), `aligner_jax.train.job.train`
+  train            the train job (`run.job = @train`), `aligner_jax.train.train_job.train`
   train_pipeline   the seqio/NumPy input pipeline it reads (`train.dataset_fn = @train_pipeline`)
   RetrievalModel, LiteModel   what is trained (`aligner_jax.train.model_fns`)
   make_optimizer, warmup_rsqrt_decay, warmup_linear_decay, warmup_constant,
@@ -14,14 +14,14 @@ import gin
 
 from aligner_jax.scoring import knrm
 from aligner_jax.scoring import lite
-from aligner_jax.train import job
+from aligner_jax.train import train_job
 from aligner_jax.train import model_fns
 from aligner_jax.train import optim
 
 _MODULE = "aligner_jax.train"
 
-gin.external_configurable(job.train, name="train", module=_MODULE)
-gin.external_configurable(job.train_pipeline, name="train_pipeline", module=_MODULE)
+gin.external_configurable(train_job.train, name="train", module=_MODULE)
+gin.external_configurable(train_job.train_pipeline, name="train_pipeline", module=_MODULE)
 gin.external_configurable(model_fns.RetrievalModel, name="RetrievalModel", module=_MODULE)
 gin.external_configurable(model_fns.LiteModel, name="LiteModel", module=_MODULE)
 gin.external_configurable(optim.make_optimizer, name="make_optimizer", module=_MODULE)

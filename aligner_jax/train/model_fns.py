@@ -1,6 +1,6 @@
 """What the trainer optimises: a `DualEncoder` plus a scoring rule plus a loss.
 
-Batches (from `aligner_jax.data.pipeline`, global batch B, N negatives per query):
+Batches (from `aligner_jax.data.input_pipeline`, global batch B, N negatives per query):
   query_tokens   [B, n] int32
   doc_tokens     [B, 1 + N, m] int32   row 0 the positive, rows 1.. hard negatives
   teacher_scores [B, 1 + N] float32    only for distillation

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from aligner_jax.train import partitioning
+from aligner_jax import partitioning
 from aligner_jax.train import step as step_lib
 from aligner_jax.train.state import TrainState
 

@@ -32,7 +32,8 @@ import numpy as np
 from aligner_jax.data.beir import read_beir
 from aligner_jax.data.collection import Collection
 from aligner_jax.eval import adaptation as adaptation_lib
-from aligner_jax.eval import metrics as metrics_lib
+from aligner_jax.eval import ir_metrics as metrics_lib
+from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import TokenIndex
 from aligner_jax.index import build_token_index
@@ -43,8 +44,8 @@ from aligner_jax.index import concatenate
 from aligner_jax.index.files import IndexFileError
 from aligner_jax.index.files import MANIFEST
 from aligner_jax.index.files import read_json
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store_io import load_token_store
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.retrieval import BM25
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import candidate_documents
@@ -201,7 +202,7 @@ def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
   return index
 
 
-def _metrics_for(collection: Collection, split: str, run: metrics_lib.Run,
+def _metrics_for(collection: Collection, split: str, run: runs_lib.Run,
                  ignore_identical_ids: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
   return metrics_lib.evaluate(collection.qrels[split], run,
                               ignore_identical_ids=ignore_identical_ids)
@@ -238,7 +239,7 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
   qids = collection.split_queries(split)
   log(f"{collection.name}/{split}: {len(collection.corpus)} documents, {len(qids)} judged "
       "queries")
-  runs: dict[str, metrics_lib.Run] = {}
+  runs: dict[str, runs_lib.Run] = {}
   extra: dict[str, Any] = {"dataset": collection.name, "split": split, "retriever": retriever}
   index = queries = cands = None
   refined: dict[str, Any] = {}
@@ -341,7 +342,7 @@ def evaluate_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str 
     mean, per_query = _metrics_for(collection, split, runs[name], ignore_identical_ids)
     by_name[name] = (mean, per_query)
     target = out / ("run.trec" if i == 0 else f"run.{spec_name(name)}.trec")
-    metrics_lib.write_trec_run(target, runs[name], run_name=run_name)
+    runs_lib.write_trec_run(target, runs[name], run_name=run_name)
     log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
   timings["total_s"] = time.time() - t0
   primary_mean, primary_per_query = by_name[names[0]]
@@ -392,7 +393,7 @@ def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Any, collectio
                                           dataset=f"{collection.name}/{split}")
 
 
-def write_report(out: pathlib.Path, collection: Collection, split: str, run: metrics_lib.Run,
+def write_report(out: pathlib.Path, collection: Collection, split: str, run: runs_lib.Run,
                  index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
                  alignment: str, num_pictures: int, metrics: dict[str, Any],
                  adaptation_reports: Sequence[dict[str, Any]] = ()) -> pathlib.Path:
@@ -417,7 +418,7 @@ def write_report(out: pathlib.Path, collection: Collection, split: str, run: met
   parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
   row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
   for b, qid in enumerate(queries.ids[:num_pictures]):
-    ranked = metrics_lib.ranked(run.get(qid, {}))
+    ranked = runs_lib.ranked(run.get(qid, {}))
     if not ranked:
       continue
     doc_id = ranked[0][0]

@@ -1,7 +1,7 @@
 """Gin jobs for encoding, indexing and evaluation (`gin/runs/{encode,index,eval_beir}.gin`).
 
 Entry-point code: gin configures the arguments; the work is done by the gin-free
-`aligner_jax.eval.pipeline` and the index / retrieval libraries. Registered under the gin
+`aligner_jax.eval.evaluators` and the index / retrieval libraries. Registered under the gin
 module `aligner_jax.eval`:
   encode_beir       run.job: corpus and split queries -> token stores (one per process)
   build_index       run.job: token stores -> the (pruned) token index in INDEX_DIR
@@ -23,12 +23,12 @@ import gin
 import jax
 import numpy as np
 
-from aligner_jax.eval import pipeline
+from aligner_jax.eval import evaluators
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import concatenate
-from aligner_jax.index.store_io import load_token_store
-from aligner_jax.index.store_io import save_token_store
-from aligner_jax.index.store_io import shard_name
+from aligner_jax.index.token_store_io import load_token_store
+from aligner_jax.index.token_store_io import save_token_store
+from aligner_jax.index.token_store_io import shard_name
 from aligner_jax.retrieval.encoding import Encoder
 from aligner_jax.retrieval.encoding import host_slice
 from aligner_jax.retrieval.encoding import make_encode_fn
@@ -111,9 +111,9 @@ def load_model(module: Any, *, model_dir: str | None = None,
 
 
 def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,
-                   num_partitions: int = 1) -> pipeline.ModelEncoders:
+                   num_partitions: int = 1) -> evaluators.ModelEncoders:
   from aligner_jax.data.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
-  from aligner_jax.train.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
+  from aligner_jax.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
   vocab = get_vocabulary(vocabulary)
   partitioner = Partitioner(num_partitions)
   make = lambda side: Encoder(make_encode_fn(module, side), params, batch_size=batch_size,  # noqa
@@ -125,7 +125,7 @@ def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int
     lite = lite_pair_fn(module, params)
     # KNRM takes any shape; LITE's matrices have the fixed shape it was built with.
     lengths = (getattr(head, "query_len", None), getattr(head, "doc_len", None))
-  return pipeline.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
+  return evaluators.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
 
 
 @gin.configurable(module=_MODULE)
@@ -138,16 +138,16 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   module, params = model
   enc = model_encoders(module, params, vocabulary, batch_size=batch_size,
                        num_partitions=num_partitions)
-  collection = pipeline.load_split(beir_dir, split)
+  collection = evaluators.load_split(beir_dir, split)
   rows = host_slice(len(collection.corpus))
-  store = pipeline.encode_collection_corpus(enc, collection, doc_length=doc_length,
+  store = evaluators.encode_collection_corpus(enc, collection, doc_length=doc_length,
                                             vector_dtype=vector_dtype, rows=rows)
   out = pathlib.Path(output_dir)
   name = shard_name("corpus", jax.process_index(), jax.process_count())
   save_token_store(store, out / name, dataset=collection.name, doc_length=doc_length)
-  queries = pipeline.encode_split_queries(enc, collection, split, query_length=query_length)
+  queries = evaluators.encode_split_queries(enc, collection, split, query_length=query_length)
   if jax.process_index() == 0:
-    from aligner_jax.index.store import from_padded  # pylint: disable=g-import-not-at-top
+    from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
     q_store = from_padded(queries.ids, queries.vectors, queries.mask,
                           salience=queries.salience, token_ids=queries.token_ids,
                           pooled=queries.pooled)
@@ -157,7 +157,7 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   return {"documents": store.num_docs, "tokens": store.num_tokens}
 
 
-corpus_shards = pipeline.corpus_shards
+corpus_shards = evaluators.corpus_shards
 
 
 @gin.configurable(module=_MODULE)
@@ -192,7 +192,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               adaptation: bool = False, num_pictures: int = 0,
               ignore_identical_ids: bool = True,
               encoded_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates on one BEIR split (see `pipeline.evaluate_beir`); process 0 writes the files.
+  """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
@@ -206,7 +206,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
                               num_partitions=num_partitions)
   output_dir = output_dir if jax.process_index() == 0 else os.path.join(
       output_dir, f".process-{jax.process_index()}")
-  result = pipeline.evaluate_beir(
+  result = evaluators.evaluate_beir(
       beir_dir=beir_dir, split=split, output_dir=output_dir, retriever=retriever,
       model=encoders, index_dir=index_dir if jax.process_index() == 0 else None,
       index_config=index_config, rebuild_index=rebuild_index,
@@ -216,7 +216,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       adaptation=adaptation,
       num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids,
       encoded_dir=encoded_dir)
-  print(pipeline.summary_table(result), flush=True)
+  print(evaluators.summary_table(result), flush=True)
   return result
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from aligner_jax import models
-from aligner_jax.eval import jobs
-from aligner_jax.eval import metrics as metrics_lib
-from aligner_jax.eval import pipeline
+from aligner_jax.eval import retrieval_jobs
+from aligner_jax.eval import ir_metrics as metrics_lib
+from aligner_jax.retrieval import runs as runs_lib
+from aligner_jax.eval import evaluators
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
 
@@ -65,13 +66,13 @@ def t5_tokenizer_json_module():
 
 @pytest.fixture(scope="module")
 def encoders(tiny_model):
-  return jobs.model_encoders(*tiny_model, "t5_1_1", batch_size=16)
+  return retrieval_jobs.model_encoders(*tiny_model, "t5_1_1", batch_size=16)
 
 
 def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   out, index_dir = tmp_path / "out", tmp_path / "index"
   logs = []
-  result = pipeline.evaluate_beir(
+  result = evaluators.evaluate_beir(
       beir_dir=str(beir_dir), split="test", output_dir=str(out), retriever="exact",
       model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), alignments=["top_k:1", "top_k:2"],
@@ -84,11 +85,11 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["run"] == "top_k:1" and set(saved["by_alignment"]) == {"top_k:1", "top_k:2"}
   # metrics.json holds what pytrec_eval gives for the written run file.
-  qrels = pipeline.load_split(str(beir_dir), "test").qrels["test"]
-  mean, _ = metrics_lib.evaluate(qrels, metrics_lib.read_trec_run(out / "run.trec"))
+  qrels = evaluators.load_split(str(beir_dir), "test").qrels["test"]
+  mean, _ = metrics_lib.evaluate(qrels, runs_lib.read_trec_run(out / "run.trec"))
   for k, v in mean.items():
     assert saved[k] == pytest.approx(v, abs=1e-6)
-  run = metrics_lib.read_trec_run(out / "run.trec")
+  run = runs_lib.read_trec_run(out / "run.trec")
   assert len(run) == 12 and all(0 < len(d) <= 15 for d in run.values())
   adaptation = json.loads((out / "adaptation.json").read_text())["reports"][0]
   assert adaptation["num_folds"] == 1 and adaptation["strategies"][0] == "top_k:1"
@@ -97,18 +98,18 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
 
   # A second run loads the saved index (checksums verified) and reproduces the run.
   logs.clear()
-  again = pipeline.evaluate_beir(
+  again = evaluators.evaluate_beir(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
       retriever="exact", model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), num_neighbors=20, prune_query_ratio=0.5,
       top_n=15, doc_length=64, query_length=16, log=logs.append)
   assert any("loaded index" in line and "checksums verified" in line for line in logs)
   assert again["ndcg@10"] == result["ndcg@10"]
-  assert metrics_lib.read_trec_run(tmp_path / "again" / "run.trec") == run
+  assert runs_lib.read_trec_run(tmp_path / "again" / "run.trec") == run
 
   # Another pruning ratio is refused until REBUILD_INDEX.
   with pytest.raises(ValueError, match="REBUILD_INDEX"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "x"),
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "x"),
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.25), doc_length=64,
                            query_length=16, log=logs.append)
@@ -118,11 +119,11 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   data[-3] ^= 1
   vectors.write_bytes(bytes(data))
   with pytest.raises(IndexFileError, match="vectors.npy"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
                            query_length=16, log=logs.append)
-  rebuilt = pipeline.evaluate_beir(
+  rebuilt = evaluators.evaluate_beir(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "z"), retriever="exact",
       model=encoders, index_dir=str(index_dir), index_config=IndexConfig(prune_doc_ratio=0.5),
       rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
@@ -132,11 +133,11 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
 
 def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
   """Reading the encode job's stores gives the same runs as encoding in the evaluation."""
-  from aligner_jax.index.store import from_padded
-  from aligner_jax.index.store_io import save_token_store
-  collection = pipeline.load_split(str(beir_dir), "test")
+  from aligner_jax.index.token_store import from_padded
+  from aligner_jax.index.token_store_io import save_token_store
+  collection = evaluators.load_split(str(beir_dir), "test")
   enc = tmp_path / "encoded"
-  store = pipeline.encode_collection_corpus(encoders, collection, doc_length=64,
+  store = evaluators.encode_collection_corpus(encoders, collection, doc_length=64,
                                             log=lambda m: None)
   # Two shards, as two hosts would write them.
   half = store.num_docs // 2
@@ -146,7 +147,7 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
         part, doc_ids=[store.doc_ids[r] for r in rows], offsets=np.concatenate(
             [[0], np.cumsum(store.lengths[rows])]), pooled=store.pooled[rows])
     save_token_store(part, enc / f"corpus-{i:05d}-of-00002", doc_length=64)
-  queries = pipeline.encode_split_queries(encoders, collection, "test", query_length=16,
+  queries = evaluators.encode_split_queries(encoders, collection, "test", query_length=16,
                                           log=lambda m: None)
   save_token_store(from_padded(queries.ids, queries.vectors, queries.mask,
                                salience=queries.salience, token_ids=queries.token_ids,
@@ -155,49 +156,49 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
     kwargs = dict(beir_dir=str(beir_dir), split="test", retriever=retriever, model=encoders,
                   num_neighbors=20, top_n=15, doc_length=64, query_length=16,
                   log=lambda m: None)
-    fresh = pipeline.evaluate_beir(output_dir=str(tmp_path / f"fresh_{retriever}"), **kwargs)
+    fresh = evaluators.evaluate_beir(output_dir=str(tmp_path / f"fresh_{retriever}"), **kwargs)
     logs = []
-    cached = pipeline.evaluate_beir(output_dir=str(tmp_path / f"cached_{retriever}"),
+    cached = evaluators.evaluate_beir(output_dir=str(tmp_path / f"cached_{retriever}"),
                                     encoded_dir=str(enc), **{**kwargs, "log": logs.append})
     assert any("encoded documents from" in m for m in logs), logs
     assert not any(m.startswith("encoding") for m in logs), logs
     for q, values in fresh["per_query"].items():
       assert cached["per_query"][q] == pytest.approx(values, abs=1e-5), q
-    ours = metrics_lib.read_trec_run(tmp_path / f"cached_{retriever}" / "run.trec")
-    theirs = metrics_lib.read_trec_run(tmp_path / f"fresh_{retriever}" / "run.trec")
+    ours = runs_lib.read_trec_run(tmp_path / f"cached_{retriever}" / "run.trec")
+    theirs = runs_lib.read_trec_run(tmp_path / f"fresh_{retriever}" / "run.trec")
     assert {q: list(d)[:5] for q, d in ours.items()} == {q: list(d)[:5] for q, d in theirs.items()}
   # Stores encoded with other lengths are refused, naming the directory and the fix.
   with pytest.raises(IndexFileError, match="doc_length=64 but this run asks for 32"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
                            model=encoders, output_dir=str(tmp_path / "bad"), doc_length=32,
                            query_length=16, encoded_dir=str(enc), log=lambda m: None)
   (enc / "corpus-00001-of-00002" / "manifest.json").unlink()
   with pytest.raises(IndexFileError, match="corpus-00001-of-00002"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
                            model=encoders, output_dir=str(tmp_path / "bad2"), doc_length=64,
                            query_length=16, encoded_dir=str(enc), log=lambda m: None)
 
 
 @pytest.mark.slow
 def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
-  bm25 = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  bm25 = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
                                 output_dir=str(tmp_path / "bm25"), retriever="bm25",
                                 log=lambda m: None)
   # Queries are the first words of their document: BM25 finds most of them.
   assert bm25["mrr@10"] > 0.5
-  dense = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  dense = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
                                  output_dir=str(tmp_path / "dense"), retriever="dense",
                                  model=encoders, doc_length=64, query_length=16,
                                  log=lambda m: None)
   assert dense["run"] == "dense" and 0.0 <= dense["ndcg@10"] <= 1.0
-  rr = pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  rr = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
                               output_dir=str(tmp_path / "rr"), retriever="bm25", model=encoders,
                               rerank_depth=5, doc_length=64, query_length=16,
                               log=lambda m: None)
-  run = metrics_lib.read_trec_run(tmp_path / "rr" / "run.trec")
-  first = metrics_lib.read_trec_run(tmp_path / "bm25" / "run.trec")
+  run = runs_lib.read_trec_run(tmp_path / "rr" / "run.trec")
+  first = runs_lib.read_trec_run(tmp_path / "bm25" / "run.trec")
   for q, docs in run.items():
-    assert set(docs) == {d for d, _ in metrics_lib.ranked(first[q])[:5]}
+    assert set(docs) == {d for d, _ in runs_lib.ranked(first[q])[:5]}
   assert rr["first_stage"] == "bm25" and rr["recall@1000"] <= bm25["recall@1000"]
   # The model's own LITE head as the re-ranker (fixed 16 x 64 similarity matrices).
   from aligner_jax.scoring import LiteScorer
@@ -206,20 +207,20 @@ def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
                                                           row_width=4, col_width=4))
   lite_params = nn.unbox(models.init_dual_encoder(lite_module, jax.random.key(2),
                                                   query_length=16, doc_length=64))
-  lite = pipeline.evaluate_beir(
+  lite = evaluators.evaluate_beir(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "lite"), retriever="bm25",
-      model=jobs.model_encoders(lite_module, lite_params, "t5_1_1", batch_size=16),
+      model=retrieval_jobs.model_encoders(lite_module, lite_params, "t5_1_1", batch_size=16),
       rerank_depth=5, rerank_with="lite", doc_length=64, query_length=16, log=lambda m: None)
   assert lite["run"] == "lite" and lite["rerank_with"] == "lite"
-  run = metrics_lib.read_trec_run(tmp_path / "lite" / "run.trec")
-  assert all(set(docs) == {d for d, _ in metrics_lib.ranked(first[q])[:5]}
+  run = runs_lib.read_trec_run(tmp_path / "lite" / "run.trec")
+  assert all(set(docs) == {d for d, _ in runs_lib.ranked(first[q])[:5]}
              for q, docs in run.items())
   with pytest.raises(ValueError, match="LITE"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "l2"),
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "l2"),
                            retriever="bm25", model=encoders, rerank_depth=5, rerank_with="lite",
                            doc_length=64, query_length=16, log=lambda m: None)
   with pytest.raises(ValueError, match="needs a model"):
-    pipeline.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
+    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
                            retriever="exact", log=lambda m: None)
 
 
@@ -231,18 +232,18 @@ def test_load_model_from_trainer_checkpoint_and_pretrained(tiny_model, tmp_path)
   ck = Checkpointer(str(tmp_path / "model" / "checkpoints"), period=1, async_save=False)
   ck.save(7, TrainState.create(params, optax.sgd(0.1)), {"epoch": 0}, force=True)
   ck.close()
-  _, restored = jobs.load_model(module, model_dir=str(tmp_path / "model"))
+  _, restored = retrieval_jobs.load_model(module, model_dir=str(tmp_path / "model"))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), b)
   # A model with heads cannot be evaluated from encoder weights alone.
   models.save_params(tmp_path / "enc", params["encoder"], config=models.t5_config("tiny"))
-  with pytest.raises(jobs.ModelLoadError, match="lacks"):
-    jobs.load_model(module, model_dir=str(tmp_path / "none"), checkpoint_path=str(tmp_path / "enc"))
+  with pytest.raises(retrieval_jobs.ModelLoadError, match="lacks"):
+    retrieval_jobs.load_model(module, model_dir=str(tmp_path / "none"), checkpoint_path=str(tmp_path / "enc"))
   bare = models.DualEncoder(encoder_config=models.t5_config("tiny"))
-  _, p = jobs.load_model(bare, model_dir=None, checkpoint_path=str(tmp_path / "enc"))
+  _, p = retrieval_jobs.load_model(bare, model_dir=None, checkpoint_path=str(tmp_path / "enc"))
   assert set(p) == {"encoder"}
-  with pytest.raises(jobs.ModelLoadError, match="nothing to evaluate"):
-    jobs.load_model(bare, model_dir=str(tmp_path / "none"))
+  with pytest.raises(retrieval_jobs.ModelLoadError, match="nothing to evaluate"):
+    retrieval_jobs.load_model(bare, model_dir=str(tmp_path / "none"))
 
 
 @pytest.mark.slow
@@ -285,10 +286,10 @@ def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
 
 
 def test_demo_collection_by_name():
-  collection = pipeline.load_split("demo", "test")
+  collection = evaluators.load_split("demo", "test")
   assert collection.qrels["test"] and len(collection.corpus) > 1000
   with pytest.raises(ValueError, match="no split"):
-    pipeline.load_split("demo", "nope")
+    evaluators.load_split("demo", "nope")
 
 
 @pytest.mark.slow
@@ -299,7 +300,7 @@ def test_product_quantised_index_from_the_evaluation(beir_dir, encoders, tmp_pat
   results = {}
   for fmt in ("float16", "pq:4"):
     out = tmp_path / fmt.replace(":", "")
-    results[fmt] = pipeline.evaluate_beir(
+    results[fmt] = evaluators.evaluate_beir(
         beir_dir=str(beir_dir), split="test", retriever="exact", model=encoders,
         index_dir=str(out / "index"),
         index_config=IndexConfig(backend="exact", vector_dtype=fmt),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aligner_jax.data import features as features_lib
-from aligner_jax.data import pipeline as pipeline_lib
+from aligner_jax.data import input_pipeline as pipeline_lib
 from aligner_jax.data import seqio_tasks
 from aligner_jax.data import sources
 from aligner_jax.data import vocab as vocab_lib

@@ -26,12 +26,12 @@ import optax
 from etils import epath
 
 from aligner_jax.data import loaders
-from aligner_jax.data import pipeline as pipeline_lib
+from aligner_jax.data import input_pipeline as pipeline_lib
 from aligner_jax.data import vocab as vocab_lib
 from aligner_jax.train import checkpoints as checkpoints_lib
 from aligner_jax.train import distributed
-from aligner_jax.train import metrics as metrics_lib
-from aligner_jax.train import partitioning
+from aligner_jax.train import metric_logging as metrics_lib
+from aligner_jax import partitioning
 from aligner_jax.train import preemption
 from aligner_jax.train import trainer as trainer_lib
 
@@ -45,7 +45,7 @@ def train_pipeline(task_name: str, feature_lengths: Mapping[str, Any], *, batch_
                    shard_index: int, num_shards: int, seed: int, split: str = "train",
                    vocabulary: str | None = None,
                    data_dirs: Mapping[str, str] | None = None) -> Any:
-  """The training pipeline of a seqio task (`aligner_jax.data.pipeline.get_pipeline`).
+  """The training pipeline of a seqio task (`aligner_jax.data.input_pipeline.get_pipeline`).
 
   Args:
     task_name: MIXTURE_OR_TASK_NAME (tasks of `tasks/`, or any registered seqio task).

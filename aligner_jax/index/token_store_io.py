@@ -17,9 +17,9 @@ import numpy as np
 
 from aligner_jax.index import files
 from aligner_jax.index import pq
-from aligner_jax.index.store import TokenStore
-from aligner_jax.index.store import check_vector_format
-from aligner_jax.index.store import pq_subspaces
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store import pq_subspaces
 
 KIND = "token_store"
 VERSION = 1

@@ -321,7 +321,7 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str | None = None,
   """The input pipeline of a seqio task or mixture (see the module docstring).
 
   Args:
-    task_name: a registered seqio task or mixture (import `tasks` to register this project's).
+    task_name: a registered seqio task or mixture (`import tasks` registers this project's).
     batch_size: the global batch size (all hosts together).
     split: the split to read (default "corpus" for corpus tasks, else "train").
     feature_lengths: TASK_FEATURE_LENGTHS, e.g. {"query_tokens": 64, "doc_tokens": (8, 256)}.
@@ -368,12 +368,11 @@ def get_pipeline(task_name: str, *, batch_size: int, split: str | None = None,
 
 
 def _get_task(name: str):
-  """The seqio task or mixture; imports the project's `tasks` package first if needed."""
+  """The registered seqio task or mixture named `name`."""
   if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-    try:
-      import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      pass  # seqio's error below names the missing task
+    raise ValueError(f"no seqio task or mixture named {name!r} is registered: import the module "
+                     "that registers it first (this project's are in `tasks/`: `import tasks` "
+                     "in Python, or the `import tasks` line of gin/runs/train.gin)")
   return seqio.get_mixture_or_task(name)
 
 
