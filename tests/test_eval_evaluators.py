@@ -13,16 +13,30 @@ import numpy as np
 import pytest
 
 from aligner_jax import models
-from aligner_jax.eval import retrieval_jobs
-from aligner_jax.eval import ir_metrics as metrics_lib
-from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.eval import evaluators
+from aligner_jax.eval import inputs as inputs_lib
+from aligner_jax.eval import ir_metrics as metrics_lib
+from aligner_jax.eval import retrieval_jobs
+from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
 
 _PARTS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river mountain "
           "forest ocean desert island valley glacier canyon").split()
 WORDS = [a + b for a in _PARTS[:10] for b in _PARTS[10:]]  # 100 distinct words
+
+
+_INPUT_FIELDS = ("model", "encoded_dir", "doc_length", "query_length", "ignore_identical_ids")
+_RUN_FIELDS = ("top_n", "num_pictures", "log")
+
+
+def run_eval(*, beir_dir, split, output_dir, retriever, **settings):
+  """One evaluation from the flat settings the gin job takes (evaluator, inputs, options)."""
+  inputs = inputs_lib.EvalInputs(beir_dir, split, **{k: settings.pop(k) for k in _INPUT_FIELDS
+                                                     if k in settings})
+  options = {k: settings.pop(k) for k in _RUN_FIELDS if k in settings}
+  evaluator = evaluators.make_evaluator(retriever, **settings)
+  return evaluators.evaluate_beir(evaluator, inputs, output_dir, **options)
 
 
 def write_beir(root: pathlib.Path, num_docs=40, num_queries=12, seed=0) -> pathlib.Path:
@@ -72,7 +86,7 @@ def encoders(tiny_model):
 def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   out, index_dir = tmp_path / "out", tmp_path / "index"
   logs = []
-  result = evaluators.evaluate_beir(
+  result = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(out), retriever="exact",
       model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), alignments=["top_k:1", "top_k:2"],
@@ -85,7 +99,7 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["run"] == "top_k:1" and set(saved["by_alignment"]) == {"top_k:1", "top_k:2"}
   # metrics.json holds what pytrec_eval gives for the written run file.
-  qrels = evaluators.load_split(str(beir_dir), "test").qrels["test"]
+  qrels = inputs_lib.load_split(str(beir_dir), "test").qrels["test"]
   mean, _ = metrics_lib.evaluate(qrels, runs_lib.read_trec_run(out / "run.trec"))
   for k, v in mean.items():
     assert saved[k] == pytest.approx(v, abs=1e-6)
@@ -98,7 +112,7 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
 
   # A second run loads the saved index (checksums verified) and reproduces the run.
   logs.clear()
-  again = evaluators.evaluate_beir(
+  again = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
       retriever="exact", model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), num_neighbors=20, prune_query_ratio=0.5,
@@ -109,7 +123,7 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
 
   # Another pruning ratio is refused until REBUILD_INDEX.
   with pytest.raises(ValueError, match="REBUILD_INDEX"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "x"),
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "x"),
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.25), doc_length=64,
                            query_length=16, log=logs.append)
@@ -119,11 +133,11 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   data[-3] ^= 1
   vectors.write_bytes(bytes(data))
   with pytest.raises(IndexFileError, match="vectors.npy"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
                            query_length=16, log=logs.append)
-  rebuilt = evaluators.evaluate_beir(
+  rebuilt = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "z"), retriever="exact",
       model=encoders, index_dir=str(index_dir), index_config=IndexConfig(prune_doc_ratio=0.5),
       rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
@@ -135,9 +149,9 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
   """Reading the encode job's stores gives the same runs as encoding in the evaluation."""
   from aligner_jax.index.token_store import from_padded
   from aligner_jax.index.token_store_io import save_token_store
-  collection = evaluators.load_split(str(beir_dir), "test")
+  collection = inputs_lib.load_split(str(beir_dir), "test")
   enc = tmp_path / "encoded"
-  store = evaluators.encode_collection_corpus(encoders, collection, doc_length=64,
+  store = inputs_lib.encode_collection_corpus(encoders, collection, doc_length=64,
                                             log=lambda m: None)
   # Two shards, as two hosts would write them.
   half = store.num_docs // 2
@@ -147,7 +161,7 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
         part, doc_ids=[store.doc_ids[r] for r in rows], offsets=np.concatenate(
             [[0], np.cumsum(store.lengths[rows])]), pooled=store.pooled[rows])
     save_token_store(part, enc / f"corpus-{i:05d}-of-00002", doc_length=64)
-  queries = evaluators.encode_split_queries(encoders, collection, "test", query_length=16,
+  queries = inputs_lib.encode_split_queries(encoders, collection, "test", query_length=16,
                                           log=lambda m: None)
   save_token_store(from_padded(queries.ids, queries.vectors, queries.mask,
                                salience=queries.salience, token_ids=queries.token_ids,
@@ -156,9 +170,9 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
     kwargs = dict(beir_dir=str(beir_dir), split="test", retriever=retriever, model=encoders,
                   num_neighbors=20, top_n=15, doc_length=64, query_length=16,
                   log=lambda m: None)
-    fresh = evaluators.evaluate_beir(output_dir=str(tmp_path / f"fresh_{retriever}"), **kwargs)
+    fresh = run_eval(output_dir=str(tmp_path / f"fresh_{retriever}"), **kwargs)
     logs = []
-    cached = evaluators.evaluate_beir(output_dir=str(tmp_path / f"cached_{retriever}"),
+    cached = run_eval(output_dir=str(tmp_path / f"cached_{retriever}"),
                                     encoded_dir=str(enc), **{**kwargs, "log": logs.append})
     assert any("encoded documents from" in m for m in logs), logs
     assert not any(m.startswith("encoding") for m in logs), logs
@@ -169,29 +183,29 @@ def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
     assert {q: list(d)[:5] for q, d in ours.items()} == {q: list(d)[:5] for q, d in theirs.items()}
   # Stores encoded with other lengths are refused, naming the directory and the fix.
   with pytest.raises(IndexFileError, match="doc_length=64 but this run asks for 32"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+    run_eval(beir_dir=str(beir_dir), split="test", retriever="dense",
                            model=encoders, output_dir=str(tmp_path / "bad"), doc_length=32,
                            query_length=16, encoded_dir=str(enc), log=lambda m: None)
   (enc / "corpus-00001-of-00002" / "manifest.json").unlink()
   with pytest.raises(IndexFileError, match="corpus-00001-of-00002"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", retriever="dense",
+    run_eval(beir_dir=str(beir_dir), split="test", retriever="dense",
                            model=encoders, output_dir=str(tmp_path / "bad2"), doc_length=64,
                            query_length=16, encoded_dir=str(enc), log=lambda m: None)
 
 
 @pytest.mark.slow
 def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
-  bm25 = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  bm25 = run_eval(beir_dir=str(beir_dir), split="test",
                                 output_dir=str(tmp_path / "bm25"), retriever="bm25",
                                 log=lambda m: None)
   # Queries are the first words of their document: BM25 finds most of them.
   assert bm25["mrr@10"] > 0.5
-  dense = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  dense = run_eval(beir_dir=str(beir_dir), split="test",
                                  output_dir=str(tmp_path / "dense"), retriever="dense",
                                  model=encoders, doc_length=64, query_length=16,
                                  log=lambda m: None)
   assert dense["run"] == "dense" and 0.0 <= dense["ndcg@10"] <= 1.0
-  rr = evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test",
+  rr = run_eval(beir_dir=str(beir_dir), split="test",
                               output_dir=str(tmp_path / "rr"), retriever="bm25", model=encoders,
                               rerank_depth=5, doc_length=64, query_length=16,
                               log=lambda m: None)
@@ -207,7 +221,7 @@ def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
                                                           row_width=4, col_width=4))
   lite_params = nn.unbox(models.init_dual_encoder(lite_module, jax.random.key(2),
                                                   query_length=16, doc_length=64))
-  lite = evaluators.evaluate_beir(
+  lite = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "lite"), retriever="bm25",
       model=retrieval_jobs.model_encoders(lite_module, lite_params, "t5_1_1", batch_size=16),
       rerank_depth=5, rerank_with="lite", doc_length=64, query_length=16, log=lambda m: None)
@@ -216,11 +230,11 @@ def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
   assert all(set(docs) == {d for d, _ in runs_lib.ranked(first[q])[:5]}
              for q, docs in run.items())
   with pytest.raises(ValueError, match="LITE"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "l2"),
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "l2"),
                            retriever="bm25", model=encoders, rerank_depth=5, rerank_with="lite",
                            doc_length=64, query_length=16, log=lambda m: None)
   with pytest.raises(ValueError, match="needs a model"):
-    evaluators.evaluate_beir(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "e"),
                            retriever="exact", log=lambda m: None)
 
 
@@ -286,10 +300,10 @@ def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
 
 
 def test_demo_collection_by_name():
-  collection = evaluators.load_split("demo", "test")
+  collection = inputs_lib.load_split("demo", "test")
   assert collection.qrels["test"] and len(collection.corpus) > 1000
   with pytest.raises(ValueError, match="no split"):
-    evaluators.load_split("demo", "nope")
+    inputs_lib.load_split("demo", "nope")
 
 
 @pytest.mark.slow
@@ -300,7 +314,7 @@ def test_product_quantised_index_from_the_evaluation(beir_dir, encoders, tmp_pat
   results = {}
   for fmt in ("float16", "pq:4"):
     out = tmp_path / fmt.replace(":", "")
-    results[fmt] = evaluators.evaluate_beir(
+    results[fmt] = run_eval(
         beir_dir=str(beir_dir), split="test", retriever="exact", model=encoders,
         index_dir=str(out / "index"),
         index_config=IndexConfig(backend="exact", vector_dtype=fmt),
@@ -310,3 +324,29 @@ def test_product_quantised_index_from_the_evaluation(beir_dir, encoders, tmp_pat
   assert manifest["config"]["vector_dtype"] == "pq:4"
   assert "codebook.npy" in manifest["files"]
   assert results["pq:4"]["ndcg@10"] >= results["float16"]["ndcg@10"] - 0.15
+
+
+@pytest.mark.parametrize("settings,problem", [
+    (dict(retriever="bm25", rerank_depth=5, rerank_with="knrm"), "RERANK_WITH"),
+    (dict(retriever="dense", adaptation=True), "adaptation needs the token index"),
+    (dict(retriever="bm25", rerank_depth=5, adaptation=True), "adaptation needs the token index"),
+    (dict(retriever="dense", num_pictures=2), "pictures"),
+    (dict(retriever="exact"), "needs a model"),
+    (dict(retriever="bm25", rerank_depth=5), "needs a model"),
+    (dict(retriever="exact", alignments=[]), "at least one alignment"),
+    (dict(retriever="scann", alignments=["top_q:3"]), "top_q"),
+    (dict(retriever="faiss"), "RETRIEVER must be one of"),
+])
+def test_settings_are_checked_before_anything_is_read(tmp_path, settings, problem):
+  """Every inconsistent setting is refused before the collection is read or anything written:
+  the BEIR directory does not even exist here."""
+  out = tmp_path / "out"
+  with pytest.raises(ValueError, match=problem):
+    run_eval(beir_dir=str(tmp_path / "absent"), split="test", output_dir=str(out), **settings)
+  assert not out.exists()
+
+
+def test_lite_rerank_without_a_lite_head_is_refused_before_reading(encoders, tmp_path):
+  with pytest.raises(ValueError, match="LITE"):
+    run_eval(beir_dir=str(tmp_path / "absent"), split="test", output_dir=str(tmp_path / "o"),
+             retriever="bm25", model=encoders, rerank_depth=5, rerank_with="lite")

@@ -147,3 +147,24 @@ def test_token_hash_identifies_equal_sequences():
   ids = jnp.array([[1, 2, 3, 0], [1, 2, 3, 0], [3, 2, 1, 0], [1, 2, 3, 4]], jnp.int32)
   h = np.asarray(model_fns.token_hash(ids))
   assert h[0] == h[1] and len(set(h[[0, 2, 3]])) == 3
+
+
+def test_models_meet_the_trainer_contract_and_others_are_refused():
+  from aligner_jax.train import contracts
+  lite = _module(lite_scorer=LiteScorer(query_len=N_Q, doc_len=N_D, row_width=8, col_width=4))
+  for model in (model_fns.RetrievalModel(_module(), alignment="top_k:1", loss="softmax_ce"),
+                model_fns.LiteModel(lite, loss="kl_distill")):
+    assert isinstance(model, contracts.TrainableModel)
+    assert contracts.check_model(model) is model
+
+  class NoLoss:
+    def init_params(self, rng, batch):
+      return {}
+
+  with pytest.raises(TypeError, match="NoLoss is not a TrainableModel: it has no loss_fn, "
+                                      "load_initial_params"):
+    contracts.check_model(NoLoss())
+  with pytest.raises(TypeError, match="dataset_fn make returned a list, not an InputPipeline"):
+    def make():
+      return []
+    contracts.check_pipeline(make(), make)

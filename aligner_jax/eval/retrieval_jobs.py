@@ -24,6 +24,8 @@ import jax
 import numpy as np
 
 from aligner_jax.eval import evaluators
+from aligner_jax.eval import inputs as inputs_lib
+from aligner_jax.eval.results import summary_table
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import concatenate
 from aligner_jax.index.token_store_io import load_token_store
@@ -111,7 +113,7 @@ def load_model(module: Any, *, model_dir: str | None = None,
 
 
 def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,
-                   num_partitions: int = 1) -> evaluators.ModelEncoders:
+                   num_partitions: int = 1) -> inputs_lib.ModelEncoders:
   from aligner_jax.data.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
   from aligner_jax.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
   vocab = get_vocabulary(vocabulary)
@@ -125,7 +127,7 @@ def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int
     lite = lite_pair_fn(module, params)
     # KNRM takes any shape; LITE's matrices have the fixed shape it was built with.
     lengths = (getattr(head, "query_len", None), getattr(head, "doc_len", None))
-  return evaluators.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
+  return inputs_lib.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
 
 
 @gin.configurable(module=_MODULE)
@@ -138,14 +140,14 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   module, params = model
   enc = model_encoders(module, params, vocabulary, batch_size=batch_size,
                        num_partitions=num_partitions)
-  collection = evaluators.load_split(beir_dir, split)
+  collection = inputs_lib.load_split(beir_dir, split)
   rows = host_slice(len(collection.corpus))
-  store = evaluators.encode_collection_corpus(enc, collection, doc_length=doc_length,
+  store = inputs_lib.encode_collection_corpus(enc, collection, doc_length=doc_length,
                                             vector_dtype=vector_dtype, rows=rows)
   out = pathlib.Path(output_dir)
   name = shard_name("corpus", jax.process_index(), jax.process_count())
   save_token_store(store, out / name, dataset=collection.name, doc_length=doc_length)
-  queries = evaluators.encode_split_queries(enc, collection, split, query_length=query_length)
+  queries = inputs_lib.encode_split_queries(enc, collection, split, query_length=query_length)
   if jax.process_index() == 0:
     from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
     q_store = from_padded(queries.ids, queries.vectors, queries.mask,
@@ -157,9 +159,6 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   return {"documents": store.num_docs, "tokens": store.num_tokens}
 
 
-corpus_shards = evaluators.corpus_shards
-
-
 @gin.configurable(module=_MODULE)
 def build_index(*, encoded_dir: str, index_dir: str,
                 index_config: IndexConfig = IndexConfig()) -> dict[str, Any]:
@@ -168,7 +167,7 @@ def build_index(*, encoded_dir: str, index_dir: str,
   from aligner_jax.index import build_token_index, save_index  # pylint: disable=g-import-not-at-top
   info: dict[str, Any] = {}
   if jax.process_index() == 0:
-    stores = [load_token_store(p) for p in corpus_shards(encoded_dir)]
+    stores = [load_token_store(p) for p in inputs_lib.corpus_shards(encoded_dir)]
     index = build_token_index(stores if index_config.max_shard_tokens else [concatenate(stores)],
                               index_config)
     info = save_index(index, index_dir)
@@ -198,25 +197,24 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
   the split's queries, when encoded there) are read from it instead of being encoded again
   (`--gin.eval_beir.encoded_dir="'DIR'"`).
   """
+  evaluator = evaluators.make_evaluator(
+      retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
+      rerank_with=rerank_with, index_dir=index_dir if jax.process_index() == 0 else None,
+      index_config=index_config, rebuild_index=rebuild_index, num_neighbors=num_neighbors,
+      prune_query_ratio=prune_query_ratio, adaptation=adaptation)
   encoders = None
-  if model is not None and (retriever != "bm25" or rerank_depth):
+  if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:
       raise ValueError("eval_beir needs the model's VOCABULARY")
     encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
                               num_partitions=num_partitions)
   output_dir = output_dir if jax.process_index() == 0 else os.path.join(
       output_dir, f".process-{jax.process_index()}")
-  result = evaluators.evaluate_beir(
-      beir_dir=beir_dir, split=split, output_dir=output_dir, retriever=retriever,
-      model=encoders, index_dir=index_dir if jax.process_index() == 0 else None,
-      index_config=index_config, rebuild_index=rebuild_index,
-      alignments=[alignment, *extra_alignments], num_neighbors=num_neighbors,
-      prune_query_ratio=prune_query_ratio, top_n=top_n, doc_length=doc_length,
-      query_length=query_length, rerank_depth=rerank_depth, rerank_with=rerank_with,
-      adaptation=adaptation,
-      num_pictures=num_pictures, ignore_identical_ids=ignore_identical_ids,
-      encoded_dir=encoded_dir)
-  print(evaluators.summary_table(result), flush=True)
+  inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
+                                 query_length, ignore_identical_ids)
+  result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
+                                    num_pictures=num_pictures)
+  print(summary_table(result), flush=True)
   return result
 
 

@@ -6,7 +6,7 @@ Batches (from `aligner_jax.data.input_pipeline`, global batch B, N negatives per
   teacher_scores [B, 1 + N] float32    only for distillation
 Masks are `tokens != pad_id`; a candidate with no real token is padding and is masked out.
 
-Two models, each with the trainer's contract `init_params(rng, batch)` (boxed params),
+Two models, each a `contracts.TrainableModel`: `init_params(rng, batch)` (boxed params),
 `loss_fn(params, batch, *, rng, train) -> (loss, metrics)` and
 `load_initial_params(path, params)` (INITIAL_CHECKPOINT_PATH -> the encoder subtree):
 
@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from aligner_jax.train import contracts
 from aligner_jax import losses
 from aligner_jax import models
 from aligner_jax import sharding
@@ -78,7 +79,7 @@ def _teacher(batch: dict[str, jax.Array], loss: str) -> jax.Array:
   return batch["teacher_scores"].astype(jnp.float32)
 
 
-class _DualEncoderModelBase:
+class _DualEncoderModelBase(contracts.TrainableModel):
   """Shared plumbing: init, masks, encoding, initial checkpoints."""
 
   def __init__(self, module: models.DualEncoder, *, loss: str, pad_id: int = 0,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from aligner_jax import sharding
+from aligner_jax.train.contracts import TrainableModel
 from aligner_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -36,7 +37,7 @@ def _microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Array]:
   return out
 
 
-def train_step(state: TrainState, batch: Batch, *, model: Any, seed: int,
+def train_step(state: TrainState, batch: Batch, *, model: TrainableModel, seed: int,
                learning_rate_fn: Callable[[jax.Array], jax.Array],
                num_microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on one global batch.
@@ -87,7 +88,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Any, seed: int,
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: Any) -> dict[str, jax.Array]:
+def eval_step(params: Any, batch: Batch, *, model: TrainableModel) -> dict[str, jax.Array]:
   """Loss and metrics of `params` on one global batch, without dropout."""
   loss, metrics = model.loss_fn(params, batch, rng=None, train=False)
   return dict(metrics, loss=loss)

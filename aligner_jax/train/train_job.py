@@ -29,6 +29,7 @@ from aligner_jax.data import loaders
 from aligner_jax.data import input_pipeline as pipeline_lib
 from aligner_jax.data import vocab as vocab_lib
 from aligner_jax.train import checkpoints as checkpoints_lib
+from aligner_jax.train import contracts
 from aligner_jax.train import distributed
 from aligner_jax.train import metric_logging as metrics_lib
 from aligner_jax import partitioning
@@ -38,7 +39,6 @@ from aligner_jax.train import trainer as trainer_lib
 # (task_name, feature_lengths, *, batch_size (global), shard_index, num_shards, seed) -> a
 # pipeline: an iterator of this host's rows of each global batch {feature: np.ndarray
 # [batch_size / num_shards, ...]} with `state()` / `restore(state)` / `close()`.
-DatasetFn = Callable[..., Any]
 
 
 def train_pipeline(task_name: str, feature_lengths: Mapping[str, Any], *, batch_size: int,
@@ -83,8 +83,8 @@ def _check_batch_size(batch_size: int, partitioner: partitioning.Partitioner,
       raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {divisor} {what}.")
 
 
-def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task_name: str,
-          feature_lengths: dict[str, int], dataset_fn: DatasetFn,
+def train(*, model: contracts.TrainableModel, model_dir: str, train_steps: int, batch_size: int, task_name: str,
+          feature_lengths: dict[str, int], dataset_fn: contracts.DatasetFn,
           optimizer: optax.GradientTransformation,
           learning_rate_fn: Callable[[Any], Any], num_partitions: int = 1,
           checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
@@ -93,13 +93,13 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
   """Trains `model` for `train_steps` optimizer steps; returns the last logged metrics.
 
   Args:
-    model: a `model_fns.RetrievalModel` / `LiteModel` (MODEL).
+    model: MODEL, a `contracts.TrainableModel` (`model_fns.RetrievalModel` / `LiteModel`).
     model_dir: MODEL_DIR (local or gs://): checkpoints/, train_metrics.jsonl,
       train/ (TensorBoard), operative_config.gin.
     train_steps: TRAIN_STEPS, the total (a resumed run continues up to it).
     batch_size: BATCH_SIZE, global; divisible by hosts x data-parallel devices x microbatches.
     task_name, feature_lengths: MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS.
-    dataset_fn: builds the input pipeline (`train_pipeline`).
+    dataset_fn: builds the host's `contracts.InputPipeline` (`train_pipeline`).
     optimizer: the optax transformation (`optim.make_optimizer`).
     learning_rate_fn: the schedule the optimizer uses, logged as `learning_rate`.
     num_partitions: NUM_PARTITIONS, model-parallel devices.
@@ -111,13 +111,15 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
     log_period: log every this many steps (means over the period).
     seed: parameter init, data order, negatives and dropout.
   """
+  model = contracts.check_model(model)
   distributed.initialize()
   is_writer = distributed.is_logging_process()
   partitioner = partitioning.Partitioner(num_partitions)
   _check_batch_size(batch_size, partitioner, num_microbatches)
-  pipeline = dataset_fn(task_name, feature_lengths, batch_size=batch_size,
-                        shard_index=jax.process_index(), num_shards=jax.process_count(),
-                        seed=seed)
+  pipeline = contracts.check_pipeline(
+      dataset_fn(task_name, feature_lengths, batch_size=batch_size,
+                 shard_index=jax.process_index(), num_shards=jax.process_count(), seed=seed),
+      dataset_fn)
   # One batch tells the shapes; the pipeline is put back where it was.
   start_position = pipeline.state()
   example = next(pipeline)
@@ -146,9 +148,27 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
 
   logger = metrics_lib.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
                                      is_writer=is_writer)
+  record, stopped_at = _loop(trainer, state, pipeline, checkpointer, logger,
+                             steps=range(start_step + 1, train_steps + 1),
+                             batch_size=batch_size, log_period=log_period)
+  checkpointer.close()
+  if stopped_at is not None and is_writer:
+    print(f"SIGTERM: stopped at step {stopped_at} of {train_steps} with a checkpoint; "
+          "run the same command again to continue.", flush=True)
+  pipeline.close()
+  logger.close()
+  return record
+
+
+def _loop(trainer: trainer_lib.Trainer, state: Any, pipeline: contracts.InputPipeline,
+          checkpointer: checkpoints_lib.Checkpointer, logger: metrics_lib.MetricsLogger, *,
+          steps: range, batch_size: int, log_period: int) -> tuple[dict[str, float], int | None]:
+  """Runs the optimizer `steps`; returns the last logged metrics and the step a SIGTERM
+  stopped at (None when all steps ran)."""
+  train_steps = steps.stop - 1
   pending, examples, tokens, record = [], 0, 0, {}
   with preemption.PreemptionWatch() as watch:
-    for step in range(start_step + 1, train_steps + 1):
+    for step in steps:
       host_batch = next(pipeline)
       state, step_metrics = trainer.train_step(state, host_batch)
       pending.append(step_metrics)
@@ -165,10 +185,4 @@ def train(*, model: Any, model_dir: str, train_steps: int, batch_size: int, task
       checkpointer.save(step, state, pipeline.state(), force=step == train_steps or stop)
       if stop:
         break
-  checkpointer.close()
-  if watch.stopped_at is not None and is_writer:
-    print(f"SIGTERM: stopped at step {watch.stopped_at} of {train_steps} with a checkpoint; "
-          "run the same command again to continue.", flush=True)
-  pipeline.close()
-  logger.close()
-  return record
+  return record, watch.stopped_at

@@ -1,6 +1,6 @@
 """The trainer: partitions the train state, jits the step functions, and runs the loop.
 
-The model contract (see `aligner_jax.train.model_fns`):
+The model contract is `aligner_jax.train.contracts.TrainableModel`:
   `init_params(rng, batch) -> params` (boxed with logical axis names, `nn.Partitioned`),
   `loss_fn(params, batch, *, rng, train) -> (loss, metrics)`.
 The step functions themselves live in `aligner_jax.train.step`; this class only decides
@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from aligner_jax import partitioning
+from aligner_jax.train import contracts
 from aligner_jax.train import step as step_lib
 from aligner_jax.train.state import TrainState
 
@@ -31,7 +32,7 @@ def count_tokens(batch: HostBatch) -> int:
 class Trainer:
   """Owns the sharded train state's layout and the compiled step functions."""
 
-  def __init__(self, model: Any, *, partitioner: partitioning.Partitioner,
+  def __init__(self, model: contracts.TrainableModel, *, partitioner: partitioning.Partitioner,
                optimizer: optax.GradientTransformation,
                learning_rate_fn: Callable[[jax.Array], jax.Array],
                seed: int = 0, num_microbatches: int = 1):
