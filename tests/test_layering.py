@@ -1,0 +1,114 @@
+"""The library's import graph points down its layers, and never into the experiments.
+
+Layers, lowest first (a module may import its own layer and those below it):
+  0 utilities   aligner_jax.io, sharding, partitioning, plots
+  1 math        aligner_jax.scoring, losses
+  2 models/data aligner_jax.models, aligner_jax.data
+  3 index       aligner_jax.index
+  4 retrieval   aligner_jax.retrieval
+  5 jobs        aligner_jax.eval, aligner_jax.train
+  6 entry point aligner_jax.main
+`tasks/` (seqio registrations), `repro/` (the papers' reproductions) and `bench/` sit above the
+library and are never imported by it. Every import counts, including those inside functions.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "aligner_jax"
+LAYERS = (
+    ("aligner_jax.io", "aligner_jax.sharding", "aligner_jax.partitioning", "aligner_jax.plots"),
+    ("aligner_jax.scoring", "aligner_jax.losses"),
+    ("aligner_jax.models", "aligner_jax.data"),
+    ("aligner_jax.index",),
+    ("aligner_jax.retrieval",),
+    ("aligner_jax.eval", "aligner_jax.train"),
+    ("aligner_jax.main",),
+)
+OUTSIDE = ("tasks", "repro", "bench", "tests")
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+  path = ROOT.joinpath(*name.split("."))
+  return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imports_of(path: pathlib.Path) -> set[tuple[str, int]]:
+  """(imported module, line) for every import in `path`; `from M import n` counts as M.n when
+  that is a module."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      found.update((a.name, node.lineno) for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      for a in node.names:
+        sub = f"{node.module}.{a.name}"
+        found.add((sub if _is_module(sub) else node.module, node.lineno))
+  return found
+
+
+def layer_of(module: str) -> int | None:
+  if module == "aligner_jax":
+    return 0  # the package's own __init__: a docstring, no imports
+  for i, names in enumerate(LAYERS):
+    if any(module == n or module.startswith(n + ".") for n in names):
+      return i
+  return None
+
+
+def upward_imports() -> list[str]:
+  problems = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    importer = _module_name(path)
+    own = layer_of(importer)
+    if own is None:
+      problems.append(f"{path.relative_to(ROOT)}: {importer} belongs to no layer of LAYERS")
+      continue
+    for imported, line in sorted(imports_of(path)):
+      top = imported.split(".")[0]
+      if top in OUTSIDE:
+        problems.append(f"{path.relative_to(ROOT)}:{line}: imports {imported}, which is outside "
+                        "the library")
+      elif top == "aligner_jax" and imported != "aligner_jax":
+        target = layer_of(imported)
+        if target is None or target > own:
+          problems.append(f"{path.relative_to(ROOT)}:{line}: {importer} (layer {own}) imports "
+                          f"{imported} (layer {target})")
+  return problems
+
+
+def test_the_library_imports_only_downward():
+  assert upward_imports() == []
+
+
+def test_every_layer_names_existing_modules():
+  for names in LAYERS:
+    for name in names:
+      assert _is_module(name), name
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+  """The check itself can fail: an index module importing evaluation is reported."""
+  bad = tmp_path / "aligner_jax" / "index"
+  bad.mkdir(parents=True)
+  (tmp_path / "aligner_jax" / "eval").mkdir()
+  (tmp_path / "aligner_jax" / "eval" / "__init__.py").write_text("")
+  (bad / "__init__.py").write_text("")
+  (bad / "x.py").write_text("def f():\n  from aligner_jax.eval import y\n  import repro.r1\n")
+  monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+  monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "aligner_jax")
+  problems = upward_imports()
+  assert any("x.py:2" in p and "layer 3" in p and "layer 5" in p for p in problems), problems
+  assert any("x.py:3" in p and "outside the library" in p for p in problems), problems
+
+
+if __name__ == "__main__":
+  pytest.main([__file__])
