@@ -153,41 +153,16 @@ class _Writer:
     return " ".join(out) + " ."
 
 
-def generate(seed: int = DEFAULT_SEED) -> Demo:
-  """The demo collection of `seed` as records (deterministic: same seed, same records)."""
-  rng = random.Random(seed)
-  lex = _lexicon(rng)
-  themes, attributes, entities = lex["themes"], lex["attributes"], lex["entities"]
-  writer = _Writer(rng, lex["filler"])
-
-  # Facts: each entity gets distinct attributes; (entity, attribute) -> one document.
-  free_attributes = {e: rng.sample(range(NUM_ATTRIBUTES), NUM_ATTRIBUTES) for e in
-                     range(NUM_ENTITIES)}
-  docs: list[dict[str, Any]] = []
-  facts: list[dict[str, Any]] = []  # {entity, attribute, surface, doc}
-
-  def fact(entity: int, theme: int, doc_index: int) -> str:
-    attribute = free_attributes[entity].pop()
-    surface = rng.randrange(SURFACES)
-    value = rng.choice(themes[theme][rng.randrange(CONCEPTS_PER_THEME)])
-    facts.append({"entity": entity, "attribute": attribute, "surface": surface,
-                  "doc": doc_index, "theme": theme})
-    return writer.sentence([entities[entity], attributes[attribute][surface], value])
-
-  def new_doc(kind: str, theme: int, sentences: list[str], info: dict[str, Any]) -> int:
-    rng.shuffle(sentences)
-    docs.append({"kind": kind, "theme": theme, "text": " ".join(sentences), **info})
-    return len(docs) - 1
-
-  # Focused documents: 4 concepts in depth, with 2 of their 3 surfaces.
-  focused_by_theme: dict[int, list[int]] = {t: [] for t in range(NUM_THEMES)}
+def _plan_documents(rng: random.Random) -> list[tuple[Any, ...]]:
+  """(kind, theme, aspects, extra) per document: focused documents cover 4 concepts in depth
+  with 2 of their 3 surfaces; surveys the union of three focused documents' concepts, once
+  each; profiles describe one entity."""
   plans = []
   for theme in range(NUM_THEMES):
     for _ in range(FOCUSED_PER_THEME):
       aspects = rng.sample(range(CONCEPTS_PER_THEME), ASPECTS_PER_FOCUSED)
       used = {a: rng.sample(range(SURFACES), 2) for a in aspects}
       plans.append(("focused", theme, aspects, used))
-  # Survey documents: the union of three focused documents' concepts, once each.
   for theme in range(NUM_THEMES):
     members = [i for i, p in enumerate(plans) if p[0] == "focused" and p[1] == theme]
     for s in range(SURVEYS_PER_THEME):
@@ -198,41 +173,74 @@ def generate(seed: int = DEFAULT_SEED) -> Demo:
   for entity in range(NUM_ENTITIES):
     theme = entity_theme[entity]
     plans.append(("profile", theme, rng.sample(range(CONCEPTS_PER_THEME), 3), entity))
-  order = list(range(len(plans)))
-  rng.shuffle(order)
+  return plans
 
-  other_entities = list(range(NUM_ENTITIES)) * 6
-  rng.shuffle(other_entities)
-  for plan_index in order:
-    kind, theme, aspects, extra = plans[plan_index]
-    doc_index = len(docs)
-    sentences = []
-    if kind == "profile":
-      entity = extra
-      for _ in range(FACTS_PER_PROFILE):
-        sentences.append(fact(entity, theme, doc_index))
-      for a in aspects:
-        sentences.append(writer.sentence([entities[entity], rng.choice(themes[theme][a])]))
-      for _ in range(rng.randint(1, 2)):
-        sentences.append(writer.sentence([entities[entity]]))
-      new_doc(kind, theme, sentences, {"entity": entity, "aspects": aspects})
-    else:
+
+class _DocumentWriter:
+  """Writes the planned documents; each fact sentence ((entity, attribute) -> value) is
+  recorded in `facts` with the document that states it."""
+
+  def __init__(self, rng: random.Random, lex: dict[str, Any], writer: _Writer):
+    self.rng, self.lex, self.writer = rng, lex, writer
+    # Each entity gets distinct attributes: (entity, attribute) -> one document.
+    self.free_attributes = {e: rng.sample(range(NUM_ATTRIBUTES), NUM_ATTRIBUTES)
+                            for e in range(NUM_ENTITIES)}
+    self.docs: list[dict[str, Any]] = []
+    self.facts: list[dict[str, Any]] = []  # {entity, attribute, surface, doc, theme}
+
+  def fact(self, entity: int, theme: int, doc_index: int) -> str:
+    rng, lex = self.rng, self.lex
+    attribute = self.free_attributes[entity].pop()
+    surface = rng.randrange(SURFACES)
+    value = rng.choice(lex["themes"][theme][rng.randrange(CONCEPTS_PER_THEME)])
+    self.facts.append({"entity": entity, "attribute": attribute, "surface": surface,
+                       "doc": doc_index, "theme": theme})
+    return self.writer.sentence([lex["entities"][entity], lex["attributes"][attribute][surface],
+                                 value])
+
+  def add(self, kind: str, theme: int, sentences: list[str], info: dict[str, Any]) -> None:
+    self.rng.shuffle(sentences)
+    self.docs.append({"kind": kind, "theme": theme, "text": " ".join(sentences), **info})
+
+  def write_all(self, plans: list[tuple[Any, ...]]) -> None:
+    rng, themes, entities = self.rng, self.lex["themes"], self.lex["entities"]
+    order = list(range(len(plans)))
+    rng.shuffle(order)
+    other_entities = list(range(NUM_ENTITIES)) * 6
+    rng.shuffle(other_entities)
+    for plan_index in order:
+      kind, theme, aspects, extra = plans[plan_index]
+      doc_index = len(self.docs)
+      sentences = []
+      if kind == "profile":
+        entity = extra
+        for _ in range(FACTS_PER_PROFILE):
+          sentences.append(self.fact(entity, theme, doc_index))
+        for a in aspects:
+          sentences.append(self.writer.sentence([entities[entity], rng.choice(themes[theme][a])]))
+        for _ in range(rng.randint(1, 2)):
+          sentences.append(self.writer.sentence([entities[entity]]))
+        self.add(kind, theme, sentences, {"entity": entity, "aspects": aspects})
+        continue
+      mentions = 3 if kind == "focused" else 1
       for a in aspects:
         surfaces = extra[a]
-        mentions = 3 if kind == "focused" else 1
         for m in range(mentions):
-          sentences.append(writer.sentence([themes[theme][a][surfaces[m % len(surfaces)]]]))
+          sentences.append(self.writer.sentence([themes[theme][a][surfaces[m % len(surfaces)]]]))
       for _ in range(FACTS_PER_OTHER):
-        entity = other_entities.pop()
-        sentences.append(fact(entity, theme, doc_index))
+        sentences.append(self.fact(other_entities.pop(), theme, doc_index))
       info = {"aspects": aspects, "surfaces": {a: extra[a] for a in aspects}}
       if kind == "focused":
         info["plan"] = plan_index
-      new_doc(kind, theme, sentences, info)
-  plan_to_doc = {d["plan"]: i for i, d in enumerate(docs) if "plan" in d}
+      self.add(kind, theme, sentences, info)
 
-  doc_ids = [f"d{i:05d}" for i in range(len(docs))]
-  # Queries.
+
+def _make_queries(rng: random.Random, lex: dict[str, Any], writer: _Writer,
+                  plans: list[tuple[Any, ...]], docs: list[dict[str, Any]],
+                  facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Factoid queries ask one fact, often through another surface of its attribute; broad
+  queries name a focused document's concepts through surfaces the document does not use."""
+  themes, attributes, entities = lex["themes"], lex["attributes"], lex["entities"]
   queries: list[dict[str, Any]] = []
   for f in rng.sample(facts, NUM_FACTOID_QUERIES):
     surfaces = [s for s in range(SURFACES) if s != f["surface"]]
@@ -240,42 +248,56 @@ def generate(seed: int = DEFAULT_SEED) -> Demo:
     text = writer.sentence([attributes[f["attribute"]][surface], entities[f["entity"]]])
     queries.append({"family": "factoid", "text": text.rstrip(" ."), "doc": f["doc"],
                     "entity": f["entity"], "attribute": f["attribute"], "theme": f["theme"]})
+  plan_to_doc = {d["plan"]: i for i, d in enumerate(docs) if "plan" in d}
   for plan_index, plan in enumerate(plans):
     if plan[0] != "focused":
       continue
-    doc = plan_to_doc[plan_index]
     _, theme, aspects, used = plan
     content = []
     for a in rng.sample(aspects, len(aspects)):
       unused = [s for s in range(SURFACES) if s not in used[a]]
       content.append(themes[theme][a][rng.choice(unused or list(range(SURFACES)))])
     queries.append({"family": "broad", "text": writer.sentence(content).rstrip(" ."),
-                    "doc": doc, "aspects": aspects, "theme": theme})
+                    "doc": plan_to_doc[plan_index], "aspects": aspects, "theme": theme})
   rng.shuffle(queries)
+  return queries
 
-  # Splits within each family.
+
+def _split_of(queries: list[dict[str, Any]]) -> dict[int, str]:
+  """Query position -> split, by SPLIT_FRACTIONS within each family."""
   split_of = {}
   for family in ("factoid", "broad"):
     members = [i for i, q in enumerate(queries) if q["family"] == family]
     start = 0
     for k, (split, fraction) in enumerate(SPLIT_FRACTIONS):
-      end = len(members) if k == len(SPLIT_FRACTIONS) - 1 else start + round(fraction * len(members))
+      last = k == len(SPLIT_FRACTIONS) - 1
+      end = len(members) if last else start + round(fraction * len(members))
       for i in members[start:end]:
         split_of[i] = split
       start = end
+  return split_of
+
+
+def generate(seed: int = DEFAULT_SEED) -> Demo:
+  """The demo collection of `seed` as records (deterministic: same seed, same records)."""
+  rng = random.Random(seed)
+  lex = _lexicon(rng)
+  writer = _Writer(rng, lex["filler"])
+  documents = _DocumentWriter(rng, lex, writer)
+  plans = _plan_documents(rng)
+  documents.write_all(plans)
+  docs, facts = documents.docs, documents.facts
+  queries = _make_queries(rng, lex, writer, plans, docs, facts)
+  split_of = _split_of(queries)
+
+  doc_ids = [f"d{i:05d}" for i in range(len(docs))]
   query_ids = [f"q{i:05d}" for i in range(len(queries))]
   qrels = {split: [] for split, _ in SPLIT_FRACTIONS}
   for i, q in enumerate(queries):
     qrels[split_of[i]].append((query_ids[i], doc_ids[q["doc"]], 1))
-
-  hard_negatives = []
-  for i, q in enumerate(queries):
-    if split_of[i] != "train":
-      continue
-    negatives = _hard_negatives(q, docs, facts)
-    hard_negatives.append({"qid": query_ids[i], "pos": [doc_ids[q["doc"]]],
-                           "neg": [doc_ids[d] for d in negatives]})
-
+  hard_negatives = [{"qid": query_ids[i], "pos": [doc_ids[q["doc"]]],
+                     "neg": [doc_ids[d] for d in _hard_negatives(q, docs, facts)]}
+                    for i, q in enumerate(queries) if split_of[i] == "train"]
   corpus_records = [{"_id": doc_ids[i], "title": "", "text": d["text"],
                      "metadata": {"kind": d["kind"], "theme": d["theme"]}}
                     for i, d in enumerate(docs)]

@@ -184,6 +184,45 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return out
 
 
+def _score_union(fn: Callable[..., jax.Array], index: TokenIndex, union: np.ndarray,
+                 query_args: tuple[np.ndarray, ...], num_alignments: int, *, with_sal: bool,
+                 with_ids: bool) -> np.ndarray:
+  """Scores of a block of queries against the documents `union` under every alignment.
+
+  Args:
+    fn: the jitted all-pairs scorer of `_scorer`.
+    index: the token index holding the documents.
+    union: [U] sorted global document numbers.
+    query_args: the block's (vectors [b, n, h], mask [b, n], saliences [b, n], ids [b, n]).
+    num_alignments: A, the number of alignments `fn` scores under.
+
+  Returns:
+    [A, b, U] float32 scores.
+  """
+  q, q_mask, q_sal, q_ids = query_args
+  lengths = index.doc_lengths
+  scores = np.zeros((num_alignments, len(q), len(union)), np.float32)
+  # Similar lengths share a chunk, so padding stays small.
+  order = np.argsort(lengths[union], kind="stable")
+  pos = 0
+  while pos < len(union):
+    length = _bucket(int(lengths[union[order[pos]]]))
+    big, small = _chunk_sizes(length, index.dim)
+    fits = int(np.searchsorted(lengths[union[order[pos:]]], length, side="right"))
+    size = big if fits > big - small else small
+    take = order[pos:pos + min(size, fits)]
+    padded = np.full(size, -1, np.int64)
+    padded[:len(take)] = union[take]
+    # Stored dtype in an aligned buffer: no NumPy conversion and no host copy to the device.
+    g = index.gather_padded(padded, length, native_dtype=True)
+    d_sal = g["salience"] if with_sal else g["mask"].astype(np.float32)
+    d_ids = g["token_ids"] if with_ids else g["mask"].astype(np.int32)
+    out = fn(q, q_mask, g["vectors"], g["mask"], q_sal, d_sal, q_ids, d_ids)
+    scores[:, :, take] = np.asarray(out)[:, :, :len(take)]
+    pos += len(take)
+  return scores
+
+
 def refine(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
            alignment: Alignment | str, *, top_n: int = 1000, use_salience: bool = True,
            query_block: int | None = None,
@@ -241,7 +280,6 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
   with_sal = use_salience and queries.salience is not None and index.has_salience
   fn = _scorer(parsed, with_sal, with_sal, with_ids)
   num_q = len(queries)
-  lengths = index.doc_lengths
   # Queries of similar length share a block, which is cut to its own longest query.
   q_lengths = queries.mask.sum(axis=1)
   q_order = np.argsort(q_lengths, kind="stable")
@@ -262,25 +300,8 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     q_sal = cut(queries.salience) if with_sal else q_mask.astype(np.float32)
     q_ids = cut(queries.token_ids) if with_ids else q_mask.astype(np.int32)
     union = np.unique(np.concatenate([candidates.docs[r] for r in rows] + [np.zeros(0, int)]))
-    scores = np.zeros((len(parsed), block, len(union)), np.float32)
-    # Similar lengths share a chunk, so padding stays small.
-    order = np.argsort(lengths[union], kind="stable")
-    pos = 0
-    while pos < len(union):
-      length = _bucket(int(lengths[union[order[pos]]]))
-      big, small = _chunk_sizes(length, index.dim)
-      fits = int(np.searchsorted(lengths[union[order[pos:]]], length, side="right"))
-      size = big if fits > big - small else small
-      take = order[pos:pos + min(size, fits)]
-      padded = np.full(size, -1, np.int64)
-      padded[:len(take)] = union[take]
-      # Stored dtype in an aligned buffer: no NumPy conversion and no host copy to the device.
-      g = index.gather_padded(padded, length, native_dtype=True)
-      d_sal = g["salience"] if with_sal else g["mask"].astype(np.float32)
-      d_ids = g["token_ids"] if with_ids else g["mask"].astype(np.int32)
-      out = fn(q, q_mask, g["vectors"], g["mask"], q_sal, d_sal, q_ids, d_ids)
-      scores[:, :, take] = np.asarray(out)[:, :, :len(take)]
-      pos += len(take)
+    scores = _score_union(fn, index, union, (q, q_mask, q_sal, q_ids), len(parsed),
+                          with_sal=with_sal, with_ids=with_ids)
     for i, r in enumerate(rows):
       docs = candidates.docs[r]
       where = np.searchsorted(union, docs)
