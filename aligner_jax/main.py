@@ -20,6 +20,8 @@ from typing import Any
 import gin
 from absl import app, flags, logging
 
+from aligner_jax.io import atomic_write
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _GIN_FILE = flags.DEFINE_multi_string(
@@ -71,10 +73,7 @@ def _write_config(name: str, text: str) -> None:
     return  # this config has no MODEL_DIR (e.g. a job that writes nothing)
   if not isinstance(model_dir, str):
     return
-  from aligner_jax.train import metric_logging  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-  metric_logging.write_atomic(os.path.join(model_dir, name), text)
+  atomic_write(os.path.join(model_dir, name), text)  # parents created; gs:// works as well
 
 
 def main(argv: Sequence[str]) -> None:

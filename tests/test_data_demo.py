@@ -38,6 +38,18 @@ def test_rewriting_replaces_the_files(seed0, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging left behind
 
 
+def test_a_directory_holding_other_files_is_refused_not_replaced(tmp_path):
+  out = tmp_path / "data"
+  (out / "qrels").mkdir(parents=True)
+  (out / "qrels" / "notes.txt").write_text("mine")
+  with pytest.raises(ValueError, match=r"data: holds qrels/notes.txt, which are not demo"):
+    demo_lib.write(demo_lib.generate(0), out)
+  assert sorted(p.name for p in out.rglob("*")) == ["notes.txt", "qrels"]
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="file: exists and is not a directory"):
+    demo_lib.write(demo_lib.generate(0), tmp_path / "file")
+
+
 def test_size_families_and_consistency(seed0):
   c = demo_lib.read_demo(seed0)  # the same checks as any BEIR directory
   assert len(c.corpus) >= 1000

@@ -17,6 +17,7 @@ from aligner_jax.index import load_index
 from aligner_jax.index import save_index
 from aligner_jax.index import files
 from aligner_jax.index.token_index import load_shard
+from aligner_jax.io import write_json
 
 
 def make_store(num_docs=300, max_len=16, dim=16, seed=0):
@@ -188,13 +189,13 @@ def _rewrite_manifest(shard_dir: pathlib.Path, edit):
   mismatch between manifest and files is left to be caught."""
   manifest = json.loads((shard_dir / "manifest.json").read_text())
   edit(manifest)
-  files.write_json(shard_dir / "manifest.json", manifest)
+  write_json(shard_dir / "manifest.json", manifest)
   listing_path = shard_dir.parent / "index.json"
   listing = json.loads(listing_path.read_text())
   for entry in listing["shards"]:
     if entry["name"] == shard_dir.name:
       entry["manifest_sha256"] = files.sha256_file(shard_dir / "manifest.json")
-  files.write_json(listing_path, listing)
+  write_json(listing_path, listing)
 
 
 def test_mismatched_manifests_are_refused(scann_index_dir, tmp_path):
@@ -284,14 +285,3 @@ def test_writes_are_atomic(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
   assert load_index(target).shards[0].store.vectors.tobytes() != before[
       pathlib.Path("shard-00000/vectors.npy")]
-
-
-def test_json_is_written_whole_and_readable_by_everyone(tmp_path):
-  path = tmp_path / "result.json"
-  files.write_json(path, {"b": 1, "a": [1.5]})
-  assert files.read_json(path) == {"a": [1.5], "b": 1}
-  assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
-  with pytest.raises(ValueError):
-    files.write_json(path, {"x": float("nan")})  # refused, and the old file is kept
-  assert files.read_json(path) == {"a": [1.5], "b": 1}
-  assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

@@ -16,7 +16,6 @@ from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
 from aligner_jax.index import build_token_index
 from aligner_jax.index import concatenate
-from aligner_jax.index import files
 from aligner_jax.index import from_padded
 from aligner_jax.index import load_index
 from aligner_jax.index import pq
@@ -25,6 +24,7 @@ from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.index.token_index import load_shard
+from aligner_jax.io import write_json
 
 
 def clustered_store(num_docs=120, max_len=12, dim=16, *, seed=0, num_clusters=40):
@@ -181,7 +181,7 @@ def test_corrupted_or_inconsistent_pq_shards_are_refused(tmp_path):
   shard = bad / "shard-00000"
   manifest = json.loads((shard / "manifest.json").read_text())
   manifest["counts"]["ann_tokens"] -= 1
-  files.write_json(shard / "manifest.json", manifest)
+  write_json(shard / "manifest.json", manifest)
   with pytest.raises(IndexFileError, match="manifest says") as err:
     load_shard(shard)
   assert err.value.path.endswith("ann_keep.npy")
@@ -190,7 +190,7 @@ def test_corrupted_or_inconsistent_pq_shards_are_refused(tmp_path):
   shard = bad / "shard-00000"
   manifest = json.loads((shard / "manifest.json").read_text())
   manifest["config"]["vector_dtype"] = "pq:8"
-  files.write_json(shard / "manifest.json", manifest)
+  write_json(shard / "manifest.json", manifest)
   with pytest.raises(IndexFileError, match="mismatched shard"):
     load_shard(shard)
 
@@ -238,7 +238,7 @@ def test_a_bad_unit_norm_flag_is_refused_naming_the_manifest(tmp_path, flag):
   shard = tmp_path / "idx" / "shard-00000"
   manifest = json.loads((shard / "manifest.json").read_text())
   manifest["config"]["pq_unit_norm"] = flag
-  files.write_json(shard / "manifest.json", manifest)
+  write_json(shard / "manifest.json", manifest)
   with pytest.raises(IndexFileError, match="pq_unit_norm") as err:
     load_shard(shard)
   assert err.value.path.endswith("manifest.json")

@@ -51,9 +51,7 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from aligner_jax.data import beir
@@ -62,6 +60,7 @@ from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import ProblemLog
+from aligner_jax.io import atomic_dir
 
 DEFAULT_SEED = 0
 HARD_NEGATIVES_FILE = "hard_negatives.train.jsonl"
@@ -337,32 +336,48 @@ def _dumps(value: Any) -> str:
   return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
 
 
+def _files(demo: Demo) -> dict[str, str]:
+  """The text of every file of the demo directory, by relative path."""
+  files = {
+      "corpus.jsonl": "".join(_dumps(r) + "\n" for r in demo.corpus),
+      "queries.jsonl": "".join(_dumps(r) + "\n" for r in demo.queries),
+      HARD_NEGATIVES_FILE: "".join(_dumps(r) + "\n" for r in demo.hard_negatives),
+      LEXICON_FILE: _dumps(demo.lexicon) + "\n",
+  }
+  for split, rows in demo.qrels.items():
+    files[f"qrels/{split}.tsv"] = "query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, d, s in rows)
+  return files
+
+
+def _refuse_foreign_files(out: str, names: set[str]) -> None:
+  """`out` is replaced whole, so it may hold nothing but demo files (never delete others)."""
+  if not os.path.lexists(out):
+    return
+  if not os.path.isdir(out):
+    raise ValueError(f"{out}: exists and is not a directory; give a new or demo directory")
+  allowed = names | {os.path.dirname(n) for n in names}
+  foreign = sorted(os.path.relpath(os.path.join(root, n), out)
+                   for root, dirs, files in os.walk(out) for n in dirs + files
+                   if os.path.relpath(os.path.join(root, n), out) not in allowed)
+  if foreign:
+    raise ValueError(f"{out}: holds {', '.join(foreign[:5])}, which are not demo files; the "
+                     "directory is replaced whole, so give a new or demo directory")
+
+
 def write(demo: Demo, out: str | os.PathLike) -> None:
-  """Writes the files into `out` (created; existing demo files are replaced atomically)."""
+  """Writes the files into directory `out`, which appears complete or not at all.
+
+  An existing `out` is replaced whole (`aligner_jax.io.atomic_dir`); it may hold only the
+  demo's own files (an earlier demo), anything else is refused with a ValueError.
+  """
   out = os.fspath(out)
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".demo-", dir=parent)
-  try:
-    os.makedirs(os.path.join(staging, "qrels"))
-    files = {
-        "corpus.jsonl": "".join(_dumps(r) + "\n" for r in demo.corpus),
-        "queries.jsonl": "".join(_dumps(r) + "\n" for r in demo.queries),
-        HARD_NEGATIVES_FILE: "".join(_dumps(r) + "\n" for r in demo.hard_negatives),
-        LEXICON_FILE: _dumps(demo.lexicon) + "\n",
-    }
-    for split, rows in demo.qrels.items():
-      files[f"qrels/{split}.tsv"] = "query-id\tcorpus-id\tscore\n" + "".join(
-          f"{q}\t{d}\t{s}\n" for q, d, s in rows)
+  files = _files(demo)
+  _refuse_foreign_files(out, set(files))
+  with atomic_dir(out) as tmp:
     for name, text in files.items():
-      with open(os.path.join(staging, name), "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(os.path.join(out, "qrels"), exist_ok=True)
-    for name in files:
-      os.replace(os.path.join(staging, name), os.path.join(out, name))
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+      (tmp / name).parent.mkdir(exist_ok=True)
+      (tmp / name).write_bytes(text.encode("utf-8"))
 
 
 def to_collection(demo: Demo, name: str = "demo") -> Collection:

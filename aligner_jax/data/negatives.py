@@ -17,13 +17,13 @@ mined afresh.
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import GroupBuilder
 from aligner_jax.data.collection import TrainingGroups
+from aligner_jax.io import write_json
 
 DEFAULT_DEPTH = 30
 K1 = 0.9
@@ -97,7 +97,7 @@ def bm25_training_groups(collection: Collection, split: str, *, depth: int = DEF
   if pools is None:
     pools = mine_pools(collection, split, depth=depth)
     if cache_path is not None:
-      _write_json_atomically(cache_path, {"split": split, "depth": depth, "pools": pools})
+      write_json(cache_path, {"split": split, "depth": depth, "pools": pools}, indent=None)
   corpus, queries = collection.corpus, collection.queries
   builder = GroupBuilder(with_teacher_scores=False)
   for qid in queries.ids:
@@ -108,12 +108,3 @@ def bm25_training_groups(collection: Collection, split: str, *, depth: int = DEF
       if rel > 0:
         builder.add(queries.index[qid], corpus.index[did], pool)
   return builder.build()
-
-
-def _write_json_atomically(path: str, value) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, encoding="utf-8",
-                                   suffix=".tmp") as tmp:
-    json.dump(value, tmp, ensure_ascii=False)
-  os.replace(tmp.name, path)

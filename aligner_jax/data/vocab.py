@@ -30,12 +30,13 @@ import functools
 import json
 import os
 import pathlib
-import tempfile
 import threading
 from typing import Iterable, Sequence
 
 import seqio
 import tensorflow as tf
+
+from aligner_jax.io import atomic_write
 
 # Where "t5_1_1" is looked for when ALIGNER_T5_VOCAB is not set: the shared data directory that
 # sits beside the repository (tests and CI), see `get_vocabulary`.
@@ -338,13 +339,8 @@ def tokenizer_json_to_sentencepiece(path_to_tokenizer_json: str | os.PathLike,
   proto.normalizer_spec.add_dummy_prefix = True
   proto.normalizer_spec.remove_extra_whitespaces = True
   proto.normalizer_spec.escape_whitespaces = True
-  out_path = os.fspath(out_path)
-  directory = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False) as tmp:
-    tmp.write(proto.SerializeToString())
-  os.replace(tmp.name, out_path)
-  return out_path
+  atomic_write(out_path, proto.SerializeToString())
+  return os.fspath(out_path)
 
 
 def _precompiled_charsmap(normalizer: dict | None) -> bytes | None:

@@ -12,12 +12,14 @@ candidate sets (`score_strategies` takes a function strategy -> per-query nDCG@1
 logic (`adapt`) works on the resulting [strategies, queries] matrix.
 """
 
+import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from aligner_jax.index.files import write_json
+from aligner_jax.io import atomic_write
+from aligner_jax.io import write_json
 
 TOP_K = (1, 2, 4, 6, 8)
 TOP_P = (0.005, 0.01, 0.015, 0.02)
@@ -129,11 +131,9 @@ def table_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
 def write_adaptation(output_dir: str | pathlib.Path,
                      reports: Sequence[Mapping[str, Any]]) -> str:
   """Writes `adaptation.json` (all reports) and `adaptation.md` (the table); returns the table."""
-  output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
+  output_dir = os.fspath(output_dir)  # not pathlib: a gs:// directory works as well
   table = table_markdown(reports)
-  write_json(output_dir / "adaptation.json", {"reports": list(reports), "table": table})
-  tmp = output_dir / ".adaptation.md.tmp"
-  tmp.write_text(table, encoding="utf-8")
-  tmp.replace(output_dir / "adaptation.md")
+  write_json(os.path.join(output_dir, "adaptation.json"),
+             {"reports": list(reports), "table": table})
+  atomic_write(os.path.join(output_dir, "adaptation.md"), table)
   return table

@@ -9,10 +9,7 @@
     first (`ignore_identical_ids`).
 """
 
-import math
 import os
-import pathlib
-import tempfile
 from typing import Any, Iterable, Mapping
 
 import pytrec_eval
@@ -76,7 +73,5 @@ def write_metrics(path: str | os.PathLike, mean: Mapping[str, float],
   """Writes `metrics.json`: the means at top level, `per_query`, `num_queries` and `extra`."""
   out = {**{m: float(v) for m, v in mean.items()}, "num_queries": len(per_query),
          **extra, "per_query": {q: dict(v) for q, v in sorted(per_query.items())}}
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   write_json(path, out)
   return out

@@ -15,12 +15,12 @@ previous token and SentencePiece's "▁" marks a word start.
 import dataclasses
 import html
 import os
-import pathlib
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from aligner_jax.index import pruning
+from aligner_jax.io import atomic_write
 from aligner_jax.plots import write_png
 from aligner_jax.scoring import Alignment
 from aligner_jax.scoring.alignment import alignment_matrix
@@ -205,8 +205,4 @@ def save_html(view: AlignmentView, path: str | os.PathLike, *, title: str = "") 
   page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
           f"{html.escape(title or 'Alignment')}</title></head><body style=\"font-family:"
           f"sans-serif;max-width:60em\">{render_html(view, title=title)}</body></html>\n")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(page, encoding="utf-8")
-  tmp.replace(path)
+  atomic_write(path, page)

@@ -7,21 +7,19 @@ Loading (`verify_dir`) refuses, with an `IndexFileError` naming the file, a dire
 manifest is missing or unreadable, of another kind or version, that lacks a listed file, holds
 an unlisted one, or whose sizes or SHA-256 sums differ from the manifest.
 
-Writes are atomic: everything goes to a hidden temporary sibling which is renamed into place
-only when complete (`atomic_dir`), so a crash never leaves a half-written directory under the
-final name. Arrays are `.npy` files read without pickle.
+Writers fill such a directory inside `aligner_jax.io.atomic_dir`, so a crash never leaves a
+half-written directory under the final name. Arrays are `.npy` files read without pickle.
 """
 
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+
+from aligner_jax.io import write_json
 
 FORMAT = "aligner_jax"
 MANIFEST = "manifest.json"
@@ -45,22 +43,6 @@ def sha256_file(path: str | os.PathLike) -> str:
   return digest.hexdigest()
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes JSON through a temporary file and a rename, so readers never see half of it."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-      f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary, shareable files
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-
-
 def read_json(path: str | os.PathLike) -> Any:
   path = pathlib.Path(path)
   if not path.is_file():
@@ -71,32 +53,6 @@ def read_json(path: str | os.PathLike) -> Any:
     line = getattr(e, "lineno", None)
     where = f":{line}" if line else ""
     raise IndexFileError(f"{path}{where}", f"not valid JSON ({e})") from None
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """Yields an empty temporary directory that replaces `final` when the block succeeds.
-
-  An existing `final` is moved aside first and deleted only after the new one is in place.
-  On an exception the temporary directory is removed and `final` is left untouched.
-  """
-  final = pathlib.Path(final)
-  final.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-  try:
-    yield tmp
-    old = None
-    if final.exists():
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old",
-                                          dir=final.parent))
-      os.rmdir(old)
-      os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def save_array(directory: pathlib.Path, name: str, array: np.ndarray) -> None:

@@ -48,6 +48,8 @@ from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store_io import load_vector_arrays
 from aligner_jax.index.token_store_io import unit_norm_flag
+from aligner_jax.io import atomic_dir
+from aligner_jax.io import write_json
 
 SHARD_KIND = "token_index_shard"
 INDEX_KIND = "token_index"
@@ -332,8 +334,8 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
                config: IndexConfig) -> dict[str, Any]:
   """Writes one shard atomically (see the module docstring); returns its manifest."""
   s = shard.store
-  with files.atomic_dir(directory) as tmp:
-    files.write_json(tmp / "doc_ids.json", s.doc_ids)
+  with atomic_dir(directory) as tmp:
+    write_json(tmp / "doc_ids.json", s.doc_ids)
     files.save_array(tmp, "offsets.npy", s.offsets)
     files.save_array(tmp, "vectors.npy", s.vectors)
     for name in ("scales", "codebook", "salience", "token_ids", "pooled"):
@@ -358,7 +360,7 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
 def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, Any]:
   """Writes every shard and `index.json` into `directory` atomically; returns index.json."""
   directory = pathlib.Path(directory)
-  with files.atomic_dir(directory) as tmp:
+  with atomic_dir(directory) as tmp:
     listing = []
     for i, shard in enumerate(index.shards):
       name = f"shard-{i:05d}"
@@ -367,7 +369,7 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, An
                                                                          files.MANIFEST),
                       **_shard_counts(shard)})
     info = index_info(tmp, listing, index.config)
-    files.write_json(tmp / INDEX_JSON, info)
+    write_json(tmp / INDEX_JSON, info)
   return info
 
 

@@ -20,6 +20,8 @@ from aligner_jax.index import pq
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store import pq_subspaces
+from aligner_jax.io import atomic_dir
+from aligner_jax.io import write_json
 
 KIND = "token_store"
 VERSION = 1
@@ -58,8 +60,8 @@ def shard_name(prefix: str, index: int, count: int) -> str:
 def save_token_store(store: TokenStore, directory: str | pathlib.Path,
                      **config: Any) -> dict[str, Any]:
   """Writes `store` atomically; `config` (JSON values) is recorded in the manifest."""
-  with files.atomic_dir(directory) as tmp:
-    files.write_json(tmp / "doc_ids.json", store.doc_ids)
+  with atomic_dir(directory) as tmp:
+    write_json(tmp / "doc_ids.json", store.doc_ids)
     files.save_array(tmp, "offsets.npy", store.offsets)
     files.save_array(tmp, "vectors.npy", store.vectors)
     for name in _OPTIONAL:

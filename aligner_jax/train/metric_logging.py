@@ -29,22 +29,10 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
+from aligner_jax.io import atomic_write
+from aligner_jax.io import is_local
+
 JSONL_NAME = "train_metrics.jsonl"
-
-
-def is_local(path: str | os.PathLike) -> bool:
-  return "://" not in os.fspath(path)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes a whole file so that readers never see it half-written."""
-  if is_local(path):
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  else:
-    epath.Path(path).write_text(text)  # one object upload: atomic on GCS
 
 
 def _kept_lines(path: str, last_step: int) -> list[str]:
@@ -85,7 +73,7 @@ class MetricsLogger:
     if is_writer:
       epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
       kept = _kept_lines(self.path, start_step)
-      write_atomic(self.path, "".join(kept))
+      atomic_write(self.path, "".join(kept))
       if not is_local(self.path):
         self._lines = kept
       self._writer = metric_writers.AsyncMultiWriter(
@@ -116,7 +104,7 @@ class MetricsLogger:
         f.write(line)
     else:
       self._lines.append(line)
-      write_atomic(self.path, "".join(self._lines))
+      atomic_write(self.path, "".join(self._lines))
     self._writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
     parts = [f"step {step}/{self.total_steps}", f"loss {record['loss']:.4f}"]
     for key, short in (("accuracy", "acc"), ("mrr", "mrr")):

@@ -26,6 +26,7 @@ import optax
 from etils import epath
 
 from aligner_jax.data import loaders
+from aligner_jax.io import atomic_write
 from aligner_jax.data import input_pipeline as pipeline_lib
 from aligner_jax.data import vocab as vocab_lib
 from aligner_jax.train import checkpoints as checkpoints_lib
@@ -69,8 +70,7 @@ def train_pipeline(task_name: str, feature_lengths: Mapping[str, Any], *, batch_
 
 
 def _write_operative_config(model_dir: str) -> None:
-  metrics_lib.write_atomic(os.path.join(model_dir, "operative_config.gin"),
-                           gin.operative_config_str())
+  atomic_write(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
 
 
 def _check_batch_size(batch_size: int, partitioner: partitioning.Partitioner,
