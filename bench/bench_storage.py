@@ -163,9 +163,9 @@ def apply_head(npz_path: str, kind: str, dim: int, corpus, queries) -> tuple:
   """The corpus and queries mapped through a head trained on the frozen vectors
   (`aligner_jax.frozen`, e.g. R4's ColBERT projection or R2's ALIGNER head): [T, dim] float16
   token vectors, with the head's saliences when it has them. Token ids are kept (IDF proxy)."""
-  from aligner_jax.frozen import evaluate as frozen_eval
-  from aligner_jax.frozen import heads
-  from aligner_jax.frozen import store
+  from repro.frozen import head_eval as frozen_eval
+  from repro.frozen import heads
+  from repro.frozen import trained_heads as store
   npz = pathlib.Path(npz_path)
   loaded = store.load_head(npz, npz.with_suffix(".json"))
   if loaded is None:

@@ -21,10 +21,11 @@ from aligner_jax.eval.adaptation import STRATEGIES
 from aligner_jax.eval.adaptation import make_folds
 from aligner_jax.index import from_padded
 from aligner_jax.index.token_store_io import save_token_store
-from aligner_jax.repro import figures
-from aligner_jax.repro import r1
-from aligner_jax.repro.jobs import R1Dataset
-from aligner_jax.repro.jobs import repro_r1
+from repro import r1
+from repro import r1_figures as figures
+from repro.r1_job import R1Dataset
+from repro.r1_job import repro_r1
+
 
 def tiny_collection(families):
   corpus, queries = new_corpus(), new_queries()
@@ -142,14 +143,14 @@ def png_size(path):
 
 def test_figures_on_a_tiny_input(tmp_path):
   reports = make_reports()
-  strategies, names, values = figures.strategy_matrix(reports, r1.PAPER["rows"][:2])
+  strategies, names, values = figures.strategy_matrix(reports, r1.paper_numbers()["rows"][:2])
   assert strategies == list(STRATEGIES)
   assert names == ["A", "B/broad", "SciFact (paper, ALIGNER-base)", "SciFact (paper, ALIGNER-xxl)"]
   assert values.shape == (9, 4)
   assert values[0, 0] == pytest.approx(reports[0]["ndcg@10"]["top_k:1"] * 100)
   assert values[5, 3] == 74.4
   heat = figures.plot_strategy_heatmap(reports, tmp_path / "fig" / "h.png",
-                                       paper_rows=r1.PAPER["rows"])
+                                       paper_rows=r1.paper_numbers()["rows"])
   picks = figures.plot_picks(reports, tmp_path / "fig" / "p.png")
   w, h = png_size(heat)
   assert w > h > 100
@@ -225,7 +226,7 @@ def test_experiment_gin_file_configures_the_job():
                        ["SCIFACT_CACHE = '/elsewhere/scifact'"])
     datasets = gin.query_parameter("%R1_DATASETS")
     assert [ref.scoped_selector.split("/")[0] for ref in datasets] == ["scifact", "cisi", "demo"]
-    make = gin.get_configurable("aligner_jax.repro.R1Dataset")
+    make = gin.get_configurable("repro.R1Dataset")
     specs = {}
     for scope in ("scifact", "cisi", "demo"):
       with gin.config_scope(scope):

@@ -12,9 +12,9 @@ import json
 import pathlib
 from typing import Any, Callable
 
-from aligner_jax.frozen import batches as batches_lib
-from aligner_jax.frozen import cache
-from aligner_jax.frozen import evaluate
+from repro.frozen import batches as batches_lib
+from repro.frozen import cache
+from repro.frozen import head_eval
 
 
 @dataclasses.dataclass
@@ -71,9 +71,10 @@ class FrozenData:
     if self.encoder_fn is None:
       raise FileNotFoundError(f"{cache.query_dir(self.cache_dir, split)}: missing, and no "
                               "encoder_fn is configured to encode it")
-    from aligner_jax.eval.retrieval_jobs import model_encoders  # pylint: disable=g-import-not-at-top
+    from aligner_jax.eval import retrieval_jobs  # pylint: disable=g-import-not-at-top
     module, params = self.encoder_fn()
-    cache.encode_query_split(encoders=model_encoders(module, params, self.vocabulary),
+    encoders = retrieval_jobs.model_encoders(module, params, self.vocabulary)
+    cache.encode_query_split(encoders=encoders,
                              collection=self.collection, split=split, cache_dir=self.cache_dir,
                              query_length=self.encode_query_length)
 
@@ -89,10 +90,10 @@ class FrozenData:
     return batches_lib.split_dev(examples, dev_fraction=self.dev_fraction, seed=self.split_seed)
 
   @functools.lru_cache(maxsize=None)
-  def bm25(self, split: str, top_n: int = 100) -> evaluate.Run:
+  def bm25(self, split: str, top_n: int = 100) -> head_eval.Run:
     """BM25's top `top_n` for the judged queries of `split`."""
-    return evaluate.bm25_run(self.collection, self.collection.split_queries(split),
-                             top_n=top_n)
+    return head_eval.bm25_run(self.collection, self.collection.split_queries(split),
+                              top_n=top_n)
 
   def qrels(self, split: str):
     return self.collection.qrels[split]

@@ -3,9 +3,10 @@
 A cache directory is what the encode job (`gin/runs/encode.gin`) writes for one collection:
   corpus-<p>-of-<P>/   the corpus token store(s) (one per encoding process)
   queries-<split>/     one split's query token store
-all in the `aligner_jax.index.token_store_io` format (checksums verified on load). The frozen-encoder
-experiments read the corpus and the `train` / `test` queries from it; `encode_query_split` adds
-a missing `queries-<split>/` with the same encoder, without touching the corpus.
+all in the `aligner_jax.index.token_store_io` format (checksums verified on load). The
+frozen-encoder experiments read the corpus and the `train` / `test` queries from it;
+`encode_query_split` adds a missing `queries-<split>/` with the same encoder, without touching
+the corpus.
 
 Conventions: queries come back as a padded `QueryBatch` (vectors [B, n, H] float32, mask
 [B, n] bool), the corpus as the ragged `TokenStore` (padded per batch with `gather_padded`).
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aligner_jax.eval import inputs as eval_inputs
 from aligner_jax.index import concatenate
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import from_padded
@@ -30,8 +32,7 @@ def query_dir(cache_dir: str | pathlib.Path, split: str) -> pathlib.Path:
 
 def load_corpus(cache_dir: str | pathlib.Path) -> TokenStore:
   """All corpus shards of `cache_dir`, concatenated in shard order (checksums verified)."""
-  from aligner_jax.eval.retrieval_jobs import corpus_shards  # pylint: disable=g-import-not-at-top
-  return concatenate([load_token_store(p) for p in corpus_shards(str(cache_dir))])
+  return concatenate([load_token_store(p) for p in eval_inputs.corpus_shards(str(cache_dir))])
 
 
 def store_to_queries(store: TokenStore, *, max_length: int | None = None) -> QueryBatch:
@@ -63,13 +64,12 @@ def encode_query_split(*, encoders: Any, collection: Any, split: str,
   """Encodes the queries judged in `split` into `cache_dir/queries-<split>/` (atomically).
 
   Args:
-    encoders: `aligner_jax.eval.evaluators.ModelEncoders` of the frozen encoder.
+    encoders: `aligner_jax.eval.inputs.ModelEncoders` of the frozen encoder.
     collection: the collection holding `split`'s qrels.
     query_length: the token limit the cache's other query splits were encoded with.
   """
-  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
-  queries = evaluators.encode_split_queries(encoders, collection, split, query_length=query_length,
-                                          log=log)
+  queries = eval_inputs.encode_split_queries(encoders, collection, split,
+                                             query_length=query_length, log=log)
   store = from_padded(queries.ids, queries.vectors, queries.mask, salience=queries.salience,
                       token_ids=queries.token_ids, pooled=queries.pooled)
   out = query_dir(cache_dir, split)

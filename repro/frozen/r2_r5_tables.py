@@ -1,12 +1,20 @@
 """Markdown tables of the R2-R5 result files, with the papers' numbers beside ours.
 
-`python -m aligner_jax.frozen.report docs/results/r2.json [...]` prints them; the jobs write the
-same text next to each JSON file (`r<N>.md`). Numbers are x 100, mean ± std over seeds.
+`python -m repro.frozen.r2_r5_tables docs/results/r2.json [...]` (from the repository root)
+prints them; the jobs write the same text next to each JSON file (`r<N>.md`). Numbers are
+x 100, mean ± std over seeds. The papers' numbers come from `docs/results/papers.json`.
 """
 
 import json
 import sys
 from typing import Any, Mapping, Sequence
+
+from repro.papers import paper_numbers
+
+# The paper's name of each student loss of R5 (Menon et al. Table 1), by objective key.
+R5_LOSS_NAMES = {"one_hot_ce": "one-hot CE", "mse": "MSE", "margin_mse": "margin MSE",
+                 "m3se": "M3SE", "softmax_ce": "softmax CE", "rankdistil_b": "RankDistil-B"}
+R5_TEACHER = "teacher (cross-attention)"  # the paper's teacher row
 
 
 def _ms(entry: Mapping[str, float], scale: float = 100.0) -> str:
@@ -21,7 +29,8 @@ def r2_table(content: Mapping[str, Any]) -> str:
     lines += [f"Gate `{gate}` (seeds: {len(entry['seeds'])}); Δ = change from "
               f"β^d = {entry['summary'][0]['reference'][0]:g}, β^q = "
               f"{entry['summary'][0]['reference'][1]:g} in nDCG@10 points:", "",
-              "| β^d | β^q | doc tokens indexed | nDCG@10 | Δ | MRR@10 |", "|---|---|---|---|---|---|"]
+              "| β^d | β^q | doc tokens indexed | nDCG@10 | Δ | MRR@10 |",
+              "|---|---|---|---|---|---|"]
     for c in entry["summary"]:
       lines.append(f"| {100 * c['doc_ratio']:g} % | {100 * c['query_ratio']:g} % | "
                    f"{100 * c['indexed_fraction']:.1f} % | {_ms(c['ndcg@10'])} | "
@@ -85,11 +94,17 @@ def r4_table(content: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n" + (f"\n{sweep}" if sweep else "")
 
 
+def _paper_pair(entry: Mapping[str, float] | None) -> str:
+  """"MRR@10 / nDCG@10" x 100 of a paper row, "—" without one."""
+  if not entry:
+    return "—"
+  return f"{100 * entry['mrr@10']:.1f} / {100 * entry['ndcg@10']:.1f}"
+
+
 def r5_table(content: Mapping[str, Any]) -> str:
   r = content["results"]
-  paper = content["paper"]["msmarco"]
-  names = {"one_hot_ce": "one-hot CE", "mse": "MSE", "margin_mse": "margin MSE",
-           "m3se": "M3SE", "softmax_ce": "softmax CE", "rankdistil_b": "RankDistil-B"}
+  paper = paper_numbers("r5")["msmarco"]
+  names = R5_LOSS_NAMES
   ds = content["setup"]["data"]["name"]
   lines = ["| student loss | MRR@10 | nDCG@10 | setting (dev) | step kept | "
            "paper MS MARCO MRR@10 / nDCG@10 |",
@@ -97,15 +112,14 @@ def r5_table(content: Mapping[str, Any]) -> str:
            f"| teacher ({r['teacher']['name']}) | {100 * r['teacher'][ds]['mrr@10']:.1f} | "
            f"{100 * r['teacher'][ds]['ndcg@10']:.1f} | "
            f"{_setting(r['teacher'].get('chosen'))} | "
-           f"{r['teacher']['training'].get('best_step', '—')} | 37.0 / 43.0 (cross-attention) |",
+           f"{r['teacher']['training'].get('best_step', '—')} | "
+           f"{_paper_pair(paper[R5_TEACHER])} (cross-attention) |",
            f"| BM25 | {100 * r['bm25']['mrr@10']:.1f} | {100 * r['bm25']['ndcg@10']:.1f} | | | "
-           "19.4 / 24.1 |"]
+           f"{_paper_pair(paper['BM25'])} |"]
   for key, entry in r["students"].items():
-    p = paper.get(names.get(key, key), {})
-    ref = f"{100 * p['mrr@10']:.1f} / {100 * p['ndcg@10']:.1f}" if p else "—"
     lines.append(f"| {names.get(key, key)} | {_ms(entry['summary']['mrr@10'])} | "
                  f"{_ms(entry['summary']['ndcg@10'])} | {_setting(entry.get('chosen'))} | "
-                 f"{_best_steps(entry)} | {ref} |")
+                 f"{_best_steps(entry)} | {_paper_pair(paper.get(names.get(key, key)))} |")
   sweep = sweep_table({names.get(k, k): e.get("sweep") for k, e in r["students"].items()})
   return "\n".join(lines) + "\n" + (f"\n{sweep}" if sweep else "")
 

@@ -1,16 +1,16 @@
-"""Gin jobs of the reproductions (`gin/experiments/repro_r1_*.gin`). Entry-point code: gin
-configures the arguments, the work is done by `aligner_jax.repro.r1` and the eval / index /
-retrieval libraries. Registered under the gin module `aligner_jax.repro`:
+"""The gin job of claim R1 (`gin/experiments/repro_r1_adaptation.gin`). Entry-point code: gin
+configures the arguments, the work is done by `repro.r1` and the eval / index / retrieval
+libraries. Registered under the gin module `repro`:
   R1Dataset     one dataset of claim R1 (where its token vectors come from, K′, query families)
   repro_r1      run.job: every R1Dataset -> docs/results/r1.{json,md} and the two figures
 
 Token vectors come from an encode job's cache (`R1Dataset.encoded_dir`: corpus shards and
 `queries-<split>/`, never encoded again here) or, without one, from the job's `model` (the demo
 model: a small corpus, encoded in memory). The token index is loaded from / saved to
-`index_dir` (`eval.pipeline.obtain_index`). The [strategies, queries] nDCG@10 matrix of a cached
-dataset is kept in `work_dir/<name>.scores.json`, keyed by a fingerprint of the encoded stores'
-manifests (their SHA-256s) and every setting that changes it, so that a rerun only redoes what
-changed; `reuse_scores=False` recomputes everything.
+`index_dir` (`eval.inputs.obtain_index`). The [strategies, queries] nDCG@10 matrix of a
+cached dataset is kept in `work_dir/<name>.scores.json`, keyed by a fingerprint of the encoded
+stores' manifests (their SHA-256s) and every setting that changes it, so that a rerun only
+redoes what changed; `reuse_scores=False` recomputes everything.
 """
 
 import dataclasses
@@ -24,14 +24,16 @@ from typing import Any, Callable, Sequence
 import gin
 import numpy as np
 
-from aligner_jax.eval import evaluators
+from aligner_jax.eval import inputs as eval_inputs
+from aligner_jax.eval.retrieval_jobs import model_encoders
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import files
-from aligner_jax.repro import figures
-from aligner_jax.repro import r1 as r1_lib
+from aligner_jax.io import write_json
 from aligner_jax.retrieval import candidate_documents
+from repro import r1 as r1_lib
+from repro import r1_figures
 
-_MODULE = "aligner_jax.repro"
+_MODULE = "repro"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _index_settings(config: IndexConfig) -> dict[str, Any]:
 
 def _fingerprint(spec: R1Dataset, **settings: Any) -> str:
   """SHA-256 over the encoded stores' manifests (content checksums) and the settings."""
-  stores = [*evaluators.corpus_shards(spec.encoded_dir),
+  stores = [*eval_inputs.corpus_shards(spec.encoded_dir),
             pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}"]
   h = hashlib.sha256()
   for store in stores:
@@ -104,7 +106,7 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
                     batch_size: int, work_dir: pathlib.Path, reuse_scores: bool,
                     timings: dict[str, float]) -> tuple[Any, list[str], np.ndarray]:
   """(collection, judged query ids [Q], nDCG@10 [S, Q]) of one dataset."""
-  collection = evaluators.load_split(spec.beir_dir, spec.split)
+  collection = eval_inputs.load_split(spec.beir_dir, spec.split)
   qrels = collection.qrels[spec.split]
   cache = fingerprint = None
   if spec.encoded_dir:
@@ -116,11 +118,11 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
       _log(f"{spec.name}: per-query nDCG@10 of every strategy reused from {cache}")
       timings["reused_scores_from"] = str(cache)
       return collection, *found
-    corpus_fn = lambda: evaluators.load_encoded_corpus(  # noqa: E731
+    corpus_fn = lambda: eval_inputs.load_encoded_corpus(  # noqa: E731
         spec.encoded_dir, collection, doc_length=spec.doc_length,
         log=_log).with_vector_dtype(index_config.vector_dtype)
     t = time.time()
-    queries = evaluators.load_encoded_queries(
+    queries = eval_inputs.load_encoded_queries(
         pathlib.Path(spec.encoded_dir) / f"queries-{spec.split}",
         collection.split_queries(spec.split), query_length=spec.query_length)
     timings["load_queries_s"] = time.time() - t
@@ -128,19 +130,18 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
     if model is None or vocabulary is None:
       raise ValueError(f"R1 dataset {spec.name!r} has no encoded_dir, so the job needs a model "
                        "and its VOCABULARY to encode it")
-    from aligner_jax.eval.retrieval_jobs import model_encoders  # pylint: disable=g-import-not-at-top
     module, params = model()
     encoders = model_encoders(module, params, vocabulary, batch_size=batch_size)
-    corpus_fn = lambda: evaluators.encode_collection_corpus(  # noqa: E731
+    corpus_fn = lambda: eval_inputs.encode_collection_corpus(  # noqa: E731
         encoders, collection, doc_length=spec.doc_length,
         vector_dtype=index_config.vector_dtype, log=_log)
     t = time.time()
-    queries = evaluators.encode_split_queries(encoders, collection, spec.split,
-                                            query_length=spec.query_length, log=_log)
+    queries = eval_inputs.encode_split_queries(encoders, collection, spec.split,
+                                               query_length=spec.query_length, log=_log)
     timings["encode_queries_s"] = time.time() - t
   t = time.time()
-  index = evaluators.obtain_index(spec.index_dir, index_config, rebuild=False, log=_log,
-                                corpus_fn=corpus_fn)
+  index = eval_inputs.obtain_index(spec.index_dir, index_config, rebuild=False, log=_log,
+                                   corpus_fn=corpus_fn)
   timings["index_s"] = time.time() - t
   t = time.time()
   cands = candidate_documents(index, queries, num_neighbors=spec.num_neighbors)
@@ -153,9 +154,8 @@ def _dataset_scores(spec: R1Dataset, *, model: Callable[[], Any] | None, vocabul
                                    log=lambda m: _log(f"{spec.name}: {m}"))
   timings["strategies_s"] = time.time() - t
   if cache is not None:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    files.write_json(cache, {"fingerprint": fingerprint, "query_ids": ids,
-                             "strategies": list(strategies), "ndcg@10": ndcg.tolist()})
+    write_json(cache, {"fingerprint": fingerprint, "query_ids": ids,
+                       "strategies": list(strategies), "ndcg@10": ndcg.tolist()})
   return collection, ids, ndcg
 
 
@@ -204,9 +204,10 @@ def repro_r1(*, datasets: Sequence[R1Dataset], output_json: str, figures_dir: st
       "cpu_count": os.cpu_count(),
   }
   content = r1_lib.write_r1(output_json, reports, setup=setup)
-  heatmap = figures.plot_strategy_heatmap(reports, pathlib.Path(figures_dir) / "r1_heatmap.png",
-                                          paper_rows=r1_lib.PAPER["rows"])
-  picks = figures.plot_picks(reports, pathlib.Path(figures_dir) / "r1_picks.png")
+  heatmap = r1_figures.plot_strategy_heatmap(
+      reports, pathlib.Path(figures_dir) / "r1_heatmap.png",
+      paper_rows=r1_lib.paper_numbers()["rows"])
+  picks = r1_figures.plot_picks(reports, pathlib.Path(figures_dir) / "r1_picks.png")
   _log(f"wrote {output_json}, {pathlib.Path(output_json).with_suffix('.md')}, {heatmap}, "
        f"{picks}\n" + r1_lib.r1_table(reports))
   return content

@@ -1,4 +1,4 @@
-"""Frozen-encoder heads (aligner_jax/frozen): batching, head wiring, training, and 2-step runs
+"""Frozen-encoder heads (repro/frozen): batching, head wiring, training, and 2-step runs
 of the R2-R5 gin jobs on a tiny collection with a token cache made here."""
 
 import json
@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aligner_jax.frozen import batches as batches_lib
-from aligner_jax.frozen import cache
-from aligner_jax.frozen import experiments
-from aligner_jax.frozen import heads
-from aligner_jax.frozen import store
-from aligner_jax.frozen import train as train_lib
-from aligner_jax.frozen.data import FrozenData
 from aligner_jax.index.token_store import from_padded
 from aligner_jax.index.token_store_io import save_token_store
+from repro.frozen import batches as batches_lib
+from repro.frozen import cache
+from repro.frozen import experiments
+from repro.frozen import head_training as train_lib
+from repro.frozen import heads
+from repro.frozen import trained_heads
+from repro.frozen.frozen_data import FrozenData
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = [f"{a}{b}" for a in ("alpha", "beta", "gamma", "delta", "omega", "sigma")
@@ -214,8 +214,8 @@ def test_training_lowers_loss_and_store_roundtrip(tiny, tmp_path):
   again = experiments.train_or_load(data, "colbert", head, cfg, 0, log=lambda m: None)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again[1])):
     np.testing.assert_array_equal(a, b)  # read back from the head store, bit for bit
-  key = store.head_key("x", head)
-  assert key != store.head_key("x", heads.HeadConfig(kind="colbert", projection_dim=4))
+  key = trained_heads.head_key("x", head)
+  assert key != trained_heads.head_key("x", heads.HeadConfig(kind="colbert", projection_dim=4))
 
 
 def test_drop_tokens_hides_real_tokens_only_and_keeps_one():
@@ -301,6 +301,23 @@ def test_sweep_configs_and_select_on_dev(tiny):
   _, _, history = experiments.train_or_load(data, "colbert-sweep", head, chosen, 0,
                                             log=lambda m: None)
   assert history["dev_ndcg@10"] == best["dev_ndcg@10"]
+
+
+@pytest.mark.parametrize("claim, job", [("r2_pruning", "repro_r2_pruning"),
+                                         ("r3_gates", "repro_r3_gates"),
+                                         ("r4_rerank", "repro_r4_rerank"),
+                                         ("r5_distill", "repro_r5_distill")])
+def test_experiment_gin_files_parse(claim, job):
+  """Each claim's gin file imports its jobs from repro/ and binds every argument it names
+  (unknown names are errors), with the job as run.job."""
+  from aligner_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    main_lib.parse_gin([f"gin/experiments/repro_{claim}.gin"], [])
+    assert gin.query_parameter("run.job").selector == job
+    assert gin.query_parameter(f"{job}.data").scoped_selector == "scifact/FrozenData"
+  finally:
+    gin.clear_config()
 
 
 def _run_job(gin_file: str, bindings: list[str]):

@@ -7,7 +7,7 @@ Objectives (`TrainConfig.objective`):
   "distill:<loss>" a distillation loss of `aligner_jax.losses` (mse, margin_mse, m3se,
                    softmax_ce_distill, rankdistil_b, one_hot_ce) on fixed candidate lists with
                    teacher scores (batch key "teacher")
-The step is one jitted function; batches are NumPy dicts from `aligner_jax.frozen.batches`.
+The step is one jitted function; batches are NumPy dicts from `repro.frozen.batches`.
 Every `eval_every` steps `dev_fn(params)` (a number, higher is better, computed on held-out
 *training* queries) is recorded and the best parameters are kept.
 Regularisation besides AdamW's weight decay: `doc_token_dropout` hides each real document
@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from aligner_jax import losses
-from aligner_jax.frozen import heads
 from aligner_jax.train import optim
+from repro.frozen import heads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ def strategy_matrix(reports: Sequence[Mapping[str, Any]],
                     paper_rows: Sequence[Mapping[str, Any]] = ()) -> tuple[
                         list[str], list[str], np.ndarray]:
   """(strategies, column names, values [S, D] nDCG@10 x 100): our datasets, then the paper's
-  rows (`r1.PAPER["rows"]`, already x 100) as extra columns."""
+  rows (`r1.paper_numbers()["rows"]`, already x 100) as extra columns."""
   if not reports:
     raise ValueError("no R1 reports to draw")
   strategies = list(reports[0]["strategies"])

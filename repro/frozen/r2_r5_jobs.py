@@ -1,9 +1,10 @@
-"""Gin jobs of the frozen-encoder claims (`gin/experiments/repro_r{2,3,4,5}_*.gin`).
+"""Gin jobs of the frozen-encoder claims R2-R5 (`gin/experiments/repro_r{2,3,4,5}_*.gin`).
 
 Entry-point code only: gin binds the arguments, `experiments` does the work, and each job
-writes `output_json` (numbers, seeds, settings, the paper's numbers, machine, wall time) and
-its figure(s). Registered under the gin module `aligner_jax.frozen`:
-  FrozenData, FrozenHead (= heads.HeadConfig), FrozenTrain (= train.TrainConfig)
+writes `output_json` (numbers, seeds, settings, the paper's numbers from
+`docs/results/papers.json`, machine, wall time), its markdown table and its figure(s).
+Registered under the gin module `repro.frozen`:
+  FrozenData, FrozenHead (= heads.HeadConfig), FrozenTrain (= head_training.TrainConfig)
   repro_r2_pruning, repro_r3_gates, repro_r4_rerank, repro_r5_distill   (run.job)
 """
 
@@ -17,54 +18,20 @@ from typing import Any, Mapping, Sequence
 import gin
 import jax
 
-from aligner_jax.frozen import experiments
-from aligner_jax.frozen import figures
-from aligner_jax.frozen import report
-from aligner_jax.frozen.data import FrozenData
-from aligner_jax.frozen.heads import HeadConfig
-from aligner_jax.frozen.train import TrainConfig
-from aligner_jax.index.files import write_json
+from aligner_jax.io import atomic_write
+from aligner_jax.io import write_json
+from repro.frozen import experiments
+from repro.frozen import r2_r5_figures
+from repro.frozen import r2_r5_tables
+from repro.frozen.frozen_data import FrozenData
+from repro.frozen.head_training import TrainConfig
+from repro.frozen.heads import HeadConfig
+from repro.papers import paper_numbers
 
-_MODULE = "aligner_jax.frozen"
+_MODULE = "repro.frozen"
 gin.external_configurable(FrozenData, "FrozenData", module=_MODULE)
 gin.external_configurable(HeadConfig, "FrozenHead", module=_MODULE)
 gin.external_configurable(TrainConfig, "FrozenTrain", module=_MODULE)
-
-# The papers' numbers the reports put beside ours (MS MARCO dev unless said otherwise).
-PAPER = {
-    "r2": {"source": "ALIGNER §4.3, Fig. 6 (MS MARCO, MRR@10 x 100) and Fig. 7 (BEIR)",
-           "msmarco_mrr@10": {"no pruning": 38.8, "β^q=50%, β^d=40%": 38.1,
-                              "β^q=50%, β^d=10%": 37.3},
-           "claim": "pruning 50% of query and 80% of document tokens costs < 1 point nDCG@10 "
-                    "on BEIR; β^d = 10% stays close for most datasets"},
-    "r3": {"source": "ALIGNER Fig. 6 (MS MARCO)",
-           "claim": "the ReLU gate is good at β^d = 40% but drops significantly for smaller "
-                    "β^d; hard top-k is worse than the entropic LP for all β^d"},
-    "r4": {"source": "LITE Tables 1, 3, 7 (MS MARCO dev re-ranking, fine-tuned 6-layer BERT) "
-                     "and App. A.4 (frozen encoders)",
-           "msmarco": {"DE": {"mrr@10": 0.355, "ndcg@10": 0.413},
-                       "ColBERT": {"mrr@10": 0.383, "ndcg@10": 0.442},
-                       "KNRM": {"mrr@10": 0.390, "ndcg@10": 0.448},
-                       "Separable LITE": {"mrr@10": 0.393, "ndcg@10": 0.452},
-                       "Small separable LITE (50 doc tokens)": {"mrr@10": 0.391}},
-           "frozen_msmarco_mrr@10": {"ColBERT (no weights)": 0.112, "Separable LITE": 0.188}},
-    "r5": {"source": "Menon et al. Table 1 (re-ranking; 6-layer BERT DE students, 12-layer "
-                     "cross-attention teacher)",
-           "msmarco": {"teacher (cross-attention)": {"mrr@10": 0.370, "ndcg@10": 0.430},
-                       "one-hot CE": {"mrr@10": 0.310, "ndcg@10": 0.360},
-                       "MSE": {"mrr@10": 0.289, "ndcg@10": 0.343},
-                       "margin MSE": {"mrr@10": 0.334, "ndcg@10": 0.392},
-                       "RankDistil-B": {"mrr@10": 0.249, "ndcg@10": 0.301},
-                       "M3SE": {"mrr@10": 0.349, "ndcg@10": 0.406},
-                       "softmax CE": {"mrr@10": 0.346, "ndcg@10": 0.405}},
-           "nq": {"teacher (cross-attention)": {"mrr@10": 0.746, "ndcg@10": 0.673},
-                  "one-hot CE": {"mrr@10": 0.676, "ndcg@10": 0.601},
-                  "MSE": {"mrr@10": 0.659, "ndcg@10": 0.591},
-                  "margin MSE": {"mrr@10": 0.673, "ndcg@10": 0.594},
-                  "RankDistil-B": {"mrr@10": 0.649, "ndcg@10": 0.561},
-                  "M3SE": {"mrr@10": 0.699, "ndcg@10": 0.625},
-                  "softmax CE": {"mrr@10": 0.682, "ndcg@10": 0.607}}},
-}
 
 
 def machine() -> dict[str, Any]:
@@ -89,16 +56,14 @@ def _pruning_mode(mode: str, num_neighbors: int, depth: int) -> dict[str, Any]:
 def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapping[str, Any],
            started: float, load_before: Sequence[float]) -> dict[str, Any]:
   out = pathlib.Path(output_json)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  content = {"claim": claim, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"), "setup": dict(setup), "results": dict(results),
-      "paper": PAPER[claim], "machine": {**machine(), "loadavg_before": list(load_before)},
-      "wall_seconds": time.time() - started}
+  created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  content = {"claim": claim, "created": created, "setup": dict(setup), "results": dict(results),
+             "paper": paper_numbers(claim),
+             "machine": {**machine(), "loadavg_before": list(load_before)},
+             "wall_seconds": time.time() - started}
   write_json(out, content)
   md = out.with_suffix(".md")
-  tmp = md.with_name(f".{md.name}.tmp")
-  tmp.write_text(report.table(content), encoding="utf-8")
-  tmp.replace(md)
+  atomic_write(md, r2_r5_tables.table(content))
   print(f"wrote {out} and {md}", flush=True)
   return content
 
@@ -123,7 +88,7 @@ def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=query_ratios,
                                     num_neighbors=num_neighbors, mode=mode, depth=depth)
-  figures.plot_pruning(results, figure, gate=gates[0], title=(
+  r2_r5_figures.plot_pruning(results, figure, gate=gates[0], title=(
       f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head ({mode})"))
   setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
   return _write("r2", output_json, results, setup, started, load)
@@ -140,7 +105,7 @@ def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=(query_ratio,),
                                     num_neighbors=num_neighbors, mode=mode, depth=depth)
-  figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
+  r2_r5_figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
       f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
   setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
   return _write("r3", output_json, results, setup, started, load)
@@ -159,7 +124,7 @@ def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
   results = experiments.run_rerank(data, models=models, temperatures=temperatures,
                                    config=train, seeds=seeds, depth=depth, transfer=transfer,
                                    sweep=sweep)
-  figures.plot_rerank(results, figure, dataset=data.name, title=(
+  r2_r5_figures.plot_rerank(results, figure, dataset=data.name, title=(
       f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, frozen MiniLM"))
   setup = {"data": _data_setup(data), "train": train, "seeds": list(seeds), "depth": depth,
            "sweep": sweep, "selection": "dev nDCG@10 (held-out training queries), first seed",
@@ -186,7 +151,7 @@ def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig
       data, teacher_name=teacher_name, teacher=teacher, teacher_config=teacher_train,
       student=student, config=train, objectives=objectives, seeds=seeds,
       num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep)
-  figures.plot_distillation(results, figure, dataset=data.name, title=(
+  r2_r5_figures.plot_distillation(results, figure, dataset=data.name, title=(
       f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth}"))
   setup = {"data": _data_setup(data), "teacher_train": teacher_train, "student": student,
            "train": train, "seeds": list(seeds), "num_candidates": num_candidates,

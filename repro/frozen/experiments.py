@@ -1,5 +1,5 @@
 """The frozen-encoder experiments behind claims R2-R5, as gin-free functions returning plain
-JSON-ready dicts (the gin jobs in `jobs.py` write them and their figures).
+JSON-ready dicts (the gin jobs in `r2_r5_jobs.py` write them and their figures).
 
   run_pruning      R2 / R3: ALIGNER heads (one per salience gate), token-index retrieval on the
                    test split for every (β^d, β^q)
@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aligner_jax.frozen import batches as batches_lib
-from aligner_jax.frozen import evaluate
-from aligner_jax.frozen import heads
-from aligner_jax.frozen import store
-from aligner_jax.frozen import train as train_lib
-from aligner_jax.frozen.data import FrozenData
 from aligner_jax.index import pruning
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import from_padded
 from aligner_jax.retrieval import QueryBatch
+from repro.frozen import batches as batches_lib
+from repro.frozen import head_eval
+from repro.frozen import head_training as train_lib
+from repro.frozen import heads
+from repro.frozen import trained_heads
+from repro.frozen.frozen_data import FrozenData
 
 Log = Callable[[str], None]
 DEV_DEPTH = 100
@@ -54,9 +54,9 @@ def rerank_metrics(data: FrozenData, split: str, module: Any, head: heads.HeadCo
   if query_ids is not None:
     first = {q: first[q] for q in query_ids}
   corpus = data.corpus if corpus is None else corpus
-  run = evaluate.rerank_with_head(module, head, params, data.queries(split), corpus, first,
-                                  depth=depth, doc_length=int(corpus.lengths.max()))
-  return evaluate.evaluate(data.qrels(split), run, query_ids=list(first))
+  run = head_eval.rerank_with_head(module, head, params, data.queries(split), corpus, first,
+                                   depth=depth, doc_length=int(corpus.lengths.max()))
+  return head_eval.evaluate(data.qrels(split), run, query_ids=list(first))
 
 
 def dev_ndcg_fn(data: FrozenData, module: Any, head: heads.HeadConfig, *,
@@ -72,7 +72,7 @@ def train_or_load(data: FrozenData, name: str, head: heads.HeadConfig,
                   dev_corpus: TokenStore | None = None, extra_key: Any = None,
                   log: Log = _print) -> tuple[Any, Any, dict[str, Any]]:
   """(module, params, history) of head `name` trained with `seed` (or read back when the same
-  head, settings, data and seed were trained before; see `store`).
+  head, settings, data and seed were trained before; see `trained_heads`).
 
   Default batches: `batches.sample_batches` over the training examples. Parameter-free heads
   (maxsim) return empty params.
@@ -81,9 +81,9 @@ def train_or_load(data: FrozenData, name: str, head: heads.HeadConfig,
   if head.kind == "maxsim":
     return module, {}, {"trained": False}
   train_ex, _ = data.examples  # first: encodes a missing training split into the cache
-  key = store.head_key(name, head, config, data.fingerprint(), seed, extra_key)
-  npz, meta = store.paths(pathlib.Path(data.work_dir) / "heads", name, seed, key)
-  loaded = store.load_head(npz, meta)
+  key = trained_heads.head_key(name, head, config, data.fingerprint(), seed, extra_key)
+  npz, meta = trained_heads.paths(pathlib.Path(data.work_dir) / "heads", name, seed, key)
+  loaded = trained_heads.load_head(npz, meta)
   if loaded is not None:
     log(f"{name} seed {seed}: trained head read from {npz}")
     return module, loaded[0], loaded[1]
@@ -104,7 +104,7 @@ def train_or_load(data: FrozenData, name: str, head: heads.HeadConfig,
   history["num_params"] = heads.num_params(params)
   history["dev_ndcg@10"] = max(v for _, v in history["dev"])
   history["key"] = key
-  store.save_head(params, history, npz, meta)
+  trained_heads.save_head(params, history, npz, meta)
   return module, params, history
 
 
@@ -158,8 +158,8 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
   """nDCG@10 etc. of ALIGNER heads per gate, seed and (β^d, β^q) on the test split.
 
   mode "rerank": BM25's top `depth` re-scored with the kept tokens only
-  (`evaluate.pruned_rerank`); "index": the exact token index with all-token refinement
-  (`evaluate.PruningEvaluator`, K′ = num_neighbors; hours of CPU at SciFact size).
+  (`head_eval.pruned_rerank`); "index": the exact token index with all-token refinement
+  (`head_eval.PruningEvaluator`, K′ = num_neighbors; hours of CPU at SciFact size).
   """
   if mode not in ("rerank", "index"):
     raise ValueError(f"pruning mode must be 'rerank' or 'index', got {mode!r}")
@@ -174,24 +174,24 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
       t = time.time()
       settings = list(itertools.product(doc_ratios, query_ratios))
       if mode == "rerank":
-        runs = evaluate.pruned_rerank(module, gate_head, params, data.queries(split),
-                                      data.corpus, data.bm25(split, depth), ratios=settings,
-                                      depth=depth, doc_length=data.doc_length)
+        runs = head_eval.pruned_rerank(module, gate_head, params, data.queries(split),
+                                       data.corpus, data.bm25(split, depth), ratios=settings,
+                                       depth=depth, doc_length=data.doc_length)
         total = data.corpus.num_tokens
         get = lambda bd, bq: (runs[(bd, bq)], {  # noqa: E731
             "indexed_tokens": int(pruning.prune_budget(data.corpus.lengths, bd).sum()),
             "original_tokens": total})
       else:
-        ev = evaluate.PruningEvaluator(
-            evaluate.head_store(module, params, data.corpus, doc_length=data.doc_length),
-            evaluate.head_queries(module, params, data.queries(split)), num_neighbors)
+        ev = head_eval.PruningEvaluator(
+            head_eval.head_store(module, params, data.corpus, doc_length=data.doc_length),
+            head_eval.head_queries(module, params, data.queries(split)), num_neighbors)
         get = ev.run
       cells = []
       for bd, bq in settings:
         run, stats = get(bd, bq)
-        m = evaluate.evaluate(data.qrels(split), run)
+        m = head_eval.evaluate(data.qrels(split), run)
         cells.append({"doc_ratio": bd, "query_ratio": bq, **m, **stats})
-        log(evaluate.score_log(f"{gate} seed {seed} β^d={bd} β^q={bq}", m))
+        log(head_eval.score_log(f"{gate} seed {seed} β^d={bd} β^q={bq}", m))
       per_seed.append({"seed": seed, "training": _summary(history), "cells": cells,
                        "eval_seconds": time.time() - t})
     results[gate] = {"seeds": per_seed, "summary": _pruning_summary(per_seed)}
@@ -232,10 +232,10 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
   other seeds with it.
   """
   sweep = dict(sweep or {})
-  out: dict[str, Any] = {"bm25": {data.name: evaluate.evaluate(
+  out: dict[str, Any] = {"bm25": {data.name: head_eval.evaluate(
       data.qrels(data.test_split), data.bm25(data.test_split, depth))}}
   for t in transfer:
-    out["bm25"][t.name] = evaluate.evaluate(t.qrels(t.test_split), t.bm25(t.test_split, depth))
+    out["bm25"][t.name] = head_eval.evaluate(t.qrels(t.test_split), t.bm25(t.test_split, depth))
   for name, head in models.items():
     cfg = dataclasses.replace(config, objective="group", temperature=temperatures[name])
     table: list[dict[str, Any]] = []
@@ -249,7 +249,7 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
       entry[data.name] = rerank_metrics(data, data.test_split, module, head, params, depth=depth)
       for t in transfer:
         entry[t.name] = rerank_metrics(t, t.test_split, module, head, params, depth=depth)
-      log(evaluate.score_log(f"{name} seed {seed} {data.name}", entry[data.name]))
+      log(head_eval.score_log(f"{name} seed {seed} {data.name}", entry[data.name]))
       runs.append(entry)
     names = [data.name] + [t.name for t in transfer]
     out[name] = {"head": dataclasses.asdict(head), "temperature": temperatures[name],
@@ -257,7 +257,7 @@ def run_rerank(data: FrozenData, *, models: Mapping[str, heads.HeadConfig],
                  "chosen": swept_values(cfg, sweep) if table else None,
                  "seeds": runs,
                  "summary": {ds: {m: mean_std([r[ds][m] for r in runs])
-                                  for m in evaluate.REPORTED} for ds in names},
+                                  for m in head_eval.REPORTED} for ds in names},
                  "dev_ndcg@10": mean_std([r["training"].get("dev_ndcg@10", np.nan)
                                           for r in runs]) if head.kind != "maxsim" else None}
   return out
@@ -334,7 +334,7 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
                   "chosen": swept_values(teacher_config, teacher_sweep),
                   data.name: teacher_test,
                   "score_mean": mu, "score_std": sd},
-      "bm25": evaluate.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
+      "bm25": head_eval.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
       "students": {}}
 
   def make_batches(seed: int) -> Iterator[dict]:
@@ -354,10 +354,10 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
                                               **train_kw)
       m = rerank_metrics(data, data.test_split, module, student, params, corpus=pooled,
                          depth=depth)
-      log(evaluate.score_log(f"student {name} seed {seed}", m))
+      log(head_eval.score_log(f"student {name} seed {seed}", m))
       runs.append({"seed": seed, "training": _summary(history), data.name: m})
     out["students"][name] = {
         "objective": objective, "hparams": dict(hparams), "sweep": table,
         "chosen": swept_values(cfg, sweep), "seeds": runs,
-        "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in evaluate.REPORTED}}
+        "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in head_eval.REPORTED}}
   return out

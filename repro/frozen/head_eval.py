@@ -18,16 +18,13 @@ path returns, without refining the same pairs eight times.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from aligner_jax.eval import ir_metrics as metrics_lib
-
-from aligner_jax.retrieval import runs as runs_lib
-from aligner_jax.frozen import heads
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import build_token_index
 from aligner_jax.index.token_store import TokenStore
@@ -38,10 +35,12 @@ from aligner_jax.retrieval import all_documents
 from aligner_jax.retrieval import candidate_documents
 from aligner_jax.retrieval import refine
 from aligner_jax.retrieval import rerank
+from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.retrieval import to_run
 from aligner_jax.retrieval.token_retrieval import top_documents
 from aligner_jax.scoring import align_scores_candidates
 from aligner_jax.scoring import prune_tokens
+from repro.frozen import heads
 
 Run = runs_lib.Run
 REPORTED = ("ndcg@10", "mrr@10", "recall@100")

@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from aligner_jax.index.files import write_json
+from aligner_jax.io import atomic_output
+from aligner_jax.io import write_json
 
 
 def head_key(*parts: Any) -> str:
@@ -34,16 +34,11 @@ def paths(directory: str | os.PathLike, name: str, seed: int,
 
 def save_head(params: Any, history: dict[str, Any], npz: pathlib.Path,
               meta: pathlib.Path) -> None:
-  npz.parent.mkdir(parents=True, exist_ok=True)
+  """Writes the parameters to `npz`, then the history to `meta`, each atomically; a head
+  killed between the two is trained again, since `load_head` needs both."""
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  fd, tmp = tempfile.mkstemp(prefix=f".{npz.stem}.", suffix=".npz", dir=npz.parent)
-  os.close(fd)
-  try:
+  with atomic_output(npz) as tmp:  # the temporary name ends in .npz, so np.savez keeps it
     np.savez(tmp, **flat)
-    os.replace(tmp, npz)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
   write_json(meta, history)
 
 

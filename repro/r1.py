@@ -6,8 +6,9 @@ Per dataset (or query family of a dataset), every strategy of `eval.adaptation.S
 refines the same candidate sets; `strategy_ndcg` gives the [strategies, queries] nDCG@10
 matrix, `r1_report` runs the fold protocol of `eval.adaptation` on it and adds how often each
 strategy is picked, and `r1_summary` states the claim over the datasets. nDCG values are
-fractions in [0, 1] in the JSON and ×100 in tables, as in the paper. The paper's numbers are
-kept in `PAPER` (×100, as printed) so that every table puts them beside ours.
+fractions in [0, 1] in the JSON and ×100 in tables, as in the paper. The paper's numbers
+(`paper_numbers`, ×100 as printed, from `docs/results/papers.json`) stand beside ours in every
+table.
 """
 
 import collections
@@ -21,34 +22,27 @@ from aligner_jax.data.collection import Collection
 from aligner_jax.eval import adaptation as adaptation_lib
 from aligner_jax.eval import ir_metrics as metrics_lib
 from aligner_jax.index import TokenIndex
-from aligner_jax.index.files import write_json
+from aligner_jax.io import atomic_write
+from aligner_jax.io import write_json
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import refine
 from aligner_jax.retrieval import to_run
+from repro import papers
 
 STRATEGIES = adaptation_lib.STRATEGIES
 DEFAULT = "top_k:1"  # the training-time alignment of every model here, as in the paper
+MD_HEADER = ("nDCG@10 x 100; bold: the best fixed strategy of each row; adapted: mean ± std "
+             "over folds of 8.\n\n")
 
-# ALIGNER's numbers, nDCG@10 x 100, strategies in the order of STRATEGIES.
-PAPER: dict[str, Any] = {
-    "source": "ALIGNER (Qian et al.), Table 2 (8-shot adaptation, xxl) and App. Tables 7 (base) "
-              "and 10 (xxl); all models trained with top-1",
-    "rows": [
-        {"dataset": "SciFact (paper, ALIGNER-base)", "table": "Table 7",
-         "ndcg@10": [70.4, 68.8, 65.0, 60.9, 55.6, 71.1, 69.4, 67.2, 62.7], "adapted": None},
-        {"dataset": "SciFact (paper, ALIGNER-xxl)", "table": "Tables 10, 2",
-         "ndcg@10": [73.1, 71.2, 71.3, 69.1, 67.0, 74.4, 71.5, 69.9, 69.5],
-         "adapted": [71.4, 2.2]},
-        {"dataset": "ArguAna (paper, ALIGNER-xxl)", "table": "Tables 10, 2",
-         "ndcg@10": [33.8, 29.6, 24.1, 20.4, 18.2, 36.6, 46.9, 49.8, 49.7],
-         "adapted": [47.9, 3.0]},
-        {"dataset": "Touché-2020 (paper, ALIGNER-xxl)", "table": "Tables 10, 2",
-         "ndcg@10": [34.5, 47.4, 49.8, 51.1, 50.6, 30.1, 21.8, 16.3, 11.7],
-         "adapted": [50.2, 1.1]},
-    ],
-    # Table 2, average over 13 BEIR datasets: ALIGNER-xxl with top-1 vs after 8-shot adaptation.
-    "beir_average_xxl": {"top_k:1": 51.1, "adapted": [52.6, 3.1]},
-}
+
+def paper_numbers() -> dict[str, Any]:
+  """ALIGNER's R1 numbers (nDCG@10 x 100, as printed) from `docs/results/papers.json`: "rows"
+  with one value per strategy of STRATEGIES, "source", "beir_average_xxl"."""
+  paper = papers.paper_numbers("r1")
+  if tuple(paper.get("strategies", ())) != STRATEGIES:
+    raise ValueError(f"{papers.PAPERS_JSON}: r1 lists the strategies {paper.get('strategies')}, "
+                     f"not those of eval.adaptation.STRATEGIES {list(STRATEGIES)}")
+  return paper
 
 
 def family_positions(collection: Collection, query_ids: Sequence[str], *,
@@ -158,7 +152,7 @@ def r1_summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _paper_reports() -> list[dict[str, Any]]:
   """The paper's rows shaped like reports (fractions), for `adaptation.table_markdown`."""
   rows = []
-  for row in PAPER["rows"]:
+  for row in paper_numbers()["rows"]:
     if row["adapted"] is None:
       continue
     rows.append({"dataset": row["dataset"], "strategies": list(STRATEGIES),
@@ -183,7 +177,8 @@ def r1_table(reports: Sequence[Mapping[str, Any]], *, with_paper: bool = True) -
   for r in reports:
     lines.append("| " + " | ".join([r["dataset"], str(r["num_folds"])] +
                                    [str(r["picked"][s]) for s in strategies]) + " |")
-  return main + "\nStrategy picked on the folds of 8 (count of folds):\n\n" + "\n".join(lines) + "\n"
+  picks = "\n".join(lines)
+  return main + f"\nStrategy picked on the folds of 8 (count of folds):\n\n{picks}\n"
 
 
 def write_r1(output_json: str | pathlib.Path, reports: Sequence[Mapping[str, Any]], *,
@@ -191,7 +186,6 @@ def write_r1(output_json: str | pathlib.Path, reports: Sequence[Mapping[str, Any
   """Writes `output_json` (reports, summary, the paper's numbers, set-up) and, beside it, the
   tables as `<stem>.md`; both atomically. Returns the JSON content."""
   output_json = pathlib.Path(output_json)
-  output_json.parent.mkdir(parents=True, exist_ok=True)
   content = {
       "claim": "R1: the best alignment strategy differs by dataset, and 8-shot alignment "
                "adaptation is at least as good as the default top-1 on average",
@@ -199,13 +193,9 @@ def write_r1(output_json: str | pathlib.Path, reports: Sequence[Mapping[str, Any
       "setup": dict(setup),
       "summary": r1_summary(reports),
       "reports": list(reports),
-      "paper": PAPER,
+      "paper": paper_numbers(),
   }
   table = r1_table(reports)
   write_json(output_json, content)
-  md = output_json.with_suffix(".md")
-  tmp = md.with_name(f".{md.name}.tmp")
-  tmp.write_text("nDCG@10 x 100; bold: the best fixed strategy of each row; adapted: mean ± "
-                 "std over folds of 8.\n\n" + table, encoding="utf-8")
-  tmp.replace(md)
+  atomic_write(output_json.with_suffix(".md"), MD_HEADER + table)
   return content
