@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
   add_tokens_per_second(result)
   harness.validate_result(result, source="benchmark encoder")
   out = pathlib.Path(harness.parse_args(argv, "").results_dir) / "encoder.json"
-  harness.write_json(out, result)
+  harness.write_result(out, result)
   for c in result["cells"]:
     line = ", ".join(f"{r['impl']} {r['tokens_per_s']:,.0f} tokens/s" if r["tokens_per_s"]
                      else f"{r['impl']} {r['status']}" for r in c["results"])

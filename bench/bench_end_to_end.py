@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from aligner_jax.io import atomic_write
+from aligner_jax.io import write_json
 from bench import harness
 
 PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
@@ -99,10 +101,8 @@ def read_run(path: pathlib.Path) -> dict[str, dict[str, float]]:
   return json.loads(path.read_text())
 
 
-def write_run(path: pathlib.Path, run: dict[str, dict[str, float]]) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(run))
-  os.replace(tmp, path)
+def write_run(path: pathlib.Path, run: dict[str, Any]) -> None:
+  atomic_write(path, json.dumps(run))  # json.dumps keeps any NaN a pipeline produced
 
 
 def timed_passes(fn, runs: int) -> list[float]:
@@ -211,7 +211,7 @@ def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
       str(index_dir), IndexConfig(backend="scann"), rebuild=False, log=lambda m: None,
       corpus_fn=lambda: load_token_store(evaluators.corpus_shards(encoded)[0]))
   if built_now:
-    build_file.write_text(json.dumps({"build_s": time.perf_counter() - t}))
+    write_json(build_file, {"build_s": time.perf_counter() - t})
   build_s = json.loads(build_file.read_text())["build_s"] if build_file.exists() else None
   queries = evaluators.load_encoded_queries(encoded / "queries-test", spec["queries"],
                                           query_length=LENGTH)
@@ -276,7 +276,7 @@ def worker_main(name: str, spec_path: str) -> int:
     traceback.print_exc(file=sys.stderr)
     result = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]}
   result["loadavg_end"] = list(os.getloadavg())
-  out.write_text(json.dumps(result))
+  atomic_write(out, json.dumps(result))
   return 0 if result["status"] == "ok" else 1
 
 

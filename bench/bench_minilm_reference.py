@@ -30,7 +30,6 @@ import importlib.metadata
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from aligner_jax.io import atomic_dir
+from aligner_jax.io import write_json
 from bench import harness
 
 REPO_ROOT = harness.REPO_ROOT
@@ -152,22 +153,15 @@ def encode_reference(beir_dir: pathlib.Path, out: pathlib.Path, *, batch_size: i
                        convert_to_numpy=True, show_progress_bar=True)
   print(f"reference: {len(docs)} documents in {time.time() - t:.0f}s", file=sys.stderr,
         flush=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-  try:
+  with atomic_dir(out) as tmp:
     np.save(tmp / "corpus.npy", np.asarray(d_emb, np.float32))
     np.save(tmp / "queries.npy", np.asarray(q_emb, np.float32))
-    (tmp / "ids.json").write_text(json.dumps({"corpus": [d["_id"] for d in corpus],
-                                              "queries": qids}))
-    (tmp / "info.json").write_text(json.dumps({
+    write_json(tmp / "ids.json", {"corpus": [d["_id"] for d in corpus], "queries": qids},
+               indent=None)
+    write_json(tmp / "info.json", {
         **cache_key(beir_dir), "model_dir": str(model_dir),
         "max_seq_length": model.max_seq_length, "normalize_embeddings": True,
-        "batch_size": batch_size}, indent=1))
-    if out.exists():
-      shutil.rmtree(out)
-    tmp.rename(out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
+        "batch_size": batch_size})
 
 
 def reference_embeddings(beir_dir: pathlib.Path, *, log=print) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import subprocess
 import sys
 from typing import Any
 
+from aligner_jax.io import atomic_output
 from bench import harness
 
 INPUTS = "bench.impls.mips:make_inputs"
@@ -170,10 +171,11 @@ def write_recall_plot(result: dict[str, Any], path: pathlib.Path) -> None:
   ax.set_title(f"token MIPS ({result['mode']}), {result['cells'][0]['label']}, load {load:.0f} "
                "on 2 cores", fontsize=8)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  tmp.replace(path)
+  try:
+    with atomic_output(path) as tmp:
+      fig.savefig(tmp, dpi=110)
+  finally:
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -194,7 +196,7 @@ def main(argv=None):
   result = harness.main(lambda q: build(q, encoded_dir), argv + ["--no-report"])
   result["extra"].update(matched_recall(result))
   results_dir = pathlib.Path(args.results_dir)
-  harness.write_json(results_dir / "token_mips.json", result)
+  harness.write_result(results_dir / "token_mips.json", result)
   if report_after:
     from bench import report
     write_recall_plot(result, results_dir / "token_mips.png")

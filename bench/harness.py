@@ -48,6 +48,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from aligner_jax.io import write_json
+
 SCHEMA = "aligner_jax.bench/1"
 TABLE_SCHEMA = "aligner_jax.bench.table/1"  # measured quantities that are not timings
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -501,24 +503,13 @@ def run_benchmark(bench: Benchmark, settings: Settings, *,
   result["extra"] = extra or {}
   _finish(result)
   validate_result(result, source=f"benchmark {bench.name}")
-  write_json(pathlib.Path(results_dir) / f"{bench.name}.json", result)
+  write_result(pathlib.Path(results_dir) / f"{bench.name}.json", result)
   return result
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON through a temp file and a rename, so a reader never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, allow_nan=False)
-      f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary repository files
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+def write_result(path: pathlib.Path, result: dict[str, Any]) -> None:
+  """A results file, atomically; keys stay in the order the schema lists them."""
+  write_json(path, result, sort_keys=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -635,7 +626,7 @@ class TableRun:
     self.record.update(finished=_now(), loadavg_after=list(os.getloadavg()),
                        notes=list(notes), extra=extra or {})
     validate_table(self.record, source=f"table {self.record['benchmark']}")
-    write_json(pathlib.Path(results_dir) / f"{self.record['benchmark']}.json", self.record)
+    write_result(pathlib.Path(results_dir) / f"{self.record['benchmark']}.json", self.record)
     return self.record
 
 

@@ -6,11 +6,11 @@ the part of `bench/README.md` between GENERATED_BEGIN and GENERATED_END from eve
 the prose around it is left alone.
 """
 
-import os
 import pathlib
-import tempfile
 from typing import Any
 
+from aligner_jax.io import atomic_output
+from aligner_jax.io import atomic_write
 from bench import harness
 
 GENERATED_BEGIN = "<!-- BEGIN GENERATED RESULTS (bench/report.py; do not edit by hand) -->"
@@ -36,17 +36,11 @@ def _impl_order(cells: list[dict[str, Any]]) -> list[str]:
 
 def _save(fig, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=110)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+      fig.savefig(tmp, dpi=110)
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
 
 
 def _title(result: dict[str, Any]) -> str:
@@ -316,12 +310,4 @@ def update_readme(readme: pathlib.Path, results_dir: pathlib.Path = harness.RESU
                      f"both {GENERATED_BEGIN!r} and {GENERATED_END!r}")
   else:
     text = text.rstrip("\n") + "\n\n" + block
-  harness_tmp = tempfile.mkstemp(dir=readme.parent, prefix=".README.", suffix=".tmp")
-  os.close(harness_tmp[0])
-  try:
-    pathlib.Path(harness_tmp[1]).write_text(text)
-    os.chmod(harness_tmp[1], 0o644)  # mkstemp creates 0600
-    os.replace(harness_tmp[1], readme)
-  finally:
-    if os.path.exists(harness_tmp[1]):
-      os.unlink(harness_tmp[1])
+  atomic_write(readme, text)

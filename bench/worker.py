@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aligner_jax.io import atomic_output
+
 
 def resolve(target: str) -> Callable[..., Any]:
   module, _, name = target.partition(":")
@@ -53,10 +55,8 @@ def runtime_info() -> dict[str, Any]:
 
 
 def _save(path: str, out: Any) -> None:
-  arr = np.asarray(out)
-  tmp = f"{path}.tmp.npy"
-  np.save(tmp, arr, allow_pickle=False)
-  os.replace(tmp, path)
+  with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: no ".npy" appended
+    np.save(f, np.asarray(out), allow_pickle=False)
 
 
 def main(argv: list[str]) -> int:

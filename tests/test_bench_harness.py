@@ -103,7 +103,8 @@ def test_results_file_follows_the_schema(result):
   assert m["versions"]["numpy"] == np.__version__
   assert len(on_disk["loadavg_before"]) == 3 and len(on_disk["loadavg_after"]) == 3
   assert on_disk["settings"]["runs"] == SETTINGS.runs
-  assert not list(out_dir.glob(".*.tmp"))  # written through a rename
+  assert not list(out_dir.glob(".*.tmp*"))  # written through a rename
+  assert next(iter(json.loads(path.read_text()))) == "schema"  # in schema order, not sorted
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -173,8 +174,8 @@ def test_quick_results_are_kept_apart_from_full_ones(result, tmp_path):
   root = tmp_path / "results"
   full = copy.deepcopy(res)
   full["mode"] = "full"
-  harness.write_json(root / "selfcheck.json", full)
-  harness.write_json(root / "quick" / "selfcheck.json", res)
+  harness.write_result(root / "selfcheck.json", full)
+  harness.write_result(root / "quick" / "selfcheck.json", res)
   (root / "quick" / "selfcheck.png").write_bytes(b"png")
   readme = tmp_path / "README.md"
   report.update_readme(readme, root / "quick")  # the quick dir names the same root

@@ -26,13 +26,13 @@ import json
 import math
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from aligner_jax.io import atomic_dir
+from aligner_jax.io import write_json
 from bench import minilm_vectors
 
 QUERY_CHUNK = 256
@@ -60,21 +60,13 @@ def _cache(params: dict[str, Any], key: str) -> pathlib.Path:
 
 
 def _cached_build(path: pathlib.Path, build: Callable[[pathlib.Path], None]) -> float:
-  """Builds into `path` once (temp dir + rename); returns the recorded build seconds."""
+  """Builds into `path` once (atomically); returns the recorded build seconds."""
   record = path / "build.json"
   if not record.is_file():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_dir(path) as tmp:
       start = time.perf_counter()
       build(tmp)
-      (tmp / "build.json").write_text(json.dumps({"build_s": time.perf_counter() - start}))
-      if path.exists():
-        shutil.rmtree(path)
-      os.replace(tmp, path)
-    finally:
-      if tmp.exists():
-        shutil.rmtree(tmp)
+      write_json(tmp / "build.json", {"build_s": time.perf_counter() - start})
   return float(json.loads(record.read_text())["build_s"])
 
 
