@@ -288,7 +288,7 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
            ) -> dict[str, Any]:
   spec_path = work / f"{name}.spec.json"
   spec = {**spec, "out": str(work / f"{name}.result.json")}
-  spec_path.write_text(json.dumps(spec))
+  atomic_write(spec_path, json.dumps(spec))
   pathlib.Path(spec["out"]).unlink(missing_ok=True)
   log_path = work / f"{name}.log"
   start = time.perf_counter()
