@@ -210,5 +210,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[pathlib.Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   _fsync_path(final.parent)
-  if old is not None:
+  if old is not None and old.is_dir() and not old.is_symlink():
     shutil.rmtree(old, ignore_errors=True)
+  elif old is not None:  # `final` was a file or a link
+    old.unlink(missing_ok=True)

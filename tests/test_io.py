@@ -102,6 +102,10 @@ def test_atomic_dir_replaces_an_existing_directory_whole(tmp_path):
   assert final.stat().st_ino != inode  # a new directory, not the old one refilled
   assert _names(final) == ["c"] and (final / "c").read_text() == "2"
   assert _names(tmp_path) == ["d"]  # the previous version is gone
+  (tmp_path / "f").write_text("a file where the directory goes")
+  with io.atomic_dir(tmp_path / "f") as tmp:
+    (tmp / "c").write_text("3")
+  assert _names(tmp_path / "f") == ["c"] and _names(tmp_path) == ["d", "f"]
   with pytest.raises(ValueError, match="local disk"):
     with io.atomic_dir("gs://bucket/d"):
       pass
