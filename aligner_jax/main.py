@@ -12,13 +12,15 @@ processes (`aligner_jax.train.distributed`). Process 0 writes the full config to
 config.
 """
 
+from collections.abc import Callable, Sequence
 import os
 import pathlib
-from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import app
+from absl import flags
+from absl import logging
 import gin
-from absl import app, flags, logging
 
 from aligner_jax.io import atomic_write
 

@@ -15,15 +15,17 @@ contiguous block, because the mesh lists devices process by process), and
 `Partitioner.shard_batch` assembles the global `jax.Array`s from those host-local rows.
 """
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
+import contextlib
 from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import numpy as np
 
 from aligner_jax import sharding
 

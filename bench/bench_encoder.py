@@ -69,6 +69,7 @@ def aligner_jax_encoder(params: dict[str, Any],
                         inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
   del params
   import jax  # pylint: disable=import-outside-toplevel
+
   from aligner_jax import models  # pylint: disable=import-outside-toplevel
   module, weights = models.from_pretrained(_minilm_dir())
   weights = jax.device_put(weights)

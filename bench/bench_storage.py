@@ -98,7 +98,8 @@ def idf_salience(token_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def index_bytes(index_dir: pathlib.Path) -> dict[str, int]:
   """Bytes per category over all shards, from the verified manifests."""
   from aligner_jax.index import files
-  from aligner_jax.index.token_index import SHARD_KIND, VERSION
+  from aligner_jax.index.token_index import SHARD_KIND
+  from aligner_jax.index.token_index import VERSION
   info = files.read_json(index_dir / "index.json")
   out = dict.fromkeys(CATEGORIES, 0)
   for shard in info["shards"]:
@@ -128,12 +129,12 @@ def candidate_pool(collection, corpus, queries, depth: int = POOL_DEPTH) -> list
 def load_inputs(args) -> tuple:
   """(corpus TokenStore with IDF saliences, QueryBatch of judged queries, qrels, label,
   candidate pool per query or None for every document)."""
-  from aligner_jax.eval import evaluators
+  from aligner_jax.eval import inputs
   from aligner_jax.retrieval.token_retrieval import QueryBatch
   if args.quick:
     minilm_vectors.prepare(QUICK_DOCS)  # encodes once; cached outside the repository
     corpus, q_store = minilm_vectors.load(QUICK_DOCS)
-    collection = evaluators.load_split(str(minilm_vectors.scifact_dir()), "test")
+    collection = inputs.load_split(str(minilm_vectors.scifact_dir()), "test")
     qrels = {q: {d: r for d, r in docs.items() if d in set(corpus.doc_ids)}
              for q, docs in collection.qrels["test"].items()}
     qrels = {q: docs for q, docs in qrels.items() if docs}
@@ -144,13 +145,13 @@ def load_inputs(args) -> tuple:
     label = f"a {corpus.num_docs}-document subset of SciFact (quick)"
     pool = None
   else:
-    collection = evaluators.load_split(args.beir_dir, "test")
-    corpus = evaluators.load_encoded_corpus(args.encoded_dir, collection,
-                                          doc_length=ENCODED_LENGTH)
+    collection = inputs.load_split(args.beir_dir, "test")
+    corpus = inputs.load_encoded_corpus(args.encoded_dir, collection,
+                                        doc_length=ENCODED_LENGTH)
     qrels = collection.qrels["test"]
     query_ids = [q for q in collection.queries.ids if q in qrels]
-    queries = evaluators.load_encoded_queries(pathlib.Path(args.encoded_dir) / "queries-test",
-                                            query_ids, query_length=ENCODED_LENGTH)
+    queries = inputs.load_encoded_queries(pathlib.Path(args.encoded_dir) / "queries-test",
+                                          query_ids, query_length=ENCODED_LENGTH)
     label = "SciFact test (all 5,183 documents)"
     pool = None if args.exhaustive else candidate_pool(collection, corpus, queries)
   if corpus.token_ids is None:
@@ -161,7 +162,7 @@ def load_inputs(args) -> tuple:
 
 def apply_head(npz_path: str, kind: str, dim: int, corpus, queries) -> tuple:
   """The corpus and queries mapped through a head trained on the frozen vectors
-  (`aligner_jax.frozen`, e.g. R4's ColBERT projection or R2's ALIGNER head): [T, dim] float16
+  (`repro.frozen`, e.g. R4's ColBERT projection or R2's ALIGNER head): [T, dim] float16
   token vectors, with the head's saliences when it has them. Token ids are kept (IDF proxy)."""
   from repro.frozen import head_eval as frozen_eval
   from repro.frozen import heads
@@ -184,7 +185,10 @@ def measure(corpus, queries, qrels, pool, fmt: str, ratio: float, *,
   """Builds, saves and evaluates one configuration; returns its table row (bytes per token)
   and whether the saved index decodes its PQ codes to unit norm (`TokenStore.unit_norm`)."""
   from aligner_jax.eval import ir_metrics
-  from aligner_jax.index import IndexConfig, build_token_index, load_index, save_index
+  from aligner_jax.index import IndexConfig
+  from aligner_jax.index import build_token_index
+  from aligner_jax.index import load_index
+  from aligner_jax.index import save_index
   from aligner_jax.retrieval import token_retrieval as tr
   config = IndexConfig(backend="exact", vector_dtype=fmt, prune_doc_ratio=ratio, fields=(),
                        pq_sample_size=pq_sample_size)

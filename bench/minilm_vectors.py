@@ -119,7 +119,7 @@ def prepare(num_docs: int, doc_length: int = DOC_LENGTH) -> pathlib.Path:
   from aligner_jax import models
   from aligner_jax.data.beir import read_beir
   from aligner_jax.eval import retrieval_jobs
-  from aligner_jax.eval.evaluators import encode_split_queries
+  from aligner_jax.eval.inputs import encode_split_queries
   from aligner_jax.index.token_store import from_padded
   from aligner_jax.index.token_store_io import save_token_store
   from aligner_jax.retrieval.encoding import encode_corpus

@@ -2,18 +2,17 @@
 
 import json
 
-import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import numpy as np
+import pytest
 
 from aligner_jax.eval.adaptation import STRATEGIES
 from aligner_jax.eval.adaptation import adapt
 from aligner_jax.eval.adaptation import adaptation_report
 from aligner_jax.eval.adaptation import make_folds
 from aligner_jax.eval.adaptation import score_strategies
-from aligner_jax.eval.adaptation import table_markdown
 from aligner_jax.eval.adaptation import write_adaptation
 
 

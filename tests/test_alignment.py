@@ -10,9 +10,9 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 from aligner_jax.scoring import alignment as alignment_lib
 from aligner_jax.scoring import fast_align
@@ -326,7 +326,7 @@ def test_fully_pruned_scores_zero_with_finite_gradients(spec, grad_methods):
     def loss(q, d, qs, ds):
       return jnp.sum(alignment_lib.align_scores(
           q, case["q_mask"], d, case["d_mask"], spec, q_salience=qs, d_salience=ds,
-          q_ids=case["q_ids"], d_ids=case["d_ids"], method=method))
+          q_ids=case["q_ids"], d_ids=case["d_ids"], method=method))  # noqa: B023
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(
         case["q"], case["d"], case["q_salience"], case["d_salience"])
@@ -391,7 +391,7 @@ def test_fast_and_dense_gradients_agree(spec, chunk_size):
   for method in ("fast", "dense"):
     loss = lambda q, d, ds: jnp.sum(jnp.sin(alignment_lib.align_scores(  # noqa: E731
         q, case["q_mask"], d, case["d_mask"], spec, q_salience=case["q_salience"],
-        d_salience=ds, method=method, chunk_size=chunk_size)))
+        d_salience=ds, method=method, chunk_size=chunk_size)))  # noqa: B023
     grads.append(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
         case["q"], case["d"], case["d_salience"]))
   for fast, dense in zip(*grads):

@@ -7,17 +7,18 @@ import pathlib
 
 import flax.linen as nn
 import gin
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from model_test_utils import random_params
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aligner_jax import models
 from aligner_jax import sharding
 from aligner_jax.models import bert
-from model_test_utils import random_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = bert.bert_config("tiny", vocab_size=400, max_position_embeddings=32, dropout_rate=0.0,

@@ -64,7 +64,8 @@ EXPECTED_BAD = [
     "queries.jsonl:2: empty `text` (query)",
     "queries.jsonl:3: duplicate query id 'q1' (first at line 1)",
     "queries.jsonl:4: `metadata` must be a JSON object, got list",
-    "qrels/dev.tsv:1: expected the header 'query-id\\tcorpus-id\\tscore', got 'qid\\tdocid\\tscore'",
+    "qrels/dev.tsv:1: expected the header 'query-id\\tcorpus-id\\tscore', "
+    "got 'qid\\tdocid\\tscore'",
     "qrels/dev.tsv:3: blank line",
     "qrels/test.tsv:3: unknown query id 'q9' (not in the queries file)",
     "qrels/test.tsv:4: unknown document id 'd9' (not in the corpus)",

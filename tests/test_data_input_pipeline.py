@@ -142,8 +142,9 @@ def test_resume_on_another_number_of_hosts(vocab):
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(n=st.integers(1, 60), per_host=st.integers(1, 6), hosts=st.sampled_from([1, 2, 4]),
-                  seed=st.integers(0, 2**31), drop=st.booleans(), epoch=st.integers(0, 3))
+@hypothesis.given(n=st.integers(1, 60), per_host=st.integers(1, 6),
+                  hosts=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**31),
+                  drop=st.booleans(), epoch=st.integers(0, 3))
 def test_an_epoch_visits_every_example_once(n, per_host, hosts, seed, drop, epoch):
   batch = per_host * hosts
   hypothesis.assume(not drop or n >= batch)

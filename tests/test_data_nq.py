@@ -20,7 +20,8 @@ def test_good_fixture_with_passages():
   c = nq.read_nq(FIXTURES / "good")
   assert c.corpus.ids == ["1", "2", "3", "4", "5", "6", "7"]
   # csv quoting in psgs_w100.tsv is undone; title goes first.
-  assert c.corpus.text(2) == 'Charles Dickens Charles Dickens was an English writer and "social critic".'
+  assert c.corpus.text(2) == ('Charles Dickens Charles Dickens was an English writer and '
+                              '"social critic".')
   assert c.queries.ids == ["dev-0", "test-0", "test-1", "train-0", "train-1", "train-2"]
   assert c.queries.metadata[c.queries.index["test-1"]] == {"answers": ["Paris", "City of Paris"]}
   assert c.queries.texts[c.queries.index["train-1"]] == "what river flows through london"
@@ -77,7 +78,7 @@ def test_unknown_passage_when_passages_file_is_present(tmp_path):
   root = tmp_path / "nq"
   shutil.copytree(FIXTURES / "good", root)
   lines = (root / "psgs_w100.tsv").read_text().splitlines()
-  (root / "psgs_w100.tsv").write_text("\n".join(l for l in lines if not l.startswith("5\t")) + "\n")
+  (root / "psgs_w100.tsv").write_text("\n".join(x for x in lines if not x.startswith("5\t")) + "\n")
   with pytest.raises(DataError, match=r"biencoder-nq-train.json:\d+: unknown passage id '5' "
                      r"\(not in psgs_w100.tsv\)"):
     nq.read_nq(root)
@@ -143,6 +144,6 @@ def test_incremental_parser_matches_json_load(tmp_path_factory, elements, indent
   assert [v for _, v in parsed] == elements
   # Each reported line is where the element's text starts.
   lines = text.split("\n")
-  for (line, value), expected in zip(parsed, elements):
+  for (line, _), expected in zip(parsed, elements):
     first = json.dumps(expected, indent=indent, ensure_ascii=False).split("\n")[0]
     assert first in lines[line - 1]

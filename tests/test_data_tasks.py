@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from aligner_jax.data import demo_collection
 from aligner_jax.data import features as features_lib
-from aligner_jax.data import loaders
 from aligner_jax.data import input_pipeline as pipeline_lib
+from aligner_jax.data import loaders
 from aligner_jax.data import tfds_source
 from aligner_jax.data import vocab as vocab_lib
 from aligner_jax.data.errors import DataError

@@ -67,7 +67,7 @@ def test_bad_data_exits_1_with_file_and_line(capsys, fmt, root, first, total):
   lines = err.splitlines()
   assert lines[0] == f"{path}: {fmt} data has problems"
   assert lines[2] == f"{path}/{first}"
-  listed = [l for l in lines if l.startswith(str(path))][1:]
+  listed = [x for x in lines if x.startswith(str(path))][1:]
   assert len(listed) == min(4, total or 4)
   if total and total > 4:
     assert lines[-1] == f"... and {total - 4} more problem(s) not listed"

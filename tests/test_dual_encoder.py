@@ -6,18 +6,19 @@ import pathlib
 
 import flax.linen as nn
 import gin
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from model_test_utils import random_params
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aligner_jax import models
 from aligner_jax import sharding
 from aligner_jax.models import dual_encoder as de
 from aligner_jax.scoring.lite import LiteScorer
-from model_test_utils import random_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 T5_TINY = models.t5_1_1_config("tiny", vocab_size=256, dropout_rate=0.0)
@@ -245,7 +246,7 @@ def test_cross_encoder_t5_and_bert_train():
     p = random_params(ce, ids, mask, **kwargs)
     assert set(p) == {"encoder", "score"}
 
-    def loss(params):
+    def loss(params, ce=ce, kwargs=kwargs):
       scores = ce.apply({"params": params}, ids, mask, deterministic=False,
                         rngs={"dropout": jax.random.PRNGKey(1)}, **kwargs)
       return jnp.sum(scores ** 2), scores

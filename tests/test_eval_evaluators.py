@@ -17,9 +17,9 @@ from aligner_jax.eval import evaluators
 from aligner_jax.eval import inputs as inputs_lib
 from aligner_jax.eval import ir_metrics as metrics_lib
 from aligner_jax.eval import retrieval_jobs
-from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
+from aligner_jax.retrieval import runs as runs_lib
 
 _PARTS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river mountain "
           "forest ocean desert island valley glacier canyon").split()
@@ -240,6 +240,7 @@ def test_bm25_dense_and_rerank(beir_dir, encoders, tmp_path):
 
 def test_load_model_from_trainer_checkpoint_and_pretrained(tiny_model, tmp_path):
   import optax
+
   from aligner_jax.train.checkpoints import Checkpointer
   from aligner_jax.train.state import TrainState
   module, params = tiny_model
@@ -252,7 +253,8 @@ def test_load_model_from_trainer_checkpoint_and_pretrained(tiny_model, tmp_path)
   # A model with heads cannot be evaluated from encoder weights alone.
   models.save_params(tmp_path / "enc", params["encoder"], config=models.t5_config("tiny"))
   with pytest.raises(retrieval_jobs.ModelLoadError, match="lacks"):
-    retrieval_jobs.load_model(module, model_dir=str(tmp_path / "none"), checkpoint_path=str(tmp_path / "enc"))
+    retrieval_jobs.load_model(module, model_dir=str(tmp_path / "none"),
+                              checkpoint_path=str(tmp_path / "enc"))
   bare = models.DualEncoder(encoder_config=models.t5_config("tiny"))
   _, p = retrieval_jobs.load_model(bare, model_dir=None, checkpoint_path=str(tmp_path / "enc"))
   assert set(p) == {"encoder"}

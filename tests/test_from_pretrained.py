@@ -236,7 +236,8 @@ def test_unknown_model_type_names_config(tmp_path, hf_bert_dir):
 
 
 def test_missing_tensor_names_file_and_tensor(tmp_path, hf_bert_dir):
-  from safetensors.numpy import load_file, save_file
+  from safetensors.numpy import load_file
+  from safetensors.numpy import save_file
   d = _copy_dir(hf_bert_dir[0], tmp_path / "m")
   tensors = load_file(d / "model.safetensors")
   del tensors["encoder.layer.1.output.dense.weight"]

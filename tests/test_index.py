@@ -1,10 +1,10 @@
 """Token stores, pruning, the exact and ScaNN backends, and the token index's search."""
 
-import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import numpy as np
+import pytest
 
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import build_token_index

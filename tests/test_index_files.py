@@ -11,11 +11,11 @@ import pytest
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
 from aligner_jax.index import build_token_index
+from aligner_jax.index import files
 from aligner_jax.index import from_padded
 from aligner_jax.index import index_exists
 from aligner_jax.index import load_index
 from aligner_jax.index import save_index
-from aligner_jax.index import files
 from aligner_jax.index.token_index import load_shard
 from aligner_jax.io import write_json
 

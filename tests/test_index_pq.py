@@ -6,11 +6,11 @@ import json
 import pathlib
 import shutil
 
-import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import numpy as np
+import pytest
 
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
@@ -20,10 +20,10 @@ from aligner_jax.index import from_padded
 from aligner_jax.index import load_index
 from aligner_jax.index import pq
 from aligner_jax.index import save_index
+from aligner_jax.index.token_index import load_shard
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
-from aligner_jax.index.token_index import load_shard
 from aligner_jax.io import write_json
 
 

@@ -4,15 +4,19 @@ import functools
 import math
 
 import flax.linen as nn
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from jax.test_util import check_grads
 
 from aligner_jax.scoring import knrm as knrm_lib
-from aligner_jax.scoring.knrm import KnrmScorer, knrm, knrm_features
+from aligner_jax.scoring.knrm import KnrmScorer
+from aligner_jax.scoring.knrm import knrm
+from aligner_jax.scoring.knrm import knrm_features
 
 
 def ref_features(S, q_mask, d_mask, mus=knrm_lib.KNRM_MUS, sigmas=knrm_lib.KNRM_SIGMAS,

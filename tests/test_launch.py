@@ -4,7 +4,6 @@ import shlex
 import subprocess
 
 import pytest
-
 from train_testlib import REPO_ROOT
 
 RUN_TPU = str(REPO_ROOT / "launch" / "run_tpu.sh")
@@ -74,7 +73,7 @@ def test_run_tpu_rejects_bad_arguments(args, message):
 def test_run_local_dry_run_one_process():
   out = _run(RUN_LOCAL, "--tpu_name=ignored", "--num_devices=8", "--dry_run", "--",
              *MAIN_ARGS).stdout
-  (line,) = [l for l in out.splitlines() if l.startswith("+ ")]
+  (line,) = [x for x in out.splitlines() if x.startswith("+ ")]
   words = shlex.split(line[2:])
   assert words[0].startswith("XLA_FLAGS=")
   assert words[0].endswith("--xla_force_host_platform_device_count=8")
@@ -84,7 +83,7 @@ def test_run_local_dry_run_one_process():
 def test_run_local_dry_run_several_processes():
   out = _run(RUN_LOCAL, "--num_devices=8", "--num_processes=2", "--dry_run", "--",
              *MAIN_ARGS).stdout
-  lines = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("+ ")]
+  lines = [shlex.split(x[2:]) for x in out.splitlines() if x.startswith("+ ")]
   assert len(lines) == 2
   for i, words in enumerate(lines):
     env = dict(w.split("=", 1) for w in words if w.startswith(("ALIGNER_", "XLA_FLAGS")))

@@ -3,18 +3,20 @@
 import functools
 
 import flax.linen as nn
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from aligner_jax import losses
 from aligner_jax import sharding
+from aligner_jax.partitioning import Partitioner
 from aligner_jax.scoring import lite
 from aligner_jax.scoring.lite import LiteScorer
-from aligner_jax.partitioning import Partitioner
 
 # ---------------------------------------------------------------------------------------------
 # NumPy reference: one similarity matrix at a time, explicit loops over rows and columns.

@@ -2,12 +2,14 @@
 
 import functools
 
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from jax.test_util import check_grads
 
 from aligner_jax import losses
 

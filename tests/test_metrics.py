@@ -8,12 +8,12 @@ import pytest
 import pytrec_eval
 
 from aligner_jax.eval.ir_metrics import METRICS
+from aligner_jax.eval.ir_metrics import evaluate
+from aligner_jax.eval.ir_metrics import write_metrics
 from aligner_jax.retrieval.runs import RunFileError
 from aligner_jax.retrieval.runs import cut_run
-from aligner_jax.eval.ir_metrics import evaluate
 from aligner_jax.retrieval.runs import ranked
 from aligner_jax.retrieval.runs import read_trec_run
-from aligner_jax.eval.ir_metrics import write_metrics
 from aligner_jax.retrieval.runs import write_trec_run
 
 
@@ -92,9 +92,9 @@ def test_trec_run_round_trip_and_format(tmp_path):
   write_trec_run(path, run, run_name="test")
   lines = path.read_text().splitlines()
   assert lines[0] == "q1 Q0 x 1 -0.250000 test"
-  assert [l.split()[2] for l in lines[1:]] == ["c", "b", "a"]  # ties: doc id descending
-  assert [l.split()[3] for l in lines[1:]] == ["1", "2", "3"]
-  assert all(len(l.split()) == 6 for l in lines)
+  assert [x.split()[2] for x in lines[1:]] == ["c", "b", "a"]  # ties: doc id descending
+  assert [x.split()[3] for x in lines[1:]] == ["1", "2", "3"]
+  assert all(len(x.split()) == 6 for x in lines)
   assert read_trec_run(path) == {"q1": {"x": -0.25}, "q2": {"c": 3.5, "b": 1.0, "a": 1.0}}
   qrels, big = _hand_made(seed=1)
   write_trec_run(tmp_path / "big.trec", big)

@@ -6,11 +6,11 @@ import pathlib
 import struct
 
 import gin
-import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import numpy as np
+import pytest
 
 from aligner_jax import main as main_lib
 from aligner_jax.data.collection import Collection

@@ -9,8 +9,8 @@ from aligner_jax.index import build_token_index
 from aligner_jax.index import from_padded
 from aligner_jax.index import top_salience_mask
 from aligner_jax.retrieval import QueryBatch
-from aligner_jax.retrieval import all_documents
 from aligner_jax.retrieval import alignment_pair_fn
+from aligner_jax.retrieval import all_documents
 from aligner_jax.retrieval import candidate_documents
 from aligner_jax.retrieval import dense_search
 from aligner_jax.retrieval import lite_pair_fn
@@ -87,6 +87,7 @@ def test_refinement_equals_brute_force_scores(alignment, kind, value):
   for block in (1,):
     other = refine(index, queries, cands, alignment, top_n=10, query_block=block)
     for (d1, s1), (d2, s2) in zip(results, other):
+      np.testing.assert_array_equal(d1, d2)
       np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
   for b, (docs, scores) in enumerate(results):
     ref = {}
@@ -216,6 +217,7 @@ def test_float16_stores_score_as_their_float32_values(alignment):
 def test_rerank_with_the_models_lite_head():
   import flax.linen as nn
   import jax
+
   from aligner_jax import models
   from aligner_jax.scoring import LiteScorer
   store, queries = make_corpus(seed=6, dim=16)

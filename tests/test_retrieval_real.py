@@ -33,9 +33,10 @@ def minilm_scifact():
   documents (128 tokens at most) and of the test queries whose relevant document is among
   them."""
   from conftest import shared_path
+
   from aligner_jax import models
   from aligner_jax.eval import retrieval_jobs
-  from aligner_jax.eval.evaluators import encode_split_queries
+  from aligner_jax.eval.inputs import encode_split_queries
   from aligner_jax.retrieval.encoding import encode_corpus
   collection = read_beir(shared_path("beir", "scifact"), splits=["test"])
   qrels = collection.qrels["test"]

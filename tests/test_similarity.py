@@ -2,8 +2,8 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.test_util import check_grads
+import numpy as np
 
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import similarity

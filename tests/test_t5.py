@@ -6,17 +6,18 @@ import pathlib
 
 import flax.linen as nn
 import gin
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from model_test_utils import random_params
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aligner_jax import sharding
 from aligner_jax.models import configs
 from aligner_jax.models import t5
-from model_test_utils import random_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = t5.t5_1_1_config("tiny", vocab_size=512, dropout_rate=0.0)

@@ -13,13 +13,13 @@ import copy
 import dataclasses
 import pathlib
 
+from flax import serialization
+from flax import traverse_util
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 import tensorstore as ts
-from flax import serialization
-from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -246,7 +246,7 @@ def test_orbax_round_trip_and_load_initial_params(hf_model, t5x_dir, tmp_path):
   with pytest.raises(models.CheckpointError, match="without an encoder config"):
     models.load_encoder(tmp_path / "t5x_orbax")
   # Writing over an existing checkpoint needs overwrite=True.
-  with pytest.raises(Exception):
+  with pytest.raises(ValueError, match="already exists"):
     models.save_params(tmp_path / "own", params)
   models.save_params(tmp_path / "own", params, config=cfg, overwrite=True)
 

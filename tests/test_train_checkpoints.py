@@ -4,14 +4,14 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
 
+from aligner_jax import partitioning
 from aligner_jax.train import checkpoints
 from aligner_jax.train import optim
-from aligner_jax import partitioning
 from aligner_jax.train.state import TrainState
 
 

@@ -2,8 +2,8 @@
 
   * NUM_PARTITIONS=1 and =2 (8 fake devices: 8x1 and 4x2 meshes) give the same losses.
   * A run killed with SIGKILL after a checkpoint and restarted with the same command ends
-    with the losses and parameters of an uninterrupted run (to float32 rounding); SIGTERM instead makes
-    the run save the step it is at and exit cleanly, and the same command resumes it.
+    with the losses and parameters of an uninterrupted run (to float32 rounding); SIGTERM instead
+    makes the run save the step it is at and exit cleanly, and the same command resumes it.
   * Two processes on localhost (4 fake devices each, jax.distributed with a localhost
     coordinator) give the losses of one process with 8 devices.
 """
@@ -16,13 +16,13 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import train_testlib as lib
+
 from aligner_jax import models
-from aligner_jax.train import train_job
+from aligner_jax import partitioning
 from aligner_jax.train import model_fns
 from aligner_jax.train import optim
-from aligner_jax import partitioning
+from aligner_jax.train import train_job
 from aligner_jax.train import trainer as trainer_lib
 
 DEMO = "gin/experiments/demo.gin"

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-
 import train_testlib as lib
+
 from aligner_jax import models
 
 TINY_T5 = "gin/models/t5_1_1_tiny.gin"

@@ -3,12 +3,12 @@
 import subprocess
 import sys
 
+from absl import app
 import gin
 import pytest
-from absl import app
+from train_testlib import REPO_ROOT
 
 from aligner_jax import main
-from train_testlib import REPO_ROOT
 
 
 def test_gin_shorthand_becomes_bindings():

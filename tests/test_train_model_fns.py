@@ -1,16 +1,18 @@
 """The training objectives against NumPy references computed from the model's own scores."""
 
 import flax.linen as nn
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aligner_jax import losses
 from aligner_jax import models
-from aligner_jax.scoring import LiteScorer, align_scores_candidates
+from aligner_jax.scoring import LiteScorer
+from aligner_jax.scoring import align_scores_candidates
 from aligner_jax.train import model_fns
 
 B, K, N_Q, N_D = 4, 3, 6, 10

@@ -1,12 +1,13 @@
 """Learning-rate schedules against closed-form NumPy references, and optimizer behaviour."""
 
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aligner_jax.train import optim
 

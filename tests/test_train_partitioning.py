@@ -3,14 +3,14 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
-from jax.sharding import PartitionSpec as P
 
+from aligner_jax import partitioning
 from aligner_jax import sharding
 from aligner_jax.train import optim
-from aligner_jax import partitioning
 from aligner_jax.train.state import TrainState
 
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aligner_jax import partitioning
 from aligner_jax import sharding
 from aligner_jax.train import optim
-from aligner_jax import partitioning
 from aligner_jax.train import trainer as trainer_lib
 
 

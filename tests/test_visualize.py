@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from aligner_jax.eval.visualize import alignment_view
-from aligner_jax.eval.visualize import render_html
 from aligner_jax.eval.visualize import save_html
 from aligner_jax.eval.visualize import save_png
 

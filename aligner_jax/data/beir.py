@@ -45,7 +45,8 @@ def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
       log.add(path, number, f"empty text (document {doc_id!r} has neither title nor text)")
       continue
     if doc_id in first_line:
-      log.add(path, number, f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
+      log.add(path, number,
+              f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
       continue
     first_line[doc_id] = number
     corpus.add(doc_id, text, title=title or "")
@@ -67,7 +68,8 @@ def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
     if query_id is None or text is None:
       continue
     if query_id in first_line:
-      log.add(path, number, f"duplicate query id {query_id!r} (first at line {first_line[query_id]})")
+      log.add(path, number,
+              f"duplicate query id {query_id!r} (first at line {first_line[query_id]})")
       continue
     first_line[query_id] = number
     queries.add(query_id, text, metadata=metadata)

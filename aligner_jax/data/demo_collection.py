@@ -431,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
   families = {}
   for r in demo.queries:
     families[r["metadata"]["family"]] = families.get(r["metadata"]["family"], 0) + 1
+  family_counts = ", ".join(f"{k} {v}" for k, v in sorted(families.items()))
   print(f"wrote {args.out}: {len(demo.corpus)} documents, {len(words)} word types, "
-        f"{len(demo.queries)} queries ({', '.join(f'{k} {v}' for k, v in sorted(families.items()))}), "
+        f"{len(demo.queries)} queries ({family_counts}), "
         + ", ".join(f"{s} {len(r)} judgements" for s, r in demo.qrels.items())
         + f", {len(demo.hard_negatives)} training queries with hard negatives")
   return 0

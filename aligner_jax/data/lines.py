@@ -37,7 +37,8 @@ def read_lines(path: str | os.PathLike, log: ProblemLog) -> Iterator[tuple[int, 
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        log.add(path, number, f"invalid UTF-8 (byte {e.start} of the line: {raw[e.start:e.start + 1]!r})")
+        log.add(path, number,
+                f"invalid UTF-8 (byte {e.start} of the line: {raw[e.start:e.start + 1]!r})")
         continue
       yield number, text
 

@@ -174,5 +174,6 @@ def default_vocabulary() -> seqio.Vocabulary:
   """The vocabulary tasks are registered with: $ALIGNER_VOCABULARY (a name or path accepted
   by `vocab.get_vocabulary`, default "t5_1_1"), resolved lazily on first use."""
   import os  # pylint: disable=g-import-not-at-top
+
   from aligner_jax.data import vocab  # pylint: disable=g-import-not-at-top
   return vocab.LazyVocabulary(os.environ.get("ALIGNER_VOCABULARY", "t5_1_1"))

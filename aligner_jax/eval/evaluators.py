@@ -261,8 +261,8 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
 
 
 def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, data: SplitData,
-                   *, top_n: int = 1000, strategies: Sequence[str] = adaptation_lib.STRATEGIES, seed: int = 0,
-                   refined: dict[str, Any] | None = None) -> dict[str, Any]:
+                   *, top_n: int = 1000, strategies: Sequence[str] = adaptation_lib.STRATEGIES,
+                   seed: int = 0, refined: dict[str, Any] | None = None) -> dict[str, Any]:
   """ALIGNER §4.1 few-shot adaptation over the fixed candidate sets `cands`; `refined` holds
   results of `refine_many` already computed on them (strategies missing there are refined
   here, all in one pass)."""
@@ -285,7 +285,8 @@ def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, da
 
 
 def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
-                  top_n: int = 1000, num_pictures: int = 0, run_name: str = "aligner_jax", log: Log = print_log) -> dict[str, Any]:
+                  top_n: int = 1000, num_pictures: int = 0, run_name: str = "aligner_jax",
+                  log: Log = print_log) -> dict[str, Any]:
   """Runs `evaluator` on `inputs`' split and writes to `output_dir`:
 
     run.trec          the 6-column TREC run of the primary run (the first alignment)

@@ -73,6 +73,7 @@ def restore_trained_params(model_dir: str, step: int | None = None) -> Any:
 
 def _abstract_params(module: Any) -> Any:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   from aligner_jax.models import init_dual_encoder  # pylint: disable=g-import-not-at-top
   return nn.unbox(jax.eval_shape(
       lambda rng: init_dual_encoder(module, rng, query_length=8, doc_length=8),
@@ -164,7 +165,8 @@ def build_index(*, encoded_dir: str, index_dir: str,
                 index_config: IndexConfig = IndexConfig()) -> dict[str, Any]:
   """Builds the token index over every encoded corpus shard and saves it (process 0; the
   other processes wait)."""
-  from aligner_jax.index import build_token_index, save_index  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import build_token_index  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import save_index  # pylint: disable=g-import-not-at-top
   info: dict[str, Any] = {}
   if jax.process_index() == 0:
     stores = [load_token_store(p) for p in inputs_lib.corpus_shards(encoded_dir)]

@@ -15,15 +15,15 @@ from aligner_jax.index.files import IndexFileError
 from aligner_jax.index.pruning import prune_budget
 from aligner_jax.index.pruning import prune_store
 from aligner_jax.index.pruning import top_salience_mask
-from aligner_jax.index.token_store import TokenStore
-from aligner_jax.index.token_store import concatenate
-from aligner_jax.index.token_store import from_padded
 from aligner_jax.index.token_index import IndexConfig
 from aligner_jax.index.token_index import TokenIndex
 from aligner_jax.index.token_index import build_token_index
 from aligner_jax.index.token_index import index_exists
 from aligner_jax.index.token_index import load_index
 from aligner_jax.index.token_index import save_index
+from aligner_jax.index.token_store import TokenStore
+from aligner_jax.index.token_store import concatenate
+from aligner_jax.index.token_store import from_padded
 
 __all__ = [
     "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore", "build_token_index",

@@ -210,7 +210,7 @@ def split_documents(store: TokenStore, max_tokens: int | None,
   out = []
   for a, b in groups:
     lo, hi = store.offsets[a], store.offsets[b]
-    cut = lambda x: None if x is None else x[lo:hi]  # noqa: E731
+    cut = lambda x: None if x is None else x[lo:hi]  # noqa: B023 (called in this iteration)
     out.append(dataclasses.replace(
         store, doc_ids=store.doc_ids[a:b], offsets=store.offsets[a:b + 1] - lo,
         vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
@@ -351,7 +351,8 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
                        "has_salience": s.salience is not None,
                        "has_token_ids": s.token_ids is not None,
                        "has_ann_keep": shard.ann_rows is not None,
-                       "backend": shard.searcher.kind, "backend_settings": shard.searcher.settings()}
+                       "backend": shard.searcher.kind,
+                       "backend_settings": shard.searcher.settings()}
     manifest = files.write_manifest(tmp, kind=SHARD_KIND, version=VERSION,
                                     config=manifest_config, counts=_shard_counts(shard))
   return manifest

@@ -11,15 +11,33 @@ Public API:
   DualEncoder, Encoded, CrossEncoder, pack_pair, insert_encoder_params, init_dual_encoder
 """
 
-from aligner_jax.models.bert import BertConfig, BertEncoder, bert_config
-from aligner_jax.models.configs import EncoderConfig, build_encoder, hidden_size, t5_config
-from aligner_jax.models.dual_encoder import (CrossEncoder, DualEncoder, DualEncoderOutput,
-                                             Encoded, init_dual_encoder, insert_encoder_params,
-                                             l2_normalize, mean_pool, pack_pair, pool)
-from aligner_jax.models.hf_import import (CheckpointError, cross_encoder_from_pretrained,
-                                          from_pretrained, minilm_model_dir,
-                                          sentence_transformers_pooling)
-from aligner_jax.models.params_io import (load_encoder, load_initial_params, load_params,
-                                          save_params)
-from aligner_jax.models.t5 import T5Config, T5Encoder, t5_1_1_config
+from aligner_jax.models.bert import BertConfig
+from aligner_jax.models.bert import BertEncoder
+from aligner_jax.models.bert import bert_config
+from aligner_jax.models.configs import EncoderConfig
+from aligner_jax.models.configs import build_encoder
+from aligner_jax.models.configs import hidden_size
+from aligner_jax.models.configs import t5_config
+from aligner_jax.models.dual_encoder import CrossEncoder
+from aligner_jax.models.dual_encoder import DualEncoder
+from aligner_jax.models.dual_encoder import DualEncoderOutput
+from aligner_jax.models.dual_encoder import Encoded
+from aligner_jax.models.dual_encoder import init_dual_encoder
+from aligner_jax.models.dual_encoder import insert_encoder_params
+from aligner_jax.models.dual_encoder import l2_normalize
+from aligner_jax.models.dual_encoder import mean_pool
+from aligner_jax.models.dual_encoder import pack_pair
+from aligner_jax.models.dual_encoder import pool
+from aligner_jax.models.hf_import import CheckpointError
+from aligner_jax.models.hf_import import cross_encoder_from_pretrained
+from aligner_jax.models.hf_import import from_pretrained
+from aligner_jax.models.hf_import import minilm_model_dir
+from aligner_jax.models.hf_import import sentence_transformers_pooling
+from aligner_jax.models.params_io import load_encoder
+from aligner_jax.models.params_io import load_initial_params
+from aligner_jax.models.params_io import load_params
+from aligner_jax.models.params_io import save_params
+from aligner_jax.models.t5 import T5Config
+from aligner_jax.models.t5 import T5Encoder
+from aligner_jax.models.t5 import t5_1_1_config
 from aligner_jax.models.t5x_import import load_t5x

@@ -27,11 +27,11 @@ import pathlib
 import re
 from typing import Any, Callable, Mapping
 
+from flax import serialization
+from flax import traverse_util
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
-from flax import serialization
-from flax import traverse_util
 
 from aligner_jax.models import t5 as t5_lib
 from aligner_jax.models.hf_import import CheckpointError

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aligner_jax.retrieval.runs import Run
-from aligner_jax.retrieval.runs import ranked
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import aligned_zeros
+from aligner_jax.retrieval.runs import Run
+from aligner_jax.retrieval.runs import ranked
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 from aligner_jax.scoring import Alignment
 from aligner_jax.scoring import align_scores_candidates

@@ -10,7 +10,8 @@ reused to refine with other alignments (few-shot adaptation reruns only step 4).
 
 Refinement calls the all-pairs scorer `align_scores` on blocks of queries against chunks of
 their candidates padded to a few bucketed lengths, so that only a handful of shapes are ever
-compiled; `refine_many` applies several alignments in the same pass (see `refine_many`). Results are ordered by score, then by document number (lower first).
+compiled; `refine_many` applies several alignments in the same pass. Results are ordered by
+score, then by document number (lower first).
 """
 
 import dataclasses
@@ -295,7 +296,7 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
     rows = [int(r) for r in q_order[start:start + block]]
     width = min(queries.mask.shape[1], max(
         _QUERY_BUCKET, int(math.ceil(q_lengths[rows].max() / _QUERY_BUCKET)) * _QUERY_BUCKET))
-    cut = lambda x: _pad_rows(x[rows][:, :width], block)  # noqa: E731
+    cut = lambda x: _pad_rows(x[rows][:, :width], block)  # noqa: B023 (used in this iteration)
     q, q_mask = cut(queries.vectors), cut(queries.mask)
     q_sal = cut(queries.salience) if with_sal else q_mask.astype(np.float32)
     q_ids = cut(queries.token_ids) if with_ids else q_mask.astype(np.int32)

@@ -18,6 +18,16 @@ from aligner_jax.scoring.alignment import align_scores
 from aligner_jax.scoring.alignment import align_scores_candidates
 from aligner_jax.scoring.alignment import alignment_matrix
 from aligner_jax.scoring.alignment import pair_score_dense
+
+# LITE and KNRM scorers (lite.py, knrm.py) are re-exported below.
+from aligner_jax.scoring.knrm import KNRM_MUS
+from aligner_jax.scoring.knrm import KNRM_SIGMAS
+from aligner_jax.scoring.knrm import KnrmScorer
+from aligner_jax.scoring.knrm import knrm_features
+from aligner_jax.scoring.lite import LiteBlock
+from aligner_jax.scoring.lite import LiteScorer
+from aligner_jax.scoring.lite import avg_pool_tokens
+from aligner_jax.scoring.lite import zero_padding
 from aligner_jax.scoring.salience import SalienceHead
 from aligner_jax.scoring.salience import hard_topk_gate
 from aligner_jax.scoring.salience import lp_coordinate_ascent
@@ -31,7 +41,3 @@ from aligner_jax.scoring.selection import topk_mask
 from aligner_jax.scoring.similarity import factorized_alignment
 from aligner_jax.scoring.similarity import similarity_matrix
 from aligner_jax.scoring.similarity import sparse_alignment_score
-
-# LITE and KNRM scorers (lite.py, knrm.py) are re-exported below.
-from aligner_jax.scoring.knrm import KNRM_MUS, KNRM_SIGMAS, KnrmScorer, knrm_features
-from aligner_jax.scoring.lite import LiteBlock, LiteScorer, avg_pool_tokens, zero_padding

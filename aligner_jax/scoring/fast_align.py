@@ -31,9 +31,9 @@ per query (so candidates need no `vmap`, which would turn the rare-tie `lax.cond
 """
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import similarity

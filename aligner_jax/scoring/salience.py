@@ -17,8 +17,8 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from aligner_jax import sharding
 from aligner_jax.scoring import selection

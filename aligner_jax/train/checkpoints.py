@@ -17,9 +17,9 @@ import os
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 
 def _gather_host_states(local_state: Any) -> list[Any]:

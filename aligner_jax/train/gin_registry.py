@@ -14,9 +14,9 @@ import gin
 
 from aligner_jax.scoring import knrm
 from aligner_jax.scoring import lite
-from aligner_jax.train import train_job
 from aligner_jax.train import model_fns
 from aligner_jax.train import optim
+from aligner_jax.train import train_job
 
 _MODULE = "aligner_jax.train"
 

@@ -18,16 +18,16 @@ MODEL_DIR may be a local directory or a cloud path (gs://...): local logs are ap
 cloud objects (which cannot be appended to) are rewritten whole at each log.
 """
 
+from collections.abc import Mapping
 import datetime
 import json
 import math
 import os
 import time
-from collections.abc import Mapping
 
-import numpy as np
 from clu import metric_writers
 from etils import epath
+import numpy as np
 
 from aligner_jax.io import atomic_write
 from aligner_jax.io import is_local

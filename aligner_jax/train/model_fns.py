@@ -31,11 +31,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from aligner_jax.train import contracts
 from aligner_jax import losses
 from aligner_jax import models
 from aligner_jax import sharding
-from aligner_jax.scoring import align_scores, align_scores_candidates
+from aligner_jax.scoring import align_scores
+from aligner_jax.scoring import align_scores_candidates
+from aligner_jax.train import contracts
 
 SOFTMAX_CE = "softmax_ce"
 

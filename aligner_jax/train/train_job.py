@@ -16,24 +16,24 @@ Multi-host: every process runs this function; each reads its own shard of the da
 (`batch_size / process_count` rows per step); only process 0 writes logs and configs.
 """
 
-import os
 from collections.abc import Callable, Mapping
+import os
 from typing import Any
 
+from etils import epath
 import gin
 import jax
 import optax
-from etils import epath
 
-from aligner_jax.data import loaders
-from aligner_jax.io import atomic_write
+from aligner_jax import partitioning
 from aligner_jax.data import input_pipeline as pipeline_lib
+from aligner_jax.data import loaders
 from aligner_jax.data import vocab as vocab_lib
+from aligner_jax.io import atomic_write
 from aligner_jax.train import checkpoints as checkpoints_lib
 from aligner_jax.train import contracts
 from aligner_jax.train import distributed
 from aligner_jax.train import metric_logging as metrics_lib
-from aligner_jax import partitioning
 from aligner_jax.train import preemption
 from aligner_jax.train import trainer as trainer_lib
 
@@ -83,8 +83,8 @@ def _check_batch_size(batch_size: int, partitioner: partitioning.Partitioner,
       raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {divisor} {what}.")
 
 
-def train(*, model: contracts.TrainableModel, model_dir: str, train_steps: int, batch_size: int, task_name: str,
-          feature_lengths: dict[str, int], dataset_fn: contracts.DatasetFn,
+def train(*, model: contracts.TrainableModel, model_dir: str, train_steps: int, batch_size: int,
+          task_name: str, feature_lengths: dict[str, int], dataset_fn: contracts.DatasetFn,
           optimizer: optax.GradientTransformation,
           learning_rate_fn: Callable[[Any], Any], num_partitions: int = 1,
           checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,

@@ -7,8 +7,8 @@ The step functions themselves live in `aligner_jax.train.step`; this class only 
 shardings (through a `Partitioner`), compiles, and iterates.
 """
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
+import functools
 from typing import Any
 
 import flax.linen as nn

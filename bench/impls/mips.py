@@ -92,7 +92,8 @@ def exact(params: dict[str, Any], inputs: dict[str, np.ndarray]):
 
 def scann(params: dict[str, Any], inputs: dict[str, np.ndarray]):
   """The project's ScaNN backend (aligner_jax.index.backends), default settings for n and k."""
-  from aligner_jax.index.backends import ScannSearcher, scann_settings
+  from aligner_jax.index.backends import ScannSearcher
+  from aligner_jax.index.backends import scann_settings
   base, queries, k = inputs["base"], inputs["queries"], params["k"]
   dims_per_block = int(params.get("dims_per_block", 2))
   reorder = params.get("reorder", "int8")

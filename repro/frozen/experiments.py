@@ -178,9 +178,9 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
                                        data.corpus, data.bm25(split, depth), ratios=settings,
                                        depth=depth, doc_length=data.doc_length)
         total = data.corpus.num_tokens
-        get = lambda bd, bq: (runs[(bd, bq)], {  # noqa: E731
+        get = lambda bd, bq: (runs[(bd, bq)], {  # noqa: B023 (used in this iteration)
             "indexed_tokens": int(pruning.prune_budget(data.corpus.lengths, bd).sum()),
-            "original_tokens": total})
+            "original_tokens": total})  # noqa: B023
       else:
         ev = head_eval.PruningEvaluator(
             head_eval.head_store(module, params, data.corpus, doc_length=data.doc_length),

@@ -61,7 +61,7 @@ class FrozenData:
   def corpus(self):
     return cache.load_corpus(self.cache_dir)
 
-  @functools.lru_cache(maxsize=None)
+  @functools.lru_cache(maxsize=None)  # noqa: B019 (one instance per experiment run)
   def queries(self, split: str):
     if not (cache.query_dir(self.cache_dir, split) / "manifest.json").is_file():
       self._encode_queries(split)
@@ -89,7 +89,7 @@ class FrozenData:
         depth=self.negatives_depth, cache_dir=str(negatives_dir))
     return batches_lib.split_dev(examples, dev_fraction=self.dev_fraction, seed=self.split_seed)
 
-  @functools.lru_cache(maxsize=None)
+  @functools.lru_cache(maxsize=None)  # noqa: B019 (one instance per experiment run)
   def bm25(self, split: str, top_n: int = 100) -> head_eval.Run:
     """BM25's top `top_n` for the judged queries of `split`."""
     return head_eval.bm25_run(self.collection, self.collection.split_queries(split),

@@ -13,8 +13,8 @@ import os
 import pathlib
 from typing import Any
 
-import numpy as np
 from flax import traverse_util
+import numpy as np
 
 from aligner_jax.io import atomic_output
 from aligner_jax.io import write_json
