@@ -1,4 +1,5 @@
-"""Runs the benchmark suite: `python -m bench.run [--quick]` (what `make bench[-quick]` calls).
+"""Runs the benchmark suite: `python -m bench.run [--quick] [--only NAME ...]` (what
+`make bench[-quick]` calls).
 
 Each benchmark is its own process (bench_scorers, bench_storage, bench_token_mips, and
 bench_encoder when present); the README tables are regenerated at the end from every file in
@@ -11,6 +12,7 @@ Compiled XLA programs are kept in JAX's persistent compilation cache
 second run skips most compilation; compilation is never inside a timed call either way.
 """
 
+import argparse
 import importlib.util
 import pathlib
 import subprocess
@@ -35,12 +37,29 @@ def compilation_cache_env() -> dict[str, str]:
   return env
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m bench.run",
+      description="Runs the benchmark suite and regenerates bench/README.md.")
+  parser.add_argument("--quick", action="store_true",
+                      help="small cells of every benchmark (minutes); the end-to-end one is "
+                      "left out")
+  names = [m.removeprefix("bench.") for m in BENCHMARKS + FULL_ONLY]
+  parser.add_argument("--only", action="append", choices=names, metavar="NAME",
+                      help=f"run only this benchmark (repeatable): one of {', '.join(names)}")
+  return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-  quick = "--quick" in argv
+  args = parse_args(argv)
+  quick = args.quick
   failed = []
   env = compilation_cache_env()
   suite_start = time.perf_counter()
-  for module in BENCHMARKS + (() if quick else FULL_ONLY):
+  modules = BENCHMARKS + (() if quick else FULL_ONLY)
+  if args.only:
+    modules = tuple(f"bench.{name}" for name in args.only)
+  for module in modules:
     if importlib.util.find_spec(module) is None:
       print(f"[run] {module}: not present, skipped", file=sys.stderr, flush=True)
       continue
