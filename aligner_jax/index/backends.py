@@ -11,8 +11,8 @@ recommends: about √n leaves, 2 dimensions per AH block, an anisotropic thresho
 reorder pool larger than k. Reordering (`reorder`) is ScaNN's own, on an int8 copy of the
 vectors by default ("float32" / "bfloat16" copies are more exact and larger); "stored"
 instead rescores the AH candidates with this project's stored refinement vectors, which keeps
-the index to AH codes + one copy of the vectors but runs in NumPy and is several times slower
-(measured 8x at K′ = 4,000); "none" keeps the AH scores.
+the index to AH codes + one copy of the vectors but runs in NumPy and is several times slower;
+"none" keeps the AH scores.
 
 On disk the AH codes (4 bits each, one per 2-dimension block) are packed two per byte
 (`hashed_dataset.4bit.npz`); ScaNN itself serialises one per byte, so 384-d vectors would

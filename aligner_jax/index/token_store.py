@@ -32,9 +32,8 @@ _ALIGN_BYTES = 64
 def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
   """A zeroed array whose data starts on a 64-byte boundary.
 
-  `jax.device_put` on the CPU aliases such an array instead of copying it: measured 0.05 ms
-  against 23 ms for a [100, 256, 384] float32 batch of documents (NumPy's own allocations are
-  only 16-byte aligned).
+  `jax.device_put` on the CPU aliases such an array instead of copying it, which NumPy's own
+  allocations (only 16-byte aligned) do not allow.
   """
   dtype = np.dtype(dtype)
   size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -106,8 +105,7 @@ class TokenStore:
     unit_norm: PQ codes of unit-norm vectors: decoding rescales each decoded vector to norm 1.
       `with_vector_dtype` sets it when every encoded vector has norm 1 ± 1e-3 (L2-normalised
       encoder outputs), which removes the radial part of the quantisation error at no cost
-      in bytes: on SciFact with the 128-d ColBERT head, pq:16 went from 1.0 to 0.3 nDCG@10
-      points below float16.
+      in bytes (bench/README.md, storage, has the effect on nDCG@10).
   """
   doc_ids: list[str]
   offsets: np.ndarray

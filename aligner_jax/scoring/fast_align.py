@@ -10,11 +10,11 @@ per query (so candidates need no `vmap`, which would turn the rare-tie `lax.cond
     [K, m, n] block. The default chunk keeps a block near `CHUNK_ELEMENTS` floats (1 MiB) in
     chunks of equal size, so a ragged end recomputes less than one document per chunk. Each
     chunk's GEMM and every pass over its block is one kernel call, so fewer, larger chunks pay
-    less per-call overhead: on an idle 2-core machine 1 MiB blocks measured 1.2x (top_k:1) and
-    1.7x (top_k:4) faster than 128 KiB ones at K = 1000, n = 32, m = 256, and 2 MiB no faster.
+    less per-call overhead, up to a point where larger blocks stop helping (bench/README.md
+    has the block sizes that were compared).
   * Inside a chunk S is one flat GEMM (chunk·m, h) @ (h, n) per group, laid out [chunk, m, n],
     and reductions run over the middle (document-token) axis; the `einsum('kmh,nh->knm')`
-    layout with a last-axis reduction measured 2-4x slower. XLA's CPU backend materialises the
+    layout with a last-axis reduction is several times slower. XLA's CPU backend materialises the
     input of every reduction, so the cost of a selection is the number of passes over the block.
   * top-1 is a masked max. Every other hard selection (top-1 weighted by document saliences,
     top-k and top-p for counts ≤ MAX_ITERATIVE_K) takes the count-th largest *distinct* value
