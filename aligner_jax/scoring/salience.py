@@ -60,8 +60,11 @@ def _prepare(scores, mask, k):
   return s, mask, k[..., None]
 
 
-def _lp_exact_primal(s, mask, k, eps):
-  """λ_i = min(1, exp((s_i + a)/ε)) on valid i with a such that Σλ = k.
+def lp_exact_primal(s, mask, k, eps):
+  """λ_i = min(1, exp((s_i + a)/ε)) on valid i with a such that Σλ = k (no custom derivative).
+
+  s [..., L] float, mask [..., L] bool, k [..., 1] (already clipped to the valid count), eps a
+  Python float; only elementwise passes and last-axis reductions, so kernels reuse it on a tile.
 
   Σλ is increasing in a, so bisection on a (elementwise passes only; a sort is far slower on
   CPU) brackets the optimum and tells which entries are saturated (λ = 1). Given that set R,
@@ -102,7 +105,7 @@ def _lp_exact_primal(s, mask, k, eps):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _lp_exact(s, mask, k, eps):
-  return _lp_exact_primal(s, mask, k, eps)
+  return lp_exact_primal(s, mask, k, eps)
 
 
 @_lp_exact.defjvp
