@@ -178,6 +178,8 @@ def _forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
   groups, num_q = q.shape[:2]
   num_d, m, h = d.shape[1:]
   acc_dtype = similarity.score_dtype(q, d)
+  common = jnp.result_type(q, d)  # one operand type for the MXU / tensor-core dot
+  q, d = q.astype(common), d.astype(common)
   u_q = jnp.where(q_mask, u_q, 0.0).astype(acc_dtype)
   qb, wq, qid, bq = _query_blocks(q, u_q, q_ids)
   nbq, rows, h_p = qb.shape[1:]
