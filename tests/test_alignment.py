@@ -510,9 +510,9 @@ def test_pallas_bfloat16_and_gradients_match_fast(spec):
   np.testing.assert_allclose(got, scores(low, spec), atol=1e-5)
   grads = []
   for method in ("pallas", "fast"):
-    loss = lambda q, d, ds: jnp.sum(jnp.sin(alignment_lib.align_scores(  # noqa: E731
-        q, case["q_mask"], d, case["d_mask"], spec, q_salience=case["q_salience"],
-        d_salience=ds, method=method)))
+    loss = lambda q, d, ds, method=method: jnp.sum(jnp.sin(  # noqa: E731
+        alignment_lib.align_scores(q, case["q_mask"], d, case["d_mask"], spec,
+                                   q_salience=case["q_salience"], d_salience=ds, method=method)))
     grads.append(jax.grad(loss, argnums=(0, 1, 2))(case["q"], case["d"], case["d_salience"]))
   for pallas, fast in zip(*grads):
     np.testing.assert_allclose(pallas, fast, atol=1e-6)

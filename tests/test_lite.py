@@ -399,7 +399,8 @@ def test_pallas_bfloat16_and_gradients_match_xla():
   for method in ("pallas", "xla"):
     model, params = _model_and_params(CONFIGS[0], S, method=method)
     model16 = LiteScorer(4, 6, row_width=6, col_width=4, dtype=jnp.bfloat16, method=method)
-    loss = lambda p, s: jnp.sum(jnp.sin(model.apply(p, s, q_mask, d_mask)))  # noqa: E731
+    loss = lambda p, s, model=model: jnp.sum(jnp.sin(  # noqa: E731
+        model.apply(p, s, q_mask, d_mask)))
     results[method] = (model16.apply(params, S, q_mask, d_mask),
                        jax.grad(loss, argnums=(0, 1))(params, S))
   low_pallas, low_xla = results["pallas"][0], results["xla"][0]

@@ -176,7 +176,7 @@ def _query_blocks(q, u_q, q_ids):
 def _forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
   """Scores [G, Bq, C] through the kernel (arguments as in `grouped_scores`)."""
   groups, num_q = q.shape[:2]
-  num_d, m, h = d.shape[1:]
+  num_d, m = d.shape[1:3]
   acc_dtype = similarity.score_dtype(q, d)
   common = jnp.result_type(q, d)  # one operand type for the MXU / tensor-core dot
   q, d = q.astype(common), d.astype(common)
