@@ -58,6 +58,11 @@ def mesh_is_active() -> bool:
   return not pxla.thread_resources.env.physical_mesh.empty
 
 
+def active_mesh_size() -> int:
+  """Devices of the active mesh; 0 when none is active."""
+  return pxla.thread_resources.env.physical_mesh.size if mesh_is_active() else 0
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Logical sharding constraint at a block boundary, applied only when a mesh is active.
 

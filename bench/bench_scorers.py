@@ -1,5 +1,8 @@
 """Scorer benchmark: `align_scores_candidates`, LITE and KNRM against NumPy, PyTorch and plain JAX.
 
+`aligner_jax_direct` calls `align_scores_candidates` without a `jax.jit` of its own, as the README
+does; `bench_direct_calls.py` puts the two side by side in one process for a tighter ratio.
+
 One query (B = 1) against its K candidates of m tokens, width h = 128, for n ∈ {32, 64},
 m ∈ {180, 256}, K ∈ {100, 1000}, plus ragged lengths; the same run times a plain float32 GEMM of
 the MaxSim shape (K·m, h) @ (h, n) and a square 1024³ GEMM in NumPy, PyTorch and JAX; the best
@@ -25,6 +28,9 @@ TORCH = harness.Impl("torch_pylate_einsum", "bench.impls.torch_scorers:colbert_e
 JAX_FLAT = harness.Impl("jax_flat_gemm", "bench.impls.jax_scorers:flat_gemm", "jax")
 PROJECT = harness.Impl("aligner_jax", "bench.impls.project_scorers:align_candidates", "jax",
                        project=True)
+PROJECT_DIRECT = harness.Impl("aligner_jax_direct",
+                              "bench.impls.project_scorers:align_candidates_direct", "jax",
+                              project=True)
 PROJECT_LITE = harness.Impl("aligner_jax", "bench.impls.project_scorers:lite", "jax",
                             project=True)
 PROJECT_KNRM = harness.Impl("aligner_jax", "bench.impls.project_scorers:knrm_scores", "jax",
@@ -49,12 +55,13 @@ H = 128
 
 def impls_for(variant: str, einsum: bool = True) -> tuple[harness.Impl, ...]:
   if variant == "top_k:1":
-    return ((NUMPY_EINSUM,) if einsum else ()) + (NUMPY_BLAS, TORCH, JAX_FLAT, PROJECT)
+    return ((NUMPY_EINSUM,) if einsum else ()) + (NUMPY_BLAS, TORCH, JAX_FLAT, PROJECT,
+                                                  PROJECT_DIRECT)
   if variant == "lite":
     return (NUMPY_BLAS, TORCH, PROJECT_LITE)
   if variant == "knrm":
     return (NUMPY_BLAS, TORCH, PROJECT_KNRM)
-  return (NUMPY_BLAS, TORCH, JAX_FLAT, PROJECT)
+  return (NUMPY_BLAS, TORCH, JAX_FLAT, PROJECT, PROJECT_DIRECT)
 
 
 def cell(variant: str, n: int, m: int, K: int, ragged: bool = False,

@@ -436,3 +436,149 @@ def test_chunking_bounds_memory_for_a_thousand_candidates():
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 8 * 2**20, (spec, temp)
   assert fast_align.default_chunk(1000, 256, 32) == 32  # [32, 256, 32] blocks of 1 MiB
+
+
+# ---------------------------------------------------------------- compiled where defined
+
+def test_direct_calls_share_one_compiled_program_per_alignment():
+  case = make_case(13, 2, 3, 3, 5)
+  args = (case["q"], case["q_mask"], case["d"], case["d_mask"])
+  before = alignment_lib._align_scores._cache_size()
+  first = alignment_lib.align_scores(*args, "top_k:2")
+  for spec in ("top_k:2", " top_k:2 ", Alignment.parse("top_k:2")):
+    np.testing.assert_array_equal(alignment_lib.align_scores(*args, spec), first)
+  assert alignment_lib._align_scores._cache_size() == before + 1
+  np.testing.assert_allclose(first, ref_of(case, "top_k:2"), atol=1e-5)
+  with pytest.raises(ValueError, match="alignment spec must be a string"):
+    alignment_lib.align_scores(*args, {"kind": "top_k"})
+  with pytest.raises(ValueError, match="method must be one of"):
+    alignment_lib.align_scores(*args, "top_k:2", method="triton")
+
+
+def test_direct_call_under_grad_and_vmap():
+  case = make_case(14, 2, 3, 3, 5)
+  grad = jax.grad(lambda d: jnp.sum(alignment_lib.align_scores(
+      case["q"], case["q_mask"], d, case["d_mask"], "top_k:2")))(case["d"])
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+  per_query = jax.vmap(lambda q, qm: alignment_lib.align_scores(
+      q[None], qm[None], case["d"], case["d_mask"], "top_k:2")[0])(case["q"], case["q_mask"])
+  np.testing.assert_allclose(per_query, scores(case, "top_k:2"), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the Pallas kernel
+
+PALLAS_SPECS = SPECS + ["top_p:0.6", "top_k:6"]  # top_k:6 takes the kernel's looped selection
+
+
+@pytest.mark.parametrize("spec", PALLAS_SPECS)
+@pytest.mark.parametrize("ties,saliences", [(False, False), (True, True)])
+def test_pallas_matches_loops(spec, ties, saliences):
+  # 11 documents in blocks of 8 (a padded second block), an empty document, ragged masks.
+  case = make_case(15, 3, 11, 5, 9, ties=ties, saliences=saliences)
+  np.testing.assert_allclose(scores(case, spec, method="pallas"), ref_of(case, spec), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["top_k:2", "coil", "da:k=2,eps=0.05"])
+def test_pallas_candidates_and_query_blocks(spec, monkeypatch):
+  from aligner_jax.scoring import pallas_align
+  monkeypatch.setattr(pallas_align, "ROWS_PER_STEP", 8)  # 2 queries of 4 tokens: 3 -> 2 blocks
+  monkeypatch.setattr(pallas_align, "DOCS_PER_STEP", 2)
+  jax.clear_caches()
+  case = make_case(16, 3, 5, 4, 7, ties=True, saliences=True)
+  np.testing.assert_allclose(scores(case, spec, method="pallas"), ref_of(case, spec), atol=1e-5)
+  cand = {key: np.stack([val[:4], val[1:]]) for key, val in case.items()
+          if key.startswith("d")}
+  args = {key: val for key, val in cand.items() if key not in ("d", "d_mask")}
+  got = _candidates_jit(case["q"][:2], case["q_mask"][:2], cand["d"], cand["d_mask"],
+                        alignment=spec, q_salience=case["q_salience"][:2],
+                        q_ids=case["q_ids"][:2], method="pallas", **args)
+  for b in range(2):
+    want = ref_scores(case["q"][b:b + 1], case["q_mask"][b:b + 1], cand["d"][b],
+                      cand["d_mask"][b], spec, case["q_salience"][b:b + 1],
+                      cand["d_salience"][b], case["q_ids"][b:b + 1], cand["d_ids"][b])[0]
+    np.testing.assert_allclose(got[b], want, atol=1e-5)
+  jax.clear_caches()
+
+
+@pytest.mark.parametrize("spec", ["top_k:1", "top_k:3"])
+def test_pallas_bfloat16_and_gradients_match_fast(spec):
+  case = make_case(17, 2, 5, 4, 7, saliences=True)
+  low = {key: (val.astype(jnp.bfloat16) if val.dtype == np.float32 else val)
+         for key, val in case.items()}
+  got = scores(low, spec, method="pallas")
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, scores(low, spec), atol=1e-5)
+  grads = []
+  for method in ("pallas", "fast"):
+    loss = lambda q, d, ds, method=method: jnp.sum(jnp.sin(  # noqa: E731
+        alignment_lib.align_scores(q, case["q_mask"], d, case["d_mask"], spec,
+                                   q_salience=case["q_salience"], d_salience=ds, method=method)))
+    grads.append(jax.grad(loss, argnums=(0, 1, 2))(case["q"], case["d"], case["d_salience"]))
+  for pallas, fast in zip(*grads):
+    np.testing.assert_allclose(pallas, fast, atol=1e-6)
+
+
+def test_pallas_under_vmap():
+  case = make_case(18, 2, 3, 3, 5)
+  batched = {key: np.stack([val, val[::-1]]) for key, val in case.items()}
+  fn = lambda q, qm, d, dm: alignment_lib.align_scores(  # noqa: E731
+      q, qm, d, dm, "top_k:2", method="pallas")
+  got = jax.vmap(fn)(batched["q"], batched["q_mask"], batched["d"], batched["d_mask"])
+  np.testing.assert_allclose(got[0], ref_of(case, "top_k:2"), atol=1e-5)
+
+
+def test_auto_picks_the_kernel_on_accelerators_only(monkeypatch):
+  from aligner_jax.scoring import dispatch
+  kw = dict(xla="fast", allowed=alignment_lib.METHODS, backends=dispatch.ALIGN_BACKENDS,
+            name="align_scores")
+  assert dispatch.resolve("auto", **kw) == "fast"  # this machine: CPU
+  assert dispatch.resolve("dense", **kw) == "dense"
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert dispatch.resolve("auto", **kw) == "pallas"
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  with mesh:
+    assert dispatch.resolve("auto", **kw) == "fast"  # sharded inputs keep XLA's partitioning
+  with jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)):
+    assert dispatch.resolve("auto", **kw) == "pallas"
+
+
+LOWERING = [("tpu", "tpu", "top_k:4"),
+            pytest.param("tpu", "tpu", "da:k=2,eps=0.01", marks=slow),
+            pytest.param("tpu", "tpu", "coil", marks=slow),
+            ("gpu", "cuda", "top_k:1"),
+            pytest.param("gpu", "cuda", "top_p:0.1", marks=slow)]
+
+
+@pytest.mark.parametrize("backend,platform,spec", LOWERING)
+def test_pallas_kernel_lowers_for_accelerators(backend, platform, spec, monkeypatch):
+  """The kernel goes through Mosaic's (TPU) or Triton's (GPU) lowering rules without a device."""
+  from jax import export
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  jax.clear_caches()  # programs traced for the CPU carry its (interpret) choices
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((3, 32, 128)), jnp.float32)
+  d = jnp.asarray(rng.standard_normal((20, 180, 128)), jnp.bfloat16)
+  qm, dm = jnp.ones((3, 32), bool), jnp.asarray(rng.random((20, 180)) < 0.8)
+  ids = dict(q_ids=jnp.zeros((3, 32), jnp.int32), d_ids=jnp.zeros((20, 180), jnp.int32))
+  fn = jax.jit(lambda q, d, ds: alignment_lib.align_scores(
+      q, qm, d, dm, spec, d_salience=ds, method="pallas", **ids))
+  triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+  exported = export.export(fn, platforms=[platform], disabled_checks=[triton])(
+      q, d, jnp.ones((20, 180)))
+  text = exported.mlir_module()
+  assert ("tpu_custom_call" in text) if backend == "tpu" else ("triton" in text)
+  jax.clear_caches()
+
+
+@slow
+@pytest.mark.parametrize("spec", ["top_k:1", "top_k:4", "top_p:0.05", "da:k=2,eps=0.01"])
+def test_pallas_matches_fast_at_benchmark_like_shapes(spec):
+  rng = np.random.default_rng(19)
+  q = rng.standard_normal((2, 32, 64)).astype(np.float32)
+  d = rng.standard_normal((2, 100, 128, 64)).astype(np.float32)
+  qm, dm = rng.random((2, 32)) < 0.8, rng.random((2, 100, 128)) < 0.7
+  ds = rng.random((2, 100, 128)).astype(np.float32)
+  for kw in ({}, {"d_salience": ds}):
+    want = _candidates_jit(q, qm, d, dm, alignment=spec, method="fast", **kw)
+    got = _candidates_jit(q, qm, d, dm, alignment=spec, method="pallas", **kw)
+    np.testing.assert_allclose(got, want, atol=2e-5)

@@ -342,3 +342,84 @@ def test_separable_lite_learns_colbert_sum_max_by_distillation():
   spearman = np.mean(np.sum(rt * rs, -1) / np.sqrt(np.sum(rt ** 2, -1) * np.sum(rs ** 2, -1)))
   assert loss < 0.05 * first
   assert spearman > 0.8, spearman
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled where defined, and the Pallas kernel of separable LITE (interpret mode here).
+
+SEPARABLE = [c for c in CONFIGS if c["kind"] == "separable"]
+
+
+def test_direct_apply_reuses_one_compiled_program():
+  rng = np.random.default_rng(7)
+  S, q_mask, d_mask = _random_case(rng, (3,), 4, 6)
+  model, params = _model_and_params(CONFIGS[0], S)
+  before = lite._lite_scores._cache_size()
+  first = model.apply(params, S, q_mask, d_mask)
+  second = model.apply(params, S * 0.5, q_mask, d_mask)
+  assert lite._lite_scores._cache_size() == before + 1
+  np.testing.assert_allclose(first, jax.jit(model.apply)(params, S, q_mask, d_mask), rtol=1e-6)
+  assert not np.allclose(first, second)
+
+
+def test_lite_block_module_is_the_row_update():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  block = lite.LiteBlock(hidden=5, features=6)
+  params = _random_params(block, x, 3)
+  assert sorted(params["params"]) == ["dense_a", "dense_b", "norm_a", "norm_b"]
+  got = np.asarray(block.apply(params, x))
+  np_params = jax.tree.map(np.asarray, params["params"])
+  want = np.stack([[np_block(row.astype(np.float64), np_params) for row in mat] for mat in x])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", SEPARABLE, ids=lambda c: "-".join(map(str, c.values())))
+def test_pallas_matches_numpy_reference(config):
+  L1, L2 = 4, 6
+  rng = np.random.default_rng(9)
+  # 11 matrices: a full block of 8 and a padded one; ragged masks, short matrices padded up.
+  S, q_mask, d_mask = _random_case(rng, (11,), 3, 5)
+  with jax.enable_x64(True):
+    model = LiteScorer(L1, L2, row_width=5, col_width=3, dtype=jnp.float64,
+                       param_dtype=jnp.float64, method="pallas", **config)
+    params = _random_params(model, S, 1)
+    got = np.asarray(model.apply(params, S, q_mask, d_mask))
+  np_params = jax.tree.map(np.asarray, params["params"])
+  for idx in range(11):
+    want = np_lite(S[idx], q_mask[idx], d_mask[idx], np_params, L1=L1, L2=L2,
+                   kind="separable", doc_reduction=config.get("doc_reduction"),
+                   reduced=config.get("reduced_doc_len"))
+    np.testing.assert_allclose(got[idx], want, rtol=1e-9, atol=1e-9)
+
+
+def test_pallas_bfloat16_and_gradients_match_xla():
+  rng = np.random.default_rng(10)
+  S, q_mask, d_mask = _random_case(rng, (2, 3), 4, 6)
+  S = S.astype(np.float32)
+  results = {}
+  for method in ("pallas", "xla"):
+    model, params = _model_and_params(CONFIGS[0], S, method=method)
+    model16 = LiteScorer(4, 6, row_width=6, col_width=4, dtype=jnp.bfloat16, method=method)
+    loss = lambda p, s, model=model: jnp.sum(jnp.sin(  # noqa: E731
+        model.apply(p, s, q_mask, d_mask)))
+    results[method] = (model16.apply(params, S, q_mask, d_mask),
+                       jax.grad(loss, argnums=(0, 1))(params, S))
+  low_pallas, low_xla = results["pallas"][0], results["xla"][0]
+  assert low_pallas.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low_pallas, np.float32), np.asarray(low_xla, np.float32),
+                             rtol=2e-2, atol=2e-2)
+  for got, want in zip(jax.tree.leaves(results["pallas"][1]), jax.tree.leaves(results["xla"][1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pallas_kernel_lowers_for_tpu(monkeypatch):
+  from jax import export
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  jax.clear_caches()
+  model = LiteScorer(32, 180, row_width=2400, col_width=360)  # LITE App. A.1's widths
+  S = jnp.zeros((20, 32, 180), jnp.float32)
+  params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), S))
+  exported = export.export(jax.jit(model.apply), platforms=["tpu"])(params, S)
+  assert "tpu_custom_call" in exported.mlir_module()
+  jax.clear_caches()

@@ -7,7 +7,9 @@ masks bool with False = padding.
 Where the paper equations live:
   similarity.py  ALIGNER Eq. (1) `sparse_alignment_score`, Eq. (2) `factorized_alignment`
   alignment.py   `Alignment` specs, Ã (`alignment_matrix`), `align_scores`(`_candidates`)
-  fast_align.py  the chunked fast path behind `align_scores`
+  fast_align.py  the chunked fast path behind `align_scores` (XLA)
+  pallas_align.py, pallas_lite.py  Pallas kernels (alignment score; separable LITE)
+  dispatch.py    `method="auto"`: the kernels on TPU / GPU, the XLA paths elsewhere
   salience.py    ALIGNER Eq. (3) `lp_gate`, Eq. (4) `lp_exact`, Eq. (5) `lp_coordinate_ascent`,
                  `salience_lp`, `SalienceHead`, `prune_tokens`
   selection.py   deterministic hard top-k and exact ratio counts

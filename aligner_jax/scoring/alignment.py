@@ -26,12 +26,15 @@ Alignment specs (`Alignment.parse`, also the gin override syntax):
 """
 
 import dataclasses
+import functools
 import re
 
 import jax
 import jax.numpy as jnp
 
+from aligner_jax.scoring import dispatch
 from aligner_jax.scoring import fast_align
+from aligner_jax.scoring import pallas_align
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import selection
 from aligner_jax.scoring import similarity
@@ -203,7 +206,7 @@ def pair_score_dense(q, q_mask, d, d_mask, alignment, *, q_salience=None, d_sali
   return similarity.sparse_alignment_score(s, a)
 
 
-METHODS = ("fast", "dense")
+METHODS = ("fast", "dense", "pallas")
 
 
 def _check_shapes(name, q, q_mask, d, d_mask, lead):
@@ -216,12 +219,55 @@ def _check_shapes(name, q, q_mask, d, d_mask, lead):
                      f"got d {d.shape}, d_mask {d_mask.shape}, q {q.shape}")
 
 
+def _prepare(name, alignment, q, q_mask, d, d_mask, q_ids, d_ids, method, lead):
+  """Checks the arguments and resolves the alignment and the method (outside any jit)."""
+  alignment = Alignment.parse(alignment)
+  _check_ids(alignment, q_ids, d_ids)
+  _check_shapes(name, q, q_mask, d, d_mask, lead)
+  method = dispatch.resolve(method, xla="fast", allowed=METHODS,
+                            backends=dispatch.ALIGN_BACKENDS, name=name)
+  if method == "pallas" and similarity.score_dtype(q, d) == jnp.float64 and not (
+      dispatch.interpret(dispatch.ALIGN_BACKENDS)):
+    method = "fast"  # accelerators' kernels have no float64
+  return alignment, method
+
+
+def _grouped(method, q, q_mask, u_q, d, d_mask, u_d, alignment, q_ids, d_ids, chunk_size):
+  """The fast XLA path or the Pallas kernel over groups (see `fast_align.grouped_scores`)."""
+  if method == "pallas":
+    return pallas_align.grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment,
+                                       q_ids=q_ids, d_ids=d_ids)
+  return fast_align.grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, q_ids=q_ids,
+                                   d_ids=d_ids, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("alignment", "method", "chunk_size"))
+def _align_scores(q, q_mask, d, d_mask, q_salience, d_salience, q_ids, d_ids, *, alignment,
+                  method, chunk_size):
+  q_mask = q_mask.astype(bool)
+  d_mask = d_mask.astype(bool)
+  if method == "dense":
+    per_doc = jax.vmap(
+        lambda qq, qm, qs, qi: jax.vmap(
+            lambda dd, dm, ds, di: pair_score_dense(
+                qq, qm, dd, dm, alignment, q_salience=qs, d_salience=ds, q_ids=qi, d_ids=di)
+        )(d, d_mask, d_salience, d_ids))
+    return per_doc(q, q_mask, q_salience, q_ids)
+  u_d = None if d_salience is None else _saliences(d_mask, d_salience)[None]
+  add = (lambda x: None if x is None else x[None])
+  return _grouped(method, q[None], q_mask[None], _saliences(q_mask, q_salience)[None], d[None],
+                  d_mask[None], u_d, alignment, add(q_ids), add(d_ids), chunk_size)[0]
+
+
 def align_scores(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array,
                  alignment: "Alignment | str", *, q_salience: jax.Array | None = None,
                  d_salience: jax.Array | None = None, q_ids: jax.Array | None = None,
-                 d_ids: jax.Array | None = None, method: str = "fast",
+                 d_ids: jax.Array | None = None, method: str = "auto",
                  chunk_size: int | None = None) -> jax.Array:
   """Alignment scores of every query against every document (ALIGNER Eq. 1-2).
+
+  Compiled once per shape, alignment and method (`jax.jit` with those static), so a direct call
+  costs what a call inside the caller's own jit does.
 
   Args:
     q: [B, n, h] query token vectors.
@@ -233,63 +279,26 @@ def align_scores(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Arra
     d_salience: [C, m] u^d, or None.
     q_ids: [B, n] int token ids (coil only).
     d_ids: [C, m] int token ids (coil only).
-    method: "fast" (chunked, no Ã materialised for hard alignments) or "dense" (explicit S, Ã, A;
-      the reference).
+    method: "auto" (the Pallas kernel on TPU / GPU without a multi-device mesh, else "fast";
+      `dispatch.resolve`), "fast" (chunked XLA, no Ã materialised for hard alignments), "pallas"
+      (`pallas_align`; interpret mode on CPU) or "dense" (explicit S, Ã, A; the reference).
     chunk_size: documents per chunk of the fast path (None = sized for ~1 MiB blocks).
   Returns:
     [B, C] float32 (float64 for float64 inputs), `[b, c]` = score of query b against document c.
   """
-  alignment = Alignment.parse(alignment)
-  _check_ids(alignment, q_ids, d_ids)
-  _check_shapes("align_scores", q, q_mask, d, d_mask, lead=1)
-  if method not in METHODS:
-    raise ValueError(f"align_scores: method must be one of {METHODS}, got {method!r}")
-  q_mask = q_mask.astype(bool)
-  d_mask = d_mask.astype(bool)
+  alignment, method = _prepare("align_scores", alignment, q, q_mask, d, d_mask, q_ids, d_ids,
+                               method, lead=1)
   if not alignment.needs_token_ids:
     q_ids = d_ids = None
-  if method == "dense":
-    per_doc = jax.vmap(
-        lambda qq, qm, qs, qi: jax.vmap(
-            lambda dd, dm, ds, di: pair_score_dense(
-                qq, qm, dd, dm, alignment, q_salience=qs, d_salience=ds, q_ids=qi, d_ids=di)
-        )(d, d_mask, d_salience, d_ids))
-    return per_doc(q, q_mask, q_salience, q_ids)
-  u_d = None if d_salience is None else _saliences(d_mask, d_salience)[None]
-  add = (lambda x: None if x is None else x[None])
-  return fast_align.grouped_scores(
-      q[None], q_mask[None], _saliences(q_mask, q_salience)[None], d[None], d_mask[None], u_d,
-      alignment, q_ids=add(q_ids), d_ids=add(d_ids), chunk_size=chunk_size)[0]
+  return _align_scores(q, q_mask, d, d_mask, q_salience, d_salience, q_ids, d_ids,
+                       alignment=alignment, method=method, chunk_size=chunk_size)
 
 
-def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array,
-                            alignment: "Alignment | str", *,
-                            q_salience: jax.Array | None = None,
-                            d_salience: jax.Array | None = None,
-                            q_ids: jax.Array | None = None, d_ids: jax.Array | None = None,
-                            method: str = "fast", chunk_size: int | None = None) -> jax.Array:
-  """Scores of every query against its own candidates (re-ranking, distillation losses).
-
-  Args:
-    q: [B, n, h]; q_mask: [B, n] bool; q_salience / q_ids: [B, n].
-    d: [B, K, m, h]; d_mask: [B, K, m] bool; d_salience / d_ids: [B, K, m].
-    alignment, method, chunk_size: as in `align_scores`.
-  Returns:
-    [B, K] float32 (float64 for float64 inputs), `[b, k]` = score of query b against its k-th
-    candidate.
-  """
-  alignment = Alignment.parse(alignment)
-  _check_ids(alignment, q_ids, d_ids)
-  _check_shapes("align_scores_candidates", q, q_mask, d, d_mask, lead=2)
-  if d.shape[0] != q.shape[0]:
-    raise ValueError(f"align_scores_candidates: q has {q.shape[0]} queries but d has candidates "
-                     f"for {d.shape[0]}")
-  if method not in METHODS:
-    raise ValueError(f"align_scores_candidates: method must be one of {METHODS}, got {method!r}")
+@functools.partial(jax.jit, static_argnames=("alignment", "method", "chunk_size"))
+def _align_scores_candidates(q, q_mask, d, d_mask, q_salience, d_salience, q_ids, d_ids, *,
+                             alignment, method, chunk_size):
   q_mask = q_mask.astype(bool)
   d_mask = d_mask.astype(bool)
-  if not alignment.needs_token_ids:
-    q_ids = d_ids = None
   if method == "dense":
     per_candidate = jax.vmap(  # queries
         jax.vmap(  # candidates
@@ -299,6 +308,34 @@ def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mas
     return per_candidate(q, q_mask, q_salience, q_ids, d, d_mask, d_salience, d_ids)
   u_d = None if d_salience is None else _saliences(d_mask, d_salience)
   add = (lambda x: None if x is None else x[:, None])  # one query per group
-  return fast_align.grouped_scores(
-      q[:, None], q_mask[:, None], _saliences(q_mask, q_salience)[:, None], d, d_mask, u_d,
-      alignment, q_ids=add(q_ids), d_ids=d_ids, chunk_size=chunk_size)[:, 0]
+  return _grouped(method, q[:, None], q_mask[:, None], _saliences(q_mask, q_salience)[:, None],
+                  d, d_mask, u_d, alignment, add(q_ids), d_ids, chunk_size)[:, 0]
+
+
+def align_scores_candidates(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array,
+                            alignment: "Alignment | str", *,
+                            q_salience: jax.Array | None = None,
+                            d_salience: jax.Array | None = None,
+                            q_ids: jax.Array | None = None, d_ids: jax.Array | None = None,
+                            method: str = "auto", chunk_size: int | None = None) -> jax.Array:
+  """Scores of every query against its own candidates (re-ranking, distillation losses).
+
+  Compiled where defined, as `align_scores`.
+
+  Args:
+    q: [B, n, h]; q_mask: [B, n] bool; q_salience / q_ids: [B, n].
+    d: [B, K, m, h]; d_mask: [B, K, m] bool; d_salience / d_ids: [B, K, m].
+    alignment, method, chunk_size: as in `align_scores`.
+  Returns:
+    [B, K] float32 (float64 for float64 inputs), `[b, k]` = score of query b against its k-th
+    candidate.
+  """
+  alignment, method = _prepare("align_scores_candidates", alignment, q, q_mask, d, d_mask,
+                               q_ids, d_ids, method, lead=2)
+  if d.shape[0] != q.shape[0]:
+    raise ValueError(f"align_scores_candidates: q has {q.shape[0]} queries but d has candidates "
+                     f"for {d.shape[0]}")
+  if not alignment.needs_token_ids:
+    q_ids = d_ids = None
+  return _align_scores_candidates(q, q_mask, d, d_mask, q_salience, d_salience, q_ids, d_ids,
+                                  alignment=alignment, method=method, chunk_size=chunk_size)

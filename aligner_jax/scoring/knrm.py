@@ -15,6 +15,8 @@ Conventions:
     tokens contribute 0; padded document tokens are in no soft-TF.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,24 +26,16 @@ KNRM_SIGMAS = (0.1,) * 10 + (1e-3,)
 MIN_SOFT_TF = 1e-10
 
 
-def knrm_features(S: jax.Array, q_mask: jax.Array | None = None,
-                  d_mask: jax.Array | None = None, *,
-                  mus: tuple[float, ...] = KNRM_MUS, sigmas: tuple[float, ...] = KNRM_SIGMAS,
-                  min_soft_tf: float = MIN_SOFT_TF) -> jax.Array:
-  """Kernel-pooling features φ(S).
-
-  Args:
-    S: [..., L1, L2] similarities.
-    q_mask: [..., L1] bool or None (all valid).
-    d_mask: [..., L2] bool or None (all valid).
-    mus: kernel centres μ_k.
-    sigmas: kernel widths σ_k, one per centre.
-    min_soft_tf: floor of the soft-TF before the log.
-  Returns:
-    [..., len(mus)] float32.
-  """
+def _feature_kwargs(mus, sigmas, min_soft_tf) -> dict:
+  """The kernel settings as hashable static arguments of the compiled functions."""
+  mus, sigmas = tuple(float(x) for x in mus), tuple(float(x) for x in sigmas)
   if len(mus) != len(sigmas):
     raise ValueError(f"knrm needs one sigma per mu, got {len(mus)} mus and {len(sigmas)} sigmas")
+  return dict(mus=mus, sigmas=sigmas, min_soft_tf=float(min_soft_tf))
+
+
+@functools.partial(jax.jit, static_argnames=("mus", "sigmas", "min_soft_tf"))
+def _knrm_features(S, q_mask, d_mask, *, mus, sigmas, min_soft_tf):
   S = jnp.asarray(S)
   S = S.astype(jnp.promote_types(S.dtype, jnp.float32))
   mu = jnp.asarray(mus, S.dtype)
@@ -60,9 +54,35 @@ def knrm_features(S: jax.Array, q_mask: jax.Array | None = None,
   return jnp.sum(jnp.where(q_valid[..., None], log_tf, 0.0), axis=-2)
 
 
+def knrm_features(S: jax.Array, q_mask: jax.Array | None = None,
+                  d_mask: jax.Array | None = None, *,
+                  mus: tuple[float, ...] = KNRM_MUS, sigmas: tuple[float, ...] = KNRM_SIGMAS,
+                  min_soft_tf: float = MIN_SOFT_TF) -> jax.Array:
+  """Kernel-pooling features φ(S), compiled once per shape and kernel set.
+
+  Args:
+    S: [..., L1, L2] similarities.
+    q_mask: [..., L1] bool or None (all valid).
+    d_mask: [..., L2] bool or None (all valid).
+    mus: kernel centres μ_k.
+    sigmas: kernel widths σ_k, one per centre.
+    min_soft_tf: floor of the soft-TF before the log.
+  Returns:
+    [..., len(mus)] float32.
+  """
+  return _knrm_features(S, q_mask, d_mask, **_feature_kwargs(mus, sigmas, min_soft_tf))
+
+
+@functools.partial(jax.jit, static_argnames=("mus", "sigmas", "min_soft_tf"))
+def _knrm(S, q_mask, d_mask, w, b, **feature_kwargs):
+  phi = _knrm_features(S, q_mask, d_mask, **feature_kwargs)
+  return phi @ jnp.asarray(w, phi.dtype) + b
+
+
 def knrm(S: jax.Array, q_mask: jax.Array | None, d_mask: jax.Array | None, w: jax.Array,
-         b: jax.Array | float = 0.0, **feature_kwargs) -> jax.Array:
-  """KNRM score wᵀφ(S) + b.
+         b: jax.Array | float = 0.0, *, mus: tuple[float, ...] = KNRM_MUS,
+         sigmas: tuple[float, ...] = KNRM_SIGMAS, min_soft_tf: float = MIN_SOFT_TF) -> jax.Array:
+  """KNRM score wᵀφ(S) + b, compiled once per shape and kernel set.
 
   Args:
     S: [..., L1, L2] similarities.
@@ -70,14 +90,14 @@ def knrm(S: jax.Array, q_mask: jax.Array | None, d_mask: jax.Array | None, w: ja
     d_mask: [..., L2] bool or None.
     w: [K] weights of the kernel features.
     b: scalar bias.
-    **feature_kwargs: `mus`, `sigmas`, `min_soft_tf` of `knrm_features`.
+    mus, sigmas, min_soft_tf: as in `knrm_features`.
   Returns:
     [...] float32.
   """
-  phi = knrm_features(S, q_mask, d_mask, **feature_kwargs)
-  if jnp.shape(w) != phi.shape[-1:]:
-    raise ValueError(f"knrm weights have shape {jnp.shape(w)}, expected ({phi.shape[-1]},)")
-  return phi @ jnp.asarray(w, phi.dtype) + b
+  kwargs = _feature_kwargs(mus, sigmas, min_soft_tf)
+  if jnp.shape(w) != (len(kwargs["mus"]),):
+    raise ValueError(f"knrm weights have shape {jnp.shape(w)}, expected ({len(kwargs['mus'])},)")
+  return _knrm(S, q_mask, d_mask, w, b, **kwargs)
 
 
 class KnrmScorer(nn.Module):

@@ -19,14 +19,20 @@ Conventions:
   * Parameters are float32 (`param_dtype`); `dtype` is the computation dtype (e.g. bfloat16).
 """
 
+import dataclasses
+import functools
+
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from aligner_jax import sharding
+from aligner_jax.scoring import dispatch
 
 KINDS = ("separable", "flattened")
 DOC_REDUCTIONS = (None, "avg_pool", "projection")
+LAYER_NORM_EPS = 1e-6
 
 
 def zero_padding(S: jax.Array, q_mask: jax.Array | None, d_mask: jax.Array | None) -> jax.Array:
@@ -77,21 +83,34 @@ def avg_pool_tokens(x: jax.Array, mask: jax.Array | None, *,
   return pooled, count > 0
 
 
-def _dense(features: int, axes: tuple[str | None, str | None], *, dtype, param_dtype,
-           use_bias: bool = True, name: str | None = None) -> nn.Dense:
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-      name=name)
+def _dense_params(key, fan_in: int, features: int, axes: tuple[str | None, str | None],
+                  param_dtype) -> dict:
+  """{kernel [fan_in, features], bias [features]} as nn.Dense initialises them, boxed with axes."""
+  kernel = nn.initializers.lecun_normal()(key, (fan_in, features), param_dtype)
+  return {"kernel": nn.LogicallyPartitioned(kernel, names=axes),
+          "bias": nn.LogicallyPartitioned(jnp.zeros((features,), param_dtype), names=(axes[1],))}
 
 
-def _layer_norm(axis: str, *, dtype, param_dtype, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis,)),
-      name=name)
+def _norm_params(size: int, axis: str, param_dtype) -> dict:
+  """{scale, bias} [size] as nn.LayerNorm initialises them, boxed with the axis."""
+  return {"scale": nn.LogicallyPartitioned(jnp.ones((size,), param_dtype), names=(axis,)),
+          "bias": nn.LogicallyPartitioned(jnp.zeros((size,), param_dtype), names=(axis,))}
+
+
+def block_params(key: jax.Array, features: int, hidden: int, param_dtype) -> dict:
+  """Initial parameters of one LITE block (the tree `nn.Dense` / `nn.LayerNorm` would make).
+
+  Returns:
+    {"dense_a": {kernel [features, hidden], bias}, "norm_a": {scale, bias} [hidden],
+     "dense_b": {kernel [hidden, features], bias}, "norm_b": {scale, bias} [features]}.
+  """
+  key_a, key_b = jax.random.split(key)
+  return {"dense_a": _dense_params(key_a, features, hidden, (sharding.LENGTH, sharding.MLP),
+                                   param_dtype),
+          "norm_a": _norm_params(hidden, sharding.MLP, param_dtype),
+          "dense_b": _dense_params(key_b, hidden, features, (sharding.MLP, sharding.LENGTH),
+                                   param_dtype),
+          "norm_b": _norm_params(features, sharding.LENGTH, param_dtype)}
 
 
 def _axes(x: jax.Array, *tail: str | None) -> tuple[str | None, ...]:
@@ -99,13 +118,86 @@ def _axes(x: jax.Array, *tail: str | None) -> tuple[str | None, ...]:
   return (sharding.BATCH,) + (None,) * (x.ndim - 1 - len(tail)) + tail
 
 
+def oriented_block(params: dict, axis: int) -> tuple:
+  """A block's weights laid out for an update along `axis` of [..., L1, L2] (-1 rows, -2 columns).
+
+  Rows multiply on the right (x [.., L2] @ kernel), columns on the left (kernelᵀ @ x [L1, ..]),
+  so neither direction transposes S. Returns (Wa, ba, ga, ca, Wb, bb, gb, cb): kernels [in, out]
+  for rows and [out, in] for columns; biases, LayerNorm scales and offsets as [1, size] rows or
+  [size, 1] columns, broadcasting against the activations.
+  """
+  def vec(x):
+    return x[None, :] if axis == -1 else x[:, None]
+
+  def kernel(x):
+    return x if axis == -1 else x.T
+
+  out = []
+  for dense, norm in (("dense_a", "norm_a"), ("dense_b", "norm_b")):
+    out += [kernel(params[dense]["kernel"]), vec(params[dense]["bias"]),
+            vec(params[norm]["scale"]), vec(params[norm]["bias"])]
+  return tuple(out)
+
+
+def _layer_norm(x: jax.Array, scale, offset, axis: int, dtype) -> jax.Array:
+  """nn.LayerNorm(epsilon=1e-6) over `axis`: statistics in at least float32, output in dtype."""
+  x = x.astype(jnp.promote_types(dtype, jnp.float32))
+  mean = jnp.mean(x, axis=axis, keepdims=True)
+  var = jnp.maximum(jnp.mean(x * x, axis=axis, keepdims=True) - mean * mean, 0.0)
+  y = (x - mean) * lax.rsqrt(var + LAYER_NORM_EPS) * scale.astype(x.dtype)
+  return (y + offset.astype(x.dtype)).astype(dtype)
+
+
+def block_apply(weights: tuple, x: jax.Array, *, axis: int, dtype, constrain: bool = True):
+  """One LITE update LN(σ(W_b LN(σ(W_a x + b_a)) + b_b)) along `axis` of x [..., L1, L2].
+
+  Args:
+    weights: `oriented_block(params, axis)`.
+    x: [..., L1, L2].
+    axis: -1 (rows, LITE Eq. 3) or -2 (columns, LITE Eq. 4).
+    dtype: computation dtype (as nn.Dense's: operands cast to it).
+    constrain: add the logical sharding constraint on the hidden activation (XLA path only).
+  Returns:
+    [..., L1, L2] in dtype.
+  """
+  wa, ba, ga, ca, wb, bb, gb, cb = weights
+  x = x.astype(dtype)
+
+  def dense(x, w, b):
+    w, b = w.astype(dtype), b.astype(dtype)
+    return (jnp.matmul(x, w) if axis == -1 else jnp.matmul(w, x)) + b
+
+  h = _layer_norm(jnp.maximum(dense(x, wa, ba), 0), ga, ca, axis, dtype)
+  if constrain:
+    tail = (sharding.LENGTH, sharding.MLP) if axis == -1 else (sharding.MLP, sharding.LENGTH)
+    h = sharding.constrain(h, _axes(h, *tail))
+  return _layer_norm(jnp.maximum(dense(h, wb, bb), 0), gb, cb, axis, dtype)
+
+
+def separable_apply(row: dict, col: dict, w: jax.Array, S: jax.Array, *, dtype,
+                    constrain: bool = True) -> jax.Array:
+  """Separable LITE on zero-padded S [..., L1, L2′] -> [...] in dtype (LITE Eq. 3-4, §3)."""
+  # LITE Eq. (3): S′_{i,:} = LN(σ(W₂ LN(σ(W₁ S_{i,:} + b₁)) + b₂)), every row
+  s1 = block_apply(oriented_block(row, -1), S, axis=-1, dtype=dtype, constrain=constrain)
+  # LITE Eq. (4): S″_{:,j} = LN(σ(W₄ LN(σ(W₃ S′_{:,j} + b₃)) + b₄)), every column
+  s2 = block_apply(oriented_block(col, -2), s1, axis=-2, dtype=dtype, constrain=constrain)
+  return readout(s2.reshape(*s2.shape[:-2], -1), w, dtype)
+
+
+def readout(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """LITE §3: score = wᵀ x, x [..., k], accumulated in at least float32 even in bfloat16."""
+  score = jnp.einsum("...k,k->...", x, w.astype(dtype),
+                     preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+  return score.astype(dtype)
+
+
 class LiteBlock(nn.Module):
   """One separable-LITE update along the last axis: LN(σ(W_b LN(σ(W_a x + b_a)) + b_b)).
 
   Row update, LITE Eq. (3): x = S_{i,:} (features = L2, hidden = m₂, W_a = W₁, W_b = W₂).
   Column update, LITE Eq. (4): x = S′_{:,j} (features = L1, hidden = m₁, W_a = W₃, W_b = W₄).
-  Flax stores kernels input-first, so `dense_a.kernel` is W₁ᵀ [L2, m₂] (the paper's W₁ is
-  (m₂, L2), App. A.1), and likewise for the others.
+  Kernels are stored input-first, as nn.Dense stores them: `dense_a.kernel` is W₁ᵀ [L2, m₂]
+  (the paper's W₁ is (m₂, L2), App. A.1), and likewise for the others.
 
   Attributes:
     hidden: width of the hidden layer (m₂ or m₁).
@@ -119,12 +211,10 @@ class LiteBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [..., features] → [..., features]."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = _dense(self.hidden, (sharding.LENGTH, sharding.MLP), name="dense_a", **kw)(x)
-    h = _layer_norm(sharding.MLP, name="norm_a", **kw)(nn.relu(h))
-    h = sharding.constrain(h, _axes(h, sharding.LENGTH, sharding.MLP))
-    y = _dense(self.features, (sharding.MLP, sharding.LENGTH), name="dense_b", **kw)(h)
-    return _layer_norm(sharding.LENGTH, name="norm_b", **kw)(nn.relu(y))
+    params = {name: self.param(name, lambda key, name=name: block_params(
+        key, self.features, self.hidden, self.param_dtype)[name])
+              for name in ("dense_a", "norm_a", "dense_b", "norm_b")}
+    return block_apply(oriented_block(params, -1), x, axis=-1, dtype=self.dtype)
 
 
 class LiteScorer(nn.Module):
@@ -140,6 +230,10 @@ class LiteScorer(nn.Module):
       "projection" (a learned [doc_len, reduced_doc_len] map over the token axis).
     reduced_doc_len: L2′, document tokens after reduction (required with a reduction).
     use_output_bias: add a learned bias to the score (the paper's w·vec(S″) has none).
+    method: "auto" (the Pallas kernel for separable LITE on TPU without a multi-device mesh,
+      `dispatch.resolve`), "xla" or "pallas" (interpret mode off TPU). The score is compiled
+      once per shape and configuration (`jax.jit`), so a direct `apply` costs what a jitted one
+      does.
   """
   query_len: int
   doc_len: int
@@ -151,32 +245,33 @@ class LiteScorer(nn.Module):
   use_output_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  method: str = dispatch.AUTO
 
   def setup(self):
     self._validate()
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    L1, L2 = self.query_len, self.scored_doc_len
+    L1, L2, pd = self.query_len, self.scored_doc_len, self.param_dtype
     if self.doc_reduction == "projection":
       self.doc_projection = self.param(
           "doc_projection",
           nn.with_logical_partitioning(nn.initializers.lecun_normal(), (sharding.LENGTH, None)),
-          (self.doc_len, self.reduced_doc_len), self.param_dtype)
+          (self.doc_len, self.reduced_doc_len), pd)
     if self.kind == "separable":
-      self.row = LiteBlock(self.row_width, L2, **kw)
-      self.col = LiteBlock(self.col_width, L1, **kw)
+      self.row = self.param("row", lambda key: block_params(key, L2, self.row_width, pd))
+      self.col = self.param("col", lambda key: block_params(key, L1, self.col_width, pd))
       self.w = self.param(
           "w", nn.with_logical_partitioning(nn.initializers.normal((L1 * L2) ** -0.5),
                                             (sharding.LENGTH,)),
-          (L1 * L2,), self.param_dtype)
+          (L1 * L2,), pd)
     else:
-      self.hidden = _dense(self.row_width, (sharding.LENGTH, sharding.MLP), **kw)
+      self.hidden = self.param("hidden", lambda key: _dense_params(
+          key, L1 * L2, self.row_width, (sharding.LENGTH, sharding.MLP), pd))
       self.w = self.param(
           "w", nn.with_logical_partitioning(nn.initializers.normal(self.row_width ** -0.5),
                                             (sharding.MLP,)),
-          (self.row_width,), self.param_dtype)
+          (self.row_width,), pd)
     if self.use_output_bias:
       self.bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                                  ()), (), self.param_dtype)
+                                                                  ()), (), pd)
 
   def _validate(self) -> None:
     if self.kind not in KINDS:
@@ -204,6 +299,17 @@ class LiteScorer(nn.Module):
     """Document tokens the MLPs see: L2′ with a reduction, else L2."""
     return self.doc_len if self.doc_reduction is None else self.reduced_doc_len
 
+  def _config(self, doc_reduced: bool) -> "_Config":
+    return _Config(self.kind, self.query_len, self.doc_len, self.doc_reduction,
+                   self.reduced_doc_len, jnp.dtype(self.dtype), doc_reduced)
+
+  def _weights(self) -> dict:
+    """Every parameter the score reads, as one tree of arrays."""
+    names = ("row", "col", "w") if self.kind == "separable" else ("hidden", "w")
+    names += ("doc_projection",) if self.doc_reduction == "projection" else ()
+    names += ("bias",) if self.use_output_bias else ()
+    return {name: getattr(self, name) for name in names}
+
   def reduce_doc_tokens(self, d: jax.Array,
                         d_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """LITE §4.4: reduce document token vectors to `reduced_doc_len` for storage.
@@ -220,8 +326,8 @@ class LiteScorer(nn.Module):
       raise ValueError("LiteScorer.reduce_doc_tokens needs a doc_reduction")
     d_t = jnp.swapaxes(d, -1, -2)  # [..., h, m]: the token axis last, like S's columns
     mask = None if d_mask is None else jnp.asarray(d_mask, bool)[..., None, :]
-    d_t, mask = self._fit(d_t, mask, self.doc_len, "doc_len", "document token")
-    out, out_mask = self._reduce_columns(d_t, mask)
+    d_t, mask = _fit(d_t, mask, self.doc_len, "doc_len", "document token")
+    out, out_mask = _reduce_columns(d_t, mask, self._config(False), self._weights())
     return jnp.swapaxes(out, -1, -2), out_mask[..., 0, :]
 
   def __call__(self, S: jax.Array, q_mask: jax.Array | None = None,
@@ -240,74 +346,115 @@ class LiteScorer(nn.Module):
     """
     if doc_reduced and self.doc_reduction is None:
       raise ValueError("LiteScorer got doc_reduced=True but has no doc_reduction")
-    S = jnp.asarray(S).astype(self.dtype)
-    if q_mask is None:
-      q_mask = jnp.ones(S.shape[:-1], bool)
-    if d_mask is None:
-      d_mask = jnp.ones(S.shape[:-2] + S.shape[-1:], bool)
-    d_mask2 = jnp.asarray(d_mask, bool)[..., None, :]
-    S, d_mask2 = self._fit(S, d_mask2, self.scored_doc_len if doc_reduced else self.doc_len,
-                           "reduced_doc_len" if doc_reduced else "doc_len", "document token")
-    S_t, q_mask2 = self._fit(jnp.swapaxes(S, -1, -2), jnp.asarray(q_mask, bool)[..., None, :],
-                             self.query_len, "query_len", "query token")
-    S = jnp.swapaxes(S_t, -1, -2)
-    S = zero_padding(S, q_mask2[..., 0, :], d_mask2[..., 0, :])
-    if self.doc_reduction is not None and not doc_reduced:
-      S, _ = self._reduce_columns(S, d_mask2)
-    S = sharding.constrain(S, _axes(S, sharding.LENGTH, None))
-    score = self._separable(S) if self.kind == "separable" else self._flattened(S)
-    if self.use_output_bias:
-      score = score + self.bias.astype(self.dtype)
-    return score
+    S = jnp.asarray(S)
+    limit = self.scored_doc_len if doc_reduced else self.doc_len
+    for size, field, what in ((S.shape[-1], "reduced_doc_len" if doc_reduced else "doc_len",
+                               "document token"), (S.shape[-2], "query_len", "query token")):
+      _check_fits(size, limit if what == "document token" else self.query_len, field, what,
+                  S.shape)
+    method = dispatch.resolve(self.method, xla="xla", allowed=METHODS,
+                              backends=dispatch.LITE_BACKENDS, name="LiteScorer")
+    if self.kind != "separable":
+      method = "xla"  # flattened LITE is one dense layer: nothing for a kernel to fuse
+    return _lite_scores(self._weights(), S, q_mask, d_mask, config=self._config(doc_reduced),
+                        method=method)
 
-  def _separable(self, S: jax.Array) -> jax.Array:
-    """[..., L1, L2′] → [...]."""
-    # LITE Eq. (3): S′_{i,:} = LN(σ(W₂ LN(σ(W₁ S_{i,:} + b₁)) + b₂)), every row
-    S1 = self.row(S)
-    # LITE Eq. (4): S″_{:,j} = LN(σ(W₄ LN(σ(W₃ S′_{:,j} + b₃)) + b₄)), every column
-    S2 = jnp.swapaxes(self.col(jnp.swapaxes(S1, -1, -2)), -1, -2)
-    # LITE §3: score = wᵀ vec(S″)
-    return self._readout(S2.reshape(*S2.shape[:-2], -1))
 
-  def _flattened(self, S: jax.Array) -> jax.Array:
-    """[..., L1, L2′] → [...]."""
-    # LITE §3.1 class F_f: f(vec(S)) = aᵀ σ(W vec(S) + b)
-    h = nn.relu(self.hidden(S.reshape(*S.shape[:-2], -1)))
-    h = sharding.constrain(h, _axes(h, sharding.MLP))
-    return self._readout(h)
+METHODS = ("xla", "pallas")
 
-  def _readout(self, x: jax.Array) -> jax.Array:
-    # Accumulate the L1·L2′-term dot product in float32 even when computing in bfloat16.
-    score = jnp.einsum("...k,k->...", x, self.w.astype(self.dtype),
-                       preferred_element_type=jnp.promote_types(self.dtype, jnp.float32))
-    return score.astype(self.dtype)
 
-  def _reduce_columns(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """LITE §4.4 on the last axis (document tokens) of x [..., r, doc_len] with mask
-    [..., 1, doc_len]; returns [..., r, reduced_doc_len] and its mask [..., 1, reduced_doc_len]."""
-    if self.doc_reduction == "avg_pool":
-      pooled, pooled_mask = avg_pool_tokens(
-          jnp.swapaxes(x, -1, -2), mask[..., 0, :], window=self.doc_len // self.reduced_doc_len)
-      return jnp.swapaxes(pooled, -1, -2), pooled_mask[..., None, :]
-    x = jnp.where(mask, x, jnp.zeros((), x.dtype))
-    out = jnp.einsum("...rm,mk->...rk", x, self.doc_projection.astype(x.dtype))
-    # Every projected token mixes all document tokens, so it is valid whenever one is.
-    valid = jnp.any(mask, axis=-1, keepdims=True)
-    return out, jnp.broadcast_to(valid, mask.shape[:-1] + (self.reduced_doc_len,))
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """The static (hashable) part of a LiteScorer call."""
+  kind: str
+  query_len: int
+  doc_len: int
+  doc_reduction: str | None
+  reduced_doc_len: int | None
+  dtype: jnp.dtype
+  doc_reduced: bool
 
-  @staticmethod
-  def _fit(x: jax.Array, mask: jax.Array | None, size: int, field: str,
-           what: str) -> tuple[jax.Array, jax.Array]:
-    """Zero-pads the last axis of x (and False-pads mask [..., 1, m]) up to `size`."""
-    m = x.shape[-1]
-    if m > size:
-      raise ValueError(f"LiteScorer got {m} {what}s on the last axis of shape {x.shape}, "
-                       f"more than {field}={size}")
-    if mask is None:
-      mask = jnp.ones(x.shape[:-2] + (1, m), bool)
-    mask = jnp.broadcast_to(mask, x.shape[:-2] + (1, m))
-    if m < size:
-      pad = [(0, 0)] * (x.ndim - 1) + [(0, size - m)]
-      x = jnp.pad(x, pad)
-      mask = jnp.pad(mask, pad)
-    return x, mask
+  @property
+  def scored_doc_len(self) -> int:
+    return self.doc_len if self.doc_reduction is None else self.reduced_doc_len
+
+
+def _check_fits(size: int, limit: int, field: str, what: str, shape) -> None:
+  if size > limit:
+    raise ValueError(f"LiteScorer got {size} {what}s on the last axis of shape {shape}, "
+                     f"more than {field}={limit}")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "method"))
+def _lite_scores(weights: dict, S: jax.Array, q_mask, d_mask, *, config: _Config,
+                 method: str) -> jax.Array:
+  """LiteScorer's score of S [..., L1, L2] -> [...] (see `LiteScorer.__call__`)."""
+  S = S.astype(config.dtype)
+  if q_mask is None:
+    q_mask = jnp.ones(S.shape[:-1], bool)
+  if d_mask is None:
+    d_mask = jnp.ones(S.shape[:-2] + S.shape[-1:], bool)
+  d_mask2 = jnp.asarray(d_mask, bool)[..., None, :]
+  reduce_here = config.doc_reduction is not None and not config.doc_reduced
+  if config.doc_reduced:
+    S, d_mask2 = _fit(S, d_mask2, config.scored_doc_len, "reduced_doc_len", "document token")
+  else:
+    S, d_mask2 = _fit(S, d_mask2, config.doc_len, "doc_len", "document token")
+  S_t, q_mask2 = _fit(jnp.swapaxes(S, -1, -2), jnp.asarray(q_mask, bool)[..., None, :],
+                      config.query_len, "query_len", "query token")
+  S = zero_padding(jnp.swapaxes(S_t, -1, -2), q_mask2[..., 0, :], d_mask2[..., 0, :])
+  if reduce_here:
+    S, _ = _reduce_columns(S, d_mask2, config, weights)
+  S = sharding.constrain(S, _axes(S, sharding.LENGTH, None))
+  if config.kind == "separable" and method == "pallas":
+    from aligner_jax.scoring import pallas_lite  # it builds on this module's block functions
+    score = pallas_lite.separable_scores(weights["row"], weights["col"], weights["w"], S,
+                                         dtype=config.dtype)
+  elif config.kind == "separable":
+    score = separable_apply(weights["row"], weights["col"], weights["w"], S, dtype=config.dtype)
+  else:
+    score = _flattened(weights, S, config.dtype)
+  if "bias" in weights:
+    score = score + weights["bias"].astype(config.dtype)
+  return score
+
+
+def _flattened(weights: dict, S: jax.Array, dtype) -> jax.Array:
+  """[..., L1, L2′] → [...]."""
+  # LITE §3.1 class F_f: f(vec(S)) = aᵀ σ(W vec(S) + b)
+  hidden = weights["hidden"]
+  x = S.reshape(*S.shape[:-2], -1).astype(dtype)
+  h = jnp.maximum(x @ hidden["kernel"].astype(dtype) + hidden["bias"].astype(dtype), 0)
+  h = sharding.constrain(h, _axes(h, sharding.MLP))
+  return readout(h, weights["w"], dtype)
+
+
+def _reduce_columns(x: jax.Array, mask: jax.Array, config: _Config,
+                    weights: dict) -> tuple[jax.Array, jax.Array]:
+  """LITE §4.4 on the last axis (document tokens) of x [..., r, doc_len] with mask
+  [..., 1, doc_len]; returns [..., r, reduced_doc_len] and its mask [..., 1, reduced_doc_len]."""
+  if config.doc_reduction == "avg_pool":
+    pooled, pooled_mask = avg_pool_tokens(
+        jnp.swapaxes(x, -1, -2), mask[..., 0, :],
+        window=config.doc_len // config.reduced_doc_len)
+    return jnp.swapaxes(pooled, -1, -2), pooled_mask[..., None, :]
+  x = jnp.where(mask, x, jnp.zeros((), x.dtype))
+  out = jnp.einsum("...rm,mk->...rk", x, weights["doc_projection"].astype(x.dtype))
+  # Every projected token mixes all document tokens, so it is valid whenever one is.
+  valid = jnp.any(mask, axis=-1, keepdims=True)
+  return out, jnp.broadcast_to(valid, mask.shape[:-1] + (config.reduced_doc_len,))
+
+
+def _fit(x: jax.Array, mask: jax.Array | None, size: int, field: str,
+         what: str) -> tuple[jax.Array, jax.Array]:
+  """Zero-pads the last axis of x (and False-pads mask [..., 1, m]) up to `size`."""
+  m = x.shape[-1]
+  _check_fits(m, size, field, what, x.shape)
+  if mask is None:
+    mask = jnp.ones(x.shape[:-2] + (1, m), bool)
+  mask = jnp.broadcast_to(mask, x.shape[:-2] + (1, m))
+  if m < size:
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, size - m)]
+    x = jnp.pad(x, pad)
+    mask = jnp.pad(mask, pad)
+  return x, mask

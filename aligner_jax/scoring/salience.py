@@ -60,8 +60,11 @@ def _prepare(scores, mask, k):
   return s, mask, k[..., None]
 
 
-def _lp_exact_primal(s, mask, k, eps):
-  """λ_i = min(1, exp((s_i + a)/ε)) on valid i with a such that Σλ = k.
+def lp_exact_primal(s, mask, k, eps):
+  """λ_i = min(1, exp((s_i + a)/ε)) on valid i with a such that Σλ = k (no custom derivative).
+
+  s [..., L] float, mask [..., L] bool, k [..., 1] (already clipped to the valid count), eps a
+  Python float; only elementwise passes and last-axis reductions, so kernels reuse it on a tile.
 
   Σλ is increasing in a, so bisection on a (elementwise passes only; a sort is far slower on
   CPU) brackets the optimum and tells which entries are saturated (λ = 1). Given that set R,
@@ -102,7 +105,7 @@ def _lp_exact_primal(s, mask, k, eps):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _lp_exact(s, mask, k, eps):
-  return _lp_exact_primal(s, mask, k, eps)
+  return lp_exact_primal(s, mask, k, eps)
 
 
 @_lp_exact.defjvp
@@ -119,6 +122,7 @@ def _lp_exact_jvp(eps, primals, tangents):
   return lam, w / eps * (ds - mean_ds) + w * inv_total * dk
 
 
+@functools.partial(jax.jit, static_argnames=("eps",))
 def lp_exact(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002) -> jax.Array:
   """Exact optimum of the entropy-regularised LP (computed in at least float32).
 
@@ -135,6 +139,7 @@ def lp_exact(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002) -> ja
   return _lp_exact(s, mask, k, float(eps))
 
 
+@functools.partial(jax.jit, static_argnames=("eps", "num_iters"))
 def lp_coordinate_ascent(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002,
                          num_iters: int = 10) -> jax.Array:
   """The paper's iterative solver, in log-space, from a = 0, b = 0 (a-update, then b-update).
@@ -158,9 +163,13 @@ def lp_coordinate_ascent(scores: jax.Array, mask: jax.Array, k, *, eps: float = 
   return jnp.where(mask & has_budget, lam, 0.0)
 
 
+@functools.partial(jax.jit, static_argnames=("eps", "num_iters"))
 def salience_lp(scores: jax.Array, mask: jax.Array, k, *, eps: float = 0.002,
                 num_iters: int | None = None) -> jax.Array:
   """Sparse gate λ of ALIGNER Eq. (4): max s·λ + εH(λ) s.t. Σλ = k, 0 ≤ λ ≤ 1 over valid tokens.
+
+  Compiled once per shape, ε and iteration count (`jax.jit`, both static), as are `lp_exact`,
+  `lp_coordinate_ascent`, `lp_gate`, `hard_topk_gate` and `prune_tokens`.
 
   Args:
     scores: [..., L] float (any float dtype; solved in at least float32).
@@ -195,6 +204,7 @@ def relu_gate(logits: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask, jax.nn.relu(logits), 0.0).astype(logits.dtype)
 
 
+@jax.jit
 def hard_topk_gate(logits: jax.Array, mask: jax.Array, k) -> jax.Array:
   """The "Hard" baseline of ALIGNER Fig. 6: keep ReLU(z) on its k largest valid tokens (ε = 0).
 
@@ -204,6 +214,7 @@ def hard_topk_gate(logits: jax.Array, mask: jax.Array, k) -> jax.Array:
   return jnp.where(selection.topk_mask(s, mask, k), s, 0.0).astype(logits.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("eps", "num_iters"))
 def lp_gate(logits: jax.Array, mask: jax.Array, k, *, eps: float = 0.002,
             num_iters: int | None = None) -> jax.Array:
   """ALIGNER's salience u = λ · ReLU(z) with λ the LP gate on s = ReLU(z).
@@ -217,6 +228,7 @@ def lp_gate(logits: jax.Array, mask: jax.Array, k, *, eps: float = 0.002,
   return lam * s
 
 
+@functools.partial(jax.jit, static_argnames=("ratio",))
 def prune_tokens(mask: jax.Array, salience: jax.Array, ratio: float) -> jax.Array:
   """The tokens kept by pruning ratio β (ALIGNER §3.2): the ⌈β · valid⌉ most salient valid tokens.
 

@@ -4,6 +4,8 @@
                     "salience" is top_k:1 with query and document saliences.
   lite              `similarity_for_lite` then the separable `LiteScorer` (LITE Eq. 3-4).
   knrm              `similarity_for_lite` then `knrm` (LITE App. A.5).
+  align_candidates_direct  the same, called as the README shows it, without a `jax.jit` of
+                    the caller's (the library compiles it where it is defined).
 Inputs are put on the device during set-up; every call blocks until its result is ready.
 """
 
@@ -70,3 +72,16 @@ def knrm_scores(params: dict[str, Any], inputs: dict[str, np.ndarray]) -> Callab
     return knrm(s, q_mask[:, None, :], d_mask, w, b)
 
   return lambda: fn(q, q_mask, d, d_mask, w).block_until_ready()
+
+
+def align_candidates_direct(params: dict[str, Any],
+                            inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+  variant = params["variant"]
+  spec = "top_k:1" if variant == "salience" else variant
+  q, q_mask, d, d_mask = _put(inputs, "q", "q_mask", "d", "d_mask")
+  kw = {}
+  if variant == "salience":
+    q_sal, d_sal = _put(inputs, "q_sal", "d_sal")
+    kw = dict(q_salience=q_sal, d_salience=d_sal)
+  return lambda: align_scores_candidates(q, q_mask, d, d_mask, spec, **kw).block_until_ready()
+
