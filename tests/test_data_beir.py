@@ -70,17 +70,17 @@ EXPECTED_BAD = [
     "qrels/test.tsv:5: wrong column count: expected 3 tab-separated columns, got 2",
     "qrels/test.tsv:6: relevance score must be an integer, got 'high'",
     "qrels/test.tsv:7: duplicate judgement for query 'q1' and document 'd1'",
-    "qrels/test.tsv:8: query id 'q2' names a query refused at queries.jsonl:2 (see the problem "
-    "reported there)",
+    ("qrels/test.tsv:8: query id 'q2' names a query refused at queries.jsonl:2 (see the "
+     "problem reported there)"),
 ]
 # Strict mode refuses the empty document d4 too, and the judgement naming it says so.
 EXPECTED_BAD_STRICT = (
     EXPECTED_BAD[:4]
-    + ["corpus.jsonl:6: empty text (document 'd4' has neither title nor text; refused in "
-       "strict mode)"]
+    + [("corpus.jsonl:6: empty text (document 'd4' has neither title nor text; refused in "
+        "strict mode)")]
     + EXPECTED_BAD[4:]
-    + ["qrels/test.tsv:8: document id 'd4' names a document refused at corpus.jsonl:6 (see the "
-       "problem reported there)"])
+    + [("qrels/test.tsv:8: document id 'd4' names a document refused at corpus.jsonl:6 (see "
+        "the problem reported there)")])
 
 
 def test_every_malformed_case_is_reported_with_file_and_line():

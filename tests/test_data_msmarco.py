@@ -113,15 +113,15 @@ def test_empty_passages_are_kept_with_a_warning_unless_strict(tmp_path):
   assert c.corpus.text(c.corpus.index["8"]) == "" and c.qrels["train"]["100"] == {"0": 1, "8": 1}
   assert c.counts()["empty_documents"] == 1
   assert [str(p).replace(str(root) + "/", "") for p in c.warnings.problems] == [
-      "collection.tsv:9: empty document '8' (neither title nor text): kept, encoded as its "
-      "framing tokens only"]
+      ("collection.tsv:9: empty document '8' (neither title nor text): kept, encoded as its "
+       "framing tokens only")]
   with pytest.raises(DataError) as info:
     msmarco.read_msmarco(root, strict=True)
   assert _problems(info.value, root) == [
-      "collection.tsv:9: empty text (document '8' has neither title nor text; refused in "
-      "strict mode)",
-      "qrels.train.tsv:4: document id '8' names a document refused at collection.tsv:9 (see the "
-      "problem reported there)"]
+      ("collection.tsv:9: empty text (document '8' has neither title nor text; refused in "
+       "strict mode)"),
+      ("qrels.train.tsv:4: document id '8' names a document refused at collection.tsv:9 (see "
+       "the problem reported there)")]
 
 
 def test_malformed_training_files(tmp_path):

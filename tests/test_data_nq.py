@@ -112,8 +112,8 @@ def test_empty_passages_are_kept_with_a_warning(tmp_path):
   assert [c.corpus.text(r) for r in range(3)] == ["T one", "T", ""]
   assert c.counts()["empty_documents"] == 1
   assert _problems(c.warnings, root) == [
-      "psgs_w100.tsv:4: empty document '3' (neither title nor text): kept, encoded as its "
-      "framing tokens only"]
+      ("psgs_w100.tsv:4: empty document '3' (neither title nor text): kept, encoded as its "
+       "framing tokens only")]
 
 
 def test_missing_directory_and_split(tmp_path):

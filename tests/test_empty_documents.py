@@ -80,10 +80,10 @@ def test_validate_warns_and_passes(empty_cisi, capsys):
   assert "  empty documents: 2 (neither title nor text; kept, see the warnings)" in out
   assert err.splitlines() == [
       "2 warnings in the data:",
-      f"{empty_cisi}/corpus.jsonl:471: empty document '471' (neither title nor text): kept, "
-      "encoded as its framing tokens only",
-      f"{empty_cisi}/corpus.jsonl:995: empty document '995' (neither title nor text): kept, "
-      "encoded as its framing tokens only"]
+      (f"{empty_cisi}/corpus.jsonl:471: empty document '471' (neither title nor text): kept, "
+       "encoded as its framing tokens only"),
+      (f"{empty_cisi}/corpus.jsonl:995: empty document '995' (neither title nor text): kept, "
+       "encoded as its framing tokens only")]
   code = validate.main(["--format", "beir", str(empty_cisi), "--max_problems", "1"])
   _, err = capsys.readouterr()
   assert code == 0 and err.splitlines()[-1] == "... and 1 more warning(s) not listed"
@@ -102,12 +102,12 @@ def test_strict_mode_refuses_and_names_the_refused_document(empty_cisi, capsys, 
   assert code == 1 and not out
   assert err.splitlines()[1:] == [
       "3 problems in the data:",
-      f"{empty_cisi}/corpus.jsonl:471: empty text (document '471' has neither title nor text; "
-      "refused in strict mode)",
-      f"{empty_cisi}/corpus.jsonl:995: empty text (document '995' has neither title nor text; "
-      "refused in strict mode)",
-      f"{empty_cisi}/qrels/test.tsv:141: document id '471' names a document refused at "
-      "corpus.jsonl:471 (see the problem reported there)"]
+      (f"{empty_cisi}/corpus.jsonl:471: empty text (document '471' has neither title nor "
+       "text; refused in strict mode)"),
+      (f"{empty_cisi}/corpus.jsonl:995: empty text (document '995' has neither title nor "
+       "text; refused in strict mode)"),
+      (f"{empty_cisi}/qrels/test.tsv:141: document id '471' names a document refused at "
+       "corpus.jsonl:471 (see the problem reported there)")]
   assert "unknown document id" not in err
 
 
@@ -233,14 +233,14 @@ def test_empty_documents_are_encoded_as_their_framing_tokens(tiny_dir, encoders)
 
 
 RUNS = {
-    "exact": dict(retriever="exact", alignments=["top_k:1", "top_p:0.25"], adaptation=True,
-                  num_pictures=2),
-    "exact_pruned_pq": dict(retriever="exact", index_config=IndexConfig(
-        prune_doc_ratio=0.25, vector_dtype="pq:4")),
-    "scann": dict(retriever="scann"),
-    "dense": dict(retriever="dense"),
-    "bm25": dict(retriever="bm25"),
-    "rerank": dict(retriever="bm25", rerank_depth=20),
+    "exact": {"retriever": "exact", "alignments": ["top_k:1", "top_p:0.25"],
+              "adaptation": True, "num_pictures": 2},
+    "exact_pruned_pq": {"retriever": "exact", "index_config": IndexConfig(
+        prune_doc_ratio=0.25, vector_dtype="pq:4")},
+    "scann": {"retriever": "scann"},
+    "dense": {"retriever": "dense"},
+    "bm25": {"retriever": "bm25"},
+    "rerank": {"retriever": "bm25", "rerank_depth": 20},
 }
 
 

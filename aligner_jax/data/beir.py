@@ -51,7 +51,8 @@ def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
     if doc_id is None:
       continue
     if doc_id in first_line:
-      log.add(path, number, f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
+      log.add(path, number,
+              f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
       continue
     empty = text is not None and not text.strip() and not (title or "").strip()
     if text is None or (empty and not admit_empty_document(log, path, number, doc_id,

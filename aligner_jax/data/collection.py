@@ -42,8 +42,8 @@ def admit_empty_document(log: ProblemLog, path: str | os.PathLike, line: int | N
     log.add(os.fspath(path), line, f"empty text (document {doc_id!r} has neither title nor "
             "text; refused in strict mode)")
     return False
-  log.warn(os.fspath(path), line, f"empty document {doc_id!r} (neither title nor text): kept, "
-           "encoded as its framing tokens only")
+  log.add_warning(os.fspath(path), line, f"empty document {doc_id!r} (neither title nor "
+                  "text): kept, encoded as its framing tokens only")
   return True
 
 

@@ -96,7 +96,7 @@ class ProblemLog:
     if len(self.problems) < self.max_problems:
       self.problems.append(Problem(str(path), line, message))
 
-  def warn(self, path: str, line: int | None, message: str) -> None:
+  def add_warning(self, path: str, line: int | None, message: str) -> None:
     """Records something legal but worth reporting; it never makes `raise_if_any` raise."""
     self._warning_total += 1
     if len(self._warnings) < self.max_problems:
