@@ -57,7 +57,6 @@ EXPECTED_BAD = [
     "corpus.jsonl:3: missing `_id`",
     "corpus.jsonl:4: missing `text`",
     "corpus.jsonl:5: duplicate document id 'd1' (first at line 1)",
-    "corpus.jsonl:6: empty text (document 'd4' has neither title nor text)",
     "corpus.jsonl:7: invalid UTF-8 (byte 26 of the line: b'\\xe9')",
     "corpus.jsonl:8: expected a JSON object, got list",
     "corpus.jsonl:10: `text` must be a string, got int",
@@ -72,7 +71,17 @@ EXPECTED_BAD = [
     "qrels/test.tsv:5: wrong column count: expected 3 tab-separated columns, got 2",
     "qrels/test.tsv:6: relevance score must be an integer, got 'high'",
     "qrels/test.tsv:7: duplicate judgement for query 'q1' and document 'd1'",
+    ("qrels/test.tsv:8: query id 'q2' names a query refused at queries.jsonl:2 (see the "
+     "problem reported there)"),
 ]
+# Strict mode refuses the empty document d4 too, and the judgement naming it says so.
+EXPECTED_BAD_STRICT = (
+    EXPECTED_BAD[:4]
+    + [("corpus.jsonl:6: empty text (document 'd4' has neither title nor text; refused in "
+        "strict mode)")]
+    + EXPECTED_BAD[4:]
+    + [("qrels/test.tsv:8: document id 'd4' names a document refused at corpus.jsonl:6 (see "
+        "the problem reported there)")])
 
 
 def test_every_malformed_case_is_reported_with_file_and_line():
@@ -84,6 +93,20 @@ def test_every_malformed_case_is_reported_with_file_and_line():
   message = str(info.value)
   assert message.startswith(f"{len(EXPECTED_BAD)} problems in the data:\n")
   assert f"{root}corpus.jsonl:2: broken JSON" in message
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_strict_mode_refuses_empty_documents(monkeypatch, how):
+  if how == "environment":
+    monkeypatch.setenv("ALIGNER_STRICT_DATA", "1")
+  with pytest.raises(DataError) as info:
+    beir.read_beir(FIXTURES / "bad", max_problems=100,
+                   strict=True if how == "argument" else None)
+  root = str(FIXTURES / "bad") + "/"
+  assert [str(p).replace(root, "") for p in info.value.problems] == EXPECTED_BAD_STRICT
+  monkeypatch.setenv("ALIGNER_STRICT_DATA", "maybe")
+  with pytest.raises(ValueError, match="ALIGNER_STRICT_DATA='maybe'"):
+    beir.read_beir(FIXTURES / "good")
 
 
 def test_problem_list_is_limited_but_all_are_counted():

@@ -90,7 +90,6 @@ def test_malformed_collection_queries_and_qrels():
     msmarco.read_msmarco(BAD, max_problems=100)
   assert _problems(info.value, BAD) == [
       "collection.tsv:2: wrong column count: expected 2 tab-separated columns, got 3",
-      "collection.tsv:3: empty text (passage '2')",
       "collection.tsv:4: duplicate passage id '0' (first at line 1)",
       "collection.tsv:5: invalid UTF-8 (byte 5 of the line: b'\\xe9')",
       "collection.tsv:6: empty passage id",
@@ -101,6 +100,28 @@ def test_malformed_collection_queries_and_qrels():
       "qrels.train.tsv:4: unknown document id '99' (not in the corpus)",
       "qrels.train.tsv:5: relevance score must be an integer, got 'yes'",
   ]
+
+
+def test_empty_passages_are_kept_with_a_warning_unless_strict(tmp_path):
+  root = tmp_path / "msmarco"
+  shutil.copytree(GOOD, root)
+  with open(root / "collection.tsv", "a") as f:
+    f.write("8\t \n")
+  with open(root / "qrels.train.tsv", "a") as f:
+    f.write("100 0 8 1\n")
+  c = msmarco.read_msmarco(root)
+  assert c.corpus.text(c.corpus.index["8"]) == "" and c.qrels["train"]["100"] == {"0": 1, "8": 1}
+  assert c.counts()["empty_documents"] == 1
+  assert [str(p).replace(str(root) + "/", "") for p in c.warnings.problems] == [
+      ("collection.tsv:9: empty document '8' (neither title nor text): kept, encoded as its "
+       "framing tokens only")]
+  with pytest.raises(DataError) as info:
+    msmarco.read_msmarco(root, strict=True)
+  assert _problems(info.value, root) == [
+      ("collection.tsv:9: empty text (document '8' has neither title nor text; refused in "
+       "strict mode)"),
+      ("qrels.train.tsv:4: document id '8' names a document refused at collection.tsv:9 (see "
+       "the problem reported there)")]
 
 
 def test_malformed_training_files(tmp_path):

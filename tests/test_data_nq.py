@@ -88,15 +88,33 @@ def test_passages_file_checks(tmp_path):
   root = tmp_path / "nq"
   root.mkdir()
   shutil.copy(FIXTURES / "good" / "nq-test.qa.csv", root)
-  (root / "psgs_w100.tsv").write_text("pid\ttext\ttitle\n1\tone\n1\tx\tT\n1\ty\tT\n2\t \tT\n")
+  (root / "psgs_w100.tsv").write_text("pid\ttext\ttitle\n1\tone\n1\tx\tT\n1\ty\tT\n2\t \tT\n"
+                                      "3\t \t \n")
   with pytest.raises(DataError) as info:
     nq.read_nq(root)
   assert _problems(info.value, root) == [
       "psgs_w100.tsv:1: expected the header 'id<TAB>text<TAB>title', got 'pid\\ttext\\ttitle'",
       "psgs_w100.tsv:2: wrong column count: expected 3 tab-separated columns, got 2",
       "psgs_w100.tsv:4: duplicate passage id '1' (first at line 3)",
-      "psgs_w100.tsv:5: empty text (passage '2')",
   ]
+  with pytest.raises(DataError) as info:
+    nq.read_nq(root, strict=True)
+  assert _problems(info.value, root)[-1] == (
+      "psgs_w100.tsv:6: empty text (document '3' has neither title nor text; refused in strict "
+      "mode)")
+
+
+def test_empty_passages_are_kept_with_a_warning(tmp_path):
+  root = tmp_path / "nq"
+  root.mkdir()
+  shutil.copy(FIXTURES / "good" / "nq-test.qa.csv", root)
+  (root / "psgs_w100.tsv").write_text("id\ttext\ttitle\n1\tone\tT\n2\t \tT\n3\t \t \n")
+  c = nq.read_nq(root)
+  assert [c.corpus.text(r) for r in range(3)] == ["T one", "T", ""]
+  assert c.counts()["empty_documents"] == 1
+  assert _problems(c.warnings, root) == [
+      ("psgs_w100.tsv:4: empty document '3' (neither title nor text): kept, encoded as its "
+       "framing tokens only")]
 
 
 def test_missing_directory_and_split(tmp_path):

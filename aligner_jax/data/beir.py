@@ -7,10 +7,14 @@ Layout of a BEIR directory:
                      (integer score; > 0 relevant)
 
 Checks (each reported as `file:line: problem`): invalid UTF-8, broken JSON, missing `_id` or
-`text`, a document whose title and text are both empty, an empty query, duplicate ids, wrong
-column count or header in qrels, a non-integer score, a duplicate judgement, and judgements that
-name an unknown query or document. All problems of all files are collected before raising one
-`DataError`.
+`text`, an empty query, duplicate ids, wrong column count or header in qrels, a non-integer
+score, a duplicate judgement, and judgements that name an unknown query or document. All
+problems of all files are collected before raising one `DataError`.
+
+A document whose title and text are both empty is legal (BEIR's own loader keeps such records):
+it is kept and reported as a warning (`Collection.warnings`), unless strict mode refuses it
+(`strict=True`, or `ALIGNER_STRICT_DATA=1` when `strict` is None). A judgement naming a refused
+row says that row was refused, never that its id is unknown.
 """
 
 import os
@@ -21,32 +25,39 @@ from aligner_jax.data import lines
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import Qrels
 from aligner_jax.data.collection import Table
+from aligner_jax.data.collection import admit_empty_document
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
 from aligner_jax.data.errors import ProblemLog
 from aligner_jax.data.errors import fail
+from aligner_jax.data.errors import strict_mode
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
-def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
-  """Documents of a BEIR `corpus.jsonl`."""
+def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
+                      strict: bool | None = None) -> Table:
+  """Documents of a BEIR `corpus.jsonl`; one with neither title nor text is kept with a
+  warning, or refused in strict mode (see the module docstring)."""
   path = os.fspath(path)
+  strict = strict_mode(strict)
   corpus = new_corpus()
   first_line: dict[str, int] = {}
   for number, obj in lines.read_jsonl(path, log):
     doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
     text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
     title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
-    if doc_id is None or text is None:
-      continue
-    if not text.strip() and not (title or "").strip():
-      log.add(path, number, f"empty text (document {doc_id!r} has neither title nor text)")
+    if doc_id is None:
       continue
     if doc_id in first_line:
       log.add(path, number,
               f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
+      continue
+    empty = text is not None and not text.strip() and not (title or "").strip()
+    if text is None or (empty and not admit_empty_document(log, path, number, doc_id,
+                                                           strict=strict)):
+      corpus.refuse(doc_id, path, number)
       continue
     first_line[doc_id] = number
     corpus.add(doc_id, text, title=title or "")
@@ -62,10 +73,13 @@ def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
     query_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
     text = lines.get_string(path, number, obj, "text", log, what="`text` (query)")
     metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    bad_metadata = not isinstance(metadata, dict)
+    if bad_metadata:
       log.add(path, number, f"`metadata` must be a JSON object, got {type(metadata).__name__}")
+    if query_id is None:
       continue
-    if query_id is None or text is None:
+    if text is None or bad_metadata:
+      queries.refuse(query_id, path, number)
       continue
     if query_id in first_line:
       log.add(path, number,
@@ -98,13 +112,13 @@ def add_judgement(path: str, number: int, qid: str, did: str, score_text: str, q
     log.add(path, number, "empty query id")
     ok = False
   elif queries is not None and qid not in queries.index:
-    log.add(path, number, f"unknown query id {qid!r} (not in the queries file)")
+    log.add(path, number, queries.why_missing(qid, "query", "the queries file"))
     ok = False
   if not did:
     log.add(path, number, "empty document id")
     ok = False
   elif corpus is not None and did not in corpus.index:
-    log.add(path, number, f"unknown document id {did!r} (not in the corpus)")
+    log.add(path, number, corpus.why_missing(did, "document", "the corpus"))
     ok = False
   if not ok:
     return
@@ -124,14 +138,17 @@ def available_splits(path: str | os.PathLike) -> list[str]:
 
 
 def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
-              name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
+              name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS,
+              strict: bool | None = None) -> Collection:
   """Reads and checks a BEIR directory; raises `DataError` listing every problem found.
 
   Args:
     path: the directory holding corpus.jsonl, queries.jsonl and qrels/.
     splits: the qrels splits to read; None reads every `qrels/*.tsv`.
     name: the collection's name (default: the directory name).
-    max_problems: how many problems the error lists (all are counted).
+    max_problems: how many problems (and warnings) are listed (all are counted).
+    strict: refuse documents with neither title nor text instead of keeping them with a
+      warning; None: the `ALIGNER_STRICT_DATA` environment variable decides.
   """
   root = pathlib.Path(path)
   if not root.is_dir():
@@ -145,9 +162,10 @@ def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
   if missing:
     raise fail(str(root / "qrels" / f"{missing[0]}.tsv"), None,
                f"file not found (splits with qrels here: {', '.join(found) or 'none'})")
-  corpus = read_corpus_jsonl(root / "corpus.jsonl", log)
+  corpus = read_corpus_jsonl(root / "corpus.jsonl", log, strict=strict)
   queries = read_queries_jsonl(root / "queries.jsonl", log)
   qrels = {s: read_qrels_tsv(root / "qrels" / f"{s}.tsv", log, queries=queries, corpus=corpus)
            for s in splits}
   log.raise_if_any()
-  return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels)
+  return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels,
+                    warnings=log.warnings())

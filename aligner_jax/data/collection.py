@@ -5,6 +5,9 @@ Conventions:
   * Ids are strings, as in the files (`"31715818"`, not an integer), and unique per table.
   * A document's text as the encoders see it is `document_text(title, text)`: the title, a
     space and the body (the body alone when there is no title) -- the usual BEIR convention.
+  * A document with neither title nor text is legal (real collections hold such records): its
+    text is "", it is encoded as the model's framing tokens only, and BM25 never retrieves it.
+    Readers keep it with a warning (`admit_empty_document`); strict mode refuses it.
   * `Qrels` maps query id -> {document id -> integer relevance}; relevance > 0 means relevant,
     0 (or less) is an explicit non-relevant judgement.
   * A `TrainingGroup` is one training instance: a query, one positive document and a pool of
@@ -13,9 +16,13 @@ Conventions:
 """
 
 import dataclasses
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from aligner_jax.data.errors import ProblemLog
+from aligner_jax.data.errors import Warnings
 
 Qrels = dict[str, dict[str, int]]
 
@@ -28,14 +35,32 @@ def document_text(title: str, text: str) -> str:
   return title or text
 
 
+def admit_empty_document(log: ProblemLog, path: str | os.PathLike, line: int | None,
+                         doc_id: str, *, strict: bool) -> bool:
+  """Reports a document with neither title nor text; True when it is kept (not `strict`)."""
+  if strict:
+    log.add(os.fspath(path), line, f"empty text (document {doc_id!r} has neither title nor "
+            "text; refused in strict mode)")
+    return False
+  log.add_warning(os.fspath(path), line, f"empty document {doc_id!r} (neither title nor "
+                  "text): kept, encoded as its framing tokens only")
+  return True
+
+
 @dataclasses.dataclass
 class Table:
-  """Ids with texts (and, for queries, optional metadata), plus an id -> row index map."""
+  """Ids with texts (and, for queries, optional metadata), plus an id -> row index map.
+
+  `refused` maps the id of a row a reader refused (e.g. an empty document in strict mode) to
+  where it was (`file:line`), so a judgement naming it says so instead of calling the id
+  unknown; a table returned by a reader never has any, since refusing is a problem.
+  """
   ids: list[str] = dataclasses.field(default_factory=list)
   texts: list[str] = dataclasses.field(default_factory=list)
   titles: list[str] | None = None  # documents only
   metadata: list[dict[str, Any]] | None = None  # queries only
   index: dict[str, int] = dataclasses.field(default_factory=dict)
+  refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -57,6 +82,24 @@ class Table:
     if self.titles is not None:
       return document_text(self.titles[row], self.texts[row])
     return self.texts[row]
+
+  def refuse(self, id_: str, path: str | os.PathLike, line: int) -> None:
+    """Remembers that the row with this id was refused at line `line` of `path` (see
+    `refused`; the file is named by its base name, the judgement's own file is beside it)."""
+    if id_ not in self.index:
+      self.refused.setdefault(id_, f"{os.path.basename(os.fspath(path))}:{line}")
+
+  def why_missing(self, id_: str, what: str, where: str) -> str:
+    """Why `id_` (a `what`, e.g. "document") has no row: refused while reading, or unknown
+    (absent from `where`, e.g. "the corpus")."""
+    if id_ in self.refused:
+      return (f"{what} id {id_!r} names a {what} refused at {self.refused[id_]} (see the "
+              "problem reported there)")
+    return f"unknown {what} id {id_!r} (not in {where})"
+
+  def num_empty(self) -> int:
+    """How many rows have no text at all (documents: neither title nor text)."""
+    return sum(1 for row in range(len(self)) if not self.text(row))
 
 
 def new_corpus() -> Table:
@@ -146,6 +189,7 @@ class Collection:
   qrels: dict[str, Qrels] = dataclasses.field(default_factory=dict)
   training: dict[str, TrainingGroups] = dataclasses.field(default_factory=dict)
   extra_counts: dict[str, Any] = dataclasses.field(default_factory=dict)  # format-specific
+  warnings: Warnings = dataclasses.field(default_factory=Warnings)
 
   def split_queries(self, split: str) -> list[str]:
     """Ids of the queries judged in `split`, in the order of the query file."""
@@ -153,8 +197,13 @@ class Collection:
     return [q for q in self.queries.ids if q in judged]
 
   def counts(self) -> dict[str, Any]:
-    """Counts for reports: documents, queries, and per split judged queries and pairs."""
-    result: dict[str, Any] = {"documents": len(self.corpus), "queries": len(self.queries)}
+    """Counts for reports: documents (and empty ones, when any), queries, and per split
+    judged queries and pairs."""
+    result: dict[str, Any] = {"documents": len(self.corpus)}
+    empty = self.corpus.num_empty()
+    if empty:
+      result["empty_documents"] = empty
+    result["queries"] = len(self.queries)
     for split, qrels in sorted(self.qrels.items()):
       result[f"qrels/{split}"] = {
           "queries": len(qrels),

@@ -7,7 +7,9 @@ Data directories are resolved when a dataset is first requested, never at import
      ALIGNER_DEMO_DIR, ALIGNER_BEIR_<NAME>_DIR (e.g. ALIGNER_BEIR_SCIFACT_DIR);
   3. for BEIR, `$ALIGNER_BEIR_DIR/<name>` (the layout of BEIR's own downloads).
 Otherwise a `DataDirError` says which variable to set. ALIGNER_CACHE_DIR, when set, is where
-mined BM25 negatives are cached (never inside a data directory).
+mined BM25 negatives are cached (never inside a data directory). ALIGNER_STRICT_DATA=1 makes
+every reader refuse documents with neither title nor text (by default they are kept, see
+`collection.py`); the setting is part of the cache key.
 
 Loaded collections are cached per directory and the files' sizes and modification times, so
 the corpus, query and training tasks of one dataset share one copy and edited files reload.
@@ -26,6 +28,7 @@ from aligner_jax.data import nq
 from aligner_jax.data import sources
 from aligner_jax.data import tfds_source
 from aligner_jax.data.collection import Collection
+from aligner_jax.data.errors import strict_mode
 
 ENV_CACHE_DIR = "ALIGNER_CACHE_DIR"
 _overrides: dict[str, str] = {}
@@ -132,13 +135,16 @@ def clear_cache() -> None:
 
 def beir_collection(path: str, name: str | None = None) -> Collection:
   """A BEIR directory, or `tfds:DATA_DIR` for TFDS's prepared `beir/<name>` (tfds_source.py)."""
+  strict = strict_mode()
   if path.startswith(tfds_source.PREFIX):
     data_dir = os.path.abspath(path[len(tfds_source.PREFIX):])
     config = tfds_source.tfds_config(name or "")
-    return cached(("beir-tfds", data_dir, config), data_dir,
-                  lambda: tfds_source.TfdsBeirSource(config, data_dir).read(name=name))
+    return cached(("beir-tfds", data_dir, config, strict), data_dir,
+                  lambda: tfds_source.TfdsBeirSource(config, data_dir).read(name=name,
+                                                                            strict=strict))
   path = os.path.abspath(path)
-  return cached(("beir", path, name), path, lambda: beir.read_beir(path, name=name))
+  return cached(("beir", path, name, strict), path,
+                lambda: beir.read_beir(path, name=name, strict=strict))
 
 
 def _beir_name(key: str) -> str:
@@ -176,8 +182,9 @@ def _require_split(collection: Collection, split: str, path: str) -> None:
 
 def msmarco_collection(path: str, training: Sequence[msmarco.TrainingFile] = ()) -> Collection:
   path = os.path.abspath(path)
-  return cached(("msmarco", path, tuple(training)), path,
-                lambda: msmarco.read_msmarco(path, training=training))
+  strict = strict_mode()
+  return cached(("msmarco", path, tuple(training), strict), path,
+                lambda: msmarco.read_msmarco(path, training=training, strict=strict))
 
 
 def msmarco_corpus() -> sources.CorpusSource:
@@ -215,7 +222,8 @@ def msmarco_train(fmt: str) -> sources.TrainSource:
 
 def nq_collection(path: str) -> Collection:
   path = os.path.abspath(path)
-  return cached(("nq", path), path, lambda: nq.read_nq(path))
+  strict = strict_mode()
+  return cached(("nq", path, strict), path, lambda: nq.read_nq(path, strict=strict))
 
 
 def nq_corpus() -> sources.CorpusSource:

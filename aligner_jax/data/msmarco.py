@@ -12,8 +12,10 @@ Training files, named explicitly or found under these names:
 (see `training_files.py` for their formats).
 
 Queries of all splits go into one table (MS MARCO's query ids are unique across splits; a
-repeated id is reported). Checks: invalid UTF-8, wrong column count, empty id or text,
-duplicate ids, non-integer relevance, judgements and training rows naming unknown ids.
+repeated id is reported). Checks: invalid UTF-8, wrong column count, empty id, empty query,
+duplicate ids, non-integer relevance, judgements and training rows naming unknown ids. A
+passage with empty text is legal and kept with a warning, unless strict mode refuses it (as
+for BEIR: `strict`, or `ALIGNER_STRICT_DATA` when that is None).
 """
 
 import dataclasses
@@ -27,11 +29,13 @@ from aligner_jax.data.beir import add_judgement
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import Qrels
 from aligner_jax.data.collection import Table
+from aligner_jax.data.collection import admit_empty_document
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
 from aligner_jax.data.errors import ProblemLog
 from aligner_jax.data.errors import fail
+from aligner_jax.data.errors import strict_mode
 
 TRIPLES_NAMES = ("qidpidtriples.train.full.2.tsv", "triples.train.ids.tsv")
 TEACHER_TRIPLES_NAMES = ("bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
@@ -41,24 +45,34 @@ TRAINING_FORMATS = ("triples", "teacher_triples", "hard_negatives", "hard_negati
 
 
 def read_id_text_tsv(path: str | os.PathLike, log: ProblemLog, table: Table, what: str,
-                     first_seen: dict[str, tuple[str, int]]) -> None:
-  """Adds `id<TAB>text` rows to `table` (documents or queries)."""
+                     first_seen: dict[str, tuple[str, int]], *, strict: bool = False) -> None:
+  """Adds `id<TAB>text` rows to `table` (documents or queries). An empty query is a problem;
+  an empty passage (`table` a corpus) is kept with a warning, or refused when `strict`."""
   path = os.fspath(path)
   for number, (id_, text) in lines.read_tsv(path, log, columns=2):
     id_ = id_.strip()
     if not id_:
       log.add(path, number, f"empty {what} id")
       continue
-    if not text.strip():
-      log.add(path, number, f"empty text ({what} {id_!r})")
-      continue
     if id_ in table.index:
       first_path, first_number = first_seen[id_]
       where = f"line {first_number}" if first_path == path else f"{first_path}:{first_number}"
       log.add(path, number, f"duplicate {what} id {id_!r} (first at {where})")
       continue
+    if not text.strip() and not _admit_empty(log, path, number, table, what, id_, strict):
+      table.refuse(id_, path, number)
+      continue
     first_seen[id_] = (path, number)
     table.add(id_, text)
+
+
+def _admit_empty(log: ProblemLog, path: str, number: int, table: Table, what: str, id_: str,
+                 strict: bool) -> bool:
+  """An empty passage is kept with a warning (refused when strict); an empty query never."""
+  if table.titles is not None:  # a corpus
+    return admit_empty_document(log, path, number, id_, strict=strict)
+  log.add(path, number, f"empty text ({what} {id_!r})")
+  return False
 
 
 def read_trec_qrels(path: str | os.PathLike, log: ProblemLog, *, queries: Table | None,
@@ -130,7 +144,8 @@ def available_splits(root: str | os.PathLike) -> list[str]:
 
 def read_msmarco(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
                  training: Sequence[TrainingFile] = (), name: str = "msmarco_passage",
-                 max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
+                 max_problems: int = DEFAULT_MAX_PROBLEMS,
+                 strict: bool | None = None) -> Collection:
   """Reads and checks an MS MARCO directory; raises `DataError` listing every problem.
 
   Args:
@@ -138,7 +153,9 @@ def read_msmarco(path: str | os.PathLike, *, splits: Sequence[str] | None = None
     splits: the splits whose queries (and qrels, when present) are read; None: all present.
     training: training files to read into `collection.training`, keyed by format.
     name: the collection's name.
-    max_problems: how many problems the error lists.
+    max_problems: how many problems (and warnings) are listed.
+    strict: refuse passages with empty text instead of keeping them with a warning; None: the
+      `ALIGNER_STRICT_DATA` environment variable decides.
   """
   root = pathlib.Path(path)
   if not root.is_dir():
@@ -153,7 +170,8 @@ def read_msmarco(path: str | os.PathLike, *, splits: Sequence[str] | None = None
                  f"file not found (splits with queries here: {', '.join(found) or 'none'})")
   log = ProblemLog(max_problems)
   corpus, queries = new_corpus(), new_queries()
-  read_id_text_tsv(root / "collection.tsv", log, corpus, "passage", {})
+  read_id_text_tsv(root / "collection.tsv", log, corpus, "passage", {},
+                   strict=strict_mode(strict))
   seen: dict[str, tuple[str, int]] = {}
   for split in splits:
     read_id_text_tsv(root / f"queries.{split}.tsv", log, queries, "query", seen)
@@ -163,10 +181,11 @@ def read_msmarco(path: str | os.PathLike, *, splits: Sequence[str] | None = None
     if qrels_path.is_file():
       collection.qrels[split] = read_trec_qrels(qrels_path, log, queries=queries, corpus=corpus)
   # Training files are checked even when the files above had problems, so one run lists
-  # everything (a row naming a rejected passage is then reported as unknown too).
+  # everything (a row naming a refused passage says so).
   for item in training:
     groups = read_training_file(item, collection, log)
     if groups is not None:
       collection.training[item.format] = groups
   log.raise_if_any()
+  collection.warnings = log.warnings()
   return collection

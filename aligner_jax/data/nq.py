@@ -12,7 +12,8 @@ Layout of an NQ directory (DPR's file names):
 Collection built from it:
   * corpus: psgs_w100.tsv when present (every ctx's passage_id must then be in it), otherwise
     the union of the contexts in the JSON files (a passage_id given two different texts is
-    reported);
+    reported); a passage of psgs_w100.tsv with neither title nor text is kept with a warning,
+    or refused in strict mode (`strict`, or `ALIGNER_STRICT_DATA` when that is None);
   * queries: id `<split>-<index in file>`, text the question, metadata {"answers": [...]};
   * qrels (JSON splits): every positive ctx is relevant;
   * training groups (`collection.training[split]`): one per question with a positive -- DPR's
@@ -37,11 +38,13 @@ from aligner_jax.data import lines
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import GroupBuilder
 from aligner_jax.data.collection import Table
+from aligner_jax.data.collection import admit_empty_document
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
 from aligner_jax.data.errors import ProblemLog
 from aligner_jax.data.errors import fail
+from aligner_jax.data.errors import strict_mode
 
 PASSAGES = "psgs_w100.tsv"
 PASSAGES_HEADER = ("id", "text", "title")
@@ -152,8 +155,10 @@ def iter_questions(path: str | os.PathLike, log: ProblemLog) -> Iterator[tuple[i
     yield from iter_json_array(path, log)
 
 
-def read_passages(path: str | os.PathLike, log: ProblemLog, corpus: Table) -> None:
-  """psgs_w100.tsv rows `id text title` (csv-quoted) into `corpus`."""
+def read_passages(path: str | os.PathLike, log: ProblemLog, corpus: Table, *,
+                  strict: bool = False) -> None:
+  """psgs_w100.tsv rows `id text title` (csv-quoted) into `corpus`; a passage with neither
+  title nor text is kept with a warning, or refused when `strict`."""
   path = os.fspath(path)
   first: dict[str, int] = {}
   for number, text in lines.read_lines(path, log):
@@ -173,13 +178,13 @@ def read_passages(path: str | os.PathLike, log: ProblemLog, corpus: Table) -> No
     pid, body, title = (f.strip() for f in fields)
     if not pid:
       log.add(path, number, "empty passage id")
-    elif not body:
-      log.add(path, number, f"empty text (passage {pid!r})")
     elif pid in first:
       log.add(path, number, f"duplicate passage id {pid!r} (first at line {first[pid]})")
-    else:
+    elif body or title or admit_empty_document(log, path, number, pid, strict=strict):
       first[pid] = number
       corpus.add(pid, body, title=title)
+    else:
+      corpus.refuse(pid, path, number)
 
 
 def _contexts(path, number, question: dict, key: str, log: ProblemLog) -> list[dict] | None:
@@ -247,14 +252,17 @@ def _read_qa_csv(path: str, split: str, log: ProblemLog, queries: Table) -> None
 
 
 def read_nq(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
-            name: str = "nq", max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
+            name: str = "nq", max_problems: int = DEFAULT_MAX_PROBLEMS,
+            strict: bool | None = None) -> Collection:
   """Reads and checks an NQ directory in DPR's formats; raises `DataError` on problems.
 
   Args:
     path: the directory (see the module docstring for the files).
     splits: the splits to read (None: all present).
     name: the collection's name.
-    max_problems: how many problems the error lists.
+    max_problems: how many problems (and warnings) are listed.
+    strict: refuse passages with neither title nor text instead of keeping them with a
+      warning; None: the `ALIGNER_STRICT_DATA` environment variable decides.
   """
   root = pathlib.Path(path)
   if not root.is_dir():
@@ -270,7 +278,7 @@ def read_nq(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
   corpus, queries = new_corpus(), new_queries()
   fixed_corpus = (root / PASSAGES).is_file()
   if fixed_corpus:
-    read_passages(root / PASSAGES, log, corpus)
+    read_passages(root / PASSAGES, log, corpus, strict=strict_mode(strict))
   collection = Collection(name=name, corpus=corpus, queries=queries)
   ctx_first: dict[str, tuple[str, int]] = {}
   for split in splits:
@@ -321,6 +329,7 @@ def read_nq(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
       collection.training[split] = builder.build()
     collection.extra_counts[f"nq/{split}"] = {"without_positive": without_positive}
   log.raise_if_any()
+  collection.warnings = log.warnings()
   return collection
 
 
@@ -330,7 +339,7 @@ def _context_row(path, number, ctx, corpus: Table, fixed_corpus: bool,
   row = corpus.index.get(pid)
   if fixed_corpus:
     if row is None:
-      log.add(path, number, f"unknown passage id {pid!r} (not in {PASSAGES})")
+      log.add(path, number, corpus.why_missing(pid, "passage", PASSAGES))
     return row
   if row is None:
     ctx_first[pid] = (path, number)

@@ -16,11 +16,13 @@ import json
 import os
 
 from aligner_jax.data.collection import Collection
+from aligner_jax.data.collection import admit_empty_document
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
 from aligner_jax.data.errors import ProblemLog
 from aligner_jax.data.errors import fail
+from aligner_jax.data.errors import strict_mode
 
 PREFIX = "tfds:"
 _SPLIT_NAMES = {"validation": "dev"}
@@ -50,9 +52,11 @@ class TfdsBeirSource:
   def prepared(self) -> bool:
     return self.builder.is_prepared()
 
-  def read(self, *, name: str | None = None,
-           max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
-    """The collection; raises `DataError` when the directory holds no prepared data."""
+  def read(self, *, name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS,
+           strict: bool | None = None) -> Collection:
+    """The collection; raises `DataError` when the directory holds no prepared data. A
+    document with neither title nor text is kept with a warning unless `strict` (None: the
+    `ALIGNER_STRICT_DATA` environment variable) refuses it, as in `beir.read_beir`."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     if not self.prepared:
@@ -60,6 +64,7 @@ class TfdsBeirSource:
                  f"TFDS dataset beir/{self.config} is not prepared here (prepare it where "
                  f"there is internet: tfds build beir/{self.config} --data_dir={self.data_dir})")
     where = f"{self.builder.data_dir} (TFDS beir/{self.config})"
+    strict = strict_mode(strict)
     log = ProblemLog(max_problems)
     corpus, queries = new_corpus(), new_queries()
     text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
@@ -68,10 +73,11 @@ class TfdsBeirSource:
       title = json.loads(text(ex["passage_metadata"]) or "{}").get("title", "")
       if pid in corpus.index:
         log.add(f"{where} passage", i + 1, f"duplicate document id {pid!r}")
-      elif not (body.strip() or title.strip()):
-        log.add(f"{where} passage", i + 1, f"empty text (document {pid!r})")
-      else:
+      elif (body.strip() or title.strip()) or admit_empty_document(
+          log, f"{where} passage", i + 1, pid, strict=strict):
         corpus.add(pid, body, title=title)
+      else:
+        corpus.refused.setdefault(pid, f"passage {i + 1}")
     for i, ex in enumerate(tfds.as_numpy(self.builder.as_dataset(split="query"))):
       qid, body = text(ex["query_id"]), text(ex["query"])
       metadata = json.loads(text(ex["query_metadata"]) or "{}")
@@ -88,6 +94,10 @@ class TfdsBeirSource:
       qrels: dict[str, dict[str, int]] = {}
       for i, ex in enumerate(tfds.as_numpy(self.builder.as_dataset(split=split))):
         qid, pid = text(ex["query_id"]), text(ex["passage_id"])
+        if pid in corpus.refused:
+          log.add(f"{where} {split}", i + 1, f"judgement names document {pid!r}, refused at "
+                  f"{corpus.refused[pid]} (see the problem reported there)")
+          continue
         if qid not in queries.index or pid not in corpus.index:
           log.add(f"{where} {split}", i + 1, f"judgement names an unknown query {qid!r} or "
                   f"document {pid!r}")
@@ -95,4 +105,5 @@ class TfdsBeirSource:
         qrels.setdefault(qid, {})[pid] = int(round(float(ex["score"])))
       collection.qrels[_SPLIT_NAMES.get(split, split)] = qrels
     log.raise_if_any()
+    collection.warnings = log.warnings()
     return collection

@@ -27,17 +27,17 @@ from aligner_jax.data.errors import ProblemLog
 
 
 def _lookup(path, number, collection: Collection, qid: str, pids, log: ProblemLog):
-  """Rows of qid and pids, or None after reporting unknown ids."""
+  """Rows of qid and pids, or None after reporting unknown (or refused) ids."""
   ok = True
   q = collection.queries.index.get(qid)
   if q is None:
-    log.add(path, number, f"unknown query id {qid!r} (not in the queries)")
+    log.add(path, number, collection.queries.why_missing(qid, "query", "the queries"))
     ok = False
   rows = []
   for pid in pids:
     r = collection.corpus.index.get(pid)
     if r is None:
-      log.add(path, number, f"unknown document id {pid!r} (not in the corpus)")
+      log.add(path, number, collection.corpus.why_missing(pid, "document", "the corpus"))
       ok = False
     rows.append(r)
   return (q, rows) if ok else None

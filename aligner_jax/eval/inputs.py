@@ -65,6 +65,9 @@ class EvalInputs:
     query_length: query length in tokens.
     ignore_identical_ids: drop a document whose id is the query's from its run before judging
       (BEIR's convention).
+    strict_data: refuse documents with neither title nor text (by default they are kept,
+      encoded as their framing tokens only, with a warning in the log); None: the
+      `ALIGNER_STRICT_DATA` environment variable decides.
   """
   beir_dir: str
   split: str
@@ -73,11 +76,13 @@ class EvalInputs:
   doc_length: int = 256
   query_length: int = 64
   ignore_identical_ids: bool = True
+  strict_data: bool | None = None
 
 
-def load_split(beir_dir: str, split: str) -> Collection:
+def load_split(beir_dir: str, split: str, *, strict: bool | None = None) -> Collection:
   """The BEIR directory's corpus, queries and `split` qrels; "demo" is the built-in demo
-  collection (ALIGNER_DEMO_DIR, or generated in memory)."""
+  collection (ALIGNER_DEMO_DIR, or generated in memory). `strict` refuses documents with
+  neither title nor text (None: the `ALIGNER_STRICT_DATA` environment variable)."""
   if beir_dir == DEMO:
     from aligner_jax.data import loaders  # pylint: disable=g-import-not-at-top
     collection = loaders.demo_collection()
@@ -85,7 +90,18 @@ def load_split(beir_dir: str, split: str) -> Collection:
       raise ValueError(f"the demo collection has no split {split!r} "
                        f"(has {sorted(collection.qrels)})")
     return collection
-  return read_beir(beir_dir, splits=[split])
+  return read_beir(beir_dir, splits=[split], strict=strict)
+
+
+def log_warnings(collection: Collection, log: Log) -> None:
+  """Says what was kept but is worth knowing (e.g. empty documents), with where."""
+  empty = collection.corpus.num_empty()
+  if empty:
+    log(f"warning: {collection.name} has {empty} document(s) with neither title nor text, kept "
+        "and encoded as their framing tokens only (STRICT_DATA / ALIGNER_STRICT_DATA=1 refuses "
+        "them)")
+  if collection.warnings:
+    log(str(collection.warnings))
 
 
 def encode_split_queries(model: ModelEncoders, collection: Collection, split: str, *,
@@ -199,10 +215,11 @@ class SplitData:
 
   @classmethod
   def load(cls, inputs: EvalInputs, log: Log = print_log) -> "SplitData":
-    collection = load_split(inputs.beir_dir, inputs.split)
+    collection = load_split(inputs.beir_dir, inputs.split, strict=inputs.strict_data)
     data = cls(inputs, collection, log)
     log(f"{collection.name}/{inputs.split}: {len(collection.corpus)} documents, "
         f"{len(data.query_ids)} judged queries")
+    log_warnings(collection, log)
     return data
 
   @property

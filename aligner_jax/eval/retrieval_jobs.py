@@ -135,13 +135,17 @@ def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int
 def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split: str,
                 output_dir: str, doc_length: int = 256, query_length: int = 64,
                 batch_size: int = 32, num_partitions: int = 1,
-                vector_dtype: str = "float16") -> dict[str, Any]:
+                vector_dtype: str = "float16",
+                strict_data: bool | None = None) -> dict[str, Any]:
   """Encodes the corpus (each process its slice) and the split's queries into token stores:
-  OUTPUT_DIR/corpus-<p>-of-<P>/ and OUTPUT_DIR/queries-<split>/ (process 0)."""
+  OUTPUT_DIR/corpus-<p>-of-<P>/ and OUTPUT_DIR/queries-<split>/ (process 0). Documents with
+  neither title nor text are encoded as their framing tokens only, unless `strict_data`
+  (None: `ALIGNER_STRICT_DATA`) refuses them."""
   module, params = model
   enc = model_encoders(module, params, vocabulary, batch_size=batch_size,
                        num_partitions=num_partitions)
-  collection = inputs_lib.load_split(beir_dir, split)
+  collection = inputs_lib.load_split(beir_dir, split, strict=strict_data)
+  inputs_lib.log_warnings(collection, inputs_lib.print_log)
   rows = host_slice(len(collection.corpus))
   store = inputs_lib.encode_collection_corpus(enc, collection, doc_length=doc_length,
                                             vector_dtype=vector_dtype, rows=rows)
@@ -192,12 +196,14 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
               ignore_identical_ids: bool = True,
-              encoded_dir: str | None = None) -> dict[str, Any]:
+              encoded_dir: str | None = None,
+              strict_data: bool | None = None) -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
-  (`--gin.eval_beir.encoded_dir="'DIR'"`).
+  (`--gin.eval_beir.encoded_dir="'DIR'"`). `strict_data`: refuse documents with neither title
+  nor text (None: the `ALIGNER_STRICT_DATA` environment variable; off when unset).
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
@@ -213,7 +219,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
   output_dir = output_dir if jax.process_index() == 0 else os.path.join(
       output_dir, f".process-{jax.process_index()}")
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
-                                 query_length, ignore_identical_ids)
+                                 query_length, ignore_identical_ids, strict_data)
   result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
                                     num_pictures=num_pictures)
   print(summary_table(result), flush=True)

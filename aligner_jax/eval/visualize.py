@@ -9,7 +9,8 @@ saliences as bars; `render_html` / `save_html` write the text view of Table 4: t
 them carries that colour and its rank as a superscript (1 = most similar).
 
 Token strings are displayed as given, except that WordPiece continuations ("##ing") join the
-previous token and SentencePiece's "▁" marks a word start.
+previous token and SentencePiece's "▁" marks a word start. A document with no tokens at all
+(an empty document stored without framing tokens) is drawn as such: score 0, no matrix.
 """
 
 import dataclasses
@@ -119,13 +120,40 @@ def alignment_view(q_tokens: list[str], d_tokens: list[str], q_vectors: np.ndarr
 def save_png(view: AlignmentView, path: str | os.PathLike, *, title: str = "") -> None:
   """Heat map of S with aligned cells numbered by rank, and salience bars (atomic write)."""
   n, m = view.similarity.shape
-  width = min(4 + 0.18 * m, 40)
+  width = min(4 + 0.18 * max(m, 8), 40)
   height = 2.5 + 0.3 * n
   fig, axes = plt.subplots(2, 2, figsize=(width, height),
-                           gridspec_kw={"width_ratios": [m, 3], "height_ratios": [n, 3]},
+                           gridspec_kw={"width_ratios": [max(m, 3), 3], "height_ratios": [n, 3]},
                            squeeze=False)
   ax, ax_q, ax_d, ax_off = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
   ax_off.axis("off")
+  if m == 0:
+    _draw_no_document_tokens(ax, ax_d, view, title)
+  else:
+    _draw_similarity(fig, ax, ax_d, ax_off, view, title)
+  ax_q.barh(range(n), view.q_salience, color=np.where(view.q_highlight, "#444444", "#bbbbbb"))
+  ax_q.set_ylim(n - 0.5, -0.5)
+  ax_q.set_yticks([])
+  ax_q.set_title("query salience", fontsize=8)
+  fig.tight_layout()
+  write_png(fig, path, dpi=110)
+
+
+def _draw_no_document_tokens(ax, ax_d, view: AlignmentView, title: str) -> None:
+  """The matrix panel of a document without tokens: the query tokens and a note."""
+  n = len(view.q_tokens)
+  ax.set_ylim(n - 0.5, -0.5)
+  ax.set_xticks([])
+  ax.set_yticks(range(n), view.q_tokens, fontsize=7)
+  ax.text(0.5, 0.5, "the document has no tokens", ha="center", va="center", fontsize=8,
+          transform=ax.transAxes)
+  ax.set_title(title or f"{view.alignment} alignment (score {view.score:.3f})", fontsize=9)
+  ax_d.axis("off")
+
+
+def _draw_similarity(fig, ax, ax_d, ax_off, view: AlignmentView, title: str) -> None:
+  """S as a heat map with the aligned cells numbered by rank, and the document saliences."""
+  n, m = view.similarity.shape
   im = ax.imshow(view.similarity, aspect="auto", cmap="viridis", interpolation="nearest")
   for i, j in zip(*np.nonzero(view.ranks)):
     color = COLORS[view.colored.index(i)] if i in view.colored else "white"
@@ -138,16 +166,10 @@ def save_png(view: AlignmentView, path: str | os.PathLike, *, title: str = "") -
   ax.set_title(title or f"similarity and {view.alignment} alignment (score {view.score:.3f})",
                fontsize=9)
   fig.colorbar(im, ax=ax_off, fraction=0.5, label="q·d")
-  ax_q.barh(range(n), view.q_salience, color=np.where(view.q_highlight, "#444444", "#bbbbbb"))
-  ax_q.set_ylim(n - 0.5, -0.5)
-  ax_q.set_yticks([])
-  ax_q.set_title("query salience", fontsize=8)
   ax_d.bar(range(m), view.d_salience, color=np.where(view.d_highlight, "#444444", "#bbbbbb"))
   ax_d.set_xlim(-0.5, m - 0.5)
   ax_d.set_xticks([])
   ax_d.set_ylabel("doc salience", fontsize=8)
-  fig.tight_layout()
-  write_png(fig, path, dpi=110)
 
 
 def _pieces(tokens: list[str]) -> list[tuple[str, str]]:
@@ -196,6 +218,8 @@ def render_html(view: AlignmentView, *, title: str = "") -> str:
       tip += "; aligned to " + ", ".join(f"{view.q_tokens[i]} (rank {r})" for r, i in marks)
     parts.append(f'{esc(sep)}<span style="{";".join(style)}" title="{esc(tip)}">{esc(text)}'
                  f"</span>{sup}")
+  if not view.d_tokens:
+    parts.append("<i>(no tokens)</i>")
   parts.append("</p></div>")
   return "".join(parts)
 
