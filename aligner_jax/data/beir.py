@@ -11,16 +11,24 @@ Checks (each reported as `file:line: problem`): invalid UTF-8, broken JSON, miss
 column count or header in qrels, a non-integer score, a duplicate judgement, and judgements that
 name an unknown query or document. All problems of all files are collected before raising one
 `DataError`.
+
+Corpora larger than memory: `CorpusFile` reads a range of documents at a time (the encode
+job), and `read_split_queries` reads one split's queries without the corpus.
 """
 
+import array
+import hashlib
 import os
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from aligner_jax.data import lines
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import Qrels
 from aligner_jax.data.collection import Table
+from aligner_jax.data.collection import document_text
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
@@ -30,27 +38,102 @@ from aligner_jax.data.errors import fail
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
+def _document(path: str, number: int, obj: dict[str, Any],
+              log: ProblemLog) -> tuple[str, str, str] | None:
+  """(id, title, text) of one corpus line's object, or None after reporting its problem."""
+  doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
+  text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
+  title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
+  if doc_id is None or text is None:
+    return None
+  if not text.strip() and not (title or "").strip():
+    log.add(path, number, f"empty text (document {doc_id!r} has neither title nor text)")
+    return None
+  return doc_id, title or "", text
+
+
 def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
   """Documents of a BEIR `corpus.jsonl`."""
   path = os.fspath(path)
   corpus = new_corpus()
   first_line: dict[str, int] = {}
   for number, obj in lines.read_jsonl(path, log):
-    doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
-    text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
-    title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
-    if doc_id is None or text is None:
+    entry = _document(path, number, obj, log)
+    if entry is None:
       continue
-    if not text.strip() and not (title or "").strip():
-      log.add(path, number, f"empty text (document {doc_id!r} has neither title nor text)")
-      continue
+    doc_id, title, text = entry
     if doc_id in first_line:
       log.add(path, number,
               f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
       continue
     first_line[doc_id] = number
-    corpus.add(doc_id, text, title=title or "")
+    corpus.add(doc_id, text, title=title)
   return corpus
+
+
+def _id_digest(doc_id: str) -> int:
+  return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class CorpusFile:
+  """A BEIR `corpus.jsonl` read a range of documents at a time, never whole.
+
+  Opening it reads the file once with every check of `read_corpus_jsonl` and keeps, per
+  document, only where its line starts and a 64-bit digest of its id (16 bytes a document, for
+  the duplicate check); `read_rows(rows)` seeks to the first of `rows` and parses just those
+  lines. Rows count documents in file order, as `read_corpus_jsonl` numbers them.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, max_problems: int = DEFAULT_MAX_PROBLEMS):
+    self.path = lines.check_file(path)
+    log = ProblemLog(max_problems)
+    starts, digests = array.array("q"), array.array("Q")
+    with open(self.path, "rb") as f:
+      position = 0
+      for number, raw in enumerate(f, start=1):
+        start, position = position, position + len(raw)
+        entry = self._parse(number, raw, log)
+        if entry is not None:
+          starts.append(start)
+          digests.append(_id_digest(entry[0]))
+    self.starts = np.frombuffer(starts, np.int64) if starts else np.zeros(0, np.int64)
+    log.raise_if_any()
+    sorted_digests = np.sort(np.frombuffer(digests, np.uint64)) if digests else None
+    if sorted_digests is not None and np.any(sorted_digests[1:] == sorted_digests[:-1]):
+      # Rare: name each duplicate with its lines (the full reader); equal digests of distinct
+      # ids find nothing there and are fine.
+      read_corpus_jsonl(self.path, log)
+      log.raise_if_any()
+
+  def _parse(self, number: int, raw: bytes, log: ProblemLog) -> tuple[str, str, str] | None:
+    text = lines.decode_line(self.path, number, raw, log)
+    obj = None if text is None else lines.parse_json_object(self.path, number, text, log)
+    return None if obj is None else _document(self.path, number, obj, log)
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
+    """(ids, texts as the encoders read them) of documents `rows` (a step-1 range)."""
+    if rows.step != 1 or rows.start < 0 or rows.stop > len(self):
+      raise IndexError(f"rows {rows} are not a step-1 range within {len(self)} documents")
+    ids, texts = [], []
+    if not rows:
+      return ids, texts
+    log = ProblemLog()
+    with open(self.path, "rb") as f:
+      f.seek(int(self.starts[rows.start]))
+      while len(ids) < len(rows):
+        raw = f.readline()
+        if not raw:
+          raise fail(self.path, None, "the file became shorter after it was opened")
+        entry = self._parse(0, raw, log)
+        if log:
+          raise fail(self.path, None, "the file changed after it was opened")
+        if entry is not None:
+          ids.append(entry[0])
+          texts.append(document_text(entry[1], entry[2]))
+    return ids, texts
 
 
 def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
@@ -123,6 +206,16 @@ def available_splits(path: str | os.PathLike) -> list[str]:
   return sorted(p.stem for p in qrels_dir.glob("*.tsv"))
 
 
+def _check_splits(root: pathlib.Path, splits: Sequence[str]) -> None:
+  if not root.is_dir():
+    raise fail(str(root), None, "BEIR directory not found (expected corpus.jsonl, "
+               "queries.jsonl and qrels/<split>.tsv inside)")
+  found = available_splits(root)
+  missing = [s for s in splits if s not in found]
+  if missing:
+    raise fail(str(root / "qrels" / f"{missing[0]}.tsv"), None,
+               f"file not found (splits with qrels here: {', '.join(found) or 'none'})")
+
 def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
               name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS) -> Collection:
   """Reads and checks a BEIR directory; raises `DataError` listing every problem found.
@@ -134,20 +227,29 @@ def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
     max_problems: how many problems the error lists (all are counted).
   """
   root = pathlib.Path(path)
-  if not root.is_dir():
-    raise fail(str(root), None, "BEIR directory not found (expected corpus.jsonl, "
-               "queries.jsonl and qrels/<split>.tsv inside)")
+  splits = available_splits(root) if splits is None else splits
+  _check_splits(root, splits)
   log = ProblemLog(max_problems)
-  found = available_splits(root)
-  if splits is None:
-    splits = found
-  missing = [s for s in splits if s not in found]
-  if missing:
-    raise fail(str(root / "qrels" / f"{missing[0]}.tsv"), None,
-               f"file not found (splits with qrels here: {', '.join(found) or 'none'})")
   corpus = read_corpus_jsonl(root / "corpus.jsonl", log)
   queries = read_queries_jsonl(root / "queries.jsonl", log)
   qrels = {s: read_qrels_tsv(root / "qrels" / f"{s}.tsv", log, queries=queries, corpus=corpus)
            for s in splits}
   log.raise_if_any()
   return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def read_split_queries(path: str | os.PathLike, split: str, *,
+                       max_problems: int = DEFAULT_MAX_PROBLEMS) -> Table:
+  """The queries judged in `split`, in the order of the query file, without reading the corpus
+  (the judgements' document ids are therefore not checked here)."""
+  root = pathlib.Path(path)
+  _check_splits(root, [split])
+  log = ProblemLog(max_problems)
+  queries = read_queries_jsonl(root / "queries.jsonl", log)
+  qrels = read_qrels_tsv(root / "qrels" / f"{split}.tsv", log, queries=queries, corpus=None)
+  log.raise_if_any()
+  judged = new_queries()
+  for row, query_id in enumerate(queries.ids):
+    if query_id in qrels:
+      judged.add(query_id, queries.texts[row], metadata=queries.metadata[row])
+  return judged

@@ -58,6 +58,11 @@ class Table:
       return document_text(self.titles[row], self.texts[row])
     return self.texts[row]
 
+  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
+    """(ids, texts as the encoders read them) of `rows`; the in-memory twin of
+    `beir.CorpusFile.read_rows`."""
+    return [self.ids[r] for r in rows], [self.text(r) for r in rows]
+
 
 def new_corpus() -> Table:
   return Table(titles=[])

@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aligner_jax.data.beir import read_beir
+from aligner_jax.data.beir import read_split_queries
 from aligner_jax.data.collection import Collection
+from aligner_jax.data.collection import Table
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import TokenIndex
 from aligner_jax.index import build_token_index
@@ -86,6 +88,29 @@ def load_split(beir_dir: str, split: str) -> Collection:
                        f"(has {sorted(collection.qrels)})")
     return collection
   return read_beir(beir_dir, splits=[split])
+
+
+def corpus_documents(beir_dir: str) -> tuple[str, Any]:
+  """(name, documents) of a collection's corpus, read a range at a time (`read_rows`):
+  `data.beir.CorpusFile` for a BEIR directory; the demo collection is in memory anyway."""
+  if beir_dir == DEMO:
+    from aligner_jax.data import loaders  # pylint: disable=g-import-not-at-top
+    collection = loaders.demo_collection()
+    return collection.name, collection.corpus
+  from aligner_jax.data.beir import CorpusFile  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(beir_dir).name, CorpusFile(pathlib.Path(beir_dir) / "corpus.jsonl")
+
+
+def judged_queries(beir_dir: str, split: str) -> Table:
+  """The queries judged in `split`, without reading a BEIR corpus."""
+  if beir_dir == DEMO:
+    collection = load_split(DEMO, split)
+    judged = collection.split_queries(split)
+    table = Table(metadata=[])
+    for q in judged:
+      table.add(q, collection.queries.texts[collection.queries.index[q]])
+    return table
+  return read_split_queries(beir_dir, split)
 
 
 def encode_split_queries(model: ModelEncoders, collection: Collection, split: str, *,
