@@ -1,7 +1,8 @@
 """What an evaluation reads: a BEIR split, its encoded queries and corpus, the token index.
 
 Queries and documents are either encoded here with a model (`ModelEncoders`) or read from an
-encode job's output directory (`corpus-<p>-of-<P>/`, `queries-<split>/`, checksums verified),
+encode job's output directory (corpus shards `corpus-<i>-of-<n>/` in document order, the
+per-process stores of earlier versions alike, and `queries-<split>/`; checksums verified),
 whose lengths and document ids must match the evaluation's (an error names the directory
 otherwise). `SplitData` is one loaded split with both sources behind two methods, so the
 evaluators never ask where vectors come from.
@@ -134,23 +135,47 @@ def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, do
 
 
 def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:
-  """The complete set of encoded corpus shards (corpus-<p>-of-<P>/) in `encoded_dir`."""
+  """The complete set of encoded corpus shards (corpus-<i>-of-<n>/) in `encoded_dir`, in
+  document order."""
   found = sorted(pathlib.Path(encoded_dir).glob("corpus-*-of-*"))
   if not found:
     raise IndexFileError(encoded_dir, "no encoded corpus shards (corpus-*-of-*) here; "
                          "run the encode job first")
   counts = {p.name.rsplit("-of-", 1)[1] for p in found}
-  if len(counts) != 1 or len(found) != int(counts.pop()):
-    raise IndexFileError(encoded_dir, f"incomplete set of corpus shards: "
-                         f"{[p.name for p in found]}")
+  if len(counts) != 1:
+    raise IndexFileError(encoded_dir, f"corpus shards of different layouts mixed "
+                         f"({sorted(counts)} shards); remove the directory and encode again")
+  count = counts.pop()
+  names = {p.name for p in found}
+  missing = [f"corpus-{i:05d}-of-{count}" for i in range(int(count))
+             if f"corpus-{i:05d}-of-{count}" not in names]
+  if missing or len(found) != int(count):
+    raise IndexFileError(encoded_dir, f"incomplete set of corpus shards: {len(missing)} of "
+                         f"{int(count)} missing, e.g. {missing[:3]} (the encode job has not "
+                         "finished: rerun it, it continues where it stopped)")
   return found
 
 
-def _check_encoded(directory: pathlib.Path, key: str, want: int) -> None:
-  config = read_json(pathlib.Path(directory) / MANIFEST).get("config", {})
+def _check_encoded(directory: pathlib.Path, key: str, want: int) -> dict[str, Any]:
+  manifest = read_json(pathlib.Path(directory) / MANIFEST)
+  config = manifest.get("config", {})
   if config.get(key) != want:
     raise IndexFileError(directory, f"encoded with {key}={config.get(key)!r} but this run asks "
                          f"for {want}; re-encode or set the evaluation length to match")
+  return manifest
+
+
+def _check_order(shards: Sequence[pathlib.Path], manifests: Sequence[dict[str, Any]]) -> None:
+  """Shards that record their first document (the encode job's) must follow one another;
+  stores of the one-per-process layout of earlier versions record none and load as they are."""
+  first = 0
+  for shard, manifest in zip(shards, manifests):
+    start = manifest.get("config", {}).get("first_document", first)
+    if start != first:
+      raise IndexFileError(shard, f"starts at document {start} but the shards before it hold "
+                           f"{first} documents (shards of different encodings mixed); remove "
+                           "the directory and run the encode job again")
+    first += int(manifest.get("counts", {}).get("documents", 0))
 
 
 def load_encoded_corpus(encoded_dir: str | pathlib.Path, collection: Collection, *,
@@ -159,8 +184,7 @@ def load_encoded_corpus(encoded_dir: str | pathlib.Path, collection: Collection,
   `collection`'s document ids and `doc_length`."""
   t = time.time()
   shards = corpus_shards(encoded_dir)
-  for shard in shards:
-    _check_encoded(shard, "doc_length", doc_length)
+  _check_order(shards, [_check_encoded(shard, "doc_length", doc_length) for shard in shards])
   store = concatenate([load_token_store(p) for p in shards])
   if sorted(store.doc_ids) != sorted(collection.corpus.ids):
     raise IndexFileError(encoded_dir, f"the encoded corpus holds {store.num_docs} documents "

@@ -30,6 +30,7 @@ from aligner_jax.index import IndexConfig
 from aligner_jax.index import concatenate
 from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
+from aligner_jax.io import remove_leftovers
 from aligner_jax.retrieval.corpus_shards import ShardPlan
 from aligner_jax.retrieval.corpus_shards import encode_corpus_shards
 from aligner_jax.retrieval.corpus_shards import params_fingerprint
@@ -145,6 +146,7 @@ def _encode_queries(enc: inputs_lib.ModelEncoders, beir_dir: str, split: str,
     print(f"{directory} is complete (verified)", flush=True)
     return
   print(f"encoding {len(table)} {split} queries", flush=True)
+  remove_leftovers(directory)
   queries = encode_queries(enc.queries, enc.vocabulary, table.ids, table.texts,
                            max_length=config["query_length"])
   store = from_padded(queries.ids, queries.vectors, queries.mask, salience=queries.salience,

@@ -33,6 +33,7 @@ from aligner_jax.index.token_store_io import KIND
 from aligner_jax.index.token_store_io import VERSION
 from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.index.token_store_io import shard_name
+from aligner_jax.io import remove_leftovers
 from aligner_jax.retrieval.encoding import Encoder
 from aligner_jax.retrieval.encoding import encode_corpus
 
@@ -175,6 +176,7 @@ def encode_corpus_shards(encoder: Encoder, vocabulary: Any, source: DocumentSour
       counts = files.read_json(directory / files.MANIFEST)["counts"]
     else:
       t = time.time()
+      remove_leftovers(directory)  # what a killed run left; this process alone writes the shard
       store = encode_corpus(encoder, vocabulary, ids, texts, max_length=max_length,
                             vector_dtype=vector_dtype)
       del texts
