@@ -7,10 +7,10 @@ under a data-parallel mesh (`Partitioner`): each batch is split over the mesh's 
 A mesh of this process's own devices (`Partitioner(devices=jax.local_devices())`, what the
 encode job uses) needs no other process: texts are encoded in order of length with each batch
 padded to a multiple of `length_bucket` (short texts cost less). A mesh spanning several
-processes runs in lockstep: every process encodes its own slice of the texts (`host_slice`),
-contributes its rows of each global batch and keeps its own rows of the output, and every batch
-is padded to `max_length`, since all processes must run the same shapes. Outputs are in the
-input order either way; padding never changes a real token's vector (attention is masked).
+processes runs in lockstep: every process contributes rows of its own texts to each global
+batch and keeps its own rows of the output, and every batch is padded to `max_length`, since
+all processes must run the same shapes. Outputs are in the input order either way; padding
+never changes a real token's vector (attention is masked).
 """
 
 import math
@@ -48,15 +48,6 @@ def token_strings(vocabulary: Any, ids: Sequence[int]) -> list[str]:
   if tok is not None and hasattr(tok, "id_to_piece"):
     return [tok.id_to_piece(int(i)) for i in ids]
   return [vocabulary.decode([int(i)]) for i in ids]
-
-
-def host_slice(num_items: int, process_index: int | None = None,
-               process_count: int | None = None) -> slice:
-  """The contiguous rows process `process_index` of `process_count` encodes."""
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  per = math.ceil(num_items / count)
-  return slice(min(index * per, num_items), min((index + 1) * per, num_items))
 
 
 def make_encode_fn(module: Any, side: str) -> EncodeFn:
