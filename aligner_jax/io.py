@@ -10,8 +10,9 @@ A directory is put in place by swapping it with the old one in a single rename
 (`renameat2(RENAME_EXCHANGE)` on Linux), so its final name never stops existing; where that
 call is missing, the old directory is renamed aside first and there is a moment without one.
 
-A writer killed mid-way leaves its hidden temporary sibling behind (nothing can remove it);
-the final name is never affected.
+A writer killed mid-way leaves its hidden temporary sibling behind; the final name is never
+affected. `remove_leftovers(path)` clears such siblings where the caller knows that no other
+writer of `path` is running (a resumed job rewriting an output it alone owns).
 
 Paths with a scheme (`gs://…`) are written as one object upload, which object stores make
 atomic on their own; `atomic_dir` needs a local path.
@@ -214,3 +215,19 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[pathlib.Path]:
     shutil.rmtree(old, ignore_errors=True)
   elif old is not None:  # `final` was a file or a link
     old.unlink(missing_ok=True)
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[pathlib.Path]:
+  """Removes the hidden temporary siblings that writers of `path` killed mid-way left behind;
+  returns them. Call it only where no other writer of `path` can be running (e.g. the one
+  process that owns that output, before it writes it again)."""
+  path = pathlib.Path(path)
+  prefix, suffix = _temp_name(path)
+  found = sorted(p for p in path.parent.glob("*") if p.name.startswith(prefix)
+                 and p.name.endswith(suffix) and p.name != path.name)
+  for leftover in found:
+    if leftover.is_dir() and not leftover.is_symlink():
+      shutil.rmtree(leftover, ignore_errors=True)
+    else:
+      leftover.unlink(missing_ok=True)
+  return found

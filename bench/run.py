@@ -23,7 +23,7 @@ from bench import harness
 from bench import report
 
 BENCHMARKS = ("bench.bench_scorers", "bench.bench_storage", "bench.bench_token_mips",
-              "bench.bench_encoder")
+              "bench.bench_encoder", "bench.bench_encode_memory")
 FULL_ONLY = ("bench.bench_end_to_end",)
 
 

@@ -15,17 +15,25 @@ A document whose title and text are both empty is legal (BEIR's own loader keeps
 it is kept and reported as a warning (`Collection.warnings`), unless strict mode refuses it
 (`strict=True`, or `ALIGNER_STRICT_DATA=1` when `strict` is None). A judgement naming a refused
 row says that row was refused, never that its id is unknown.
+
+Corpora larger than memory: `CorpusFile` reads a range of documents at a time (the encode
+job), and `read_split_queries` reads one split's queries without the corpus.
 """
 
+import array
+import hashlib
 import os
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from aligner_jax.data import lines
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import Qrels
 from aligner_jax.data.collection import Table
 from aligner_jax.data.collection import admit_empty_document
+from aligner_jax.data.collection import document_text
 from aligner_jax.data.collection import new_corpus
 from aligner_jax.data.collection import new_queries
 from aligner_jax.data.errors import DEFAULT_MAX_PROBLEMS
@@ -34,6 +42,21 @@ from aligner_jax.data.errors import fail
 from aligner_jax.data.errors import strict_mode
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+def _document(path: str, number: int, obj: dict[str, Any], log: ProblemLog, *,
+              strict: bool) -> tuple[str | None, tuple[str, str] | None]:
+  """(id or None, (title, text) or None when the line is refused) of one corpus line's object;
+  every problem or warning is reported to `log`."""
+  doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
+  text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
+  title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
+  if doc_id is None or text is None:
+    return doc_id, None
+  empty = not text.strip() and not (title or "").strip()
+  if empty and not admit_empty_document(log, path, number, doc_id, strict=strict):
+    return doc_id, None
+  return doc_id, (title or "", text)
 
 
 def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
@@ -45,23 +68,93 @@ def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
   corpus = new_corpus()
   first_line: dict[str, int] = {}
   for number, obj in lines.read_jsonl(path, log):
-    doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
-    text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
-    title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
+    doc_id, entry = _document(path, number, obj, log, strict=strict)
     if doc_id is None:
       continue
     if doc_id in first_line:
       log.add(path, number,
               f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})")
       continue
-    empty = text is not None and not text.strip() and not (title or "").strip()
-    if text is None or (empty and not admit_empty_document(log, path, number, doc_id,
-                                                           strict=strict)):
+    if entry is None:
       corpus.refuse(doc_id, path, number)
       continue
     first_line[doc_id] = number
-    corpus.add(doc_id, text, title=title or "")
+    title, text = entry
+    corpus.add(doc_id, text, title=title)
   return corpus
+
+
+def _id_digest(doc_id: str) -> int:
+  return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class CorpusFile:
+  """A BEIR `corpus.jsonl` read a range of documents at a time, never whole.
+
+  Opening it reads the file once with every check of `read_corpus_jsonl` and keeps, per
+  document, only where its line starts and a 64-bit digest of its id (16 bytes a document, for
+  the duplicate check); `read_rows(rows)` seeks to the first of `rows` and parses just those
+  lines. Rows count documents in file order, as `read_corpus_jsonl` numbers them. Documents
+  with neither title nor text are kept with a warning (`warnings`) or, in strict mode, refused
+  as `read_corpus_jsonl` does.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, max_problems: int = DEFAULT_MAX_PROBLEMS,
+               strict: bool | None = None):
+    self.path = lines.check_file(path)
+    self.strict = strict_mode(strict)
+    log = ProblemLog(max_problems)
+    starts, digests = array.array("q"), array.array("Q")
+    with open(self.path, "rb") as f:
+      position = 0
+      for number, raw in enumerate(f, start=1):
+        start, position = position, position + len(raw)
+        entry = self._parse(number, raw, log)
+        if entry is not None:
+          starts.append(start)
+          digests.append(_id_digest(entry[0]))
+    self.starts = np.frombuffer(starts, np.int64) if starts else np.zeros(0, np.int64)
+    self.warnings = log.warnings()
+    log.raise_if_any()
+    sorted_digests = np.sort(np.frombuffer(digests, np.uint64)) if digests else None
+    if sorted_digests is not None and np.any(sorted_digests[1:] == sorted_digests[:-1]):
+      # Rare: name each duplicate with its lines (the full reader); equal digests of distinct
+      # ids find nothing there and are fine.
+      read_corpus_jsonl(self.path, log, strict=self.strict)
+      log.raise_if_any()
+
+  def _parse(self, number: int, raw: bytes, log: ProblemLog) -> tuple[str, str, str] | None:
+    text = lines.decode_line(self.path, number, raw, log)
+    obj = None if text is None else lines.parse_json_object(self.path, number, text, log)
+    if obj is None:
+      return None
+    doc_id, entry = _document(self.path, number, obj, log, strict=self.strict)
+    return None if doc_id is None or entry is None else (doc_id, *entry)
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
+    """(ids, texts as the encoders read them) of documents `rows` (a step-1 range)."""
+    if rows.step != 1 or rows.start < 0 or rows.stop > len(self):
+      raise IndexError(f"rows {rows} are not a step-1 range within {len(self)} documents")
+    ids, texts = [], []
+    if not rows:
+      return ids, texts
+    log = ProblemLog()
+    with open(self.path, "rb") as f:
+      f.seek(int(self.starts[rows.start]))
+      while len(ids) < len(rows):
+        raw = f.readline()
+        if not raw:
+          raise fail(self.path, None, "the file became shorter after it was opened")
+        entry = self._parse(0, raw, log)
+        if log:
+          raise fail(self.path, None, "the file changed after it was opened")
+        if entry is not None:
+          ids.append(entry[0])
+          texts.append(document_text(entry[1], entry[2]))
+    return ids, texts
 
 
 def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:
@@ -137,6 +230,16 @@ def available_splits(path: str | os.PathLike) -> list[str]:
   return sorted(p.stem for p in qrels_dir.glob("*.tsv"))
 
 
+def _check_splits(root: pathlib.Path, splits: Sequence[str]) -> None:
+  if not root.is_dir():
+    raise fail(str(root), None, "BEIR directory not found (expected corpus.jsonl, "
+               "queries.jsonl and qrels/<split>.tsv inside)")
+  found = available_splits(root)
+  missing = [s for s in splits if s not in found]
+  if missing:
+    raise fail(str(root / "qrels" / f"{missing[0]}.tsv"), None,
+               f"file not found (splits with qrels here: {', '.join(found) or 'none'})")
+
 def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
               name: str | None = None, max_problems: int = DEFAULT_MAX_PROBLEMS,
               strict: bool | None = None) -> Collection:
@@ -151,9 +254,8 @@ def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
       warning; None: the `ALIGNER_STRICT_DATA` environment variable decides.
   """
   root = pathlib.Path(path)
-  if not root.is_dir():
-    raise fail(str(root), None, "BEIR directory not found (expected corpus.jsonl, "
-               "queries.jsonl and qrels/<split>.tsv inside)")
+  splits = available_splits(root) if splits is None else splits
+  _check_splits(root, splits)
   log = ProblemLog(max_problems)
   found = available_splits(root)
   if splits is None:
@@ -169,3 +271,21 @@ def read_beir(path: str | os.PathLike, *, splits: Sequence[str] | None = None,
   log.raise_if_any()
   return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels,
                     warnings=log.warnings())
+  return Collection(name=name or root.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def read_split_queries(path: str | os.PathLike, split: str, *,
+                       max_problems: int = DEFAULT_MAX_PROBLEMS) -> Table:
+  """The queries judged in `split`, in the order of the query file, without reading the corpus
+  (the judgements' document ids are therefore not checked here)."""
+  root = pathlib.Path(path)
+  _check_splits(root, [split])
+  log = ProblemLog(max_problems)
+  queries = read_queries_jsonl(root / "queries.jsonl", log)
+  qrels = read_qrels_tsv(root / "qrels" / f"{split}.tsv", log, queries=queries, corpus=None)
+  log.raise_if_any()
+  judged = new_queries()
+  for row, query_id in enumerate(queries.ids):
+    if query_id in qrels:
+      judged.add(query_id, queries.texts[row], metadata=queries.metadata[row])
+  return judged

@@ -101,6 +101,11 @@ class Table:
     """How many rows have no text at all (documents: neither title nor text)."""
     return sum(1 for row in range(len(self)) if not self.text(row))
 
+  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
+    """(ids, texts as the encoders read them) of `rows`; the in-memory twin of
+    `beir.CorpusFile.read_rows`."""
+    return [self.ids[r] for r in rows], [self.text(r) for r in rows]
+
 
 def new_corpus() -> Table:
   return Table(titles=[])

@@ -25,39 +25,53 @@ def check_file(path: str | os.PathLike) -> str:
   return path
 
 
+def decode_line(path: str, number: int, raw: bytes, log: ProblemLog) -> str | None:
+  """One raw line without its ending as text, or None after reporting invalid UTF-8."""
+  if raw.endswith(b"\n"):
+    raw = raw[:-1]
+  if raw.endswith(b"\r"):
+    raw = raw[:-1]
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    log.add(path, number,
+            f"invalid UTF-8 (byte {e.start} of the line: {raw[e.start:e.start + 1]!r})")
+    return None
+
+
 def read_lines(path: str | os.PathLike, log: ProblemLog) -> Iterator[tuple[int, str]]:
   """Yields `(line_number, text)` without the line ending; reports invalid UTF-8."""
   path = check_file(path)
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
-      if raw.endswith(b"\n"):
-        raw = raw[:-1]
-      if raw.endswith(b"\r"):
-        raw = raw[:-1]
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        log.add(path, number,
-                f"invalid UTF-8 (byte {e.start} of the line: {raw[e.start:e.start + 1]!r})")
-        continue
-      yield number, text
+      text = decode_line(path, number, raw, log)
+      if text is not None:
+        yield number, text
+
+
+def parse_json_object(path: str, number: int, text: str,
+                      log: ProblemLog) -> dict[str, Any] | None:
+  """The JSON object on one line; None for a blank line or after reporting a problem."""
+  if not text.strip():
+    return None
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    log.add(path, number, f"broken JSON: {e.msg} (column {e.colno})")
+    return None
+  if not isinstance(value, dict):
+    log.add(path, number, f"expected a JSON object, got {type(value).__name__}")
+    return None
+  return value
 
 
 def read_jsonl(path: str | os.PathLike, log: ProblemLog) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields `(line_number, object)` for each line holding a JSON object."""
   path = os.fspath(path)
   for number, text in read_lines(path, log):
-    if not text.strip():
-      continue
-    try:
-      value = json.loads(text)
-    except json.JSONDecodeError as e:
-      log.add(path, number, f"broken JSON: {e.msg} (column {e.colno})")
-      continue
-    if not isinstance(value, dict):
-      log.add(path, number, f"expected a JSON object, got {type(value).__name__}")
-      continue
-    yield number, value
+    value = parse_json_object(path, number, text, log)
+    if value is not None:
+      yield number, value
 
 
 def read_tsv(path: str | os.PathLike, log: ProblemLog, *, columns: int | Sequence[int],

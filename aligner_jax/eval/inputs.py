@@ -1,7 +1,8 @@
 """What an evaluation reads: a BEIR split, its encoded queries and corpus, the token index.
 
 Queries and documents are either encoded here with a model (`ModelEncoders`) or read from an
-encode job's output directory (`corpus-<p>-of-<P>/`, `queries-<split>/`, checksums verified),
+encode job's output directory (corpus shards `corpus-<i>-of-<n>/` in document order, the
+per-process stores of earlier versions alike, and `queries-<split>/`; checksums verified),
 whose lengths and document ids must match the evaluation's (an error names the directory
 otherwise). `SplitData` is one loaded split with both sources behind two methods, so the
 evaluators never ask where vectors come from.
@@ -15,7 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aligner_jax.data.beir import read_beir
+from aligner_jax.data.beir import read_split_queries
 from aligner_jax.data.collection import Collection
+from aligner_jax.data.collection import Table
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import TokenIndex
 from aligner_jax.index import build_token_index
@@ -104,6 +107,34 @@ def log_warnings(collection: Collection, log: Log) -> None:
     log(str(collection.warnings))
 
 
+def corpus_documents(beir_dir: str, *, strict: bool | None = None,
+                     log: Log = print_log) -> tuple[str, Any]:
+  """(name, documents) of a collection's corpus, read a range at a time (`read_rows`):
+  `data.beir.CorpusFile` for a BEIR directory (its warnings, e.g. empty documents, are logged;
+  `strict` as in `load_split`); the demo collection is in memory anyway."""
+  if beir_dir == DEMO:
+    from aligner_jax.data import loaders  # pylint: disable=g-import-not-at-top
+    collection = loaders.demo_collection()
+    return collection.name, collection.corpus
+  from aligner_jax.data.beir import CorpusFile  # pylint: disable=g-import-not-at-top
+  documents = CorpusFile(pathlib.Path(beir_dir) / "corpus.jsonl", strict=strict)
+  if documents.warnings:
+    log(f"warning: {documents.warnings}")
+  return pathlib.Path(beir_dir).name, documents
+
+
+def judged_queries(beir_dir: str, split: str) -> Table:
+  """The queries judged in `split`, without reading a BEIR corpus."""
+  if beir_dir == DEMO:
+    collection = load_split(DEMO, split)
+    judged = collection.split_queries(split)
+    table = Table(metadata=[])
+    for q in judged:
+      table.add(q, collection.queries.texts[collection.queries.index[q]])
+    return table
+  return read_split_queries(beir_dir, split)
+
+
 def encode_split_queries(model: ModelEncoders, collection: Collection, split: str, *,
                          query_length: int, log: Log = print_log) -> QueryBatch:
   ids = collection.split_queries(split)
@@ -125,23 +156,47 @@ def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, do
 
 
 def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:
-  """The complete set of encoded corpus shards (corpus-<p>-of-<P>/) in `encoded_dir`."""
+  """The complete set of encoded corpus shards (corpus-<i>-of-<n>/) in `encoded_dir`, in
+  document order."""
   found = sorted(pathlib.Path(encoded_dir).glob("corpus-*-of-*"))
   if not found:
     raise IndexFileError(encoded_dir, "no encoded corpus shards (corpus-*-of-*) here; "
                          "run the encode job first")
   counts = {p.name.rsplit("-of-", 1)[1] for p in found}
-  if len(counts) != 1 or len(found) != int(counts.pop()):
-    raise IndexFileError(encoded_dir, f"incomplete set of corpus shards: "
-                         f"{[p.name for p in found]}")
+  if len(counts) != 1:
+    raise IndexFileError(encoded_dir, f"corpus shards of different layouts mixed "
+                         f"({sorted(counts)} shards); remove the directory and encode again")
+  count = counts.pop()
+  names = {p.name for p in found}
+  missing = [f"corpus-{i:05d}-of-{count}" for i in range(int(count))
+             if f"corpus-{i:05d}-of-{count}" not in names]
+  if missing or len(found) != int(count):
+    raise IndexFileError(encoded_dir, f"incomplete set of corpus shards: {len(missing)} of "
+                         f"{int(count)} missing, e.g. {missing[:3]} (the encode job has not "
+                         "finished: rerun it, it continues where it stopped)")
   return found
 
 
-def _check_encoded(directory: pathlib.Path, key: str, want: int) -> None:
-  config = read_json(pathlib.Path(directory) / MANIFEST).get("config", {})
+def _check_encoded(directory: pathlib.Path, key: str, want: int) -> dict[str, Any]:
+  manifest = read_json(pathlib.Path(directory) / MANIFEST)
+  config = manifest.get("config", {})
   if config.get(key) != want:
     raise IndexFileError(directory, f"encoded with {key}={config.get(key)!r} but this run asks "
                          f"for {want}; re-encode or set the evaluation length to match")
+  return manifest
+
+
+def _check_order(shards: Sequence[pathlib.Path], manifests: Sequence[dict[str, Any]]) -> None:
+  """Shards that record their first document (the encode job's) must follow one another;
+  stores of the one-per-process layout of earlier versions record none and load as they are."""
+  first = 0
+  for shard, manifest in zip(shards, manifests):
+    start = manifest.get("config", {}).get("first_document", first)
+    if start != first:
+      raise IndexFileError(shard, f"starts at document {start} but the shards before it hold "
+                           f"{first} documents (shards of different encodings mixed); remove "
+                           "the directory and run the encode job again")
+    first += int(manifest.get("counts", {}).get("documents", 0))
 
 
 def load_encoded_corpus(encoded_dir: str | pathlib.Path, collection: Collection, *,
@@ -150,8 +205,7 @@ def load_encoded_corpus(encoded_dir: str | pathlib.Path, collection: Collection,
   `collection`'s document ids and `doc_length`."""
   t = time.time()
   shards = corpus_shards(encoded_dir)
-  for shard in shards:
-    _check_encoded(shard, "doc_length", doc_length)
+  _check_order(shards, [_check_encoded(shard, "doc_length", doc_length) for shard in shards])
   store = concatenate([load_token_store(p) for p in shards])
   if sorted(store.doc_ids) != sorted(collection.corpus.ids):
     raise IndexFileError(encoded_dir, f"the encoded corpus holds {store.num_docs} documents "

@@ -3,7 +3,7 @@
 Entry-point code: gin configures the arguments; the work is done by the gin-free
 `aligner_jax.eval.evaluators` and the index / retrieval libraries. Registered under the gin
 module `aligner_jax.eval`:
-  encode_beir       run.job: corpus and split queries -> token stores (one per process)
+  encode_beir       run.job: corpus and split queries -> token stores (resumable corpus shards)
   build_index       run.job: token stores -> the (pruned) token index in INDEX_DIR
   eval_beir         run.job: run.trec, metrics.json (+ adaptation.json, report.html)
   load_model        (module, params) from a trained MODEL_DIR or a pretrained checkpoint
@@ -30,9 +30,13 @@ from aligner_jax.index import IndexConfig
 from aligner_jax.index import concatenate
 from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
-from aligner_jax.index.token_store_io import shard_name
+from aligner_jax.io import remove_leftovers
+from aligner_jax.retrieval.corpus_shards import ShardPlan
+from aligner_jax.retrieval.corpus_shards import encode_corpus_shards
+from aligner_jax.retrieval.corpus_shards import params_fingerprint
+from aligner_jax.retrieval.corpus_shards import store_is_current
 from aligner_jax.retrieval.encoding import Encoder
-from aligner_jax.retrieval.encoding import host_slice
+from aligner_jax.retrieval.encoding import encode_queries
 from aligner_jax.retrieval.encoding import make_encode_fn
 
 _MODULE = "aligner_jax.eval"
@@ -114,11 +118,13 @@ def load_model(module: Any, *, model_dir: str | None = None,
 
 
 def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,
-                   num_partitions: int = 1) -> inputs_lib.ModelEncoders:
+                   num_partitions: int = 1, local: bool = False) -> inputs_lib.ModelEncoders:
+  """The model's encoders; `local`: over this process's devices only (no lockstep with other
+  processes, `batch_size` is then this process's batch)."""
   from aligner_jax.data.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
   from aligner_jax.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
   vocab = get_vocabulary(vocabulary)
-  partitioner = Partitioner(num_partitions)
+  partitioner = Partitioner(num_partitions, devices=jax.local_devices() if local else None)
   make = lambda side: Encoder(make_encode_fn(module, side), params, batch_size=batch_size,  # noqa
                               pad_id=vocab.pad_id, partitioner=partitioner)
   lite = lengths = None
@@ -131,37 +137,57 @@ def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int
   return inputs_lib.ModelEncoders(vocab, make("query"), make("doc"), lite, lengths)
 
 
+def _encode_queries(enc: inputs_lib.ModelEncoders, beir_dir: str, split: str,
+                    directory: pathlib.Path, config: dict[str, Any]) -> None:
+  """Encodes the split's judged queries into `directory` unless it already holds them."""
+  from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
+  table = inputs_lib.judged_queries(beir_dir, split)
+  if store_is_current(directory, config, table.ids, inputs_lib.print_log):
+    print(f"{directory} is complete (verified)", flush=True)
+    return
+  print(f"encoding {len(table)} {split} queries", flush=True)
+  remove_leftovers(directory)
+  queries = encode_queries(enc.queries, enc.vocabulary, table.ids, table.texts,
+                           max_length=config["query_length"])
+  store = from_padded(queries.ids, queries.vectors, queries.mask, salience=queries.salience,
+                      token_ids=queries.token_ids, pooled=queries.pooled)
+  save_token_store(store, directory, **config)
+
+
 @gin.configurable(module=_MODULE)
 def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split: str,
                 output_dir: str, doc_length: int = 256, query_length: int = 64,
                 batch_size: int = 32, num_partitions: int = 1,
                 vector_dtype: str = "float16",
+                shard_documents: int = 100_000,
                 strict_data: bool | None = None) -> dict[str, Any]:
-  """Encodes the corpus (each process its slice) and the split's queries into token stores:
-  OUTPUT_DIR/corpus-<p>-of-<P>/ and OUTPUT_DIR/queries-<split>/ (process 0). Documents with
-  neither title nor text are encoded as their framing tokens only, unless `strict_data`
-  (None: `ALIGNER_STRICT_DATA`) refuses them."""
+  """Encodes the corpus into OUTPUT_DIR/corpus-<i>-of-<n>/ shards of `shard_documents`
+  documents (`retrieval.corpus_shards`: each process its own shards on its own devices; a
+  rerun continues where a run stopped) and, on process 0, the split's queries into
+  OUTPUT_DIR/queries-<split>/. `batch_size` is each process's batch. Documents with neither
+  title nor text are encoded as their framing tokens only, unless `strict_data` (None:
+  `ALIGNER_STRICT_DATA`) refuses them."""
   module, params = model
   enc = model_encoders(module, params, vocabulary, batch_size=batch_size,
-                       num_partitions=num_partitions)
-  collection = inputs_lib.load_split(beir_dir, split, strict=strict_data)
-  inputs_lib.log_warnings(collection, inputs_lib.print_log)
-  rows = host_slice(len(collection.corpus))
-  store = inputs_lib.encode_collection_corpus(enc, collection, doc_length=doc_length,
-                                            vector_dtype=vector_dtype, rows=rows)
+                       num_partitions=num_partitions, local=True)
   out = pathlib.Path(output_dir)
-  name = shard_name("corpus", jax.process_index(), jax.process_count())
-  save_token_store(store, out / name, dataset=collection.name, doc_length=doc_length)
-  queries = inputs_lib.encode_split_queries(enc, collection, split, query_length=query_length)
-  if jax.process_index() == 0:
-    from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
-    q_store = from_padded(queries.ids, queries.vectors, queries.mask,
-                          salience=queries.salience, token_ids=queries.token_ids,
-                          pooled=queries.pooled)
-    save_token_store(q_store, out / f"queries-{split}", dataset=collection.name,
-                     query_length=query_length)
-  print(f"wrote {out / name}: {store.num_docs} documents, {store.num_tokens} tokens", flush=True)
-  return {"documents": store.num_docs, "tokens": store.num_tokens}
+  name, documents = inputs_lib.corpus_documents(beir_dir, strict=strict_data)
+  settings = {"dataset": name, "model": params_fingerprint(params)}
+  process, processes = jax.process_index(), jax.process_count()
+  if process == 0:
+    _encode_queries(enc, beir_dir, split, out / f"queries-{split}",
+                    {**settings, "query_length": query_length})
+  plan = ShardPlan(len(documents), shard_documents)
+  mine = plan.owned(process, processes)
+  print(f"process {process}/{processes}: {len(mine)} of {plan.num_shards} corpus shards "
+        f"({len(documents)} documents, {shard_documents} a shard)", flush=True)
+  done = encode_corpus_shards(enc.documents, enc.vocabulary, documents, out, plan, shards=mine,
+                              config=settings, max_length=doc_length,
+                              vector_dtype=vector_dtype, log=inputs_lib.print_log)
+  print(f"process {process}/{processes}: encoded shards {done['encoded']}, skipped finished "
+        f"shards {done['skipped']}; {done['documents']} documents, {done['tokens']} tokens",
+        flush=True)
+  return done
 
 
 @gin.configurable(module=_MODULE)

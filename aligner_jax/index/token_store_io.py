@@ -7,7 +7,8 @@ A store directory (written atomically, verified on load; see `files.py`) holds
   vectors.npy     [T, h] float32 | float16 | int8 (+ scales.npy [T] float32 for int8), or
                   [T, M] uint8 PQ codes (+ codebook.npy [M, 256, h/M] float32)
   salience.npy    [T] float32, token_ids.npy [T] int32, pooled.npy [N, h'] float32 (if present)
-Multi-host encoding writes one such directory per process (`shard_name`).
+The encode job writes one such directory per corpus shard (`shard_name`,
+`retrieval.corpus_shards`).
 """
 
 import pathlib

@@ -2,14 +2,15 @@
 
 Texts are tokenised with the model's vocabulary, framed with its special tokens and truncated
 to `max_length` (`vocabulary.frame`, the reference tokenizer's behaviour). The encoder runs
-under a data-parallel mesh (`Partitioner`): each global batch is split over the devices, and
-with several processes every process encodes its own slice of the texts
-(`host_slice`), contributes its rows of each global batch and keeps its own rows of the output.
+under a data-parallel mesh (`Partitioner`): each batch is split over the mesh's devices.
 
-On a single process texts are encoded in order of length with each batch padded to a multiple
-of `length_bucket` (short texts cost less); with several processes every batch is padded to
-`max_length`, since all processes must run the same shapes in lockstep. Outputs are in the
-input order either way; padding never changes a real token's vector (attention is masked).
+A mesh of this process's own devices (`Partitioner(devices=jax.local_devices())`, what the
+encode job uses) needs no other process: texts are encoded in order of length with each batch
+padded to a multiple of `length_bucket` (short texts cost less). A mesh spanning several
+processes runs in lockstep: every process contributes rows of its own texts to each global
+batch and keeps its own rows of the output, and every batch is padded to `max_length`, since
+all processes must run the same shapes. Outputs are in the input order either way; padding
+never changes a real token's vector (attention is masked).
 """
 
 import math
@@ -49,15 +50,6 @@ def token_strings(vocabulary: Any, ids: Sequence[int]) -> list[str]:
   return [vocabulary.decode([int(i)]) for i in ids]
 
 
-def host_slice(num_items: int, process_index: int | None = None,
-               process_count: int | None = None) -> slice:
-  """The contiguous rows process `process_index` of `process_count` encodes."""
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  per = math.ceil(num_items / count)
-  return slice(min(index * per, num_items), min((index + 1) * per, num_items))
-
-
 def make_encode_fn(module: Any, side: str) -> EncodeFn:
   """`(params, ids, mask) -> Encoded` for a `DualEncoder`'s query or document side."""
   if side not in ("query", "doc"):
@@ -77,10 +69,13 @@ class Encoder:
                pad_id: int = 0, length_bucket: int = 32, partitioner: Any = None):
     from aligner_jax.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
     self.partitioner = partitioner or Partitioner(1)
-    data = self.partitioner.data_size
-    local = max(1, data // jax.process_count())
+    here = jax.process_index()
+    # A mesh of other processes' devices too means global batches run in lockstep.
+    self.lockstep = any(d.process_index != here for d in self.partitioner.mesh.devices.flat)
+    hosts = jax.process_count() if self.lockstep else 1
+    local = max(1, self.partitioner.data_size // hosts)
     # Each process's share of a global batch must split evenly over its devices.
-    self.host_batch = max(local, int(math.ceil(batch_size / jax.process_count() / local)) * local)
+    self.host_batch = max(local, int(math.ceil(batch_size / hosts / local)) * local)
     self.pad_id = pad_id
     self.length_bucket = length_bucket
     with self.partitioner.context():
@@ -88,7 +83,11 @@ class Encoder:
     self._fn = jax.jit(encode_fn)
 
   def _run(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray | None]:
-    batch = self.partitioner.shard_batch({"ids": ids, "mask": mask})
+    if self.lockstep:
+      batch = self.partitioner.shard_batch({"ids": ids, "mask": mask})
+    else:
+      batch = {k: jax.device_put(v, self.partitioner.batch_sharding(v.ndim))
+               for k, v in (("ids", ids), ("mask", mask))}
     with self.partitioner.context():
       out = self._fn(self.params, batch["ids"], batch["mask"])
     local = lambda x: None if x is None else _local_rows(x)  # noqa: E731
@@ -104,7 +103,7 @@ class Encoder:
     each text's dict is handed to `sink(position, dict)` as soon as it is encoded (nothing is
     kept, so a large corpus can be written straight into its final arrays)."""
     lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
-    multi = jax.process_count() > 1
+    multi = self.lockstep
     order = np.arange(len(token_lists)) if multi else np.argsort(-lengths, kind="stable")
     # Every process runs the same number of steps (its slice may be one row shorter).
     num_steps = math.ceil(max(1, len(token_lists)) / self.host_batch)
@@ -146,7 +145,7 @@ class Encoder:
 
 def _local_rows(x: jax.Array) -> np.ndarray:
   """This process's rows of a global array sharded over its leading axis, in order."""
-  if jax.process_count() == 1:
+  if x.is_fully_addressable:
     return np.asarray(x)
   shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
   seen, parts = set(), []

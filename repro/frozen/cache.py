@@ -1,7 +1,7 @@
 """Cached token vectors of a frozen encoder: loading them, and encoding extra query splits.
 
 A cache directory is what the encode job (`gin/runs/encode.gin`) writes for one collection:
-  corpus-<p>-of-<P>/   the corpus token store(s) (one per encoding process)
+  corpus-<i>-of-<n>/   the corpus token store(s) (shards in document order)
   queries-<split>/     one split's query token store
 all in the `aligner_jax.index.token_store_io` format (checksums verified on load). The
 frozen-encoder experiments read the corpus and the `train` / `test` queries from it;
