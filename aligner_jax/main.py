@@ -67,6 +67,8 @@ def _quiet_console() -> None:
   them all back.
   """
   if not flags.FLAGS["verbosity"].present:
+    # TensorFlow's own INFO lines at import (CPU features, oneDNN); read when it loads.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(native_logs.ThirdPartyFilter())
   native_logs.hide_gpus_from_tensorflow()

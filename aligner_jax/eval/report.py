@@ -10,6 +10,7 @@ import numpy as np
 from aligner_jax.data.collection import Collection
 from aligner_jax.eval import adaptation as adaptation_lib
 from aligner_jax.eval import ir_metrics
+from aligner_jax.eval import results as results_lib
 from aligner_jax.eval import visualize
 from aligner_jax.eval.inputs import ModelEncoders
 from aligner_jax.eval.results import spec_name
@@ -27,6 +28,30 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
   for name, row in metrics["by_alignment"].items():
     parts.append(f"<tr><td><code>{html.escape(name)}</code></td>" +
                  "".join(f"<td>{row[k]:.4f}</td>" for k in keys) + "</tr>")
+  parts.append("</table>")
+  return "".join(parts)
+
+
+def _family_table(metrics: Mapping[str, Any], metric: str = "ndcg@10") -> str:
+  """nDCG@10 per query family (columns) and alignment (rows), the best per family in bold;
+  empty when the queries carry no family."""
+  by_family = metrics.get("by_family") or {}
+  families = sorted({f for row in by_family.values() for f in row})
+  if not families:
+    return ""
+  best = {f: max(row[f][metric] for row in by_family.values() if f in row) for f in families}
+  parts = [f"<h2>{html.escape(metric)} per query family</h2><table border=1 cellpadding=4>"
+           "<tr><th>alignment</th>" + "".join(f"<th>{html.escape(f)}</th>" for f in families)
+           + "<th>all</th></tr>"]
+  for name, row in by_family.items():
+    cells = []
+    for f in families:
+      value = row.get(f, {}).get(metric)
+      text = "" if value is None else f"{value:.4f}"
+      cells.append(f"<td><b>{text}</b></td>" if value == best[f] else f"<td>{text}</td>")
+    overall = metrics["by_alignment"].get(name, {}).get(metric)
+    parts.append(f"<tr><td><code>{html.escape(name)}</code></td>" + "".join(cells) +
+                 ("<td></td>" if overall is None else f"<td>{overall:.4f}</td>") + "</tr>")
   parts.append("</table>")
   return "".join(parts)
 
@@ -55,13 +80,6 @@ def _picture(out: pathlib.Path, collection: Collection, split: str, qid: str, do
   visualize.save_png(view, out / "pictures" / name, title=title)
   return (visualize.render_html(view, title=title) +
           f'<p><img src="pictures/{html.escape(name)}" style="max-width:100%"></p>')
-
-
-def _family_of(collection: Collection) -> dict[str, str]:
-  """Query id -> its `family` metadata ("" for queries without one)."""
-  meta = collection.queries.metadata or []
-  return {q: ((meta[i] if i < len(meta) else None) or {}).get("family") or ""
-          for q, i in collection.queries.index.items()}
 
 
 def picture_pairs(run: runs_lib.Run, qrels: Mapping[str, Mapping[str, int]],
@@ -96,18 +114,19 @@ def write_report(out: pathlib.Path, collection: Collection, split: str, run: run
                  index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
                  alignment: str, num_pictures: int, metrics: Mapping[str, Any],
                  adaptation_reports: Sequence[dict[str, Any]] = ()) -> pathlib.Path:
-  """report.html: the metrics table, the adaptation table and `num_pictures` alignment
+  """report.html: nDCG@10 per query family and alignment (when queries have families), the
+  metrics table, the adaptation table and `num_pictures` alignment
   pictures of relevant query-document pairs, one query family after the other
   (`picture_pairs`)."""
   parts = [f"<h1>{html.escape(collection.name)} / {html.escape(split)}</h1>",
-           _metrics_table(metrics)]
+           _family_table(metrics), _metrics_table(metrics)]
   for r in adaptation_reports:
     parts.append("<h2>Few-shot alignment adaptation</h2><pre>" +
                  html.escape(adaptation_lib.table_markdown([r])) + "</pre>")
   parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
   row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
   row_of_query = {q: b for b, q in enumerate(queries.ids)}
-  family_of = _family_of(collection)
+  family_of = {q: f or "" for q, f in results_lib.query_families(collection).items()}
   pairs = picture_pairs(run, collection.qrels[split], queries.ids, family_of, num_pictures)
   for qid, doc_id, rank in pairs:
     picture = _picture(out, collection, split, qid, doc_id, row_of_doc[doc_id], index, queries,
