@@ -56,6 +56,21 @@ def _family_table(metrics: Mapping[str, Any], metric: str = "ndcg@10") -> str:
   return "".join(parts)
 
 
+def _pruning_section(pruning: Mapping[str, Any]) -> str:
+  """The pruning curve: pruning.png and its numbers."""
+  points = sorted(pruning["points"], key=lambda p: -p["prune_doc_ratio"])
+  families = sorted({f for p in points for f in p["by_family"]})
+  rows = "".join(
+      f"<tr><td>{p['prune_doc_ratio']}</td><td>{p['searched_tokens']}</td>"
+      f"<td>{p['ndcg@10']:.4f}</td>" +
+      "".join(f"<td>{p['by_family'].get(f, float('nan')):.4f}</td>" for f in families) + "</tr>"
+      for p in points)
+  return (f"<h2>Salience pruning: nDCG@10 ({html.escape(pruning['alignment'])}) against "
+          "β<sup>d</sup></h2><p><img src=\"pruning.png\"></p><table border=1 cellpadding=4>"
+          "<tr><th>β<sup>d</sup></th><th>searched tokens</th><th>all</th>" +
+          "".join(f"<th>{html.escape(f)}</th>" for f in families) + "</tr>" + rows + "</table>")
+
+
 def _picture(out: pathlib.Path, collection: Collection, split: str, qid: str, doc_id: str,
              row: int, index: TokenIndex, queries: QueryBatch, b: int, model: ModelEncoders,
              alignment: str, *, rank: int, family: str) -> str | None:
@@ -113,16 +128,22 @@ def picture_pairs(run: runs_lib.Run, qrels: Mapping[str, Mapping[str, int]],
 def write_report(out: pathlib.Path, collection: Collection, split: str, run: runs_lib.Run,
                  index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
                  alignment: str, num_pictures: int, metrics: Mapping[str, Any],
-                 adaptation_reports: Sequence[dict[str, Any]] = ()) -> pathlib.Path:
+                 adaptation_reports: Sequence[dict[str, Any]] = (),
+                 pruning: Mapping[str, Any] | None = None) -> pathlib.Path:
   """report.html: nDCG@10 per query family and alignment (when queries have families), the
-  metrics table, the adaptation table and `num_pictures` alignment
+  adaptation table (overall and per family), the pruning curve (when given), the metrics table
+  and `num_pictures` alignment
   pictures of relevant query-document pairs, one query family after the other
   (`picture_pairs`)."""
   parts = [f"<h1>{html.escape(collection.name)} / {html.escape(split)}</h1>",
-           _family_table(metrics), _metrics_table(metrics)]
-  for r in adaptation_reports:
-    parts.append("<h2>Few-shot alignment adaptation</h2><pre>" +
-                 html.escape(adaptation_lib.table_markdown([r])) + "</pre>")
+           _family_table(metrics)]
+  if adaptation_reports:
+    parts.append("<h2>Few-shot alignment adaptation (nDCG@10 x 100; best fixed strategy in "
+                 "bold)</h2><pre>" +
+                 html.escape(adaptation_lib.table_markdown(adaptation_reports)) + "</pre>")
+  if pruning:
+    parts.append(_pruning_section(pruning))
+  parts.append(_metrics_table(metrics))
   parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
   row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
   row_of_query = {q: b for b, q in enumerate(queries.ids)}
