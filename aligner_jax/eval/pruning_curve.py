@@ -86,7 +86,7 @@ def write_pruning_curve(out: pathlib.Path, curve: Mapping[str, Any]) -> None:
   ax.plot(ratios, [p["ndcg@10"] for p in points], "o-", color="black", label="all queries")
   for family in sorted({f for p in points for f in p["by_family"]}):
     ax.plot(ratios, [p["by_family"].get(family, np.nan) for p in points], "o--", label=family)
-  ax.set_xlabel("β^d (fraction of document tokens kept, by salience)")
+  ax.set_xlabel(r"$\beta^d$ (fraction of document tokens kept, by salience)")
   ax.set_ylabel(f"nDCG@10 ({curve['alignment']})")
   ax.set_xlim(0, 1.05)
   ax.grid(alpha=0.3)
