@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 import gin
 
+from aligner_jax import native_logs
 from aligner_jax.io import atomic_write
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -49,9 +50,28 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
-    return flags.FLAGS(rewrite_gin_args(argv))
+    rest = flags.FLAGS(rewrite_gin_args(argv))
   except (app.UsageError, flags.Error) as e:
     raise SystemExit(f"{argv[0]}: {e}") from None
+  _quiet_console()
+  return rest
+
+
+def _quiet_console() -> None:
+  """The console shows progress lines, results, the project's warnings and errors.
+
+  Runs after flag parsing and before absl's start-up callbacks, one of which (imported with
+  TensorFlow) probes for GPUs. Without an explicit --verbosity, library INFO logs (orbax
+  writes several lines per checkpoint) and other libraries' warnings are dropped, and native
+  code's INFO output (ScaNN, TensorFlow's CUDA probe) goes to absl INFO; --verbosity=0 brings
+  them all back.
+  """
+  if not flags.FLAGS["verbosity"].present:
+    # TensorFlow's own INFO lines at import (CPU features, oneDNN); read when it loads.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(native_logs.ThirdPartyFilter())
+  native_logs.hide_gpus_from_tensorflow()
 
 
 @gin.configurable
@@ -83,10 +103,6 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _GIN_FILE.value:
     raise app.UsageError("at least one --gin_file is required (e.g. gin/experiments/demo.gin)")
-  if not flags.FLAGS["verbosity"].present:
-    # Library INFO logs (orbax writes several lines per checkpoint) would drown the console
-    # line of training; --verbosity=0 brings them back.
-    logging.set_verbosity(logging.WARNING)
   from aligner_jax.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   try:

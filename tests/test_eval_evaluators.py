@@ -91,10 +91,10 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
       model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), alignments=["top_k:1", "top_k:2"],
       num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64, query_length=16,
-      adaptation=True, num_pictures=2, log=logs.append)
+      adaptation=True, num_pictures=2, pruning_curve=[1.0, 0.5], log=logs.append)
   names = sorted(p.name for p in out.iterdir())
   assert {"run.trec", "run.top_k-2.trec", "metrics.json", "adaptation.json", "adaptation.md",
-          "report.html", "pictures"} <= set(names)
+          "report.html", "pictures", "pruning.json", "pruning.png"} <= set(names)
   assert len(list((out / "pictures").glob("*.png"))) == 2
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["run"] == "top_k:1" and set(saved["by_alignment"]) == {"top_k:1", "top_k:2"}
@@ -108,6 +108,13 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   adaptation = json.loads((out / "adaptation.json").read_text())["reports"][0]
   assert adaptation["num_folds"] == 1 and adaptation["strategies"][0] == "top_k:1"
   assert "Few-shot" in (out / "report.html").read_text()
+  # The pruning curve's β^d = 0.5 point is the evaluation's own index; β^d = 1 searches every
+  # token and was rebuilt.
+  curve = json.loads((out / "pruning.json").read_text())
+  assert [p["prune_doc_ratio"] for p in curve["points"]] == [1.0, 0.5]
+  assert curve["points"][1]["ndcg@10"] == pytest.approx(saved["ndcg@10"], abs=1e-6)
+  assert curve["points"][0]["searched_tokens"] > curve["points"][1]["searched_tokens"]
+  assert "pruning.png" in (out / "report.html").read_text()
   assert any("built 1 shard" in line for line in logs)
 
   # A second run loads the saved index (checksums verified) and reproduces the run.

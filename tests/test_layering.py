@@ -1,7 +1,7 @@
 """The library's import graph points down its layers, and never into the experiments.
 
 Layers, lowest first (a module may import its own layer and those below it):
-  0 utilities   aligner_jax.io, sharding, partitioning, plots
+  0 utilities   aligner_jax.io, sharding, partitioning, plots, native_logs
   1 math        aligner_jax.scoring, losses
   2 models/data aligner_jax.models, aligner_jax.data
   3 index       aligner_jax.index
@@ -20,7 +20,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "aligner_jax"
 LAYERS = (
-    ("aligner_jax.io", "aligner_jax.sharding", "aligner_jax.partitioning", "aligner_jax.plots"),
+    ("aligner_jax.io", "aligner_jax.sharding", "aligner_jax.partitioning", "aligner_jax.plots",
+     "aligner_jax.native_logs"),
     ("aligner_jax.scoring", "aligner_jax.losses"),
     ("aligner_jax.models", "aligner_jax.data"),
     ("aligner_jax.index",),

@@ -170,3 +170,20 @@ def test_models_meet_the_trainer_contract_and_others_are_refused():
     def make():
       return []
     contracts.check_pipeline(make(), make)
+
+
+def test_several_alignments_train_on_the_mean_of_their_losses():
+  batch = _batch(teacher=False)
+  both = model_fns.RetrievalModel(_module(), alignment=["top_k:1", "top_k:2"],
+                                  loss="softmax_ce", temperature=0.1)
+  params = nn.unbox(both.init_params(jax.random.key(0), batch))
+
+  def loss_of(model):
+    return float(model.loss_fn(params, batch, rng=None, train=False)[0])
+
+  singles = [loss_of(model_fns.RetrievalModel(_module(), alignment=a, loss="softmax_ce",
+                                              temperature=0.1)) for a in ("top_k:1", "top_k:2")]
+  assert singles[0] != pytest.approx(singles[1])
+  assert loss_of(both) == pytest.approx(np.mean(singles), rel=1e-5)
+  with pytest.raises(ValueError, match="non-empty list"):
+    model_fns.RetrievalModel(_module(), alignment=[], loss="softmax_ce")

@@ -21,6 +21,7 @@ from typing import Any, Protocol, Sequence
 
 from aligner_jax.eval import adaptation as adaptation_lib
 from aligner_jax.eval import ir_metrics
+from aligner_jax.eval import pruning_curve as pruning_curve_lib
 from aligner_jax.eval import results as results_lib
 from aligner_jax.eval.inputs import EvalInputs
 from aligner_jax.eval.inputs import Log
@@ -58,6 +59,7 @@ class Evaluation:
     setup: what metrics.json records about how the runs were made.
     adaptation: few-shot adaptation reports (token index only).
     index, queries: the token index and encoded queries, for the report's pictures.
+    pruning: `pruning_curve.pruning_curve`'s result, when asked for (token index only).
   """
   runs: dict[str, Run]
   timings: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -65,6 +67,7 @@ class Evaluation:
   adaptation: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   index: TokenIndex | None = None
   queries: QueryBatch | None = None
+  pruning: dict[str, Any] | None = None
 
 
 class Evaluator(Protocol):
@@ -100,6 +103,7 @@ class TokenIndexEvaluator:
   num_neighbors: int = 4000
   prune_query_ratio: float = 1.0
   adaptation: bool = False
+  pruning_curve: Sequence[float] = ()
 
   def __post_init__(self):
     if self.backend not in ("scann", "exact"):
@@ -143,8 +147,21 @@ class TokenIndexEvaluator:
                  candidates_max=int(sizes.max()))
     reports = []
     if self.adaptation:
-      reports.append(run_adaptation(index, queries, cands, data, top_n=top_n, refined=refined))
-    return Evaluation(runs, timings, setup, reports, index, queries)
+      reports.extend(run_adaptation(index, queries, cands, data, top_n=top_n, refined=refined))
+    curve = None
+    if self.pruning_curve:
+      t = time.time()
+      primary = self.alignments[0]
+      curve = pruning_curve_lib.pruning_curve(
+          self.pruning_curve, lambda: data.corpus_store(self.index_config.vector_dtype),
+          queries, data.collection.qrels[data.inputs.split],
+          results_lib.query_families(data.collection), alignment=primary,
+          index_config=index.config, num_neighbors=self.num_neighbors,
+          prune_query_ratio=self.prune_query_ratio, top_n=top_n,
+          known={index.config.prune_doc_ratio: (runs[primary], index.num_ann_tokens)},
+          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log)
+      timings["pruning_curve_s"] = time.time() - t
+    return Evaluation(runs, timings, setup, reports, index, queries, curve)
 
 
 @dataclasses.dataclass
@@ -242,7 +259,8 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
                    rerank_depth: int = 0, rerank_with: str = "alignment",
                    index_dir: str | None = None, index_config: IndexConfig | None = None,
                    rebuild_index: bool = False, num_neighbors: int = 4000,
-                   prune_query_ratio: float = 1.0, adaptation: bool = False) -> Evaluator:
+                   prune_query_ratio: float = 1.0, adaptation: bool = False,
+                   pruning_curve: Sequence[float] = ()) -> Evaluator:
   """The evaluator the flat gin settings of `gin/runs/eval_beir.gin` describe: `rerank_depth`
   > 0 re-ranks BM25's top documents (whatever RETRIEVER says), otherwise RETRIEVER decides."""
   if retriever not in RETRIEVERS:
@@ -250,6 +268,9 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
   if adaptation and (rerank_depth or retriever not in ("scann", "exact")):
     raise ValueError("few-shot adaptation needs the token index (RETRIEVER 'scann' or 'exact', "
                      "RERANK_DEPTH 0): it re-refines the index's candidates")
+  if pruning_curve and (rerank_depth or retriever not in ("scann", "exact")):
+    raise ValueError("a pruning curve (PRUNING_CURVE) needs the token index (RETRIEVER 'scann' "
+                     "or 'exact', RERANK_DEPTH 0): it rebuilds the index at each β^d")
   if rerank_depth:
     return RerankEvaluator(rerank_depth, rerank_with, alignments)
   if retriever == "bm25":
@@ -257,15 +278,16 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
   if retriever == "dense":
     return DenseEvaluator(index_dir, rebuild_index)
   return TokenIndexEvaluator(retriever, alignments, index_dir, index_config or IndexConfig(),
-                             rebuild_index, num_neighbors, prune_query_ratio, adaptation)
+                             rebuild_index, num_neighbors, prune_query_ratio, adaptation,
+                             tuple(pruning_curve))
 
 
 def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, data: SplitData,
                    *, top_n: int = 1000, strategies: Sequence[str] = adaptation_lib.STRATEGIES,
-                   seed: int = 0, refined: dict[str, Any] | None = None) -> dict[str, Any]:
+                   seed: int = 0, refined: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """ALIGNER §4.1 few-shot adaptation over the fixed candidate sets `cands`; `refined` holds
   results of `refine_many` already computed on them (strategies missing there are refined
-  here, all in one pass)."""
+  here, all in one pass). One report for all judged queries, then one per query family."""
   qrels = data.collection.qrels[data.inputs.split]
   refined = dict(refined or {})
   missing = [s for s in strategies if s not in refined]
@@ -280,8 +302,16 @@ def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, da
 
   ids = [q for q in queries.ids if q in qrels]
   ndcg = adaptation_lib.score_strategies(per_query, ids, strategies, progress=data.log)
-  return adaptation_lib.adaptation_report(ndcg, ids, strategies, seed=seed,
-                                          dataset=f"{data.collection.name}/{data.inputs.split}")
+  dataset = f"{data.collection.name}/{data.inputs.split}"
+  reports = [adaptation_lib.adaptation_report(ndcg, ids, strategies, seed=seed, dataset=dataset)]
+  # Each query family (the demo's factoid / broad) adapts on its own: the task decides.
+  family = results_lib.query_families(data.collection)
+  for name in sorted({family[q] for q in ids if family.get(q)}):
+    rows = [i for i, q in enumerate(ids) if family.get(q) == name]
+    reports.append(adaptation_lib.adaptation_report(
+        ndcg[:, rows], [ids[i] for i in rows], strategies, seed=seed,
+        dataset=f"{dataset} [{name}]"))
+  return reports
 
 
 def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
@@ -317,11 +347,13 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
   if evaluation.adaptation:
     table = adaptation_lib.write_adaptation(out, evaluation.adaptation)
     log("few-shot alignment adaptation (nDCG@10 x 100):\n" + table)
+  if evaluation.pruning:
+    pruning_curve_lib.write_pruning_curve(out, evaluation.pruning)
   if num_pictures:
     from aligner_jax.eval import report  # pylint: disable=g-import-not-at-top  (matplotlib)
     primary = next(iter(evaluation.runs))
     report.write_report(out, data.collection, inputs.split, evaluation.runs[primary],
                         evaluation.index, evaluation.queries, inputs.model, alignment=primary,
                         num_pictures=num_pictures, metrics=result,
-                        adaptation_reports=evaluation.adaptation)
+                        adaptation_reports=evaluation.adaptation, pruning=evaluation.pruning)
   return result

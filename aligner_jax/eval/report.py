@@ -1,5 +1,5 @@
-"""report.html: an evaluation's metrics and adaptation tables, and alignment pictures of the
-first queries against their best-ranked documents (`aligner_jax.eval.visualize`)."""
+"""report.html: an evaluation's metrics and adaptation tables, and alignment pictures of
+relevant query-document pairs, one per query family in turn (`aligner_jax.eval.visualize`)."""
 
 import html
 import pathlib
@@ -10,6 +10,7 @@ import numpy as np
 from aligner_jax.data.collection import Collection
 from aligner_jax.eval import adaptation as adaptation_lib
 from aligner_jax.eval import ir_metrics
+from aligner_jax.eval import results as results_lib
 from aligner_jax.eval import visualize
 from aligner_jax.eval.inputs import ModelEncoders
 from aligner_jax.eval.results import spec_name
@@ -31,11 +32,51 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
   return "".join(parts)
 
 
+def _family_table(metrics: Mapping[str, Any], metric: str = "ndcg@10") -> str:
+  """nDCG@10 per query family (columns) and alignment (rows), the best per family in bold;
+  empty when the queries carry no family."""
+  by_family = metrics.get("by_family") or {}
+  families = sorted({f for row in by_family.values() for f in row})
+  if not families:
+    return ""
+  best = {f: max(row[f][metric] for row in by_family.values() if f in row) for f in families}
+  parts = [f"<h2>{html.escape(metric)} per query family</h2><table border=1 cellpadding=4>"
+           "<tr><th>alignment</th>" + "".join(f"<th>{html.escape(f)}</th>" for f in families)
+           + "<th>all</th></tr>"]
+  for name, row in by_family.items():
+    cells = []
+    for f in families:
+      value = row.get(f, {}).get(metric)
+      text = "" if value is None else f"{value:.4f}"
+      cells.append(f"<td><b>{text}</b></td>" if value == best[f] else f"<td>{text}</td>")
+    overall = metrics["by_alignment"].get(name, {}).get(metric)
+    parts.append(f"<tr><td><code>{html.escape(name)}</code></td>" + "".join(cells) +
+                 ("<td></td>" if overall is None else f"<td>{overall:.4f}</td>") + "</tr>")
+  parts.append("</table>")
+  return "".join(parts)
+
+
+def _pruning_section(pruning: Mapping[str, Any]) -> str:
+  """The pruning curve: pruning.png and its numbers."""
+  points = sorted(pruning["points"], key=lambda p: -p["prune_doc_ratio"])
+  families = sorted({f for p in points for f in p["by_family"]})
+  rows = "".join(
+      f"<tr><td>{p['prune_doc_ratio']}</td><td>{p['searched_tokens']}</td>"
+      f"<td>{p['ndcg@10']:.4f}</td>" +
+      "".join(f"<td>{p['by_family'].get(f, float('nan')):.4f}</td>" for f in families) + "</tr>"
+      for p in points)
+  return (f"<h2>Salience pruning: nDCG@10 ({html.escape(pruning['alignment'])}) against "
+          "β<sup>d</sup></h2><p><img src=\"pruning.png\"></p><table border=1 cellpadding=4>"
+          "<tr><th>β<sup>d</sup></th><th>searched tokens</th><th>all</th>" +
+          "".join(f"<th>{html.escape(f)}</th>" for f in families) + "</tr>" + rows + "</table>")
+
+
 def _picture(out: pathlib.Path, collection: Collection, split: str, qid: str, doc_id: str,
              row: int, index: TokenIndex, queries: QueryBatch, b: int, model: ModelEncoders,
-             alignment: str) -> str | None:
-  """The HTML of query `b`'s alignment with document `doc_id` (index row `row`), its PNG
-  written under out/pictures/; None without stored token ids (no token strings to draw)."""
+             alignment: str, *, rank: int, family: str) -> str | None:
+  """The HTML of query `b`'s alignment with document `doc_id` (index row `row`, ranked `rank`
+  by the run), its PNG written under out/pictures/; None without stored token ids (no token
+  strings to draw)."""
   g = index.gather_padded(np.array([row]), int(index.doc_lengths[row]) or 1)
   if "token_ids" not in g:
     return None
@@ -47,33 +88,71 @@ def _picture(out: pathlib.Path, collection: Collection, split: str, qid: str, do
       q_salience=None if queries.salience is None else queries.salience[b][q_mask],
       d_salience=g["salience"][0][d_mask] if "salience" in g else None)
   relevant = collection.qrels[split].get(qid, {}).get(doc_id, 0) > 0
-  title = f"query {qid} → document {doc_id} ({'relevant' if relevant else 'not judged relevant'})"
+  kind = f"{family} query" if family else "query"
+  title = (f"{kind} {qid} → document {doc_id} "
+           f"({'relevant' if relevant else 'not judged relevant'}, ranked {rank})")
   name = f"{spec_name(qid)}.png"
   visualize.save_png(view, out / "pictures" / name, title=title)
   return (visualize.render_html(view, title=title) +
           f'<p><img src="pictures/{html.escape(name)}" style="max-width:100%"></p>')
 
 
+def picture_pairs(run: runs_lib.Run, qrels: Mapping[str, Mapping[str, int]],
+                  query_ids: Sequence[str], family_of: Mapping[str, str],
+                  num_pictures: int) -> list[tuple[str, str, int]]:
+  """(query id, relevant document id, its rank) pairs to draw, at most `num_pictures`.
+
+  Families take turns (in order of first appearance), so every family gets a picture before
+  any gets a second. Within a family, queries whose relevant document the run ranks first come
+  first, then the others by that document's rank; queries without a relevant document in the
+  run are never drawn, so every picture shows a relevant pair.
+  """
+  by_family: dict[str, list[tuple[int, int, str, str]]] = {}
+  for position, qid in enumerate(query_ids):
+    ranks = {d: r for r, (d, _) in enumerate(runs_lib.ranked(run.get(qid, {})), start=1)}
+    relevant = [(ranks[d], d) for d, g in qrels.get(qid, {}).items() if g > 0 and d in ranks]
+    family = by_family.setdefault(family_of.get(qid, ""), [])
+    if relevant:
+      rank, doc_id = min(relevant)
+      family.append((rank, position, qid, doc_id))
+  queues = [sorted(pairs) for pairs in by_family.values()]
+  out = []
+  while len(out) < num_pictures and any(queues):
+    for queue in queues:
+      if queue and len(out) < num_pictures:
+        rank, _, qid, doc_id = queue.pop(0)
+        out.append((qid, doc_id, rank))
+  return out
+
+
 def write_report(out: pathlib.Path, collection: Collection, split: str, run: runs_lib.Run,
                  index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
                  alignment: str, num_pictures: int, metrics: Mapping[str, Any],
-                 adaptation_reports: Sequence[dict[str, Any]] = ()) -> pathlib.Path:
-  """report.html: the metrics table, the adaptation table and, for the first `num_pictures`
-  queries, the alignment picture of the query and its best-ranked document."""
+                 adaptation_reports: Sequence[dict[str, Any]] = (),
+                 pruning: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """report.html: nDCG@10 per query family and alignment (when queries have families), the
+  adaptation table (overall and per family), the pruning curve (when given), the metrics table
+  and `num_pictures` alignment
+  pictures of relevant query-document pairs, one query family after the other
+  (`picture_pairs`)."""
   parts = [f"<h1>{html.escape(collection.name)} / {html.escape(split)}</h1>",
-           _metrics_table(metrics)]
-  for r in adaptation_reports:
-    parts.append("<h2>Few-shot alignment adaptation</h2><pre>" +
-                 html.escape(adaptation_lib.table_markdown([r])) + "</pre>")
+           _family_table(metrics)]
+  if adaptation_reports:
+    parts.append("<h2>Few-shot alignment adaptation (nDCG@10 x 100; best fixed strategy in "
+                 "bold)</h2><pre>" +
+                 html.escape(adaptation_lib.table_markdown(adaptation_reports)) + "</pre>")
+  if pruning:
+    parts.append(_pruning_section(pruning))
+  parts.append(_metrics_table(metrics))
   parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
   row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
-  for b, qid in enumerate(queries.ids[:num_pictures]):
-    ranked = runs_lib.ranked(run.get(qid, {}))
-    if not ranked:
-      continue
-    doc_id = ranked[0][0]
+  row_of_query = {q: b for b, q in enumerate(queries.ids)}
+  family_of = {q: f or "" for q, f in results_lib.query_families(collection).items()}
+  pairs = picture_pairs(run, collection.qrels[split], queries.ids, family_of, num_pictures)
+  for qid, doc_id, rank in pairs:
     picture = _picture(out, collection, split, qid, doc_id, row_of_doc[doc_id], index, queries,
-                       b, model, alignment)
+                       row_of_query[qid], model, alignment, rank=rank,
+                       family=family_of.get(qid, ""))
     if picture is None:
       break
     parts.append(picture)

@@ -51,13 +51,20 @@ def write_results(out: pathlib.Path, collection: Collection, split: str,
       dataset=collection.name, split=split, **setup)
 
 
+def query_families(collection: Collection) -> dict[str, str | None]:
+  """Query id -> the `family` of its metadata (None without one)."""
+  meta = collection.queries.metadata or []
+  return {q: ((meta[i] if i < len(meta) else None) or {}).get("family")
+          for q, i in collection.queries.index.items()}
+
+
 def family_means(collection: Collection, per_query: Mapping[str, PerQuery]) -> dict[str, Any]:
   """{"by_family": {run: {family: {metric: mean}}}} when the queries carry a `family` in their
   metadata (the demo collection's factoid / broad queries), else {}."""
   meta = collection.queries.metadata
   if not meta:
     return {}
-  family = {q: (meta[i] or {}).get("family") for q, i in collection.queries.index.items()}
+  family = query_families(collection)
   out: dict[str, Any] = {}
   for name, pq in per_query.items():
     groups: dict[str, list[dict[str, float]]] = {}

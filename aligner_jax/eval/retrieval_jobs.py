@@ -221,7 +221,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               query_length: int = 64, batch_size: int = 32, num_partitions: int = 1,
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
-              ignore_identical_ids: bool = True,
+              pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
               encoded_dir: str | None = None,
               strict_data: bool | None = None) -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
@@ -235,7 +235,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
       rerank_with=rerank_with, index_dir=index_dir if jax.process_index() == 0 else None,
       index_config=index_config, rebuild_index=rebuild_index, num_neighbors=num_neighbors,
-      prune_query_ratio=prune_query_ratio, adaptation=adaptation)
+      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve)
   encoders = None
   if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:

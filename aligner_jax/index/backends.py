@@ -34,6 +34,7 @@ import zipfile
 
 import numpy as np
 
+from aligner_jax import native_logs
 from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
@@ -189,14 +190,16 @@ class ScannSearcher:
     if s.reorder in quantize:
       builder = builder.reorder(s.reorder_k(min(4000, n), n), quantize=quantize[s.reorder])
     builder.set_n_training_threads(training_threads)
-    return cls(builder.build(), settings, n, vectors_fn)
+    with native_logs.native_stderr_to_log("ScaNN"):  # INFO lines of its partitioner training
+      searcher = builder.build()
+    return cls(searcher, settings, n, vectors_fn)
 
   @classmethod
   def load(cls, directory: pathlib.Path, settings: ScannSettings, size: int,
            vectors_fn: VectorsFn) -> "ScannSearcher":
     scann = _scann()
     target = directory / cls.SUBDIR
-    with _unpacked_assets(target, size) as assets:
+    with _unpacked_assets(target, size) as assets, native_logs.native_stderr_to_log("ScaNN"):
       searcher = scann.scann_ops_pybind.ScannSearcher(
           scann.scann_ops_pybind.scann_pybind.ScannNumpy(os.fspath(target), assets))
     if searcher.size() != size:

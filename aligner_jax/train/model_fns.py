@@ -26,6 +26,7 @@ Metrics (means over the batch): `accuracy` (the positive ranks first among the s
 documents) and `mrr` (reciprocal rank of the positive).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -139,7 +140,10 @@ class RetrievalModel(_DualEncoderModelBase):
 
   Args:
     module: the DualEncoder (token projection / saliences / pooling configured on it).
-    alignment: an `Alignment` spec string, or None for the pooled dot product.
+    alignment: an `Alignment` spec string, or None for the pooled dot product; a sequence of
+      specs trains every one of them on the same encodings (the in-batch loss is their mean,
+      the metrics are the first one's), so that each alignment a task may adapt to at test
+      time has been trained.
     loss: "softmax_ce" (in-batch contrastive) or a `losses.get_loss` name (distillation).
     temperature: τ of the in-batch softmax (scores of normalised vectors lie in [-1, 1]).
     score_scale: student scores are multiplied by this before a distillation loss, to meet
@@ -147,25 +151,31 @@ class RetrievalModel(_DualEncoderModelBase):
     loss_kwargs: hyper-parameters of a distillation loss (e.g. {"gamma0": 0.0}).
   """
 
-  def __init__(self, module: models.DualEncoder, *, alignment: str | None, loss: str,
-               temperature: float = 0.05, score_scale: float = 1.0, pad_id: int = 0,
+  def __init__(self, module: models.DualEncoder, *,
+               alignment: str | Sequence[str] | None, loss: str, temperature: float = 0.05,
+               score_scale: float = 1.0, pad_id: int = 0,
                loss_kwargs: dict[str, Any] | None = None):
     super().__init__(module, loss=loss, pad_id=pad_id, loss_kwargs=loss_kwargs)
-    self.alignment = alignment
+    specs = [alignment] if alignment is None or isinstance(alignment, str) else list(alignment)
+    if not specs or (len(specs) > 1 and None in specs):
+      raise ValueError(f"RetrievalModel: alignment must be a spec, None or a non-empty list "
+                       f"of specs, got {alignment!r}")
+    self.alignments = specs
+    self.alignment = specs[0]
     self.temperature = temperature
     self.score_scale = score_scale
 
-  def _in_batch_scores(self, q, d, valid):
+  def _in_batch_scores(self, q, d, valid, alignment):
     """Every query against every document of the global batch: [B, B * K]."""
     b, k = valid.shape
     flat = jax.tree.map(lambda x: x.reshape((b * k,) + x.shape[2:]), d)
     # Gather the documents across the data axis: each query sees the whole global batch.
     gathered = jax.tree.map(
         lambda x: sharding.constrain(x, (sharding.CANDIDATES,) + (None,) * (x.ndim - 1)), flat)
-    if self.alignment is None:
+    if alignment is None:
       scores = jnp.einsum("bh,ch->bc", q.pooled, gathered.pooled)
     else:
-      scores = align_scores(q.vectors, q.mask, gathered.vectors, gathered.mask, self.alignment,
+      scores = align_scores(q.vectors, q.mask, gathered.vectors, gathered.mask, alignment,
                             q_salience=q.salience, d_salience=gathered.salience)
     return sharding.constrain(scores, (sharding.BATCH, sharding.CANDIDATES))
 
@@ -182,7 +192,6 @@ class RetrievalModel(_DualEncoderModelBase):
     if self.loss != SOFTMAX_CE:
       return self._distill(self.score_scale * self._candidate_scores(q, d), batch, valid)
     b, k = valid.shape
-    scores = self._in_batch_scores(q, d, valid)
     # Query i's positive is document i * K of the flattened global batch.
     labels = jax.nn.one_hot(jnp.arange(b) * k, b * k, dtype=jnp.float32)
     # Another copy of a query's positive elsewhere in the batch (e.g. someone's hard negative)
@@ -190,8 +199,10 @@ class RetrievalModel(_DualEncoderModelBase):
     doc_hash = token_hash(batch["doc_tokens"]).reshape(b * k)
     copy_of_positive = (doc_hash[None, :] == doc_hash[::k][:, None]) & (labels == 0)
     mask = valid.reshape(1, b * k) & ~copy_of_positive
-    loss = losses.softmax_ce(scores, labels, temperature=self.temperature, mask=mask)
-    return loss, rank_metrics(scores, labels, mask)
+    all_scores = [self._in_batch_scores(q, d, valid, a) for a in self.alignments]
+    loss = sum(losses.softmax_ce(s, labels, temperature=self.temperature, mask=mask)
+               for s in all_scores) / len(all_scores)
+    return loss, rank_metrics(all_scores[0], labels, mask)
 
 
 class LiteModel(_DualEncoderModelBase):
