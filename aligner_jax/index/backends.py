@@ -178,9 +178,12 @@ class ScannSearcher:
     s = settings
     builder = scann.scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
     if s.num_leaves > 1:
+      # k-means++ seeding: ScaNN's random centre initialisation draws from an unseeded
+      # generator, so two builds of the same shard would differ; k-means++ uses its fixed
+      # clustering seed, which makes the saved index a function of its input.
       builder = builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
                              training_sample_size=s.training_sample_size,
-                             training_iterations=s.training_iterations)
+                             training_iterations=s.training_iterations, random_init=False)
     builder = builder.score_ah(s.dims_per_block,
                                anisotropic_quantization_threshold=s.anisotropic_threshold,
                                training_sample_size=s.training_sample_size,
