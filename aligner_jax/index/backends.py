@@ -38,6 +38,10 @@ from aligner_jax import native_logs
 from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
+# Shards with fewer searched tokens are scanned exactly by ScaNN (the tail of a split can be
+# a handful of tokens, fewer than AH's 16 centres per block need).
+MIN_HASHED_POINTS = 64
+BRUTE_FORCE = "brute_force"
 
 # Rows of the database scored per block by the exact backend (bounds memory to
 # queries × block floats).
@@ -134,6 +138,9 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
     raise ValueError(f"reorder must be one of {REORDER_MODES}, got {reorder!r}")
   if reorder_factor < 1.0:
     raise ValueError(f"reorder_factor must be >= 1, got {reorder_factor}")
+  if n < MIN_HASHED_POINTS:
+    # Too few points to train AH codebooks (16 centres a block): scan them exactly.
+    num_leaves, hash_type, reorder = 1, BRUTE_FORCE, "none"
   if num_leaves is None:
     num_leaves = max(1, int(round(math.sqrt(n))))
   num_leaves = max(1, min(int(num_leaves), n))
@@ -184,10 +191,13 @@ class ScannSearcher:
       builder = builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
                              training_sample_size=s.training_sample_size,
                              training_iterations=s.training_iterations, random_init=False)
-    builder = builder.score_ah(s.dims_per_block,
-                               anisotropic_quantization_threshold=s.anisotropic_threshold,
-                               training_sample_size=s.training_sample_size,
-                               hash_type=s.hash_type)
+    if s.hash_type == BRUTE_FORCE:
+      builder = builder.score_brute_force(quantize=scann.ReorderType.FLOAT32)
+    else:
+      builder = builder.score_ah(s.dims_per_block,
+                                 anisotropic_quantization_threshold=s.anisotropic_threshold,
+                                 training_sample_size=s.training_sample_size,
+                                 hash_type=s.hash_type)
     quantize = {"float32": scann.ReorderType.FLOAT32, "bfloat16": scann.ReorderType.BFLOAT16,
                 "int8": scann.ReorderType.INT8}
     if s.reorder in quantize:
