@@ -17,7 +17,8 @@ salience-weighted refinement), vocabulary ids (COIL) and pooled vectors (the den
 
 On disk (`save_index`, `load_index`), INDEX_DIR holds `index.json` (config, shard list with the
 SHA-256 of each shard manifest, totals) and one directory per shard:
-  manifest.json   config, counts, bytes and SHA-256 of every file (see `files.py`)
+  manifest.json   config (with `source_sha256`, the digest of the documents the shard was
+                  built from), counts, bytes and SHA-256 of every file (see `files.py`)
   doc_ids.json    [N] document ids
   offsets.npy     [N + 1] int64 refinement rows of each document; also the token → document
                   map (a searched row's document is found from the offsets, no id per token)
@@ -29,7 +30,9 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
   ann_keep.npy    [⌈T / 8⌉] uint8 bit mask of the searched rows (only for refine_tokens="all"
                   with β^d < 1; otherwise every stored row is searched)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
-Document numbers are global: shard s's local document i is `doc_base[s] + i`.
+Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
+larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
+`index_staging.py`), into the same files.
 """
 
 import dataclasses
