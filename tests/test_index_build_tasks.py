@@ -182,3 +182,17 @@ def test_tiny_scann_shard_is_scanned_exactly(tmp_path):
   d2, s2 = exact.search_tokens(queries, 4)
   np.testing.assert_array_equal(d1, d2)
   np.testing.assert_allclose(s1, s2, rtol=1e-5)
+
+
+def test_beam_flags_default_to_two_local_worker_processes():
+  from aligner_jax.eval.beam_index import pipeline_flags  # no Beam import at module level
+  local = pipeline_flags([])
+  assert {"--runner=DirectRunner", "--direct_running_mode=multi_processing",
+          "--direct_num_workers=2"} <= set(local)
+  assert "--direct_num_workers=4" in pipeline_flags(["--direct_num_workers=4"])
+  assert "--direct_num_workers=2" not in pipeline_flags(["--direct_num_workers=4"])
+  cluster = ["--runner=DataflowRunner", "--project=p", "--region=r",
+             "--temp_location=gs://b/tmp", "--setup_file=./setup.py"]
+  flags = pipeline_flags(cluster)
+  assert flags[:len(cluster)] == cluster
+  assert not any(f.startswith("--direct_") for f in flags)

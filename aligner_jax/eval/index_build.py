@@ -37,6 +37,8 @@ def build_index_from_shards(encoded_dir: str | pathlib.Path, index_dir: str | pa
   `index.json`. `beam_options`: Beam pipeline flags, e.g. `--runner=DataflowRunner ...`."""
   if runner not in RUNNERS:
     raise ValueError(f"index runner must be one of {RUNNERS}, got {runner!r}")
+  # Absolute paths: tasks may run in other processes and machines with another working dir.
+  encoded_dir, index_dir = pathlib.Path(encoded_dir).absolute(), pathlib.Path(index_dir).absolute()
   tasks = plan_tasks(inputs_lib.corpus_shards(encoded_dir), config)
   names = [task.name for task in tasks]
   log(f"index plan: {len(tasks)} shards over {tasks[-1].first_document + tasks[-1].num_documents}"
