@@ -88,7 +88,7 @@ def main() -> None:
   parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
   args = parser.parse_args()
   from aligner_jax.io import write_json  # pylint: disable=import-outside-toplevel
-  rows = []
+  rows, load_before = [], os.getloadavg()
   for tokens in args.tokens:
     encoded = cache_root() / f"scale_corpus_{tokens}"
     scale_corpus.write_corpus(encoded, tokens=tokens, shard_tokens=ENCODED_SHARD)
@@ -97,7 +97,8 @@ def main() -> None:
         row = {"n_tokens": tokens, **run_cell(encoded, runner, pathlib.Path(workdir))}
       print(json.dumps(row), flush=True)
       rows.append(row)
-  machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+  machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+             "load_average_before": load_before, "load_average_after": os.getloadavg()}
   write_json(RESULTS, {"settings": {"dim": 128, "doc_tokens": 64, "vector_dtype": "float16",
                                     "max_shard_tokens": MAX_SHARD_TOKENS,
                                     "encoded_shard_tokens": ENCODED_SHARD, "backend": "scann"},
