@@ -39,6 +39,7 @@ score -inf.
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -235,7 +236,10 @@ class ScannSearcher:
     return dataclasses.asdict(self.settings_)
 
   def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None,
-             reorder_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+             reorder_factor: float | None = None,
+             parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """See the module docstring; `parallel`: spread the queries over ScaNN's threads (False
+    when the caller already searches several shards at once)."""
     queries = np.ascontiguousarray(queries, np.float32)
     k = min(int(k), self.size)
     if k <= 0 or len(queries) == 0:
@@ -245,15 +249,17 @@ class ScannSearcher:
       s = dataclasses.replace(s, reorder_factor=float(reorder_factor))
     leaves = None if leaves_to_search is None else int(min(leaves_to_search, s.num_leaves))
     pool = s.reorder_k(k, self.size)
-    batch = _parallel_batch_size(len(queries))
+    if parallel:
+      search = functools.partial(self.searcher.search_batched_parallel,
+                                 batch_size=_parallel_batch_size(len(queries)))
+    else:
+      search = self.searcher.search_batched
     if s.reorder == "stored":
-      rows, _ = self.searcher.search_batched_parallel(queries, final_num_neighbors=pool,
-                                                       leaves_to_search=leaves, batch_size=batch)
+      rows, _ = search(queries, final_num_neighbors=pool, leaves_to_search=leaves)
       return self._rescore(queries, np.asarray(rows, np.int64), k)
     pre = pool if s.reorder != "none" else None
-    rows, scores = self.searcher.search_batched_parallel(
-        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre, leaves_to_search=leaves,
-        batch_size=batch)
+    rows, scores = search(queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+                          leaves_to_search=leaves)
     rows, scores = np.asarray(rows, np.int64), np.asarray(scores, np.float32)
     return _drop_missing(rows, scores)
 

@@ -148,8 +148,15 @@ class IndexShard:
   def num_ann_tokens(self) -> int:
     return self.searched.size
 
-  def search(self, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Local document of each of the k nearest searched tokens: ([Q, k'] int64, [Q, k'])."""
+  def search(self, queries: np.ndarray, k: int, *, threaded: bool = False,
+             **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Local document of each of the k nearest searched tokens: ([Q, k'] int64, [Q, k']).
+
+    `threaded`: other shards are searched at the same time, so ScaNN searches this one in the
+    calling thread (one level of threads, not threads of threads).
+    """
+    if self.searcher.kind == "scann":
+      kwargs["parallel"] = not threaded
     rows, scores = self.searcher.search(queries, k, **kwargs)
     docs = np.where(rows >= 0, self.searched.documents(np.maximum(rows, 0)), -1)
     return docs.astype(np.int64), scores
@@ -297,11 +304,12 @@ class TokenIndex:
     k = min(int(k), self.num_ann_tokens)
     queries = np.ascontiguousarray(queries, np.float32)
 
+    pool = self._pool()
+
     def one(s: int) -> tuple[np.ndarray, np.ndarray]:
-      d, scores = self.shards[s].search(queries, k, **kwargs)
+      d, scores = self.shards[s].search(queries, k, threaded=pool is not None, **kwargs)
       return np.where(d >= 0, d + self.doc_base[s], -1), scores
 
-    pool = self._pool()
     results = shard_search.ordered_map(one, len(self.shards), pool, 2 * self.search_threads)
     return shard_search.merge_results(results, k)
 
