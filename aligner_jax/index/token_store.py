@@ -265,7 +265,8 @@ class TokenStore:
     floats = self.codebook is None and self.vectors.dtype != np.int8
     # One contiguous slice per document (documents are stored back to back); float vectors
     # are cast by the assignment itself, without an intermediate copy.
-    for slot, start, n in zip(slots, starts, lens):
+    for i in np.flatnonzero(lens):
+      slot, start, n = slots[i], starts[i], lens[i]
       span = slice(int(start), int(start + n))
       vectors[slot, :n] = self.vectors[span] if floats else self.dequantize(span)
     which, pos = np.nonzero(np.arange(length)[None, :] < lens[:, None])
