@@ -13,7 +13,10 @@ vectors ("stored"), and the exact backend.
 
 `--baseline-repo DIR` measures another checkout the same way (e.g. the revision before
 memory-mapped loading, `git worktree add /tmp/old <commit>`), in the same table (column
-`revision`). This checkout's rows also time `python -m aligner_jax.index verify`.
+`revision`). This checkout's rows also time `python -m aligner_jax.index verify`, and for
+ScaNN, rewrite the index with the AH codes packed two per byte as earlier versions stored them
+and time this checkout loading that (`packed_*`: the disk saved against unpacking into a
+temporary file at every load).
 Results: bench/results/index_load.json (quick: results/quick/).
 
   python -m bench.bench_index_load [--quick] [--baseline-repo DIR] [--no-report]
@@ -37,7 +40,8 @@ COLUMNS = ("revision", "n_tokens", "config", "shards", "build_s", "build_peak_rs
            "disk_bytes_per_token", "scann_bytes_per_token", "load_s_cold", "load_s_warm",
            "rss_before_mib", "rss_load_mib", "anon_load_mib", "file_load_mib", "peak_load_mib",
            "anon_bytes_per_token", "rss_queries_mib", "anon_queries_mib",
-           "ms_per_query_token", "verify_s")
+           "ms_per_query_token", "verify_s", "packed_scann_bytes_per_token",
+           "packed_load_s_cold", "packed_load_s_warm")
 CONFIGS = ("scann-int8", "scann-stored", "exact")
 FULL = (1 << 20, 1 << 22)
 QUICK = (1 << 18,)
@@ -77,6 +81,18 @@ def _verify_seconds(repo: pathlib.Path, index: pathlib.Path) -> float:
   return time.perf_counter() - start
 
 
+def _packed_loads(repo: pathlib.Path, index: pathlib.Path, n: int) -> dict[str, Any]:
+  """The same index with its AH codes packed two per byte (the earlier layout), loaded by the
+  same code: what unpacking into a temporary file at every load costs."""
+  packed = _run(repo, ["pack", "--index", str(index)])
+  evict(index)
+  cold = _run(repo, ["load", "--index", str(index)])
+  warm = _run(repo, ["load", "--index", str(index)])
+  return {"packed_scann_bytes_per_token": round(packed["scann_bytes"] / n, 1),
+          "packed_load_s_cold": round(cold["load_seconds"], 3),
+          "packed_load_s_warm": round(warm["load_seconds"], 3)}
+
+
 def memory_columns(warm: dict[str, Any], n: int) -> dict[str, Any]:
   before, loaded, searched = warm["before"], warm["loaded"], warm["searched"]
   delta = lambda after, key: (after[key] - before[key]) / MIB  # noqa: E731
@@ -100,6 +116,8 @@ def run_cell(repo: pathlib.Path, revision: str, n: int, config: str,
     cold = _run(repo, ["load", "--index", str(index)])
     warm = _run(repo, ["load", "--index", str(index)])
     verify = _verify_seconds(repo, index) if revision == "current" else None
+    packed = (_packed_loads(repo, index, n) if revision == "current" and "scann" in config
+              else dict.fromkeys(COLUMNS[-3:]))
   finally:
     shutil.rmtree(index, ignore_errors=True)
   return {"revision": revision, "n_tokens": n, "config": config, "shards": built["shards"],
@@ -109,7 +127,7 @@ def run_cell(repo: pathlib.Path, revision: str, n: int, config: str,
           "scann_bytes_per_token": round(built["scann_bytes"] / n, 1),
           "load_s_cold": round(cold["load_seconds"], 3),
           "load_s_warm": round(warm["load_seconds"], 3), **memory_columns(warm, n),
-          "verify_s": None if verify is None else round(verify, 2)}
+          "verify_s": None if verify is None else round(verify, 2), **packed}
 
 
 def main(argv: list[str] | None = None) -> int:

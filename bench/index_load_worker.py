@@ -1,5 +1,6 @@
-"""One step of `bench_index_load`, in its own process: build a synthetic token index, or load
-one and report time and memory.
+"""One step of `bench_index_load`, in its own process: build a synthetic token index, load one
+and report time and memory, or rewrite a ScaNN index with its AH codes packed as earlier
+versions stored them.
 
 Run as a script (`python bench/index_load_worker.py build|load ...`) with the checkout to
 measure first on PYTHONPATH: it imports only NumPy, ScaNN and that checkout's `aligner_jax`
@@ -76,6 +77,33 @@ def build(args: argparse.Namespace) -> dict:
           "build_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def pack(args: argparse.Namespace) -> dict:
+  """Rewrites a ScaNN index built by this checkout in the layout of earlier versions (AH codes
+  two per byte in hashed_dataset.4bit.npz, manifests listing it), to time loading that layout
+  with the same code; this checkout's own API only."""
+  from aligner_jax.index import files  # pylint: disable=import-outside-toplevel
+  from aligner_jax.index.backends import pack_nibbles  # pylint: disable=import-outside-toplevel
+  from aligner_jax.io import write_json  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(args.index)
+  listing = json.loads((root / "index.json").read_text())
+  for entry in listing["shards"]:
+    shard = root / entry["name"]
+    codes_path = shard / "scann" / "hashed_dataset.npy"
+    packed_path = shard / "scann" / "hashed_dataset.4bit.npz"
+    codes = np.load(codes_path)
+    np.savez(packed_path, packed=pack_nibbles(codes), blocks=np.int64(codes.shape[1]))
+    codes_path.unlink()
+    manifest = json.loads((shard / "manifest.json").read_text())
+    del manifest["files"]["scann/hashed_dataset.npy"]
+    manifest["files"]["scann/hashed_dataset.4bit.npz"] = {
+        "bytes": packed_path.stat().st_size, "sha256": files.sha256_file(packed_path)}
+    write_json(shard / "manifest.json", manifest)
+    entry["manifest_sha256"] = files.sha256_file(shard / "manifest.json")
+  write_json(root / "index.json", listing)
+  scann = sum(p.stat().st_size for p in root.glob("shard-*/scann/*"))
+  return {"scann_bytes": scann}
+
+
 def load(args: argparse.Namespace) -> dict:
   import scann  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
@@ -98,14 +126,14 @@ def load(args: argparse.Namespace) -> dict:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("step", choices=("build", "load"))
+  parser.add_argument("step", choices=("build", "pack", "load"))
   parser.add_argument("--index", required=True)
   parser.add_argument("--tokens", type=int, default=0)
   parser.add_argument("--config", default="exact")
   parser.add_argument("--queries", type=int, default=256)
   parser.add_argument("--k", type=int, default=256)
   args = parser.parse_args()
-  result = build(args) if args.step == "build" else load(args)
+  result = {"build": build, "pack": pack, "load": load}[args.step](args)
   print(json.dumps(result), flush=True)
   return 0
 

@@ -117,7 +117,7 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   assert "pruning.png" in (out / "report.html").read_text()
   assert any("built 1 shard" in line for line in logs)
 
-  # A second run loads the saved index (checksums verified) and reproduces the run.
+  # A second run loads the saved index (memory-mapped) and reproduces the run.
   logs.clear()
   again = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
