@@ -104,16 +104,31 @@ class TokenIndexEvaluator:
   prune_query_ratio: float = 1.0
   adaptation: bool = False
   pruning_curve: Sequence[float] = ()
+  num_refine: int | None = None
+  leaves_to_search: int | None = None
 
   def __post_init__(self):
     if self.backend not in ("scann", "exact"):
       raise ValueError(f"the token index backend is 'scann' or 'exact', got {self.backend!r}")
+    if self.num_refine is not None and self.num_refine < 0:
+      raise ValueError(f"NUM_REFINE must be positive (0 or None: refine every candidate), got "
+                       f"{self.num_refine}")
+    if self.leaves_to_search is not None and (self.backend != "scann" or
+                                              self.leaves_to_search < 1):
+      raise ValueError(f"LEAVES_TO_SEARCH = {self.leaves_to_search} needs the 'scann' backend "
+                       "and a positive number (None: the index's own setting)")
     self.alignments = _parse_alignments(self.alignments)
     self.index_config = dataclasses.replace(self.index_config, backend=self.backend)
 
   @property
   def name(self) -> str:
     return self.backend
+
+  def search_options(self) -> dict[str, Any]:
+    """The backend's search effort overrides (ScaNN leaves searched per query token)."""
+    if self.leaves_to_search is None:
+      return {}
+    return {"leaves_to_search": self.leaves_to_search}
 
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"retriever {self.backend!r}")
@@ -126,10 +141,12 @@ class TokenIndexEvaluator:
     queries = data.queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=self.num_neighbors,
-                                prune_query_ratio=self.prune_query_ratio)
+                                prune_query_ratio=self.prune_query_ratio,
+                                num_refine=self.num_refine, **self.search_options())
     timings["candidates_s"] = time.time() - t
     sizes = cands.sizes()
-    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, mean "
+    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, "
+             f"R = {cands.num_refine or 'all'}, mean "
              f"{sizes.mean():.0f} / max {sizes.max()} documents per query "
              f"({timings['candidates_s']:.1f}s)")
     # One refinement pass scores the candidates under every alignment asked for and, with
@@ -143,6 +160,7 @@ class TokenIndexEvaluator:
              f"{timings['refine_s']:.1f}s")
     runs = {spec: to_run(queries.ids, index.doc_ids, refined[spec]) for spec in self.alignments}
     setup = dict(num_neighbors=cands.num_neighbors, prune_query_ratio=self.prune_query_ratio,
+                 num_refine=cands.num_refine, leaves_to_search=self.leaves_to_search,
                  index=index.config.to_json(), candidates_mean=float(sizes.mean()),
                  candidates_max=int(sizes.max()))
     reports = []
@@ -159,7 +177,8 @@ class TokenIndexEvaluator:
           index_config=index.config, num_neighbors=self.num_neighbors,
           prune_query_ratio=self.prune_query_ratio, top_n=top_n,
           known={index.config.prune_doc_ratio: (runs[primary], index.num_ann_tokens)},
-          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log)
+          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log,
+          candidate_options=dict(num_refine=self.num_refine, **self.search_options()))
       timings["pruning_curve_s"] = time.time() - t
     return Evaluation(runs, timings, setup, reports, index, queries, curve)
 
@@ -260,7 +279,8 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
                    index_dir: str | None = None, index_config: IndexConfig | None = None,
                    rebuild_index: bool = False, num_neighbors: int = 4000,
                    prune_query_ratio: float = 1.0, adaptation: bool = False,
-                   pruning_curve: Sequence[float] = ()) -> Evaluator:
+                   pruning_curve: Sequence[float] = (), num_refine: int | None = None,
+                   leaves_to_search: int | None = None) -> Evaluator:
   """The evaluator the flat gin settings of `gin/runs/eval_beir.gin` describe: `rerank_depth`
   > 0 re-ranks BM25's top documents (whatever RETRIEVER says), otherwise RETRIEVER decides."""
   if retriever not in RETRIEVERS:
@@ -279,7 +299,7 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
     return DenseEvaluator(index_dir, rebuild_index)
   return TokenIndexEvaluator(retriever, alignments, index_dir, index_config or IndexConfig(),
                              rebuild_index, num_neighbors, prune_query_ratio, adaptation,
-                             tuple(pruning_curve))
+                             tuple(pruning_curve), num_refine, leaves_to_search)
 
 
 def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, data: SplitData,

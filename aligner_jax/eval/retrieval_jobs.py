@@ -222,20 +222,25 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
-              encoded_dir: str | None = None,
-              strict_data: bool | None = None) -> dict[str, Any]:
+              encoded_dir: str | None = None, strict_data: bool | None = None,
+              num_refine: int | None = None,
+              leaves_to_search: int | None = None) -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
   (`--gin.eval_beir.encoded_dir="'DIR'"`). `strict_data`: refuse documents with neither title
   nor text (None: the `ALIGNER_STRICT_DATA` environment variable; off when unset).
+  `num_refine`: R, refine only each query's R best candidates by first-stage (XTR) score
+  (None / 0: all); `leaves_to_search`: ScaNN leaves searched per query token (None: the
+  index's setting).
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
       rerank_with=rerank_with, index_dir=index_dir if jax.process_index() == 0 else None,
       index_config=index_config, rebuild_index=rebuild_index, num_neighbors=num_neighbors,
-      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve)
+      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve,
+      num_refine=num_refine, leaves_to_search=leaves_to_search)
   encoders = None
   if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:
