@@ -225,13 +225,29 @@ def _pow2_at_least(x: int) -> int:
   return 1 << int(math.ceil(math.log2(max(x, 1))))
 
 
-def _chunk_sizes(length: int, dim: int) -> tuple[int, int]:
-  """(big, small) documents per refinement call at padded `length`: powers of two, big within
-  the memory budget, small = big / 8. Only these two shapes are compiled per length, and the
-  last documents of a length go in small chunks, so padding stays under `small`."""
+def _chunk_sizes(length: int, dim: int) -> tuple[int, ...]:
+  """Documents per refinement call at padded `length`: small, 4·small and big (powers of two,
+  big within the memory budget, small = big / 8). Only these shapes are compiled per length;
+  a chunk takes the smallest that holds what is left, so padding stays under a quarter of the
+  chunk beyond `small`, and a query's few first-stage candidates take one or two calls."""
   budget = max(1, min(_MAX_CHUNK, _CHUNK_FLOATS // (length * dim)))
   big = 1 << int(math.floor(math.log2(budget)))
-  return big, max(1, big // 8)
+  small = max(1, big // 8)
+  return tuple(sorted({small, min(4 * small, big), big}))
+
+
+def _next_chunk(lengths: np.ndarray, dim: int) -> tuple[int, int, int]:
+  """(documents taken, padded length, chunk size) for documents of `lengths`, longest first.
+
+  The chunk is padded to the first document's bucketed length and takes the documents longer
+  than three quarters of it (all of them at the shortest bucket), so padding adds at most a
+  third to a document, as many as the smallest chunk size that holds them allows."""
+  length = _bucket(int(lengths[0]))
+  floor = 3 * length // 4 if length > _LENGTH_BUCKET else -1
+  fits = int(np.searchsorted(-lengths, -floor, side="left"))
+  sizes = _chunk_sizes(length, dim)
+  size = next((z for z in sizes if z >= fits), sizes[-1])
+  return min(size, fits), length, size
 
 
 def _block_work(candidates: Candidates, order: np.ndarray, block: int) -> int:
@@ -267,17 +283,14 @@ def _score_union(fn: Callable[..., jax.Array], index: TokenIndex, union: np.ndar
     [A, b, U] float32 scores.
   """
   q, q_mask, q_sal, q_ids = query_args
-  lengths = index.doc_lengths
   scores = np.zeros((num_alignments, len(q), len(union)), np.float32)
-  # Similar lengths share a chunk, so padding stays small.
-  order = np.argsort(lengths[union], kind="stable")
+  # Longest first; similar lengths share a chunk, so padding stays small.
+  order = np.argsort(-index.doc_lengths[union], kind="stable")
+  lengths = index.doc_lengths[union[order]]
   pos = 0
   while pos < len(union):
-    length = _bucket(int(lengths[union[order[pos]]]))
-    big, small = _chunk_sizes(length, index.dim)
-    fits = int(np.searchsorted(lengths[union[order[pos:]]], length, side="right"))
-    size = big if fits > big - small else small
-    take = order[pos:pos + min(size, fits)]
+    count, length, size = _next_chunk(lengths[pos:], index.dim)
+    take = order[pos:pos + count]
     padded = np.full(size, -1, np.int64)
     padded[:len(take)] = union[take]
     # Stored dtype in an aligned buffer: no NumPy conversion and no host copy to the device.
@@ -319,7 +332,7 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
   32 unless that scores more than twice as many (query, document) pairs as there are
   candidates (candidate sets that overlap little), else 1.
   Compiled shapes are few and fixed: query widths in multiples of 8, document lengths in
-  multiples of 32, and two chunk sizes per length (`_chunk_sizes`).
+  multiples of 32, and three chunk sizes per length (`_chunk_sizes`).
 
   Args:
     index: the token index whose stored vectors are scored.
