@@ -122,10 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     row["delta_ndcg"] = row["ndcg@10"] - exact_ndcg
     row["top10_recall"] = top10_recall(run, exact)
     print(json.dumps(row), flush=True)
-    rows.append(row)
-  write_json(args.out, {"alignment": args.alignment, "queries": len(qids),
-                        "exact_ndcg@10": exact_ndcg, "loadavg_end": list(os.getloadavg()),
-                        "machine": harness.machine_info(), "rows": rows})
+    rows.append({**row, "loadavg": list(os.getloadavg())})
+    # Rewritten (atomically) after every setting: a killed sweep keeps what it measured.
+    write_json(args.out, {"alignment": args.alignment, "queries": len(qids),
+                          "exact_ndcg@10": exact_ndcg, "machine": harness.machine_info(),
+                          "rows": rows})
 
 
 if __name__ == "__main__":

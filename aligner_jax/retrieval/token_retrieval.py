@@ -240,10 +240,11 @@ def _next_chunk(lengths: np.ndarray, dim: int) -> tuple[int, int, int]:
   """(documents taken, padded length, chunk size) for documents of `lengths`, longest first.
 
   The chunk is padded to the first document's bucketed length and takes the documents longer
-  than three quarters of it (all of them at the shortest bucket), so padding adds at most a
-  third to a document, as many as the smallest chunk size that holds them allows."""
+  than three quarters of it (all of them at the shortest bucket; the first one always), so
+  padding adds at most a third to a document, as many as the smallest chunk size that holds
+  them allows."""
   length = _bucket(int(lengths[0]))
-  floor = 3 * length // 4 if length > _LENGTH_BUCKET else -1
+  floor = min(3 * length // 4, int(lengths[0]) - 1) if length > _LENGTH_BUCKET else -1
   fits = int(np.searchsorted(-lengths, -floor, side="left"))
   sizes = _chunk_sizes(length, dim)
   size = next((z for z in sizes if z >= fits), sizes[-1])
