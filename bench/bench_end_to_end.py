@@ -81,6 +81,10 @@ PEER_THREADS = 2  # torch threads of the peers: the machine's two cores, as XLA 
 PLAID_BUILD = {"nbits": 4, "kmeans_niters": 4, "max_points_per_centroid": 256, "seed": 42}
 PLAID_SEARCH = {"n_ivf_probe": 8, "n_full_scores": 8192}
 PLAID_BUILD_BATCH = 1000
+# Documents whose tokens train PLAID's 16,384 centroids. fast-plaid's default on SciFact is all
+# 5,183 (1.24M tokens): that k-means ran for over 20 minutes on the shared machine and was
+# OOM-killed at 2.7 GB; 1,024 documents (≈ 245k tokens, 15 per centroid) build in minutes.
+PLAID_KMEANS_DOCS = 1024
 COLUMNS = ("pipeline", "framework", "stages", "status", "ms_per_query", "ms_iqr",
            "first_stage_ms", "total_ms_per_query", "ndcg@10", "mrr@10", "recall@100",
            "num_queries", "build_s", "timed_queries", "runs", "note")
@@ -327,7 +331,7 @@ def _plaid(spec: dict[str, Any]) -> dict[str, Any]:
   index = fast_plaid.FastPlaid(index=str(folder), device="cpu")
   # The stored float16 vectors, read in place: fast-plaid computes in float16 anyway.
   index.create(documents_embeddings=_torch_vectors(doc_vec, doc_off, range(len(doc_ids)), None),
-               batch_size=PLAID_BUILD_BATCH, **PLAID_BUILD)
+               batch_size=PLAID_BUILD_BATCH, n_samples_kmeans=PLAID_KMEANS_DOCS, **PLAID_BUILD)
   build_s = time.perf_counter() - t
 
   def search(qids):
@@ -343,7 +347,8 @@ def _plaid(spec: dict[str, Any]) -> dict[str, Any]:
           "note": f"fast-plaid {importlib.metadata.version('fast-plaid')} (torch "
                   f"{torch.__version__}, {PEER_THREADS} threads) with PyLate 1.6's PLAID "
                   f"settings {PLAID_BUILD | PLAID_SEARCH}, top {DEPTH}; built in batches of "
-                  f"{PLAID_BUILD_BATCH} documents"}
+                  f"{PLAID_BUILD_BATCH} documents, centroids trained on {PLAID_KMEANS_DOCS} "
+                  "sampled documents"}
 
 
 WORKERS = {"bm25": _bm25, "aligner_jax_rerank": _aligner_jax_rerank,
@@ -399,6 +404,21 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   return result
 
 
+def _keep_rows(table: harness.TableRun, path: pathlib.Path, rerun: list[str]) -> None:
+  """Copies into `table` the rows of `path` whose pipeline is not in `rerun`, noting their
+  run's start time (a table written by an earlier invocation with other pipelines)."""
+  if not path.exists():
+    return
+  old = harness.load_result(path)
+  columns = old["columns"]
+  for values in old["rows"]:
+    row = dict(zip(columns, values))
+    if row.get("pipeline") in rerun or set(COLUMNS) - set(row):
+      continue
+    row["note"] = f"[measured in the run of {old['started']}] {row['note']}"
+    table.add({c: row[c] for c in COLUMNS})
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] == ["--worker"]:
@@ -426,6 +446,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
   harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
+  parser.add_argument("--keep-other-rows", action="store_true",
+                      help="keep the rows of pipelines not run now from the existing results "
+                           "file (each row's note says when it was measured)")
   args = harness.resolve_results_dir(parser.parse_args(argv))
   if args.runs < harness.MIN_RUNS:
     parser.error(f"--runs must be at least {harness.MIN_RUNS}")
@@ -480,6 +503,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "plaid": "PLAID (fast-plaid) → MaxSim"}
   first_ms = None
   details = {}
+  if args.keep_other_rows:
+    _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json", names)
   for name in names:
     print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
     python = args.peer_python if name in PEER_PIPELINES else sys.executable
