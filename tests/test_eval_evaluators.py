@@ -161,6 +161,29 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   assert rebuilt["ndcg@10"] == result["ndcg@10"]
 
 
+def test_best_r_candidates_are_refined_and_the_alignment_still_decides(beir_dir, encoders,
+                                                                        tmp_path):
+  common = dict(beir_dir=str(beir_dir), split="test", retriever="scann", model=encoders,
+                index_dir=str(tmp_path / "index"), num_neighbors=20, top_n=15, doc_length=64,
+                query_length=16, num_refine=4, leaves_to_search=3, log=lambda m: None)
+  runs = {}
+  for spec in ("top_k:1", "top_k:4", "top_p:0.25"):
+    result = run_eval(output_dir=str(tmp_path / spec.replace(":", "-")), alignments=[spec],
+                      **common)
+    assert result["run"] == spec
+    assert result["num_refine"] == 4 and result["leaves_to_search"] == 3
+    runs[spec] = runs_lib.read_trec_run(tmp_path / spec.replace(":", "-") / "run.trec")
+    assert all(0 < len(docs) <= 4 for docs in runs[spec].values())
+  # The same R candidates per query, scored by each alignment: the scores differ.
+  assert {q: set(d) for q, d in runs["top_k:1"].items()} == {
+      q: set(d) for q, d in runs["top_p:0.25"].items()}
+  assert runs["top_k:1"] != runs["top_k:4"] and runs["top_k:1"] != runs["top_p:0.25"]
+  with pytest.raises(ValueError, match="LEAVES_TO_SEARCH"):
+    evaluators.make_evaluator("exact", leaves_to_search=3)
+  with pytest.raises(ValueError, match="NUM_REFINE"):
+    evaluators.make_evaluator("scann", num_refine=-2)
+
+
 def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
   """Reading the encode job's stores gives the same runs as encoding in the evaluation."""
   from aligner_jax.index.token_store import from_padded
@@ -310,8 +333,9 @@ def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
   result = run("gin/runs/eval_beir.gin", common + [
       f"OUTPUT_DIR = '{tmp_path / 'eval'}'", f"INDEX_DIR = '{tmp_path / 'index'}'",
       "ALIGNMENT = 'top_p:0.25'", "EXTRA_ALIGNMENTS = ['top_k:2']", "RETRIEVER = 'exact'",
-      "NUM_NEIGHBORS = 50"])
+      "NUM_NEIGHBORS = 50", "NUM_REFINE = 6"])
   assert result["run"] == "top_p:0.25" and result["index"]["backend"] == "exact"
+  assert result["num_refine"] == 6
   assert set(result["by_alignment"]) == {"top_p:0.25", "top_k:2"}
   assert (tmp_path / "eval" / "run.trec").is_file()
   del bare, module

@@ -124,16 +124,31 @@ class TokenIndexEvaluator:
   adaptation: bool = False
   pruning_curve: Sequence[float] = ()
   verify_index: bool = False
+  num_refine: int | None = None
+  leaves_to_search: int | None = None
 
   def __post_init__(self):
     if self.backend not in ("scann", "exact"):
       raise ValueError(f"the token index backend is 'scann' or 'exact', got {self.backend!r}")
+    if self.num_refine is not None and self.num_refine < 0:
+      raise ValueError(f"NUM_REFINE must be positive (0 or None: refine every candidate), got "
+                       f"{self.num_refine}")
+    if self.leaves_to_search is not None and (self.backend != "scann" or
+                                              self.leaves_to_search < 1):
+      raise ValueError(f"LEAVES_TO_SEARCH = {self.leaves_to_search} needs the 'scann' backend "
+                       "and a positive number (None: the index's own setting)")
     self.alignments = _parse_alignments(self.alignments)
     self.index_config = dataclasses.replace(self.index_config, backend=self.backend)
 
   @property
   def name(self) -> str:
     return self.backend
+
+  def search_options(self) -> dict[str, Any]:
+    """The backend's search effort overrides (ScaNN leaves searched per query token)."""
+    if self.leaves_to_search is None:
+      return {}
+    return {"leaves_to_search": self.leaves_to_search}
 
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"retriever {self.backend!r}")
@@ -151,10 +166,12 @@ class TokenIndexEvaluator:
     queries = data.queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=self.num_neighbors,
-                                prune_query_ratio=self.prune_query_ratio)
+                                prune_query_ratio=self.prune_query_ratio,
+                                num_refine=self.num_refine, **self.search_options())
     timings["candidates_s"] = time.time() - t
     sizes = cands.sizes()
-    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, mean "
+    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, "
+             f"R = {cands.num_refine or 'all'}, mean "
              f"{sizes.mean():.0f} / max {sizes.max()} documents per query "
              f"({timings['candidates_s']:.1f}s)")
     # One refinement pass scores the candidates under every alignment asked for and, with
@@ -170,7 +187,9 @@ class TokenIndexEvaluator:
     strategy_runs = ({spec: to_run(queries.ids, index.doc_ids, refined[spec])
                       for spec in adaptation_lib.STRATEGIES} if self.adaptation else {})
     setup = dict(num_neighbors=cands.num_neighbors, prune_query_ratio=self.prune_query_ratio,
-                 index=index.config.to_json())
+                 num_refine=cands.num_refine, leaves_to_search=self.leaves_to_search,
+                 index=index.config.to_json(), candidates_mean=float(sizes.mean()),
+                 candidates_max=int(sizes.max()))
     curve = None
     if self.pruning_curve:
       t = time.time()
@@ -182,7 +201,8 @@ class TokenIndexEvaluator:
           index_config=index.config, num_neighbors=self.num_neighbors,
           prune_query_ratio=self.prune_query_ratio, top_n=top_n,
           known={index.config.prune_doc_ratio: (runs[primary], index.num_ann_tokens)},
-          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log)
+          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log,
+          candidate_options=dict(num_refine=self.num_refine, **self.search_options()))
       timings["pruning_curve_s"] = time.time() - t
     candidates = {q: int(n) for q, n in zip(queries.ids, sizes)}
     return Evaluation(runs, timings, setup, strategy_runs, candidates, index, queries, curve)
@@ -297,8 +317,9 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
                    index_dir: str | None = None, index_config: IndexConfig | None = None,
                    rebuild_index: bool = False, num_neighbors: int = 4000,
                    prune_query_ratio: float = 1.0, adaptation: bool = False,
-                   pruning_curve: Sequence[float] = (),
-                   verify_index: bool = False) -> Evaluator:
+                   pruning_curve: Sequence[float] = (), verify_index: bool = False,
+                   num_refine: int | None = None,
+                   leaves_to_search: int | None = None) -> Evaluator:
   """The evaluator the flat gin settings of `gin/runs/eval_beir.gin` describe: `rerank_depth`
   > 0 re-ranks BM25's top documents (whatever RETRIEVER says), otherwise RETRIEVER decides.
   `verify_index`: compare the SHA-256 of every file of an existing index with its manifests
@@ -319,7 +340,7 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
     return DenseEvaluator(index_dir, rebuild_index, verify_index)
   return TokenIndexEvaluator(retriever, alignments, index_dir, index_config or IndexConfig(),
                              rebuild_index, num_neighbors, prune_query_ratio, adaptation,
-                             tuple(pruning_curve), verify_index)
+                             tuple(pruning_curve), verify_index, num_refine, leaves_to_search)
 
 
 def adaptation_reports(strategy_runs: dict[str, Run], data: SplitData, *,

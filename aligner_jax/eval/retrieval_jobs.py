@@ -219,7 +219,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               adaptation: bool = False, num_pictures: int = 0,
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
               encoded_dir: str | None = None, strict_data: bool | None = None,
-              verify_index: bool = False) -> dict[str, Any]:
+              verify_index: bool = False, num_refine: int | None = None,
+              leaves_to_search: int | None = None) -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`).
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
@@ -229,14 +230,16 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
   `verify_index`: compare the SHA-256 of every file of an existing index with its manifests
   before using it. With several processes each retrieves its slice of the judged queries,
   encoding on its own devices, and process 0 gathers the runs and writes the files (the
-  others return their query count).
+  others return their query count). `num_refine`: R, refine only each query's R best
+  candidates by first-stage (XTR) score (None / 0: all); `leaves_to_search`: ScaNN leaves
+  searched per query token (None: the index's setting).
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
       rerank_with=rerank_with, index_dir=index_dir, index_config=index_config,
       rebuild_index=rebuild_index, num_neighbors=num_neighbors,
       prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve,
-      verify_index=verify_index)
+      verify_index=verify_index, num_refine=num_refine, leaves_to_search=leaves_to_search)
   encoders = None
   if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:
