@@ -24,10 +24,9 @@ import numpy as np
 
 from aligner_jax.eval import evaluators
 from aligner_jax.eval import inputs as inputs_lib
+from aligner_jax.eval.index_build import build_index_from_shards
 from aligner_jax.eval.results import summary_table
 from aligner_jax.index import IndexConfig
-from aligner_jax.index import concatenate
-from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.io import remove_leftovers
 from aligner_jax.retrieval.corpus_shards import ShardPlan
@@ -191,17 +190,15 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
 
 @gin.configurable(module=_MODULE)
 def build_index(*, encoded_dir: str, index_dir: str,
-                index_config: IndexConfig = IndexConfig()) -> dict[str, Any]:
-  """Builds the token index over every encoded corpus shard and saves it (process 0; the
-  other processes wait)."""
-  from aligner_jax.index import build_token_index  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index import save_index  # pylint: disable=g-import-not-at-top
+                index_config: IndexConfig = IndexConfig(), runner: str = "local",
+                beam_options: Sequence[str] = ()) -> dict[str, Any]:
+  """Builds the token index over every encoded corpus shard, one task per index shard
+  (`eval.index_build`): `runner` "local" builds them in this process, "beam" on Apache Beam
+  with `beam_options` (its pipeline flags). Process 0 runs the job; the others wait."""
   info: dict[str, Any] = {}
   if jax.process_index() == 0:
-    stores = [load_token_store(p) for p in inputs_lib.corpus_shards(encoded_dir)]
-    index = build_token_index(stores if index_config.max_shard_tokens else [concatenate(stores)],
-                              index_config)
-    info = save_index(index, index_dir)
+    info = build_index_from_shards(encoded_dir, index_dir, index_config, runner=runner,
+                                   beam_options=beam_options)
     print(f"index {index_dir}: {info['counts']}, {info['total_bytes'] / 2**20:.1f} MiB, "
           f"{info['bytes_per_original_token']:.1f} bytes per original token", flush=True)
   if jax.process_count() > 1:

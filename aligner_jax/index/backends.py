@@ -40,11 +40,14 @@ score -inf.
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import math
 import os
 import pathlib
 import re
+import sys
 import tempfile
+import types
 from typing import Any, Callable, Iterator
 import zipfile
 
@@ -54,6 +57,10 @@ from aligner_jax import native_logs
 from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
+# Shards with fewer searched tokens are scanned exactly by ScaNN (the tail of a split can be
+# a handful of tokens, fewer than AH's 16 centres per block need).
+MIN_HASHED_POINTS = 64
+BRUTE_FORCE = "brute_force"
 
 # Rows of the database scored per block by the exact backend (bounds memory to
 # queries × block floats).
@@ -150,6 +157,9 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
     raise ValueError(f"reorder must be one of {REORDER_MODES}, got {reorder!r}")
   if reorder_factor < 1.0:
     raise ValueError(f"reorder_factor must be >= 1, got {reorder_factor}")
+  if n < MIN_HASHED_POINTS:
+    # Too few points to train AH codebooks (16 centres a block): scan them exactly.
+    num_leaves, hash_type, reorder = 1, BRUTE_FORCE, "none"
   if num_leaves is None:
     num_leaves = max(1, int(round(math.sqrt(n))))
   num_leaves = max(1, min(int(num_leaves), n))
@@ -166,10 +176,33 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
                        training_iterations=int(training_iterations), hash_type=hash_type)
 
 
-def _scann():
-  # ScaNN imports TensorFlow (seconds); only the ScaNN backend pays for it.
-  import scann  # pylint: disable=g-import-not-at-top
-  return scann
+def _scann_numpy():
+  """ScaNN's NumPy API (builder, searcher, `ReorderType`) without TensorFlow.
+
+  `import scann` runs the package's `__init__`, which also loads ScaNN's TensorFlow ops: about
+  20 s and 700 MB of resident memory per process, for ops the index never calls. When ScaNN
+  is not imported yet, the package is registered without running its `__init__` and given the
+  names that `__init__` binds apart from the TensorFlow ops (`ReorderType`, `ScannBuilder`,
+  `scann_ops_pybind`); `import scann` elsewhere in the process then finds that module.
+  """
+  if "scann" not in sys.modules:
+    spec = importlib.util.find_spec("scann")
+    if spec is None or not spec.submodule_search_locations:
+      raise ModuleNotFoundError("ScaNN is not installed (the index's scann backend needs it)")
+    package = types.ModuleType("scann")
+    package.__spec__, package.__path__ = spec, list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    sys.modules["scann"] = package
+    try:
+      from scann.scann_ops.py import scann_builder  # pylint: disable=g-import-not-at-top
+      from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+    except BaseException:
+      del sys.modules["scann"]
+      raise
+    package.ReorderType = scann_builder.ReorderType
+    package.ScannBuilder = scann_builder.ScannBuilder
+    package.scann_ops_pybind = scann_ops_pybind
+  return sys.modules["scann"]
 
 
 class ScannSearcher:
@@ -188,19 +221,25 @@ class ScannSearcher:
   def build(cls, vectors: np.ndarray, settings: ScannSettings, vectors_fn: VectorsFn, *,
             training_threads: int = 0) -> "ScannSearcher":
     """Trains and builds the index over `vectors` [n, h] float32 (the dequantised store)."""
-    scann = _scann()
+    scann = _scann_numpy()
     vectors = np.ascontiguousarray(vectors, np.float32)
     n = len(vectors)
     s = settings
     builder = scann.scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
     if s.num_leaves > 1:
+      # k-means++ seeding: ScaNN's random centre initialisation draws from an unseeded
+      # generator, so two builds of the same shard would differ; k-means++ uses its fixed
+      # clustering seed, which makes the saved index a function of its input.
       builder = builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
                              training_sample_size=s.training_sample_size,
-                             training_iterations=s.training_iterations)
-    builder = builder.score_ah(s.dims_per_block,
-                               anisotropic_quantization_threshold=s.anisotropic_threshold,
-                               training_sample_size=s.training_sample_size,
-                               hash_type=s.hash_type)
+                             training_iterations=s.training_iterations, random_init=False)
+    if s.hash_type == BRUTE_FORCE:
+      builder = builder.score_brute_force(quantize=scann.ReorderType.FLOAT32)
+    else:
+      builder = builder.score_ah(s.dims_per_block,
+                                 anisotropic_quantization_threshold=s.anisotropic_threshold,
+                                 training_sample_size=s.training_sample_size,
+                                 hash_type=s.hash_type)
     quantize = {"float32": scann.ReorderType.FLOAT32, "bfloat16": scann.ReorderType.BFLOAT16,
                 "int8": scann.ReorderType.INT8}
     if s.reorder in quantize:
@@ -217,7 +256,7 @@ class ScannSearcher:
     and loaded into ScaNN; nothing is written."""
     target = directory / cls.SUBDIR
     check_scann_files(directory, size)
-    scann = _scann()
+    scann = _scann_numpy()
     with _unpacked_assets(target, size) as assets, native_logs.native_stderr_to_log("ScaNN"):
       searcher = scann.scann_ops_pybind.ScannSearcher(
           scann.scann_ops_pybind.scann_pybind.ScannNumpy(os.fspath(target), assets))

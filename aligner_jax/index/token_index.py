@@ -17,7 +17,8 @@ salience-weighted refinement), vocabulary ids (COIL) and pooled vectors (the den
 
 On disk (`save_index`, `load_index`), INDEX_DIR holds `index.json` (config, shard list with the
 SHA-256 of each shard manifest, totals) and one directory per shard:
-  manifest.json   config, counts, bytes and SHA-256 of every file (see `files.py`)
+  manifest.json   config (with `source_sha256`, the digest of the documents the shard was
+                  built from), counts, bytes and SHA-256 of every file (see `files.py`)
   doc_ids.json    [N] document ids
   offsets.npy     [N + 1] int64 refinement rows of each document; also the token → document
                   map (a searched row's document is found from the offsets, no id per token)
@@ -29,7 +30,9 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
   ann_keep.npy    [⌈T / 8⌉] uint8 bit mask of the searched rows (only for refine_tokens="all"
                   with β^d < 1; otherwise every stored row is searched)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
-Document numbers are global: shard s's local document i is `doc_base[s] + i`.
+Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
+larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
+`index_staging.py`), into the same files.
 """
 
 import concurrent.futures
@@ -52,6 +55,7 @@ from aligner_jax.index.backends import scann_settings
 from aligner_jax.index.searched_rows import SearchedRows
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store import content_sha256
 from aligner_jax.index.token_store import padded_buffers
 from aligner_jax.index.token_store_io import load_vector_arrays
 from aligner_jax.index.token_store_io import unit_norm_flag
@@ -66,6 +70,7 @@ INDEX_JSON = "index.json"
 BACKENDS = ("scann", "exact")
 REFINE_TOKENS = ("kept", "all")
 FIELDS = ("salience", "token_ids", "pooled")
+_DEQUANTIZE_BLOCK = 1 << 16  # rows converted to float32 at a time for ScaNN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +143,15 @@ class IndexShard:
   """One shard: its refinement store, the searched tokens and their MIPS searcher."""
 
   def __init__(self, store: TokenStore, searched: SearchedRows,
-               searcher: ExactSearcher | ScannSearcher, original_tokens: int):
+               searcher: ExactSearcher | ScannSearcher, original_tokens: int,
+               source_sha256: str | None = None):
     self.store = store
     self.searched = searched
     self.searcher = searcher
     self.original_tokens = int(original_tokens)
+    # `content_sha256` of the documents the shard was built from (None for a loaded shard);
+    # recorded in the manifest so a resumed build knows a finished shard is still current.
+    self.source_sha256 = source_sha256
 
   @property
   def num_ann_tokens(self) -> int:
@@ -181,15 +190,29 @@ def _make_searcher(config: IndexConfig, store: TokenStore,
       dims_per_block=config.dims_per_block, anisotropic_threshold=config.anisotropic_threshold,
       reorder=config.reorder, reorder_factor=config.reorder_factor,
       training_sample_size=config.training_sample_size)
-  all_rows = np.arange(size)
-  return ScannSearcher.build(vectors_fn(all_rows), settings, vectors_fn,
+  return ScannSearcher.build(_float32_rows(vectors_fn, size), settings, vectors_fn,
                              training_threads=config.training_threads)
 
 
-def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
-  """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens)."""
+def _float32_rows(vectors_fn, size: int) -> np.ndarray:
+  """[size, h] float32 of the searched rows, filled a block at a time: ScaNN needs float32,
+  and converting a block at a time keeps one float32 copy of the shard, not two."""
+  first = vectors_fn(np.arange(min(size, _DEQUANTIZE_BLOCK)))
+  out = np.empty((size, first.shape[1]), np.float32)
+  out[:len(first)] = first
+  for start in range(len(first), size, _DEQUANTIZE_BLOCK):
+    stop = min(start + _DEQUANTIZE_BLOCK, size)
+    out[start:stop] = vectors_fn(np.arange(start, stop))
+  return out
+
+
+def build_shard(store: TokenStore, config: IndexConfig, *,
+                source_sha256: str | None = None) -> IndexShard:
+  """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens;
+  `source_sha256`: its `content_sha256` when the caller has it already)."""
   if store.num_tokens == 0:
     raise ValueError("cannot index a shard without tokens")
+  source_sha256 = source_sha256 or content_sha256(store)
   kept = pruning.kept_rows(store, config.prune_doc_ratio)
   everything = len(kept) == store.num_tokens
   refine = store if everything or config.refine_tokens == "all" else store.select_rows(kept)
@@ -199,7 +222,36 @@ def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
   refine = dataclasses.replace(refine, **{f: None for f in FIELDS if f not in config.fields})
   searched = SearchedRows.from_rows(refine.offsets, ann_rows)
   searcher = _make_searcher(config, refine, searched)
-  return IndexShard(refine, searched, searcher, original_tokens=store.num_tokens)
+  return IndexShard(refine, searched, searcher, original_tokens=store.num_tokens,
+                    source_sha256=source_sha256)
+
+
+def document_groups(lengths: np.ndarray, max_tokens: int | None,
+                    ratio: float) -> list[tuple[int, int]]:
+  """[start, stop) of consecutive groups of whole documents (stored `lengths` [N]) with at
+  most `max_tokens` searched tokens each (a longer document is a group of its own)."""
+  if max_tokens is None:
+    return [(0, len(lengths))]
+  kept = pruning.prune_budget(lengths, ratio)
+  groups, start, acc = [], 0, 0
+  for i, n in enumerate(kept):
+    if acc and acc + n > max_tokens:
+      groups.append((start, i))
+      start, acc = i, 0
+    acc += int(n)
+  groups.append((start, len(lengths)))
+  return groups
+
+
+def slice_documents(store: TokenStore, start: int, stop: int) -> TokenStore:
+  """Documents [start, stop) of `store` as a store of views (no copy, memory maps stay maps)."""
+  lo, hi = store.offsets[start], store.offsets[stop]
+  cut = lambda x: None if x is None else x[lo:hi]  # noqa: E731
+  return dataclasses.replace(
+      store, doc_ids=store.doc_ids[start:stop], offsets=store.offsets[start:stop + 1] - lo,
+      vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
+      token_ids=cut(store.token_ids),
+      pooled=None if store.pooled is None else store.pooled[start:stop])
 
 
 def split_documents(store: TokenStore, max_tokens: int | None,
@@ -207,24 +259,8 @@ def split_documents(store: TokenStore, max_tokens: int | None,
   """Consecutive groups of whole documents with at most `max_tokens` searched tokens each."""
   if max_tokens is None:
     return [store]
-  kept = pruning.prune_budget(store.lengths, ratio)
-  groups, start, acc = [], 0, 0
-  for i, n in enumerate(kept):
-    if acc and acc + n > max_tokens:
-      groups.append((start, i))
-      start, acc = i, 0
-    acc += int(n)
-  groups.append((start, store.num_docs))
-  out = []
-  for a, b in groups:
-    lo, hi = store.offsets[a], store.offsets[b]
-    cut = lambda x: None if x is None else x[lo:hi]  # noqa: B023 (called in this iteration)
-    out.append(dataclasses.replace(
-        store, doc_ids=store.doc_ids[a:b], offsets=store.offsets[a:b + 1] - lo,
-        vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
-        token_ids=cut(store.token_ids),
-        pooled=None if store.pooled is None else store.pooled[a:b]))
-  return out
+  return [slice_documents(store, a, b)
+          for a, b in document_groups(store.lengths, max_tokens, ratio)]
 
 
 class TokenIndex:
@@ -347,6 +383,9 @@ def build_token_index(stores: Sequence[TokenStore] | TokenStore,
 # Export and load.
 
 
+_COUNT_KEYS = ("documents", "tokens", "ann_tokens", "original_tokens", "dim", "pooled_dim")
+
+
 def _shard_counts(shard: IndexShard) -> dict[str, int]:
   s = shard.store
   return {"documents": s.num_docs, "tokens": s.num_tokens, "ann_tokens": shard.num_ann_tokens,
@@ -375,6 +414,8 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
                        "has_ann_keep": shard.searched.masked,
                        "backend": shard.searcher.kind,
                        "backend_settings": shard.searcher.settings()}
+    if shard.source_sha256 is not None:
+      manifest_config["source_sha256"] = shard.source_sha256
     manifest = files.write_manifest(tmp, kind=SHARD_KIND, version=VERSION,
                                     config=manifest_config, counts=_shard_counts(shard))
   return manifest
@@ -386,14 +427,25 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, An
   with atomic_dir(directory) as tmp:
     listing = []
     for i, shard in enumerate(index.shards):
-      name = f"shard-{i:05d}"
+      name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
-      listing.append({"name": name, "manifest_sha256": files.sha256_file(tmp / name /
-                                                                         files.MANIFEST),
-                      **_shard_counts(shard)})
+      listing.append(listing_entry(tmp, name))
     info = index_info(tmp, listing, index.config)
     write_json(tmp / INDEX_JSON, info)
   return info
+
+
+def shard_dir_name(position: int) -> str:
+  """The directory of the index's `position`-th shard (global document order)."""
+  return f"shard-{position:05d}"
+
+
+def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
+  """The `index.json` entry of the saved shard `directory / name`: from its manifest."""
+  manifest_path = directory / name / files.MANIFEST
+  counts = files.read_json(manifest_path)["counts"]
+  return {"name": name, "manifest_sha256": files.sha256_file(manifest_path),
+          **{key: counts[key] for key in _COUNT_KEYS}}
 
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]],

@@ -16,6 +16,8 @@ Vector formats (`VECTOR_DTYPES`, what encoding writes; any of them or "pq:M" in 
 """
 
 import dataclasses
+import hashlib
+import json
 import re
 from typing import Sequence
 
@@ -291,6 +293,26 @@ def padded_buffers(count: int, length: int, dim: int, dtype: np.dtype, *, salien
   if token_ids:
     out["token_ids"] = np.zeros((count, length), np.int32)
   return out
+
+
+_HASH_ROWS = 1 << 16  # rows hashed per update: memory-mapped stores are read a block at a time
+
+
+def content_sha256(store: TokenStore) -> str:
+  """SHA-256 of everything a store holds (ids, offsets, every array's dtype, shape and bytes,
+  the unit-norm flag): the same documents give the same digest whether the store was loaded,
+  memory-mapped or built in memory."""
+  digest = hashlib.sha256(json.dumps(store.doc_ids).encode("utf-8"))
+  digest.update(f"|unit_norm={store.unit_norm}".encode())
+  for name in ("offsets", "vectors", "scales", "salience", "token_ids", "pooled", "codebook"):
+    array = getattr(store, name)
+    if array is None:
+      digest.update(f"|{name}=None".encode())
+      continue
+    digest.update(f"|{name}={array.dtype.str}{list(array.shape)}".encode())
+    for start in range(0, max(len(array), 1), _HASH_ROWS):
+      digest.update(np.ascontiguousarray(array[start:start + _HASH_ROWS]).data)
+  return digest.hexdigest()
 
 
 def from_padded(doc_ids: Sequence[str], vectors: np.ndarray, mask: np.ndarray, *,
