@@ -36,7 +36,7 @@ from typing import Any
 from bench import harness
 from bench import report
 
-COLUMNS = ("revision", "n_tokens", "config", "shards", "build_s", "build_peak_rss_mib",
+COLUMNS = ("revision", "n_tokens", "config", "setup", "shards", "build_s", "build_peak_rss_mib",
            "disk_bytes_per_token", "scann_bytes_per_token", "load_s_cold", "load_s_warm",
            "rss_before_mib", "rss_total_mib", "rss_load_mib", "anon_load_mib", "file_load_mib",
            "peak_load_mib",
@@ -122,7 +122,8 @@ def run_cell(repo: pathlib.Path, revision: str, n: int, config: str,
               else dict.fromkeys(COLUMNS[-3:]))
   finally:
     shutil.rmtree(index, ignore_errors=True)
-  return {"revision": revision, "n_tokens": n, "config": config, "shards": built["shards"],
+  return {"revision": revision, "n_tokens": n, "config": config,
+          "setup": f"{config} ({revision})", "shards": built["shards"],
           "build_s": round(built["build_seconds"], 1),
           "build_peak_rss_mib": round(built["build_peak_rss_bytes"] / MIB, 1),
           "disk_bytes_per_token": round(built["total_bytes"] / n, 1),
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
       "index_load", "Token index load time and resident memory in a fresh process (synthetic "
       "128-d float16 tokens; memory above the process before the load)", COLUMNS,
       mode="quick" if args.quick else "full",
-      plot={"x": "n_tokens", "y": "rss_load_mib", "series": "config", "kind": "bar"})
+      plot={"x": "n_tokens", "y": "rss_total_mib", "series": "setup", "kind": "bar"})
   with tempfile.TemporaryDirectory(prefix="aligner_index_load_",
                                    dir=os.environ.get("ALIGNER_BENCH_TMP")) as tmp:
     for n in sizes:
