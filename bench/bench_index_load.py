@@ -5,11 +5,11 @@ tokens around 1,024 centres, 64 a document, shards of 2^20 tokens, no extras) wi
 checkout being measured, then loads it in fresh processes (`... load`): first with the index's
 files evicted from the page cache (`posix_fadvise(DONTNEED)`: a cold start), then again (warm).
 Each load records its seconds and this process's resident memory before the load (after
-importing ScaNN and the library), after it, and after searching 256 query tokens with K′ = 256:
-VmRSS, its anonymous part (RssAnon: memory the process owns) and its file-backed part
-(RssFile: pages of mapped files, which the kernel can drop and read again), and the peak
-(VmHWM). Configurations: ScaNN with an int8 reorder copy, ScaNN reordering with the stored
-vectors ("stored"), and the exact backend.
+importing the library, and ScaNN as that checkout's loader imports it), after it, and after
+searching 256 query tokens with K′ = 256: VmRSS, its anonymous part (RssAnon: memory the
+process owns) and its file-backed part (RssFile: pages of mapped files, which the kernel can
+drop and read again), and the peak (VmHWM). Configurations: ScaNN with an int8 reorder copy,
+ScaNN reordering with the stored vectors ("stored"), and the exact backend.
 
 `--baseline-repo DIR` measures another checkout the same way (e.g. the revision before
 memory-mapped loading, `git worktree add /tmp/old <commit>`), in the same table (column
@@ -36,9 +36,10 @@ from typing import Any
 from bench import harness
 from bench import report
 
-COLUMNS = ("revision", "n_tokens", "config", "shards", "build_s", "build_peak_rss_mib",
+COLUMNS = ("revision", "n_tokens", "config", "setup", "shards", "build_s", "build_peak_rss_mib",
            "disk_bytes_per_token", "scann_bytes_per_token", "load_s_cold", "load_s_warm",
-           "rss_before_mib", "rss_load_mib", "anon_load_mib", "file_load_mib", "peak_load_mib",
+           "rss_before_mib", "rss_total_mib", "rss_load_mib", "anon_load_mib", "file_load_mib",
+           "peak_load_mib",
            "anon_bytes_per_token", "rss_queries_mib", "anon_queries_mib",
            "ms_per_query_token", "verify_s", "packed_scann_bytes_per_token",
            "packed_load_s_cold", "packed_load_s_warm")
@@ -86,8 +87,8 @@ def _packed_loads(repo: pathlib.Path, index: pathlib.Path, n: int) -> dict[str, 
   same code: what unpacking into a temporary file at every load costs."""
   packed = _run(repo, ["pack", "--index", str(index)])
   evict(index)
-  cold = _run(repo, ["load", "--index", str(index)])
-  warm = _run(repo, ["load", "--index", str(index)])
+  cold = _run(repo, ["load", "--index", str(index), "--config", "scann"])
+  warm = _run(repo, ["load", "--index", str(index), "--config", "scann"])
   return {"packed_scann_bytes_per_token": round(packed["scann_bytes"] / n, 1),
           "packed_load_s_cold": round(cold["load_seconds"], 3),
           "packed_load_s_warm": round(warm["load_seconds"], 3)}
@@ -97,6 +98,7 @@ def memory_columns(warm: dict[str, Any], n: int) -> dict[str, Any]:
   before, loaded, searched = warm["before"], warm["loaded"], warm["searched"]
   delta = lambda after, key: (after[key] - before[key]) / MIB  # noqa: E731
   return {"rss_before_mib": round(before["VmRSS"] / MIB, 1),
+          "rss_total_mib": round(loaded["VmRSS"] / MIB, 1),
           "rss_load_mib": round(delta(loaded, "VmRSS"), 1),
           "anon_load_mib": round(delta(loaded, "RssAnon"), 1),
           "file_load_mib": round(delta(loaded, "RssFile"), 1),
@@ -113,14 +115,15 @@ def run_cell(repo: pathlib.Path, revision: str, n: int, config: str,
   built = _run(repo, ["build", "--index", str(index), "--tokens", str(n), "--config", config])
   try:
     evict(index)
-    cold = _run(repo, ["load", "--index", str(index)])
-    warm = _run(repo, ["load", "--index", str(index)])
+    cold = _run(repo, ["load", "--index", str(index), "--config", config])
+    warm = _run(repo, ["load", "--index", str(index), "--config", config])
     verify = _verify_seconds(repo, index) if revision == "current" else None
     packed = (_packed_loads(repo, index, n) if revision == "current" and "scann" in config
               else dict.fromkeys(COLUMNS[-3:]))
   finally:
     shutil.rmtree(index, ignore_errors=True)
-  return {"revision": revision, "n_tokens": n, "config": config, "shards": built["shards"],
+  return {"revision": revision, "n_tokens": n, "config": config,
+          "setup": f"{config} ({revision})", "shards": built["shards"],
           "build_s": round(built["build_seconds"], 1),
           "build_peak_rss_mib": round(built["build_peak_rss_bytes"] / MIB, 1),
           "disk_bytes_per_token": round(built["total_bytes"] / n, 1),
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
       "index_load", "Token index load time and resident memory in a fresh process (synthetic "
       "128-d float16 tokens; memory above the process before the load)", COLUMNS,
       mode="quick" if args.quick else "full",
-      plot={"x": "n_tokens", "y": "rss_load_mib", "series": "config", "kind": "bar"})
+      plot={"x": "n_tokens", "y": "rss_total_mib", "series": "setup", "kind": "bar"})
   with tempfile.TemporaryDirectory(prefix="aligner_index_load_",
                                    dir=os.environ.get("ALIGNER_BENCH_TMP")) as tmp:
     for n in sizes:
@@ -155,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
           table.add(run_cell(repo, revision, n, config, pathlib.Path(tmp)))
   results = harness.QUICK_RESULTS_DIR if args.quick else harness.RESULTS_DIR
   record = table.write(results, notes=[
-      "rss_*: VmRSS above the process before the load (after importing ScaNN and the "
-      "library); anon_*: the anonymous part (RssAnon); file_load_mib: pages of mapped files",
+      "rss_before_mib: the process before the load, after importing the library (and ScaNN, "
+      "as the revision's loader imports it); rss_total_mib: after the load; other rss_*: VmRSS "
+      "above rss_before; anon_*: the anonymous part (RssAnon); file_load_mib: pages of mapped "
+      "files",
       "load_s_cold: index files evicted from the page cache first; load_s_warm: right after",
       "ms_per_query_token: 256 query tokens, K' = 256, warm; verify_s: python -m "
       "aligner_jax.index verify (SHA-256 of every file)",

@@ -104,10 +104,18 @@ def pack(args: argparse.Namespace) -> dict:
   return {"scann_bytes": scann}
 
 
-def load(args: argparse.Namespace) -> dict:
-  import scann  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+def import_scann() -> None:
+  """Imports ScaNN the way the checkout's loader does (TensorFlow and all with `import scann`
+  in earlier revisions; its NumPy API alone since `backends._scann_numpy`), so that "before"
+  already holds what any load of a ScaNN index brings in."""
+  from aligner_jax.index import backends  # pylint: disable=import-outside-toplevel
+  (getattr(backends, "_scann_numpy", None) or backends._scann)()  # noqa: SLF001
 
+
+def load(args: argparse.Namespace) -> dict:
   from aligner_jax.index import load_index  # pylint: disable=import-outside-toplevel
+  if args.config.startswith("scann"):
+    import_scann()
   q = queries(args.queries)
   before = memory()
   start = time.perf_counter()

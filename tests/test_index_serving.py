@@ -156,6 +156,8 @@ def test_searched_rows_match_a_table_per_token(num_rows):
     keep = np.zeros(num_rows, bool)
     keep[rows] = True
     np.testing.assert_array_equal(searched.packed_mask(), np.packbits(keep))
+    # Two offsets per document, a bit and a 64th of a count per row: no table per token.
+    assert searched.nbytes <= 16 * len(offsets) + num_rows / 8 + num_rows / 64 + 136
   plain = SearchedRows.from_rows(offsets, None)
   assert not plain.masked and plain.size == num_rows
   np.testing.assert_array_equal(plain.documents(np.arange(num_rows)), doc_of_row)

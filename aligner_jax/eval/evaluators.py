@@ -19,8 +19,9 @@ slice of the judged queries (`multihost`), process 0 gathers the runs and alone 
 files; every process logs how many queries it retrieved and process 0 how many it gathered
 from each. The token index is then built once, by process 0 (`inputs.obtain_index`), and the
 corpus vectors of the dense and re-ranking paths must come from files (INDEX_DIR or
-ENCODED_DIR) rather than be encoded again by every process. Pictures and the pruning curve
-need one process.
+ENCODED_DIR) rather than be encoded again by every process; BM25's in-memory index of the
+corpus (seconds for a BEIR corpus) is built by each process that retrieves with it. Pictures
+and the pruning curve need one process.
 """
 
 import dataclasses

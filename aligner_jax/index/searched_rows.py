@@ -85,6 +85,13 @@ class SearchedRows:
     keep[np.asarray(rows, np.int64)] = True
     return cls(offsets, np.packbits(keep))
 
+  @property
+  def nbytes(self) -> int:
+    """Bytes held by the maps (offsets, mask, rank directory)."""
+    held = [self.offsets, self._bits, self._block_rank,
+            None if self._doc_offsets is self.offsets else self._doc_offsets]
+    return sum(a.nbytes for a in held if a is not None)
+
   def packed_mask(self) -> np.ndarray:
     """[⌈T / 8⌉] uint8 mask of the searched rows (what `ann_keep.npy` holds); masked only."""
     if not self.masked:
