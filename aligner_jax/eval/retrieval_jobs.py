@@ -15,7 +15,6 @@ Model parameters (`load_model`): with `model_dir`, the newest (or `step`) traine
 without trained heads (zero-shot, e.g. all-MiniLM-L6-v2).
 """
 
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -219,33 +218,37 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
-              encoded_dir: str | None = None,
-              strict_data: bool | None = None) -> dict[str, Any]:
-  """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
+              encoded_dir: str | None = None, strict_data: bool | None = None,
+              verify_index: bool = False) -> dict[str, Any]:
+  """Evaluates on one BEIR split (see `evaluators.evaluate_beir`).
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
   (`--gin.eval_beir.encoded_dir="'DIR'"`). `strict_data`: refuse documents with neither title
   nor text (None: the `ALIGNER_STRICT_DATA` environment variable; off when unset).
+  `verify_index`: compare the SHA-256 of every file of an existing index with its manifests
+  before using it. With several processes each retrieves its slice of the judged queries,
+  encoding on its own devices, and process 0 gathers the runs and writes the files (the
+  others return their query count).
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
-      rerank_with=rerank_with, index_dir=index_dir if jax.process_index() == 0 else None,
-      index_config=index_config, rebuild_index=rebuild_index, num_neighbors=num_neighbors,
-      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve)
+      rerank_with=rerank_with, index_dir=index_dir, index_config=index_config,
+      rebuild_index=rebuild_index, num_neighbors=num_neighbors,
+      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve,
+      verify_index=verify_index)
   encoders = None
   if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:
       raise ValueError("eval_beir needs the model's VOCABULARY")
     encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
-                              num_partitions=num_partitions)
-  output_dir = output_dir if jax.process_index() == 0 else os.path.join(
-      output_dir, f".process-{jax.process_index()}")
+                              num_partitions=num_partitions, local=True)
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
                                  query_length, ignore_identical_ids, strict_data)
   result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
                                     num_pictures=num_pictures)
-  print(summary_table(result), flush=True)
+  if jax.process_index() == 0:
+    print(summary_table(result), flush=True)
   return result
 
 
