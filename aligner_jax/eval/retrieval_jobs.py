@@ -12,7 +12,8 @@ module `aligner_jax.eval`:
 Model parameters (`load_model`): with `model_dir`, the newest (or `step`) trainer checkpoint
 `MODEL_DIR/checkpoints/<step>/state` is read and only its `params` are restored; otherwise
 `checkpoint_path` (Hugging Face / T5X / orbax encoder) gives the encoder weights of a model
-without trained heads (zero-shot, e.g. all-MiniLM-L6-v2).
+without trained heads (zero-shot, e.g. all-MiniLM-L6-v2), or a sentence-transformers / PyLate
+ColBERT directory its encoder and token projection.
 """
 
 import os
@@ -111,9 +112,8 @@ def load_model(module: Any, *, model_dir: str | None = None,
   if not checkpoint_path:
     raise ModelLoadError(f"no trained checkpoint under MODEL_DIR={model_dir!r} and no "
                          "pretrained CHECKPOINT_PATH: nothing to evaluate")
-  from aligner_jax.models import load_encoder  # pylint: disable=g-import-not-at-top
-  _, encoder_params = load_encoder(checkpoint_path)
-  return module, _fit_params(_abstract_params(module), {"encoder": encoder_params},
+  from aligner_jax.models import load_pretrained_params  # pylint: disable=g-import-not-at-top
+  return module, _fit_params(_abstract_params(module), load_pretrained_params(checkpoint_path),
                              checkpoint_path)
 
 
@@ -173,6 +173,9 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   out = pathlib.Path(output_dir)
   name, documents = inputs_lib.corpus_documents(beir_dir, strict=strict_data)
   settings = {"dataset": name, "model": params_fingerprint(params)}
+  framings = [getattr(module, f"{side}_framing", None) for side in ("query", "doc")]
+  if any(framings):  # what the model keeps of each text depends on them, not on the params
+    settings["framing"] = repr(framings)
   process, processes = jax.process_index(), jax.process_count()
   if process == 0:
     _encode_queries(enc, beir_dir, split, out / f"queries-{split}",
