@@ -13,6 +13,7 @@ Public API:
   insert_pretrained_params
   Framing                                     -- ColBERT markers, query expansion, skip list
   load_colbert(path) -> ColbertModel          -- sentence-transformers / PyLate ColBERT dir
+  export_colbert(dir, module, params, ...)    -- the same layout written (PyLate loads it)
 """
 
 from aligner_jax.models.bert import BertConfig
@@ -33,6 +34,8 @@ from aligner_jax.models.dual_encoder import l2_normalize
 from aligner_jax.models.dual_encoder import mean_pool
 from aligner_jax.models.dual_encoder import pack_pair
 from aligner_jax.models.dual_encoder import pool
+from aligner_jax.models.export import ExportError
+from aligner_jax.models.export import export_colbert
 from aligner_jax.models.framing import Framing
 from aligner_jax.models.hf_import import CheckpointError
 from aligner_jax.models.hf_import import cross_encoder_from_pretrained

@@ -5,6 +5,7 @@ The training library stays gin-free; this module registers, under the gin module
   train            the train job (`run.job = @train`), `aligner_jax.train.train_job.train`
   train_pipeline   the seqio/NumPy input pipeline it reads (`train.dataset_fn = @train_pipeline`)
   RetrievalModel, LiteModel   what is trained (`aligner_jax.train.model_fns`)
+  export_colbert              the PyLate-layout export job (`export_job.py`)
   make_optimizer, warmup_rsqrt_decay, warmup_linear_decay, warmup_constant,
   constant_learning_rate (`optim.constant`)
 and `LiteScorer` / `KnrmScorer` (under `aligner_jax.scoring`) for `DualEncoder.lite_scorer`.
@@ -14,6 +15,7 @@ import gin
 
 from aligner_jax.scoring import knrm
 from aligner_jax.scoring import lite
+from aligner_jax.train import export_job
 from aligner_jax.train import model_fns
 from aligner_jax.train import optim
 from aligner_jax.train import train_job
@@ -31,3 +33,4 @@ for _schedule in (optim.warmup_rsqrt_decay, optim.warmup_linear_decay, optim.war
 gin.external_configurable(optim.constant, name="constant_learning_rate", module=_MODULE)
 gin.external_configurable(lite.LiteScorer, name="LiteScorer", module="aligner_jax.scoring")
 gin.external_configurable(knrm.KnrmScorer, name="KnrmScorer", module="aligner_jax.scoring")
+gin.external_configurable(export_job.export_colbert, name="export_colbert", module=_MODULE)
