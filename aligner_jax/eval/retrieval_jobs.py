@@ -39,6 +39,7 @@ from aligner_jax.retrieval.corpus_shards import store_is_current
 from aligner_jax.retrieval.encoding import Encoder
 from aligner_jax.retrieval.encoding import encode_queries
 from aligner_jax.retrieval.encoding import make_encode_fn
+from aligner_jax.retrieval.passages import Passages
 
 _MODULE = "aligner_jax.eval"
 
@@ -226,13 +227,16 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               adaptation: bool = False, num_pictures: int = 0,
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
               encoded_dir: str | None = None,
-              strict_data: bool | None = None) -> dict[str, Any]:
+              strict_data: bool | None = None, passage_overlap: int | None = None,
+              passage_scoring: str = "maxp") -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
   (`--gin.eval_beir.encoded_dir="'DIR'"`). `strict_data`: refuse documents with neither title
   nor text (None: the `ALIGNER_STRICT_DATA` environment variable; off when unset).
+  `passage_overlap`: documents longer than `doc_length` become passages sharing this many
+  tokens, scored back per document by `passage_scoring` ("maxp" | "firstp"); None cuts them.
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
@@ -247,8 +251,9 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
                               num_partitions=num_partitions)
   output_dir = output_dir if jax.process_index() == 0 else os.path.join(
       output_dir, f".process-{jax.process_index()}")
+  passages = None if passage_overlap is None else Passages(passage_overlap, passage_scoring)
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
-                                 query_length, ignore_identical_ids, strict_data)
+                                 query_length, ignore_identical_ids, strict_data, passages)
   result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
                                     num_pictures=num_pictures)
   print(summary_table(result), flush=True)

@@ -26,6 +26,8 @@ import numpy as np
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import encode_vectors
 from aligner_jax.models.framing import kept_lengths
+from aligner_jax.retrieval.passages import Passages
+from aligner_jax.retrieval.passages import split_documents
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 
 # (params, input_ids [B, L] int32, mask [B, L] bool) -> Encoded-like with vectors, mask,
@@ -177,15 +179,21 @@ def _local_rows(x: jax.Array) -> np.ndarray:
 def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
                   texts: Sequence[str], *, max_length: int = 256,
                   vector_dtype: str = "float16", keep_token_ids: bool = True,
-                  progress: Callable[[str], None] | None = None) -> TokenStore:
+                  progress: Callable[[str], None] | None = None,
+                  passages: Passages | None = None) -> TokenStore:
   """Documents -> a `TokenStore` of their real tokens (salience and pooled when present).
 
   Each batch is written straight into the final (quantised) arrays, so memory stays near the
-  size of the store itself.
+  size of the store itself. With `passages`, a document longer than `max_length` is stored as
+  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut.
   """
   if len(doc_ids) != len(texts):
     raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
-  token_lists = tokenize(vocabulary, texts, max_length)
+  if passages is None:
+    token_lists = tokenize(vocabulary, texts, max_length)
+  else:
+    doc_ids, token_lists = split_documents(vocabulary, doc_ids, texts, max_length,
+                                           passages.overlap)
   lengths = encoder.output_lengths(token_lists, max_length)
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
   total = int(offsets[-1])
