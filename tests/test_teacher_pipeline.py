@@ -226,3 +226,24 @@ def _check_export_equals_student(exported, student_dir, beir_dir):
   got = _doc_vectors(back.module, back.params, texts)
   for a, b in zip(want, got):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_scores_resume_from_finished_chunks(tmp_path):
+  """Finished chunks are read back (a killed job resumes), and only under the same key."""
+  module, params = _cross_encoder(vocab_size=30522)
+  scorer = teacher_job.PairScorer(module, params, "minilm", query_length=8, doc_length=12,
+                                  batch_size=4)
+  collection = inputs_lib.load_split(str(write_beir(tmp_path / "beir")), "train")
+  pairs = [(q, d) for q in collection.split_queries("train")[:3] for d in ("d1", "d2", "d3")]
+  first = teacher_job.chunked_scores(scorer, collection, pairs, tmp_path / "partial",
+                                     lambda part: "k", chunk=4)
+  assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == [
+      "chunk-00000.json", "chunk-00001.json", "chunk-00002.json"]
+  saved = tmp_path / "partial" / "chunk-00001.json"
+  saved.write_text(json.dumps({"key": "k", "scores": [7.0] * 4}))
+  again = teacher_job.chunked_scores(scorer, collection, pairs, tmp_path / "partial",
+                                     lambda part: "k", chunk=4)
+  assert again == first[:4] + [7.0] * 4 + first[8:]
+  fresh = teacher_job.chunked_scores(scorer, collection, pairs, tmp_path / "partial",
+                                     lambda part: "other", chunk=4)
+  np.testing.assert_allclose(fresh, first, rtol=1e-6)

@@ -7,7 +7,9 @@ the evaluation jobs) or a TREC run file (another retriever's run), cut at `depth
 are scored too, so every training example has a scored positive; without (evaluation) the
 candidates are re-ranked as they are.
 
-Outputs in OUTPUT_DIR, each written atomically once complete (a rerun computes the same):
+Outputs in OUTPUT_DIR, each written atomically once complete (a rerun computes the same; the
+scores of every finished chunk of pairs are kept in OUTPUT_DIR/partial/, keyed by the teacher's
+params, the settings and the pairs, so a killed job resumes where it was):
   teacher_scores.jsonl  one line per query, {"qid", "pos", "neg", "scores"}: the hard-negative
                         JSONL of aligner_jax/data/training_files.py, which the tasks
                         `beir_<name>_train_teacher` read (data key "teacher/<name>")
@@ -19,6 +21,7 @@ gin/experiments/scifact_cross_encoder.gin) or of a Hugging Face BertForSequenceC
 directory (`checkpoint_path`). Pairs are packed as in training (`cross_encoder.candidate_scores`).
 """
 
+import hashlib
 import json
 import pathlib
 import time
@@ -35,8 +38,10 @@ from aligner_jax.eval import inputs as inputs_lib
 from aligner_jax.eval import retrieval_jobs
 from aligner_jax.eval.results import write_results
 from aligner_jax.io import atomic_write
+from aligner_jax.io import write_json
 from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.retrieval.bm25 import BM25
+from aligner_jax.retrieval.corpus_shards import params_fingerprint
 from aligner_jax.retrieval.encoding import tokenize
 from aligner_jax.train import cross_encoder
 
@@ -169,6 +174,37 @@ def _write(out: pathlib.Path, collection: Collection, split: str, lists, scores,
                        setup=setup, run_name="teacher", log=inputs_lib.print_log)
 
 
+def _chunk_key(fingerprint: str, settings: dict[str, Any], pairs: Sequence[tuple[str, str]]
+               ) -> str:
+  """What a chunk's scores depend on: the teacher's params, the settings, the pairs."""
+  digest = hashlib.sha256(json.dumps([fingerprint, settings, list(pairs)],
+                                     sort_keys=True).encode())
+  return digest.hexdigest()
+
+
+def chunked_scores(scorer: PairScorer, collection: Collection, pairs: list[tuple[str, str]],
+                   partial_dir: pathlib.Path, key_of, *, chunk: int = 2048) -> list[float]:
+  """Scores of `pairs`, `chunk` pairs at a time; each chunk's scores are kept in `partial_dir`
+  (atomically) with the key of what made them, so a killed job resumes with the chunks it had
+  finished, and a changed teacher, setting or candidate list never reuses them."""
+  queries, corpus = collection.queries, collection.corpus
+  out: list[float] = []
+  for i, start in enumerate(range(0, len(pairs), chunk)):
+    part = pairs[start:start + chunk]
+    key, path = key_of(part), partial_dir / f"chunk-{i:05d}.json"
+    if path.is_file():
+      saved = json.loads(path.read_text(encoding="utf-8"))
+      if saved.get("key") == key:
+        out.extend(saved["scores"])
+        continue
+    values = scorer.score([queries.text(queries.index[q]) for q, _ in part],
+                          [corpus.text(corpus.index[d]) for _, d in part])
+    write_json(path, {"key": key, "scores": values.tolist()})
+    out.extend(values.tolist())
+    inputs_lib.print_log(f"scored {start + len(part)}/{len(pairs)} pairs")
+  return out
+
+
 def score_candidates(*, beir_dir: str, split: str, output_dir: str, model: tuple[Any, Any],
                      vocabulary: str, candidates: str = "bm25", depth: int = 100,
                      include_positives: bool = False, query_length: int = 32,
@@ -186,15 +222,17 @@ def score_candidates(*, beir_dir: str, split: str, output_dir: str, model: tuple
   scorer = PairScorer(module, params, vocabulary, query_length=query_length,
                       doc_length=doc_length, skip_doc_prefix=skip_doc_prefix,
                       batch_size=batch_size)
-  queries, corpus = collection.queries, collection.corpus
-  t = time.time()
-  values = scorer.score([queries.text(queries.index[q]) for q, _ in pairs],
-                        [corpus.text(corpus.index[d]) for _, d in pairs],
-                        log=inputs_lib.print_log)
-  scores: dict[str, dict[str, float]] = {q: {} for q in lists}
-  for (q, d), s in zip(pairs, values.tolist()):
-    scores[q][d] = s
   setup = {"candidates": candidates, "depth": depth, "query_length": query_length,
            "doc_length": doc_length}
-  return _write(pathlib.Path(output_dir), collection, split, lists, scores,
-                include_positives=include_positives, setup=setup, seconds=time.time() - t)
+  fingerprint = params_fingerprint(params)
+  settings = {**setup, "skip_doc_prefix": skip_doc_prefix, "vocabulary": vocabulary,
+              "module": repr(module)}
+  out = pathlib.Path(output_dir)
+  t = time.time()
+  values = chunked_scores(scorer, collection, pairs, out / "partial",
+                          lambda part: _chunk_key(fingerprint, settings, part))
+  scores: dict[str, dict[str, float]] = {q: {} for q in lists}
+  for (q, d), s in zip(pairs, values):
+    scores[q][d] = s
+  return _write(out, collection, split, lists, scores, include_positives=include_positives,
+                setup=setup, seconds=time.time() - t)
