@@ -5,6 +5,10 @@
   beir_<name>_train    split "train" (datasets with a train split): each judged pair with a
                        pool of BM25 hard negatives mined from the corpus (cached in
                        $ALIGNER_CACHE_DIR when set)
+  beir_<name>_train_teacher   split "train": the teacher-scoring job's teacher_scores.jsonl
+                       (a cross-encoder's scores of each training query's candidates) from
+                       $ALIGNER_TEACHER_<NAME>_DIR (or the data key "teacher/<name>"), with
+                       `teacher_scores`, for distillation
 
 Directory: $ALIGNER_BEIR_<NAME>_DIR, or $ALIGNER_BEIR_DIR/<directory name> (e.g.
 ALIGNER_BEIR_DIR=/data/beir reads /data/beir/scifact/{corpus.jsonl,queries.jsonl,qrels/}).
@@ -58,6 +62,9 @@ def _register_all():
       seqio_tasks.register(
           f"beir_{name}_train", kind="train", splits=("train",), vocabulary=vocabulary,
           loader=functools.partial(loaders.beir_bm25_train, key))
+      seqio_tasks.register(
+          f"beir_{name}_train_teacher", kind="train", splits=("train",), vocabulary=vocabulary,
+          teacher_scores=True, loader=functools.partial(loaders.beir_teacher_train, key))
 
 
 _register_all()

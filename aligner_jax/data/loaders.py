@@ -6,7 +6,9 @@ Data directories are resolved when a dataset is first requested, never at import
   2. the environment variable of the key: ALIGNER_MSMARCO_DIR, ALIGNER_NQ_DIR,
      ALIGNER_DEMO_DIR, ALIGNER_BEIR_<NAME>_DIR (e.g. ALIGNER_BEIR_SCIFACT_DIR);
   3. for BEIR, `$ALIGNER_BEIR_DIR/<name>` (the layout of BEIR's own downloads).
-Otherwise a `DataDirError` says which variable to set. ALIGNER_CACHE_DIR, when set, is where
+Otherwise a `DataDirError` says which variable to set. Teacher scores of a BEIR dataset (the
+teacher-scoring job's output directory) have the key "teacher/<name>"
+(ALIGNER_TEACHER_<NAME>_DIR). ALIGNER_CACHE_DIR, when set, is where
 mined BM25 negatives are cached (never inside a data directory). ALIGNER_STRICT_DATA=1 makes
 every reader refuse documents with neither title nor text (by default they are kept, see
 `collection.py`); the setting is part of the cache key.
@@ -27,10 +29,13 @@ from aligner_jax.data import negatives
 from aligner_jax.data import nq
 from aligner_jax.data import sources
 from aligner_jax.data import tfds_source
+from aligner_jax.data import training_files
 from aligner_jax.data.collection import Collection
+from aligner_jax.data.errors import ProblemLog
 from aligner_jax.data.errors import strict_mode
 
 ENV_CACHE_DIR = "ALIGNER_CACHE_DIR"
+TEACHER_FILE = "teacher_scores.jsonl"
 _overrides: dict[str, str] = {}
 _cache: dict[tuple, Collection] = {}
 _cache_lock = threading.Lock()
@@ -167,6 +172,27 @@ def beir_bm25_train(key: str, split: str, *, depth: int = negatives.DEFAULT_DEPT
   collection = beir_collection(data_dir(key), _beir_name(key))
   _require_split(collection, split, data_dir(key))
   groups = negatives.bm25_training_groups(collection, split, depth=depth, cache_dir=cache_dir())
+  return sources.TrainSource(collection, groups)
+
+
+def teacher_key(key: str) -> str:
+  """The data key of a BEIR dataset's teacher scores: "beir/scifact" -> "teacher/scifact"."""
+  return "teacher/" + key.split("/", 1)[1]
+
+
+def beir_teacher_train(key: str, split: str) -> sources.TrainSource:
+  """Training groups with teacher scores: `TEACHER_FILE` (the hard-negative JSONL with
+  `scores` that the teacher-scoring job writes) in the directory of data key "teacher/<name>"
+  (ALIGNER_TEACHER_<NAME>_DIR), e.g. {"qid", "pos", "neg", "scores"} per training query."""
+  collection = beir_collection(data_dir(key), _beir_name(key))
+  _require_split(collection, split, data_dir(key))
+  path = os.path.join(data_dir(teacher_key(key)), TEACHER_FILE)
+  if not os.path.isfile(path):
+    raise DataDirError(f"{path}: no teacher scores (run gin/runs/score_candidates.gin with "
+                       f"OUTPUT_DIR there, or point {env_var(teacher_key(key))} elsewhere)")
+  log = ProblemLog()
+  groups = training_files.read_hard_negatives_jsonl(path, collection, log, teacher_scores=True)
+  log.raise_if_any()
   return sources.TrainSource(collection, groups)
 
 

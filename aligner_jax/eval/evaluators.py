@@ -54,6 +54,7 @@ from aligner_jax.retrieval import dense_search
 from aligner_jax.retrieval import rerank
 from aligner_jax.retrieval import to_run
 from aligner_jax.retrieval import token_scorer
+from aligner_jax.retrieval.passages import document_run
 from aligner_jax.retrieval.runs import Run
 from aligner_jax.retrieval.token_retrieval import refine_many
 from aligner_jax.scoring import Alignment
@@ -395,6 +396,18 @@ def gather(evaluation: Evaluation, data: SplitData, log: Log) -> Evaluation | No
                              candidates=candidates, setup=setup)
 
 
+def _check_passages(evaluator: Evaluator, inputs: EvalInputs, num_pictures: int) -> None:
+  """Passages are scored back per document in the runs only: what reads the passage store
+  against document judgements (re-ranking BM25's documents, adaptation, the pruning curve,
+  pictures) is refused."""
+  if inputs.passages is None:
+    return
+  if (isinstance(evaluator, (RerankEvaluator, BM25Evaluator)) or num_pictures
+      or getattr(evaluator, "adaptation", False) or getattr(evaluator, "pruning_curve", None)):
+    raise ValueError("passages (PASSAGE_OVERLAP) work with RETRIEVER 'scann', 'exact' or "
+                     "'dense' without RERANK_DEPTH, ADAPTATION, PRUNING_CURVE or NUM_PICTURES")
+
+
 def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
                   top_n: int = 1000, num_pictures: int = 0, run_name: str = "aligner_jax",
                   log: Log = print_log) -> dict[str, Any]:
@@ -417,11 +430,16 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
   if num_pictures:
     _one_process("alignment pictures (NUM_PICTURES > 0)")
   evaluator.check(inputs)
+  _check_passages(evaluator, inputs, num_pictures)
   t0 = time.time()
   data = SplitData.load(inputs, log, part=multihost.process())
   evaluation = gather(evaluator.run(data, top_n=top_n), data, log)
   if evaluation is None:  # another process writes
     return {"process": data.part[0], "queries": len(data.query_ids)}
+  if inputs.passages is not None:  # passage runs -> runs per document
+    evaluation.runs = {name: document_run(run, inputs.passages.scoring)
+                       for name, run in evaluation.runs.items()}
+    evaluation.setup["passages"] = dataclasses.asdict(inputs.passages)
   evaluation.timings["total_s"] = time.time() - t0
   setup = {"retriever": evaluator.name, **evaluation.setup}
   if evaluation.candidates:

@@ -36,6 +36,7 @@ from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval.encoding import Encoder
 from aligner_jax.retrieval.encoding import encode_corpus
 from aligner_jax.retrieval.encoding import encode_queries
+from aligner_jax.retrieval.passages import Passages
 
 Log = Callable[[str], None]
 DEMO = "demo"
@@ -72,6 +73,8 @@ class EvalInputs:
     strict_data: refuse documents with neither title nor text (by default they are kept,
       encoded as their framing tokens only, with a warning in the log); None: the
       `ALIGNER_STRICT_DATA` environment variable decides.
+    passages: split documents longer than doc_length into overlapping passages, scored back
+      per document (retrieval/passages.py); None cuts them at doc_length.
   """
   beir_dir: str
   split: str
@@ -81,6 +84,12 @@ class EvalInputs:
   query_length: int = 64
   ignore_identical_ids: bool = True
   strict_data: bool | None = None
+  passages: Passages | None = None
+
+  def __post_init__(self):
+    if self.passages is not None and self.encoded_dir:
+      raise ValueError("passages are made at encoding: an evaluation with passages encodes its "
+                       "corpus itself (ENCODED_DIR must be None)")
 
 
 def load_split(beir_dir: str, split: str, *, strict: bool | None = None) -> Collection:
@@ -149,13 +158,15 @@ def encode_split_queries(model: ModelEncoders, collection: Collection, split: st
 
 def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, doc_length: int,
                              vector_dtype: str = "float16", rows: slice = slice(None),
-                             log: Log = print_log) -> TokenStore:
+                             log: Log = print_log, passages: Passages | None = None
+                             ) -> TokenStore:
   corpus = collection.corpus
   index = range(len(corpus))[rows]
-  log(f"encoding {len(index)} documents (max {doc_length} tokens)")
+  log(f"encoding {len(index)} documents (max {doc_length} tokens"
+      f"{'' if passages is None else ' a passage'})")
   return encode_corpus(model.documents, model.vocabulary, [corpus.ids[i] for i in index],
                        [corpus.text(i) for i in index], max_length=doc_length,
-                       vector_dtype=vector_dtype, progress=log)
+                       vector_dtype=vector_dtype, progress=log, passages=passages)
 
 
 def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -338,7 +349,8 @@ class SplitData:
                                  doc_length=inputs.doc_length,
                                  log=self.log).with_vector_dtype(vector_dtype)
     return encode_collection_corpus(inputs.model, self.collection, doc_length=inputs.doc_length,
-                                    vector_dtype=vector_dtype, log=self.log)
+                                    vector_dtype=vector_dtype, log=self.log,
+                                    passages=inputs.passages)
 
   def queries(self) -> QueryBatch:
     """The judged queries, read from `encoded_dir` when that split was encoded there."""

@@ -12,7 +12,8 @@ module `aligner_jax.eval`:
 Model parameters (`load_model`): with `model_dir`, the newest (or `step`) trainer checkpoint
 `MODEL_DIR/checkpoints/<step>/state` is read and only its `params` are restored; otherwise
 `checkpoint_path` (Hugging Face / T5X / orbax encoder) gives the encoder weights of a model
-without trained heads (zero-shot, e.g. all-MiniLM-L6-v2).
+without trained heads (zero-shot, e.g. all-MiniLM-L6-v2), or a sentence-transformers / PyLate
+ColBERT directory its encoder and token projection.
 """
 
 import pathlib
@@ -36,6 +37,7 @@ from aligner_jax.retrieval.corpus_shards import store_is_current
 from aligner_jax.retrieval.encoding import Encoder
 from aligner_jax.retrieval.encoding import encode_queries
 from aligner_jax.retrieval.encoding import make_encode_fn
+from aligner_jax.retrieval.passages import Passages
 
 _MODULE = "aligner_jax.eval"
 
@@ -109,9 +111,8 @@ def load_model(module: Any, *, model_dir: str | None = None,
   if not checkpoint_path:
     raise ModelLoadError(f"no trained checkpoint under MODEL_DIR={model_dir!r} and no "
                          "pretrained CHECKPOINT_PATH: nothing to evaluate")
-  from aligner_jax.models import load_encoder  # pylint: disable=g-import-not-at-top
-  _, encoder_params = load_encoder(checkpoint_path)
-  return module, _fit_params(_abstract_params(module), {"encoder": encoder_params},
+  from aligner_jax.models import load_pretrained_params  # pylint: disable=g-import-not-at-top
+  return module, _fit_params(_abstract_params(module), load_pretrained_params(checkpoint_path),
                              checkpoint_path)
 
 
@@ -171,6 +172,9 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   out = pathlib.Path(output_dir)
   name, documents = inputs_lib.corpus_documents(beir_dir, strict=strict_data)
   settings = {"dataset": name, "model": params_fingerprint(params)}
+  framings = [getattr(module, f"{side}_framing", None) for side in ("query", "doc")]
+  if any(framings):  # what the model keeps of each text depends on them, not on the params
+    settings["framing"] = repr(framings)
   process, processes = jax.process_index(), jax.process_count()
   if process == 0:
     _encode_queries(enc, beir_dir, split, out / f"queries-{split}",
@@ -220,7 +224,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
               encoded_dir: str | None = None, strict_data: bool | None = None,
               verify_index: bool = False, num_refine: int | None = None,
-              leaves_to_search: int | None = None) -> dict[str, Any]:
+              leaves_to_search: int | None = None, passage_overlap: int | None = None,
+              passage_scoring: str = "maxp") -> dict[str, Any]:
   """Evaluates on one BEIR split (see `evaluators.evaluate_beir`).
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
@@ -233,6 +238,8 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
   others return their query count). `num_refine`: R, refine only each query's R best
   candidates by first-stage (XTR) score (None / 0: all); `leaves_to_search`: ScaNN leaves
   searched per query token (None: the index's setting).
+  `passage_overlap`: documents longer than `doc_length` become passages sharing this many
+  tokens, scored back per document by `passage_scoring` ("maxp" | "firstp"); None cuts them.
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
@@ -246,8 +253,9 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       raise ValueError("eval_beir needs the model's VOCABULARY")
     encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
                               num_partitions=num_partitions, local=True)
+  passages = None if passage_overlap is None else Passages(passage_overlap, passage_scoring)
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
-                                 query_length, ignore_identical_ids, strict_data)
+                                 query_length, ignore_identical_ids, strict_data, passages)
   result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
                                     num_pictures=num_pictures)
   if jax.process_index() == 0:

@@ -8,7 +8,12 @@ Public API:
   load_t5x(path) -> (config, params)          -- T5X checkpoint (tensorstore) or T5X-named dict
   load_encoder(path) -> (config, params)      -- HF, T5X or orbax (saved with a config)
   save_params / load_params / load_initial_params  -- the project's orbax format
-  DualEncoder, Encoded, CrossEncoder, pack_pair, insert_encoder_params, init_dual_encoder
+  load_pretrained_params(path)                -- {"encoder", "token_projection" of a ColBERT}
+  DualEncoder, Encoded, CrossEncoder, pack_pair, insert_encoder_params, init_dual_encoder,
+  insert_pretrained_params
+  Framing                                     -- ColBERT markers, query expansion, skip list
+  load_colbert(path) -> ColbertModel          -- sentence-transformers / PyLate ColBERT dir
+  export_colbert(dir, module, params, ...)    -- the same layout written (PyLate loads it)
 """
 
 from aligner_jax.models.bert import BertConfig
@@ -24,10 +29,14 @@ from aligner_jax.models.dual_encoder import DualEncoderOutput
 from aligner_jax.models.dual_encoder import Encoded
 from aligner_jax.models.dual_encoder import init_dual_encoder
 from aligner_jax.models.dual_encoder import insert_encoder_params
+from aligner_jax.models.dual_encoder import insert_pretrained_params
 from aligner_jax.models.dual_encoder import l2_normalize
 from aligner_jax.models.dual_encoder import mean_pool
 from aligner_jax.models.dual_encoder import pack_pair
 from aligner_jax.models.dual_encoder import pool
+from aligner_jax.models.export import ExportError
+from aligner_jax.models.export import export_colbert
+from aligner_jax.models.framing import Framing
 from aligner_jax.models.hf_import import CheckpointError
 from aligner_jax.models.hf_import import cross_encoder_from_pretrained
 from aligner_jax.models.hf_import import from_pretrained
@@ -36,7 +45,10 @@ from aligner_jax.models.hf_import import sentence_transformers_pooling
 from aligner_jax.models.params_io import load_encoder
 from aligner_jax.models.params_io import load_initial_params
 from aligner_jax.models.params_io import load_params
+from aligner_jax.models.params_io import load_pretrained_params
 from aligner_jax.models.params_io import save_params
+from aligner_jax.models.pylate_layout import ColbertModel
+from aligner_jax.models.pylate_layout import load_colbert
 from aligner_jax.models.t5 import T5Config
 from aligner_jax.models.t5 import T5Encoder
 from aligner_jax.models.t5 import t5_1_1_config

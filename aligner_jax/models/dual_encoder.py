@@ -8,7 +8,11 @@ returns `Encoded(vectors, mask, salience, pooled)`:
   * mask [B, L] bool: real tokens;
   * salience [B, L] or None: the side's `SalienceHead` (ALIGNER Eq. 3) on the token vectors;
   * pooled [B, h']: mean over real tokens (or the first token) of the encoder states, then an
-    optional projection and L2 norm -- the single-vector dual encoder (GTR, Menon et al.).
+    optional projection and L2 norm -- the single-vector dual encoder (GTR, Menon et al.);
+  * token_ids [B, L]: the ids the encoder saw.
+A side with a `Framing` (framing.py: ColBERT's marker tokens, query expansion, skip list)
+frames its ids first; its `mask` then marks the kept vectors, which may differ from the input
+mask (expansion tokens kept, skip-list tokens dropped) and `L` may differ from the input width.
 All outputs are float32 whatever the encoder's activation dtype. An optional LITE scorer
 module (`lite_scorer`, e.g. `aligner_jax.scoring.LiteScorer(...)`) scores query/document
 pairs from their padded similarity matrix.
@@ -32,9 +36,12 @@ import jax.numpy as jnp
 from aligner_jax import sharding
 from aligner_jax.models import common
 from aligner_jax.models import configs
+from aligner_jax.models import framing as framing_lib
 from aligner_jax.scoring.salience import SalienceHead
 
 POOLINGS = ("mean", "first", "max")
+# Activations after the token projection (sentence-transformers' Dense `activation_function`).
+PROJECTION_ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid", "silu")
 
 
 @flax.struct.dataclass
@@ -44,6 +51,7 @@ class Encoded:
   mask: jax.Array  # [B, L] bool
   salience: jax.Array | None  # [B, L] float32, zeros on padding
   pooled: jax.Array  # [B, h'] float32
+  token_ids: jax.Array | None = None  # [B, L] int32: the encoder's input ids
 
 
 @flax.struct.dataclass
@@ -89,6 +97,12 @@ def l2_normalize(x: jax.Array, *, eps: float = 1e-12) -> jax.Array:
   return x / norm
 
 
+_PROJECTION_ACTIVATION = {
+    "identity": lambda x: x, "tanh": jnp.tanh, "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False), "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu}
+
+
 def similarity_for_lite(q: Encoded, d: Encoded) -> jax.Array:
   """Padded similarity matrices S_ij = q_i · d_j, zero where either token is padding.
 
@@ -111,6 +125,9 @@ class DualEncoder(nn.Module):
     encoder_config: T5Config or BertConfig of the encoder.
     shared_encoder: one encoder (and projections) for both sides; False = two towers.
     projection_dim: token vectors are projected to this width (ALIGNER: 128); None = none.
+    projection_bias: the token projection has a bias (PyLate's Dense `bias`).
+    projection_activation: applied after the token projection, one of
+      PROJECTION_ACTIVATIONS (sentence-transformers' Dense `activation_function`).
     normalize_vectors: L2-normalise token vectors.
     pooling: "mean" | "first" | "max" for the pooled vector.
     pooled_projection_dim: pooled vector projection width; None = none.
@@ -119,10 +136,14 @@ class DualEncoder(nn.Module):
       sparsity ratio α (None = no salience).
     salience_eps / salience_gate: passed to the SalienceHeads ("lp" | "relu" | "hard_topk").
     lite_scorer: optional module `(S [B, n, m], q_mask, d_mask) -> [B]`, e.g. LiteScorer.
+    query_framing / doc_framing: that side's `Framing` (marker token, query expansion, skip
+      list; see framing.py), None = the vocabulary's framing as it is.
   """
   encoder_config: configs.EncoderConfig
   shared_encoder: bool = True
   projection_dim: int | None = None
+  projection_bias: bool = False
+  projection_activation: str = "identity"
   normalize_vectors: bool = True
   pooling: str = "mean"
   pooled_projection_dim: int | None = None
@@ -132,24 +153,30 @@ class DualEncoder(nn.Module):
   salience_eps: float = 0.002
   salience_gate: str = "lp"
   lite_scorer: Any = None
+  query_framing: framing_lib.Framing | None = None
+  doc_framing: framing_lib.Framing | None = None
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+    if self.projection_activation not in PROJECTION_ACTIVATIONS:
+      raise ValueError(f"projection_activation {self.projection_activation!r} is not one of "
+                       f"{PROJECTION_ACTIVATIONS}")
     dtype = common.canonical_dtype(self.encoder_config.dtype)
     width = configs.hidden_size(self.encoder_config)
 
-    def projection(dim: int | None, name: str) -> nn.Module | None:
+    def projection(dim: int | None, name: str, bias: bool = False) -> nn.Module | None:
       if dim is None:
         return None
       return common.DenseGeneral(features=(dim,), kernel_axes=(sharding.EMBED, sharding.PROJ),
                                  kernel_init=common.normal_init(width ** -0.5), dtype=dtype,
-                                 name=name)
+                                 use_bias=bias, name=name)
 
     sides = ("",) if self.shared_encoder else ("query_", "doc_")
     self.towers = {
         side: (configs.build_encoder(self.encoder_config, name=f"{side}encoder"),
-               projection(self.projection_dim, f"{side}token_projection"),
+               projection(self.projection_dim, f"{side}token_projection",
+                          self.projection_bias),
                projection(self.pooled_projection_dim, f"{side}pooled_projection"))
         for side in sides}
     in_axis = sharding.EMBED if self.projection_dim is None else sharding.PROJ
@@ -163,12 +190,20 @@ class DualEncoder(nn.Module):
     self.saliences = {"query": salience(self.query_salience_ratio, "query_salience"),
                       "doc": salience(self.doc_salience_ratio, "doc_salience")}
 
+  def framing(self, side: str) -> framing_lib.Framing | None:
+    """The `Framing` of `side` ("query" | "doc"); usable on an unbound module."""
+    return self.query_framing if side == "query" else self.doc_framing
+
   def _encode(self, side: str, input_ids: jax.Array, attention_mask: jax.Array,
               deterministic: bool) -> Encoded:
     encoder = self.towers["" if self.shared_encoder else f"{side}_"][0]
-    mask = attention_mask.astype(bool)
-    hidden = encoder(input_ids, mask, deterministic=deterministic)
-    return self.encode_hidden(side, hidden, mask)
+    ids, attention = input_ids, attention_mask.astype(bool)
+    keep = attention
+    side_framing = self.framing(side)
+    if side_framing is not None:
+      ids, attention, keep = framing_lib.frame(side_framing, ids, attention)
+    hidden = encoder(ids, attention, deterministic=deterministic)
+    return self.encode_hidden(side, hidden, keep).replace(token_ids=ids.astype(jnp.int32))
 
   def encode_hidden(self, side: str, hidden: jax.Array, mask: jax.Array) -> Encoded:
     """The heads of `side` ("query" | "doc") alone, on encoder states computed elsewhere.
@@ -181,7 +216,9 @@ class DualEncoder(nn.Module):
     """
     _, token_proj, pooled_proj = self.towers["" if self.shared_encoder else f"{side}_"]
     mask = mask.astype(bool)
-    vectors = hidden if token_proj is None else token_proj(hidden)
+    vectors = hidden
+    if token_proj is not None:
+      vectors = _PROJECTION_ACTIVATION[self.projection_activation](token_proj(hidden))
     vectors = vectors.astype(jnp.float32)
     if self.normalize_vectors:
       vectors = l2_normalize(vectors)
@@ -291,6 +328,21 @@ def insert_encoder_params(params: Any, encoder_params: Any, *,
     if "pooler" in new and "pooler" not in params[tower]:
       del new["pooler"]
     params[tower] = _replace_like(params[tower], new, path=tower)
+  return params
+
+
+def insert_pretrained_params(params: Any, pretrained: dict[str, Any]) -> dict[str, Any]:
+  """`insert_encoder_params` with `pretrained["encoder"]`; every other subtree of `pretrained`
+  (a ColBERT checkpoint's `token_projection`) replaces the model's own, which must exist with
+  the same shapes."""
+  params = insert_encoder_params(params, pretrained["encoder"])
+  for name, subtree in pretrained.items():
+    if name == "encoder":
+      continue
+    if name not in params:
+      raise ValueError(f"the checkpoint has {name!r}, the model does not (configure the "
+                       "DualEncoder as the checkpoint, e.g. with pylate_layout.colbert_module)")
+    params[name] = _replace_like(params[name], subtree, path=name)
   return params
 
 

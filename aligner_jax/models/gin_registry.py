@@ -9,7 +9,9 @@ The library modules stay gin-free; this module registers them as external config
 
 Registered (all under the gin module `aligner_jax.models`): T5Config (`t5_config`),
 BertConfig (`bert_config`), DualEncoder, CrossEncoder (their heads are DualEncoder fields),
-load_initial_params, read_encoder_config (config of a HF / T5X / orbax checkpoint), minilm_dir.
+load_initial_params, read_encoder_config (config of a HF / T5X / orbax checkpoint), minilm_dir;
+for sentence-transformers / PyLate ColBERT directories ColbertDualEncoder (the module, framing
+included), colbert_vocabulary (its tokenizer.json) and colbert_length (side 'query' | 'doc').
 """
 
 import gin
@@ -18,6 +20,7 @@ from aligner_jax.models import configs
 from aligner_jax.models import dual_encoder
 from aligner_jax.models import hf_import
 from aligner_jax.models import params_io
+from aligner_jax.models import pylate_layout
 
 _MODULE = "aligner_jax.models"
 
@@ -36,3 +39,8 @@ gin.external_configurable(params_io.load_initial_params, name="load_initial_para
 gin.external_configurable(params_io.read_encoder_config, name="read_encoder_config",
                           module=_MODULE)
 gin.external_configurable(minilm_dir, name="minilm_dir", module=_MODULE)
+gin.external_configurable(pylate_layout.colbert_dual_encoder, name="ColbertDualEncoder",
+                          module=_MODULE)
+gin.external_configurable(pylate_layout.colbert_vocabulary, name="colbert_vocabulary",
+                          module=_MODULE)
+gin.external_configurable(pylate_layout.colbert_length, name="colbert_length", module=_MODULE)

@@ -317,9 +317,10 @@ def bert_params_from_hf(reader: SafetensorsReader, cfg: bert_lib.BertConfig) -> 
 # Entry points.
 
 
-def load_hf_encoder(path: PathLike, **config_overrides: Any
-                    ) -> tuple[t5_lib.T5Config | bert_lib.BertConfig, Params]:
-  """(config, params) of the encoder in a Hugging Face directory; see `from_pretrained`."""
+def encoder_config(path: PathLike, **config_overrides: Any
+                   ) -> t5_lib.T5Config | bert_lib.BertConfig:
+  """The encoder config of a Hugging Face directory from its config.json alone (BERT's
+  `add_pooler` stays False unless overridden: weights are not looked at)."""
   model_dir = resolve_model_dir(path)
   source = str(model_dir / "config.json")
   hf = read_hf_config(model_dir)
@@ -327,14 +328,28 @@ def load_hf_encoder(path: PathLike, **config_overrides: Any
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise CheckpointError(f"{source}: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-  reader = SafetensorsReader(model_dir)
   if model_type in ("t5", "mt5"):
-    cfg = t5_config_from_hf(hf, source=source, **config_overrides)
-    return cfg, t5_params_from_hf(reader, cfg)
-  prefix = _bert_prefix(reader)
-  config_overrides.setdefault("add_pooler", f"{prefix}pooler.dense.weight" in reader)
-  cfg = bert_config_from_hf(hf, source=source, **config_overrides)
-  return cfg, bert_params_from_hf(reader, cfg)
+    return t5_config_from_hf(hf, source=source, **config_overrides)
+  return bert_config_from_hf(hf, source=source, **config_overrides)
+
+
+def encoder_params(path: PathLike, config: t5_lib.T5Config | bert_lib.BertConfig) -> Params:
+  """The encoder params of a Hugging Face directory for `config` (see `encoder_config`)."""
+  reader = SafetensorsReader(resolve_model_dir(path))
+  if isinstance(config, t5_lib.T5Config):
+    return t5_params_from_hf(reader, config)
+  return bert_params_from_hf(reader, config)
+
+
+def load_hf_encoder(path: PathLike, **config_overrides: Any
+                    ) -> tuple[t5_lib.T5Config | bert_lib.BertConfig, Params]:
+  """(config, params) of the encoder in a Hugging Face directory; see `from_pretrained`."""
+  cfg = encoder_config(path, **config_overrides)
+  if isinstance(cfg, bert_lib.BertConfig) and "add_pooler" not in config_overrides:
+    reader = SafetensorsReader(resolve_model_dir(path))
+    with_pooler = f"{_bert_prefix(reader)}pooler.dense.weight" in reader
+    cfg = dataclasses.replace(cfg, add_pooler=with_pooler)
+  return cfg, encoder_params(path, cfg)
 
 
 def from_pretrained(path: PathLike, **config_overrides: Any) -> tuple[Any, Params]:

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from aligner_jax.models import bert as bert_lib
 from aligner_jax.models import configs
 from aligner_jax.models import hf_import
+from aligner_jax.models import pylate_layout
 from aligner_jax.models import t5 as t5_lib
 from aligner_jax.models import t5x_import
 from aligner_jax.models.hf_import import CheckpointError
@@ -160,20 +161,21 @@ def load_initial_params(path: PathLike) -> Params:
   return params
 
 
+def load_pretrained_params(path: PathLike) -> dict[str, Params]:
+  """A pretrained model's parameters in the DualEncoder layout: {"encoder": ...} (see
+  `load_initial_params`) and, for a sentence-transformers / PyLate ColBERT directory, its
+  "token_projection" as well."""
+  if pylate_layout.is_colbert_dir(path):
+    return pylate_layout.colbert_params(path)
+  return {"encoder": load_initial_params(path)}
+
+
 def read_encoder_config(path: PathLike, **config_overrides: Any) -> configs.EncoderConfig:
   """The encoder config of a checkpoint without reading its weights (HF: config.json; T5X:
   parameter shapes from the index; orbax: the stored metadata)."""
   kind = checkpoint_kind(path)
   if kind == "hf":
-    model_dir = hf_import.resolve_model_dir(path)
-    hf = hf_import.read_hf_config(model_dir)
-    source = str(model_dir / "config.json")
-    if hf.get("model_type") in ("t5", "mt5"):
-      return hf_import.t5_config_from_hf(hf, source=source, **config_overrides)
-    if hf.get("model_type") == "bert":
-      return hf_import.bert_config_from_hf(hf, source=source, **config_overrides)
-    raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not supported "
-                          f"(supported: {', '.join(hf_import.SUPPORTED_MODEL_TYPES)})")
+    return hf_import.encoder_config(path, **config_overrides)
   if kind == "t5x":
     arrays = t5x_import.read_t5x_target(path)
     return t5x_import.infer_t5_config(

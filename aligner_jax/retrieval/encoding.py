@@ -10,7 +10,10 @@ padded to a multiple of `length_bucket` (short texts cost less). A mesh spanning
 processes runs in lockstep: every process contributes rows of its own texts to each global
 batch and keeps its own rows of the output, and every batch is padded to `max_length`, since
 all processes must run the same shapes. Outputs are in the input order either way; padding
-never changes a real token's vector (attention is masked).
+never changes a real token's vector (attention is masked). Each text keeps the positions of the
+model's output mask: its real tokens, or, for a model with a `Framing` (ColBERT's marker
+tokens, query expansion, skip list; models/framing.py), what the framing keeps of them, with
+the framed ids; `Encoder.output_lengths` counts them before encoding.
 """
 
 import math
@@ -22,6 +25,9 @@ import numpy as np
 
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import encode_vectors
+from aligner_jax.models.framing import kept_lengths
+from aligner_jax.retrieval.passages import Passages
+from aligner_jax.retrieval.passages import split_documents
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 
 # (params, input_ids [B, L] int32, mask [B, L] bool) -> Encoded-like with vectors, mask,
@@ -51,7 +57,9 @@ def token_strings(vocabulary: Any, ids: Sequence[int]) -> list[str]:
 
 
 def make_encode_fn(module: Any, side: str) -> EncodeFn:
-  """`(params, ids, mask) -> Encoded` for a `DualEncoder`'s query or document side."""
+  """`(params, ids, mask) -> Encoded` for a `DualEncoder`'s query or document side; its
+  `framing` attribute is the side's `Framing` (or None), which tells `Encoder` how many
+  vectors each text keeps before it is encoded."""
   if side not in ("query", "doc"):
     raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
   method = "encode_queries" if side == "query" else "encode_documents"
@@ -59,6 +67,7 @@ def make_encode_fn(module: Any, side: str) -> EncodeFn:
   def encode(params, ids, mask):
     return module.apply({"params": params}, ids, mask, method=method)
 
+  encode.framing = module.framing(side) if hasattr(module, "framing") else None
   return encode
 
 
@@ -81,6 +90,13 @@ class Encoder:
     with self.partitioner.context():
       self.params = jax.device_put(params, self.partitioner.replicated())
     self._fn = jax.jit(encode_fn)
+    self.framing = getattr(encode_fn, "framing", None)
+
+  def output_lengths(self, token_lists: Sequence[Sequence[int]], max_length: int
+                     ) -> np.ndarray:
+    """[N] int64: the vectors `encode` returns per text (its real tokens, up to max_length,
+    or what the model's framing keeps of them)."""
+    return kept_lengths(self.framing, token_lists, max_length)
 
   def _run(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray | None]:
     if self.lockstep:
@@ -92,14 +108,16 @@ class Encoder:
       out = self._fn(self.params, batch["ids"], batch["mask"])
     local = lambda x: None if x is None else _local_rows(x)  # noqa: E731
     return {"vectors": local(out.vectors), "mask": local(out.mask),
-            "salience": local(out.salience), "pooled": local(out.pooled)}
+            "salience": local(out.salience), "pooled": local(out.pooled),
+            "token_ids": local(getattr(out, "token_ids", None))}
 
   def encode(self, token_lists: Sequence[Sequence[int]], max_length: int,
              progress: Callable[[str], None] | None = None,
              sink: Callable[[int, dict[str, np.ndarray]], None] | None = None
              ) -> list[dict[str, np.ndarray]] | None:
     """Per text {"vectors": [l, h], "salience": [l] | None, "pooled": [h'],
-    "token_ids": [l]} over its l ≤ max_length real tokens, in input order; or, with `sink`,
+    "token_ids": [l]} over the l positions the model keeps (its ≤ max_length real tokens, or
+    what the model's framing makes of them: `output_lengths`), in input order; or, with `sink`,
     each text's dict is handed to `sink(position, dict)` as soon as it is encoded (nothing is
     kept, so a large corpus can be written straight into its final arrays)."""
     lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
@@ -126,12 +144,13 @@ class Encoder:
         ids[r, :len(t)] = t
         mask[r, :len(t)] = True
       out = self._run(ids, mask)
+      token_ids = ids if out["token_ids"] is None else out["token_ids"]
       for r, row in enumerate(rows):
-        n = int(mask[r].sum())
+        keep = out["mask"][r]
         item = {
-            "vectors": out["vectors"][r, :n], "pooled": out["pooled"][r],
-            "salience": None if out["salience"] is None else out["salience"][r, :n],
-            "token_ids": ids[r, :n].copy()}
+            "vectors": out["vectors"][r][keep], "pooled": out["pooled"][r],
+            "salience": None if out["salience"] is None else out["salience"][r][keep],
+            "token_ids": token_ids[r][keep]}
         if sink is None:
           results[row] = {k: None if v is None else v.copy() for k, v in item.items()}
         else:
@@ -160,16 +179,22 @@ def _local_rows(x: jax.Array) -> np.ndarray:
 def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
                   texts: Sequence[str], *, max_length: int = 256,
                   vector_dtype: str = "float16", keep_token_ids: bool = True,
-                  progress: Callable[[str], None] | None = None) -> TokenStore:
+                  progress: Callable[[str], None] | None = None,
+                  passages: Passages | None = None) -> TokenStore:
   """Documents -> a `TokenStore` of their real tokens (salience and pooled when present).
 
   Each batch is written straight into the final (quantised) arrays, so memory stays near the
-  size of the store itself.
+  size of the store itself. With `passages`, a document longer than `max_length` is stored as
+  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut.
   """
   if len(doc_ids) != len(texts):
     raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
-  token_lists = tokenize(vocabulary, texts, max_length)
-  lengths = np.array([min(len(t), max_length) for t in token_lists], np.int64)
+  if passages is None:
+    token_lists = tokenize(vocabulary, texts, max_length)
+  else:
+    doc_ids, token_lists = split_documents(vocabulary, doc_ids, texts, max_length,
+                                           passages.overlap)
+  lengths = encoder.output_lengths(token_lists, max_length)
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
   total = int(offsets[-1])
   arrays: dict[str, np.ndarray | None] = {}

@@ -73,7 +73,8 @@ def _candidate_labels(b: int, k: int) -> jax.Array:
   return jnp.zeros((b, k), jnp.float32).at[:, 0].set(1.0)
 
 
-def _teacher(batch: dict[str, jax.Array], loss: str) -> jax.Array:
+def teacher_scores(batch: dict[str, jax.Array], loss: str) -> jax.Array:
+  """The batch's teacher_scores [B, K] float32; a clear error naming `loss` when absent."""
   if "teacher_scores" not in batch:
     raise ValueError(f"LOSS={loss!r} distils from teacher scores, but the batches have no "
                      "'teacher_scores' feature (choose a task with teacher scores, or "
@@ -100,8 +101,9 @@ class _DualEncoderModelBase(contracts.TrainableModel):
 
   def load_initial_params(self, path: str, params: Any) -> Any:
     """`params` with the encoder subtree(s) replaced by the checkpoint at `path` (HF, T5X or
-    orbax); the other leaves are returned as they are."""
-    return models.insert_encoder_params(params, models.load_initial_params(path))
+    orbax; a ColBERT directory's token projection too); the other leaves are returned as they
+    are."""
+    return models.insert_pretrained_params(params, models.load_pretrained_params(path))
 
   def _encode(self, params, batch, *, rng, train):
     """-> (queries Encoded [B, n, h], documents Encoded [B, K, m, h], candidate valid [B, K])."""
@@ -122,7 +124,7 @@ class _DualEncoderModelBase(contracts.TrainableModel):
   def _check_batch(self, batch) -> None:
     """Fails before any encoding when a distillation loss has no teacher scores."""
     if self.loss not in (SOFTMAX_CE, "one_hot_ce"):
-      _teacher(batch, self.loss)
+      teacher_scores(batch, self.loss)
 
   def _distill(self, student, batch, valid):
     """A `get_loss` loss of student scores [B, K] against the teacher on own candidates."""
@@ -130,7 +132,7 @@ class _DualEncoderModelBase(contracts.TrainableModel):
     labels = _candidate_labels(b, k)
     fn = losses.get_loss(self.loss, **self.loss_kwargs)
     teacher = (jnp.zeros_like(student) if self.loss == "one_hot_ce"
-               else _teacher(batch, self.loss))
+               else teacher_scores(batch, self.loss))
     loss = fn(teacher, student, labels, mask=valid)
     return loss, rank_metrics(student, labels, valid)
 
