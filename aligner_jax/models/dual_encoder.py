@@ -118,6 +118,7 @@ class DualEncoder(nn.Module):
     query_salience_ratio / doc_salience_ratio: add that side's SalienceHead with this
       sparsity ratio α (None = no salience).
     salience_eps / salience_gate: passed to the SalienceHeads ("lp" | "relu" | "hard_topk").
+    salience_num_iters: the LP gate's solver: None = exact, an int = that many Eq. (5) steps.
     lite_scorer: optional module `(S [B, n, m], q_mask, d_mask) -> [B]`, e.g. LiteScorer.
   """
   encoder_config: configs.EncoderConfig
@@ -131,6 +132,7 @@ class DualEncoder(nn.Module):
   doc_salience_ratio: float | None = None
   salience_eps: float = 0.002
   salience_gate: str = "lp"
+  salience_num_iters: int | None = None
   lite_scorer: Any = None
 
   def setup(self):
@@ -158,7 +160,8 @@ class DualEncoder(nn.Module):
       if ratio is None:
         return None
       return SalienceHead(ratio=ratio, eps=self.salience_eps, gate=self.salience_gate,
-                          in_axis=in_axis, dtype=dtype, name=name)
+                          num_iters=self.salience_num_iters, in_axis=in_axis, dtype=dtype,
+                          name=name)
 
     self.saliences = {"query": salience(self.query_salience_ratio, "query_salience"),
                       "doc": salience(self.doc_salience_ratio, "doc_salience")}

@@ -168,7 +168,7 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
   for gate in gates:
     per_seed = []
     for seed in seeds:
-      gate_head = dataclasses.replace(head, gate=gate)
+      gate_head = heads.with_gate(head, gate)
       module, params, history = train_or_load(data, f"aligner-{gate}", gate_head, config, seed,
                                               log=log)
       t = time.time()
