@@ -105,3 +105,130 @@ def test_lite_sees_raw_dot_products_when_vectors_are_not_normalised():
   np.testing.assert_allclose(raw_d, d[:, 0] * dm[:, 0, ..., None], rtol=1e-6)
   norms = np.linalg.norm(np.asarray(seen[True][0]), axis=-1)
   np.testing.assert_allclose(norms[qm], 1.0, rtol=1e-5)
+
+
+def _head_store_and_queries(rng, num_docs=30, h=8):
+  from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import QueryBatch  # pylint: disable=g-import-not-at-top
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+  lengths = rng.integers(2, 13, size=num_docs)
+  mask = np.arange(12)[None] < lengths[:, None]
+  store = from_padded([f"d{i}" for i in range(num_docs)],
+                      unit(rng.normal(size=(num_docs, 12, h))).astype(np.float32), mask,
+                      salience=rng.uniform(size=(num_docs, 12)).astype(np.float32) * mask,
+                      vector_dtype="float32")
+  qmask = np.arange(5)[None] < rng.integers(2, 6, size=6)[:, None]
+  queries = QueryBatch([f"q{i}" for i in range(6)],
+                       unit(rng.normal(size=(6, 5, h))).astype(np.float32), qmask,
+                       rng.uniform(size=(6, 5)).astype(np.float32) * qmask, None, None)
+  return store, queries
+
+
+@pytest.mark.parametrize("refine_tokens", ["all", "kept"])
+def test_pruning_evaluator_matches_the_token_index_path(refine_tokens):
+  """Each setting's run is the library's retrieval through that setting's index: candidates
+  of the pruned index, refined with all tokens (or the kept ones), shared refinement or not."""
+  from aligner_jax.index import IndexConfig  # pylint: disable=g-import-not-at-top
+  from aligner_jax.index import build_token_index  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import retrieve  # pylint: disable=g-import-not-at-top
+  from repro.frozen import head_eval  # pylint: disable=g-import-not-at-top
+  store, queries = _head_store_and_queries(np.random.default_rng(2))
+  settings = [(1.0, 1.0), (1.0, 0.5), (0.3, 0.5), (0.3, 1.0)]
+  ev = head_eval.PruningEvaluator(store, queries, num_neighbors=3, top_n=10,
+                                  refine_tokens=refine_tokens)
+  got = ev.runs(settings)
+  for bd, bq in settings:
+    index = build_token_index(store, IndexConfig(backend="exact", prune_doc_ratio=bd,
+                                                 refine_tokens=refine_tokens))
+    want, cands = retrieve(index, queries, heads.MAXSIM, num_neighbors=3,
+                           prune_query_ratio=bq, top_n=10)
+    run, stats = got[(bd, bq)]
+    assert stats["indexed_tokens"] == index.num_ann_tokens
+    assert stats["mean_candidates"] == pytest.approx(cands.sizes().mean())
+    assert set(run) == set(want)
+    for q in want:
+      assert list(run[q]) == list(want[q]), (bd, bq, q)
+      np.testing.assert_allclose([run[q][d] for d in want[q]], list(want[q].values()),
+                                 rtol=1e-5)
+  # Pruning changes the candidates; with all-token refinement not the scores.
+  if refine_tokens == "all":
+    full, pruned = got[(1.0, 1.0)][0], got[(0.3, 1.0)][0]
+    shared = [(q, d) for q in pruned for d in pruned[q] if d in full[q]]
+    assert shared and all(full[q][d] == pruned[q][d] for q, d in shared)
+
+
+def _examples():
+  from repro.frozen import batches as batches_lib  # pylint: disable=g-import-not-at-top
+  return batches_lib.Examples(["a", "b", "c"], np.array([0, 1, 2]),
+                              [np.array([3]), np.array([4, 5]), np.array([6])],
+                              [np.array([7, 8, 9])] * 3)
+
+
+def test_paper_protocol_pools_top_lists_and_triplets():
+  from repro.frozen import distill_protocols as dp  # pylint: disable=g-import-not-at-top
+  ex = _examples()
+  bm25 = [np.array([3, 10, 11, 12]), np.array([13, 5, 14]), np.array([15, 16, 17, 18])]
+  rows, counts = dp.pool_rows(ex, bm25, depth=3)
+  np.testing.assert_array_equal(rows, [[3, 10, 11, -1], [4, 5, 13, 14], [6, 15, 16, 17]])
+  np.testing.assert_array_equal(counts, [1, 2, 1])
+  raw = np.where(rows >= 0, rows.astype(np.float32), 0.0)  # the teacher prefers large rows
+  pool = dp.score_pool(rows, counts, lambda r: np.where(r >= 0, r.astype(np.float32), 0.0))
+  valid = rows >= 0
+  assert abs(pool.scores[valid].mean()) < 1e-6 and abs(pool.scores[valid].std() - 1) < 1e-5
+  assert pool.mean == pytest.approx(raw[valid].mean())
+  top, top_scores = dp.teacher_top(pool, 2)
+  np.testing.assert_array_equal(top, [[11, 10], [14, 13], [17, 16]])  # relevant ones dropped
+  assert np.all(np.diff(top_scores, axis=1) <= 0)
+  wide, _ = dp.teacher_top(pool, 5)
+  assert wide[0].tolist() == [11, 10, 3, -1]  # a pool shorter than k keeps its padding
+
+
+def test_triplets_pair_a_relevant_document_with_a_pool_negative_and_their_scores():
+  from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
+  from aligner_jax.retrieval import QueryBatch  # pylint: disable=g-import-not-at-top
+  from repro.frozen import distill_protocols as dp  # pylint: disable=g-import-not-at-top
+  ex = _examples()
+  rows = np.array([[3, 10, 11, 12], [4, 5, 13, 14], [6, 15, 16, -1]])
+  counts = np.array([1, 2, 1])
+  pool = dp.score_pool(rows, counts, lambda r: np.where(r >= 0, r.astype(np.float32), 0.0))
+  corpus = from_padded([f"d{i}" for i in range(20)], np.ones((20, 1, 4), np.float32),
+                       np.ones((20, 1), bool))
+  queries = QueryBatch(["a", "b", "c"], np.ones((3, 2, 4), np.float32), np.ones((3, 2), bool),
+                       None, None, None)
+  it = dp.triplet_batches(ex, queries, corpus, pool, batch_size=3, negative_depth=2,
+                          doc_length=1, seed=0)
+  score_of = {(i, int(d)): s for i in range(3) for d, s in zip(rows[i], pool.scores[i])}
+  seen_negatives = set()
+  for _ in range(20):
+    batch = next(it)
+    assert batch["docs"].shape[:2] == (3, 2) and batch["teacher"].shape == (3, 2)
+    np.testing.assert_array_equal(batch["labels"], [[1, 0]] * 3)
+    # Queries come back through their query vectors; identify them by the teacher scores.
+    for b in range(3):
+      i = next(i for i in range(3) if any(
+          abs(score_of.get((i, int(d)), np.nan) - batch["teacher"][b, 0]) < 1e-6
+          for d in rows[i][:counts[i]]))
+      negatives = [int(d) for d in rows[i][counts[i]:counts[i] + 2]]
+      match = [d for d in negatives if abs(score_of[(i, d)] - batch["teacher"][b, 1]) < 1e-6]
+      assert match, (i, batch["teacher"][b])
+      seen_negatives.add((i, match[0]))
+  assert (0, 12) not in seen_negatives  # beyond negative_depth
+  assert {(0, 10), (0, 11)} <= seen_negatives
+  bad = dp.TeacherPool(np.array([[3, -1]]), np.zeros((1, 2), np.float32), np.array([1]), 0, 1)
+  with pytest.raises(ValueError, match="needs a relevant document and a negative"):
+    next(dp.triplet_batches(ex.select([0]), queries, corpus, bad, batch_size=1,
+                            negative_depth=2, doc_length=1, seed=0))
+
+
+@pytest.mark.parametrize("gin_file, job, data_scope", [
+    ("repro_r4_frozen_layers", "repro_r4_rerank", "layer/FrozenData"),
+    ("repro_r5_distill_paper", "repro_r5_distill", "scifact/FrozenData")])
+def test_paper_protocol_gin_files_parse(gin_file, job, data_scope):
+  from aligner_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    main_lib.parse_gin([f"gin/experiments/{gin_file}.gin"], [])
+    assert gin.query_parameter("run.job").selector == job
+    assert gin.query_parameter(f"{job}.data").scoped_selector == data_scope
+  finally:
+    gin.clear_config()

@@ -49,7 +49,8 @@ def _data_setup(data: FrozenData) -> dict[str, Any]:
 def _pruning_mode(mode: str, num_neighbors: int, depth: int) -> dict[str, Any]:
   if mode == "rerank":
     return {"mode": f"re-ranking BM25's top {depth}, scoring only the kept tokens"}
-  return {"mode": "exact token index, refinement with all tokens (ALIGNER §3.2)",
+  refined = "all tokens (ALIGNER §3.2)" if mode == "index" else "the kept tokens only"
+  return {"mode": f"exact token index, refinement with {refined}",
           "num_neighbors": num_neighbors}
 
 
@@ -116,17 +117,19 @@ def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
                     temperatures: Mapping[str, float], train: TrainConfig,
                     seeds: Sequence[int], output_json: str, figure: str, depth: int = 100,
                     transfer: Sequence[FrozenData] = (),
-                    sweep: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+                    sweep: Mapping[str, Sequence[Any]] | None = None,
+                    encoder: str = "frozen MiniLM") -> dict[str, Any]:
   """R4: heads trained alike (the same `sweep` of settings, each chosen on dev) re-rank BM25's
-  top `depth` -> JSON + bar chart."""
+  top `depth` -> JSON + bar chart; `encoder` says whose cached vectors they read."""
   started, load = time.time(), os.getloadavg()
   sweep = {k: list(v) for k, v in (sweep or {}).items()}
   results = experiments.run_rerank(data, models=models, temperatures=temperatures,
                                    config=train, seeds=seeds, depth=depth, transfer=transfer,
                                    sweep=sweep)
   r2_r5_figures.plot_rerank(results, figure, dataset=data.name, title=(
-      f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, frozen MiniLM"))
-  setup = {"data": _data_setup(data), "train": train, "seeds": list(seeds), "depth": depth,
+      f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, {encoder}"))
+  setup = {"data": _data_setup(data), "encoder": encoder, "train": train, "seeds": list(seeds),
+           "depth": depth,
            "sweep": sweep, "selection": "dev nDCG@10 (held-out training queries), first seed",
            "objective": "softmax CE over each query's positive + BM25 negatives",
            "transfer": [_data_setup(t) for t in transfer]}
@@ -139,10 +142,11 @@ def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig
                      objectives: Mapping[str, Any], seeds: Sequence[int], output_json: str,
                      figure: str, num_candidates: int = 20, depth: int = 100,
                      sweep: Mapping[str, Sequence[Any]] | None = None,
-                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None
-                     ) -> dict[str, Any]:
+                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None,
+                     protocol: str = "shared", pool_depth: int = 100) -> dict[str, Any]:
   """R5: dual-encoder students per distillation loss (settings over `sweep` chosen on dev;
-  the teacher's over `teacher_sweep`, R4's) -> JSON + bar chart."""
+  the teacher's over `teacher_sweep`, R4's) -> JSON + bar chart. `protocol`: the candidates
+  each loss trains on (`distill_protocols`)."""
   started, load = time.time(), os.getloadavg()
   objectives = {k: (v[0], dict(v[1]) if len(v) > 1 else {}) for k, v in objectives.items()}
   sweep = {k: list(v) for k, v in (sweep or {}).items()}
@@ -150,12 +154,15 @@ def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig
   results = experiments.run_distillation(
       data, teacher_name=teacher_name, teacher=teacher, teacher_config=teacher_train,
       student=student, config=train, objectives=objectives, seeds=seeds,
-      num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep)
+      num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep,
+      protocol=protocol, pool_depth=pool_depth)
   r2_r5_figures.plot_distillation(results, figure, dataset=data.name, title=(
-      f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth}"))
+      f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth} "
+      f"({protocol} candidates)"))
   setup = {"data": _data_setup(data), "teacher_train": teacher_train, "student": student,
            "train": train, "seeds": list(seeds), "num_candidates": num_candidates,
-           "depth": depth, "objectives": objectives, "sweep": sweep,
+           "depth": depth, "objectives": objectives, "sweep": sweep, "protocol": protocol,
+           "pool_depth": pool_depth if protocol == "paper" else None,
            "teacher_sweep": teacher_sweep,
            "selection": "dev nDCG@10 (held-out training queries), first seed"}
   return _write("r5", output_json, results, _plain(setup), started, load)
