@@ -232,3 +232,15 @@ def test_paper_protocol_gin_files_parse(gin_file, job, data_scope):
     assert gin.query_parameter(f"{job}.data").scoped_selector == data_scope
   finally:
     gin.clear_config()
+
+
+def test_r1_head_gin_file_parses():
+  from aligner_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    main_lib.parse_gin(["gin/experiments/repro_r1_aligner_head.gin"], [])
+    assert gin.query_parameter("run.job").selector == "repro_r1_frozen_head"
+    assert gin.query_parameter("repro_r1_frozen_head.head").scoped_selector == (
+        "colbert/FrozenHead")
+  finally:
+    gin.clear_config()
