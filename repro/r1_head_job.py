@@ -45,14 +45,15 @@ def export_head_cache(module: Any, params: Any, data: FrozenData, out_dir: str |
     return out
   source = sorted(pathlib.Path(data.cache_dir).glob("corpus-*"))[0]
   store = head_eval.head_store(module, params, data.corpus, doc_length=data.doc_length)
-  save_token_store(store, corpus_dir, dataset=data.name, head_key=key,
-                   doc_length=_source_config(source)["doc_length"], first_document=0)
+  save_token_store(store, corpus_dir, dataset=data.name, head_key=key, first_document=0,
+                   doc_length=_source_config(source).get("doc_length", data.doc_length))
   src_queries = cache.query_dir(data.cache_dir, split)
   queries = head_eval.head_queries(module, params, cache.load_queries(data.cache_dir, split))
   from aligner_jax.index.token_store import from_padded  # pylint: disable=g-import-not-at-top
   save_token_store(from_padded(queries.ids, queries.vectors, queries.mask,
                                vector_dtype="float16"), query_dir, dataset=data.name,
-                   head_key=key, query_length=_source_config(src_queries)["query_length"])
+                   head_key=key, query_length=_source_config(src_queries).get(
+                       "query_length", data.encode_query_length))
   print(f"wrote head cache {out}: {store.num_docs} documents, {len(queries)} queries",
         flush=True)
   return out

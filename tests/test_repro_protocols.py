@@ -244,3 +244,37 @@ def test_r1_head_gin_file_parses():
         "colbert/FrozenHead")
   finally:
     gin.clear_config()
+
+
+@pytest.mark.slow
+def test_r1_head_job_and_paper_protocol_jobs_two_steps(tmp_path):
+  import test_repro_frozen as tf  # pylint: disable=g-import-not-at-top (the tiny collection)
+  rng = np.random.default_rng(0)
+  qrels = tf._write_collection(tmp_path / "beir", rng)  # pylint: disable=protected-access
+  tf._write_cache(tmp_path / "cache", qrels, rng)  # pylint: disable=protected-access
+  common = tf._tiny_bindings(tmp_path, tmp_path / "out")  # pylint: disable=protected-access
+  small_sweep = ["R4_SWEEP = {'learning_rate': [1e-3]}"]
+  r1 = tf._run_job("gin/experiments/repro_r1_aligner_head.gin", common + small_sweep + [  # pylint: disable=protected-access
+      f"R1_HEAD_CACHE = '{tmp_path / 'head_cache'}'", "R1_HEAD_NEIGHBORS = 4",
+      f"R1_HEAD_OUTPUT = '{tmp_path / 'r1_head.json'}'", "head/R1Dataset.doc_length = 24",
+      "head/R1Dataset.query_length = 256",
+      f"repro_r1_frozen_head.figures_dir = '{tmp_path}'",
+      f"repro_r1_frozen_head.work_dir = '{tmp_path / 'r1work'}'"])
+  report = r1["reports"][0]
+  assert report["dataset"] == "scifact-aligner-head" and len(report["strategies"]) == 9
+  assert r1["setup"]["head_name"] == "colbert"
+  assert (tmp_path / "r1_head_heatmap.png").is_file()
+  assert (tmp_path / "head_cache" / "queries-test" / "manifest.json").is_file()
+  r3 = tf._run_job("gin/experiments/repro_r3_gates.gin", common + [  # pylint: disable=protected-access
+      f"R3_OUTPUT = '{tmp_path / 'r3.json'}'", f"R3_FIGURE = '{tmp_path / 'r3.png'}'",
+      "R3_GATES = ['lp', 'lp_iters3']", "PRUNING_MODE = 'index'"])
+  assert set(r3["results"]) == {"lp", "lp_iters3"}
+  assert "all tokens" in r3["setup"]["mode"]
+  r5 = tf._run_job("gin/experiments/repro_r5_distill_paper.gin", common + small_sweep + [  # pylint: disable=protected-access
+      f"R5_OUTPUT = '{tmp_path / 'r5.json'}'", f"R5_FIGURE = '{tmp_path / 'r5.png'}'",
+      "R5_NUM_CANDIDATES = 6", "R5_POOL_DEPTH = 10", "R5_SEEDS = [0]", "R5_STEPS = 4",
+      "R5_EVAL_EVERY = 2", "R5_SWEEP = {'learning_rate': [1e-3]}"])
+  assert r5["results"]["protocol"] == "paper"
+  assert r5["results"]["teacher"]["pool_depth"] == 10
+  for entry in r5["results"]["students"].values():
+    assert 0 <= entry["summary"]["ndcg@10"]["mean"] <= 1

@@ -158,14 +158,14 @@ def _summary(history: Mapping[str, Any]) -> dict[str, Any]:
 def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.TrainConfig,
                 gates: Sequence[str], seeds: Sequence[int], doc_ratios: Sequence[float],
                 query_ratios: Sequence[float], num_neighbors: int, mode: str = "rerank",
-                depth: int = 100, log: Log = _print) -> dict[str, Any]:
+                depth: int = 100, backend: str = "exact", log: Log = _print) -> dict[str, Any]:
   """nDCG@10 etc. of ALIGNER heads per gate, seed and (β^d, β^q) on the test split.
 
   mode "rerank": BM25's top `depth` re-scored with the kept tokens only
   (`head_eval.pruned_rerank`); "index": the exact token index pruned to β^d, K′ =
   num_neighbors per searched query token, refinement with all tokens (ALIGNER §3.2,
   `head_eval.PruningEvaluator`); "index_kept": the same index refining with the kept tokens
-  only (the storage variant).
+  only (the storage variant). `backend`: the index's MIPS backend ("exact" | "scann").
   """
   if mode not in PRUNING_MODES:
     raise ValueError(f"pruning mode must be one of {PRUNING_MODES}, got {mode!r}")
@@ -191,7 +191,7 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
         ev = head_eval.PruningEvaluator(
             head_eval.head_store(module, params, data.corpus, doc_length=data.doc_length),
             head_eval.head_queries(module, params, data.queries(split)), num_neighbors,
-            refine_tokens=INDEX_MODES[mode])
+            refine_tokens=INDEX_MODES[mode], backend=backend)
         by_setting = ev.runs(settings)
         get = lambda bd, bq: by_setting[(bd, bq)]  # noqa: B023 (used in this iteration)
       cells = []

@@ -11,7 +11,8 @@ Pruned re-ranking (`pruned_rerank`): the same, scoring with only the tokens that
 Token-index retrieval (`head_store`, `head_queries`, `PruningEvaluator`): the heads map the
 cached corpus and queries to their token vectors and saliences; documents are pruned to β^d
 in the exact index and queries to β^q for the search (ALIGNER §3.2), K′ neighbours per
-searched query token. As in the paper, refinement uses the full model with all token vectors
+searched query token (the "scann" backend instead of exact search is a setting). As in the
+paper, refinement uses the full model with all token vectors
 (`refine_tokens="all"`), so a (query, document) pair always gets the same refined score: it
 is computed once, over the union of every setting's candidates, and each (β^d, β^q) setting
 keeps the best of its own candidate set -- the ranking the token-index path returns, without
@@ -196,6 +197,8 @@ class PruningEvaluator:
     top_n: documents kept per query.
     refine_tokens: "all" (refinement scores every document token, ALIGNER §3.2) or "kept"
       (only the top-β^d tokens are stored and scored: the storage variant).
+    backend: the index's MIPS backend, "exact" or "scann" (approximate, far cheaper to
+      search on a CPU; its settings scale with the index size).
   """
   store: TokenStore
   queries: QueryBatch
@@ -203,10 +206,11 @@ class PruningEvaluator:
   top_n: int = 1000
   alignment: str = heads.MAXSIM
   refine_tokens: str = "all"
+  backend: str = "exact"
 
   def _index(self, doc_ratio: float) -> Any:
     return build_token_index(self.store, IndexConfig(
-        backend="exact", prune_doc_ratio=doc_ratio, refine_tokens=self.refine_tokens))
+        backend=self.backend, prune_doc_ratio=doc_ratio, refine_tokens=self.refine_tokens))
 
   def runs(self, settings: Sequence[Setting]) -> dict[Setting, tuple[Run, dict[str, Any]]]:
     """{(β^d, β^q): (run, search statistics)}. One index per β^d, searched for each of its

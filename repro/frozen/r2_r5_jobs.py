@@ -46,12 +46,13 @@ def _data_setup(data: FrozenData) -> dict[str, Any]:
                                         "negatives_depth", "dev_fraction", "split_seed")}
 
 
-def _pruning_mode(mode: str, num_neighbors: int, depth: int) -> dict[str, Any]:
+def _pruning_mode(mode: str, num_neighbors: int, depth: int,
+                  backend: str = "exact") -> dict[str, Any]:
   if mode == "rerank":
     return {"mode": f"re-ranking BM25's top {depth}, scoring only the kept tokens"}
   refined = "all tokens (ALIGNER §3.2)" if mode == "index" else "the kept tokens only"
-  return {"mode": f"exact token index, refinement with {refined}",
-          "num_neighbors": num_neighbors}
+  return {"mode": f"{backend} token index, refinement with {refined}",
+          "num_neighbors": num_neighbors, "backend": backend}
 
 
 def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapping[str, Any],
@@ -71,10 +72,10 @@ def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapp
 
 def _pruning_setup(data: FrozenData, head: HeadConfig, train: TrainConfig,
                    seeds: Sequence[int], gates: Sequence[str], mode: str, num_neighbors: int,
-                   depth: int) -> dict[str, Any]:
+                   depth: int, backend: str) -> dict[str, Any]:
   """The settings R2 and R3 record beside their results."""
   return _plain({"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-                 "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
+                 "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth, backend),
                  "alignment": "top_k:1 with saliences"})
 
 
@@ -83,15 +84,16 @@ def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                      seeds: Sequence[int], doc_ratios: Sequence[float],
                      query_ratios: Sequence[float], num_neighbors: int, output_json: str,
                      figure: str, gates: Sequence[str] = ("lp",), mode: str = "rerank",
-                     depth: int = 100) -> dict[str, Any]:
+                     depth: int = 100, backend: str = "exact") -> dict[str, Any]:
   """R2: nDCG@10 of the ALIGNER head through the pruned token index -> JSON + pruning curve."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=query_ratios,
-                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth,
+                                    backend=backend)
   r2_r5_figures.plot_pruning(results, figure, gate=gates[0], title=(
       f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head ({mode})"))
-  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth, backend)
   return _write("r2", output_json, results, setup, started, load)
 
 
@@ -100,15 +102,16 @@ def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                    seeds: Sequence[int], doc_ratios: Sequence[float], query_ratio: float,
                    num_neighbors: int, output_json: str, figure: str,
                    gates: Sequence[str] = ("lp", "relu", "hard_topk"), mode: str = "rerank",
-                   depth: int = 100) -> dict[str, Any]:
+                   depth: int = 100, backend: str = "exact") -> dict[str, Any]:
   """R3: the same pruning evaluation for each salience gate -> JSON + one curve per gate."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=(query_ratio,),
-                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth,
+                                    backend=backend)
   r2_r5_figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
       f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
-  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth, backend)
   return _write("r3", output_json, results, setup, started, load)
 
 
