@@ -2,6 +2,7 @@
 (ALIGNER §3.2), the R3 heads can solve the LP with the paper's Eq. 5 iterations, R4's LITE can
 see raw dot products."""
 
+import json
 import pathlib
 
 import gin
@@ -278,3 +279,36 @@ def test_r1_head_job_and_paper_protocol_jobs_two_steps(tmp_path):
   assert r5["results"]["teacher"]["pool_depth"] == 10
   for entry in r5["results"]["students"].values():
     assert 0 <= entry["summary"]["ndcg@10"]["mean"] <= 1
+
+
+def _pruning_content(gates, **setup):
+  cell = {"doc_ratio": 1.0, "query_ratio": 0.5, "reference": [1.0, 0.5],
+          "ndcg@10": {"mean": 0.5, "std": 0.0, "n": 1}, "mrr@10": {"mean": 0.4, "std": 0.0, "n": 1},
+          "delta_points": {"mean": 0.0, "std": 0.0, "n": 1}, "indexed_fraction": 1.0}
+  return {"claim": "r3", "created": "t", "machine": {}, "wall_seconds": 1.0, "paper": {"x": 1},
+          "setup": {"data": {"name": "d", "test_split": "test"}, "gates": list(gates), **setup},
+          "results": {g: {"seeds": [{"seed": 0}], "summary": [cell]} for g in gates}}
+
+
+def test_merge_results_joins_gates_of_the_same_run_and_refuses_others(tmp_path):
+  from repro.frozen import merge_results  # pylint: disable=g-import-not-at-top
+  a, b = _pruning_content(["relu", "hard_topk"]), _pruning_content(["lp"])
+  merged = merge_results.merge([a, b], ["a.json", "b.json"], ["lp", "relu", "hard_topk"])
+  assert list(merged["results"]) == ["lp", "relu", "hard_topk"]
+  assert merged["setup"]["gates"] == ["lp", "relu", "hard_topk"]
+  assert [m["gates"] for m in merged["merged_from"]] == [["relu", "hard_topk"], ["lp"]]
+  assert merged["paper"] == {"x": 1} and "wall_seconds" not in merged
+  with pytest.raises(ValueError, match="also in a.json"):
+    merge_results.merge([a, a], ["a.json", "c.json"])
+  with pytest.raises(ValueError, match="set-up differs"):
+    merge_results.merge([a, _pruning_content(["lp"], mode="index")], ["a.json", "b.json"])
+  with pytest.raises(ValueError, match="must list exactly"):
+    merge_results.merge([a, b], ["a.json", "b.json"], ["lp", "relu"])
+  paths = []
+  for name, content in (("a", a), ("b", b)):
+    paths.append(tmp_path / f"{name}.json")
+    paths[-1].write_text(json.dumps(content))
+  out = merge_results.main([str(tmp_path / "m.json"), *map(str, paths), "--gates",
+                            "lp,relu,hard_topk", "--figure", str(tmp_path / "m.png")])
+  assert (tmp_path / "m.md").read_text().count("Gate `") == 3
+  assert (tmp_path / "m.png").stat().st_size > 0 and out["results"]["lp"]
