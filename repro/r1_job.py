@@ -19,7 +19,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -165,9 +165,11 @@ def repro_r1(*, datasets: Sequence[R1Dataset], output_json: str, figures_dir: st
              vocabulary: str | None = None, retriever: str = "scann",
              index_config: IndexConfig = IndexConfig(), top_n: int = 1000,
              fold_size: int = 8, seed: int = 0, batch_size: int = 32,
-             reuse_scores: bool = True) -> dict[str, Any]:
-  """Claim R1 over `datasets`: writes `output_json` (+ `.md`), `figures_dir/r1_heatmap.png`
-  and `figures_dir/r1_picks.png`. `model` is called only for datasets without encoded_dir."""
+             reuse_scores: bool = True, figure_prefix: str = "r1",
+             extra_setup: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Claim R1 over `datasets`: writes `output_json` (+ `.md`), `figures_dir/<figure_prefix>_
+  heatmap.png` and `_picks.png`. `model` is called only for datasets without encoded_dir;
+  `extra_setup` is recorded with the set-up (e.g. how the model was trained)."""
   if not datasets:
     raise ValueError("repro_r1 needs at least one R1Dataset")
   names = [d.name for d in datasets]
@@ -201,13 +203,13 @@ def repro_r1(*, datasets: Sequence[R1Dataset], output_json: str, figures_dir: st
       "datasets": [dataclasses.asdict(d) for d in datasets], "retriever": retriever,
       "index": config.to_json(), "top_n": top_n, "fold_size": fold_size, "fold_seed": seed,
       "timings": timings, "total_s": time.time() - t0, "load_average": os.getloadavg(),
-      "cpu_count": os.cpu_count(),
+      "cpu_count": os.cpu_count(), **dict(extra_setup or {}),
   }
   content = r1_lib.write_r1(output_json, reports, setup=setup)
   heatmap = r1_figures.plot_strategy_heatmap(
-      reports, pathlib.Path(figures_dir) / "r1_heatmap.png",
+      reports, pathlib.Path(figures_dir) / f"{figure_prefix}_heatmap.png",
       paper_rows=r1_lib.paper_numbers()["rows"])
-  picks = r1_figures.plot_picks(reports, pathlib.Path(figures_dir) / "r1_picks.png")
+  picks = r1_figures.plot_picks(reports, pathlib.Path(figures_dir) / f"{figure_prefix}_picks.png")
   _log(f"wrote {output_json}, {pathlib.Path(output_json).with_suffix('.md')}, {heatmap}, "
        f"{picks}\n" + r1_lib.r1_table(reports))
   return content

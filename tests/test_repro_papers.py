@@ -17,9 +17,10 @@ FROZEN_RESULTS = ("r2", "r3", "r4", "r4_cisi", "r5")
 
 # The result files keep their keys sorted, the tables were written from the jobs' dicts, whose
 # order is the gin files' (heads, losses, gates, sweep fields, transfer datasets): restored here.
-JOB_ORDER = ("maxsim", "colbert", "de", "knrm", "lite", "lite50",
+JOB_ORDER = ("maxsim", "colbert", "de", "knrm", "lite_raw", "lite", "lite50",
              "one_hot_ce", "mse", "margin_mse", "m3se", "softmax_ce", "rankdistil_b",
-             "learning_rate", "doc_token_dropout", "scifact", "cisi", "lp", "relu", "hard_topk")
+             "learning_rate", "doc_token_dropout", "scifact", "cisi", "lp", "lp_iters3",
+             "lp_iters5", "lp_iters10", "relu", "hard_topk")
 
 
 def in_job_order(value):

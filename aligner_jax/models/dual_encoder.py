@@ -135,6 +135,7 @@ class DualEncoder(nn.Module):
     query_salience_ratio / doc_salience_ratio: add that side's SalienceHead with this
       sparsity ratio α (None = no salience).
     salience_eps / salience_gate: passed to the SalienceHeads ("lp" | "relu" | "hard_topk").
+    salience_num_iters: the LP gate's solver: None = exact, an int = that many Eq. (5) steps.
     lite_scorer: optional module `(S [B, n, m], q_mask, d_mask) -> [B]`, e.g. LiteScorer.
     query_framing / doc_framing: that side's `Framing` (marker token, query expansion, skip
       list; see framing.py), None = the vocabulary's framing as it is.
@@ -152,6 +153,7 @@ class DualEncoder(nn.Module):
   doc_salience_ratio: float | None = None
   salience_eps: float = 0.002
   salience_gate: str = "lp"
+  salience_num_iters: int | None = None
   lite_scorer: Any = None
   query_framing: framing_lib.Framing | None = None
   doc_framing: framing_lib.Framing | None = None
@@ -185,7 +187,8 @@ class DualEncoder(nn.Module):
       if ratio is None:
         return None
       return SalienceHead(ratio=ratio, eps=self.salience_eps, gate=self.salience_gate,
-                          in_axis=in_axis, dtype=dtype, name=name)
+                          num_iters=self.salience_num_iters, in_axis=in_axis, dtype=dtype,
+                          name=name)
 
     self.saliences = {"query": salience(self.query_salience_ratio, "query_salience"),
                       "doc": salience(self.doc_salience_ratio, "doc_salience")}

@@ -25,7 +25,9 @@ from aligner_jax.index import pruning
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import from_padded
 from aligner_jax.retrieval import QueryBatch
+from aligner_jax.retrieval import runs as runs_lib
 from repro.frozen import batches as batches_lib
+from repro.frozen import distill_protocols
 from repro.frozen import head_eval
 from repro.frozen import head_training as train_lib
 from repro.frozen import heads
@@ -34,6 +36,8 @@ from repro.frozen.frozen_data import FrozenData
 
 Log = Callable[[str], None]
 DEV_DEPTH = 100
+INDEX_MODES = {"index": "all", "index_kept": "kept"}  # pruning mode -> IndexConfig.refine_tokens
+PRUNING_MODES = ("rerank",) + tuple(INDEX_MODES)
 
 
 def _print(message: str) -> None:
@@ -154,21 +158,23 @@ def _summary(history: Mapping[str, Any]) -> dict[str, Any]:
 def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.TrainConfig,
                 gates: Sequence[str], seeds: Sequence[int], doc_ratios: Sequence[float],
                 query_ratios: Sequence[float], num_neighbors: int, mode: str = "rerank",
-                depth: int = 100, log: Log = _print) -> dict[str, Any]:
+                depth: int = 100, backend: str = "exact", log: Log = _print) -> dict[str, Any]:
   """nDCG@10 etc. of ALIGNER heads per gate, seed and (β^d, β^q) on the test split.
 
   mode "rerank": BM25's top `depth` re-scored with the kept tokens only
-  (`head_eval.pruned_rerank`); "index": the exact token index with all-token refinement
-  (`head_eval.PruningEvaluator`, K′ = num_neighbors; hours of CPU at SciFact size).
+  (`head_eval.pruned_rerank`); "index": the exact token index pruned to β^d, K′ =
+  num_neighbors per searched query token, refinement with all tokens (ALIGNER §3.2,
+  `head_eval.PruningEvaluator`); "index_kept": the same index refining with the kept tokens
+  only (the storage variant). `backend`: the index's MIPS backend ("exact" | "scann").
   """
-  if mode not in ("rerank", "index"):
-    raise ValueError(f"pruning mode must be 'rerank' or 'index', got {mode!r}")
+  if mode not in PRUNING_MODES:
+    raise ValueError(f"pruning mode must be one of {PRUNING_MODES}, got {mode!r}")
   split = data.test_split
   results: dict[str, Any] = {}
   for gate in gates:
     per_seed = []
     for seed in seeds:
-      gate_head = dataclasses.replace(head, gate=gate)
+      gate_head = heads.with_gate(head, gate)
       module, params, history = train_or_load(data, f"aligner-{gate}", gate_head, config, seed,
                                               log=log)
       t = time.time()
@@ -184,8 +190,10 @@ def run_pruning(data: FrozenData, *, head: heads.HeadConfig, config: train_lib.T
       else:
         ev = head_eval.PruningEvaluator(
             head_eval.head_store(module, params, data.corpus, doc_length=data.doc_length),
-            head_eval.head_queries(module, params, data.queries(split)), num_neighbors)
-        get = ev.run
+            head_eval.head_queries(module, params, data.queries(split)), num_neighbors,
+            refine_tokens=INDEX_MODES[mode], backend=backend)
+        by_setting = ev.runs(settings)
+        get = lambda bd, bq: by_setting[(bd, bq)]  # noqa: B023 (used in this iteration)
       cells = []
       for bd, bq in settings:
         run, stats = get(bd, bq)
@@ -295,6 +303,90 @@ def _epochs(make: Callable[[int], Iterator[dict]], seed: int) -> Iterator[dict]:
     yield from make(seed * 100_003 + epoch)
 
 
+BatchFn = Callable[[int], Iterator[dict]]  # seed -> endless training batches
+
+
+def _shared_candidates(data: FrozenData, score_fn: Callable[[np.ndarray], np.ndarray],
+                       pooled: TokenStore, config: train_lib.TrainConfig, *,
+                       num_candidates: int) -> tuple[Callable[[str], BatchFn], dict[str, Any]]:
+  """The "shared" protocol: every loss on the same lists (relevant + best BM25 negatives)."""
+  train_ex, _ = data.examples
+  queries = data.queries(data.train_split)
+  cands = batches_lib.candidate_rows(train_ex, num_candidates=num_candidates)
+  scores, mu, sd = distill_protocols.standardise(score_fn(cands), cands >= 0)
+
+  def make_batches(seed: int) -> Iterator[dict]:
+    return batches_lib.fixed_batches(train_ex, queries, pooled, cands, teacher=scores,
+                                     batch_size=config.batch_size, doc_length=1,
+                                     shuffle_seed=seed)
+
+  return (lambda objective: lambda s: _epochs(make_batches, s)), {
+      "score_mean": mu, "score_std": sd, "scored_candidates": int((cands >= 0).sum())}
+
+
+def _bm25_rows(data: FrozenData, examples: batches_lib.Examples, depth: int) -> list[np.ndarray]:
+  """Each training query's BM25 top `depth` as corpus rows, best first."""
+  run = data.bm25(data.train_split, depth)
+  row = {d: i for i, d in enumerate(data.corpus.doc_ids)}
+  return [np.array([row[d] for d, _ in runs_lib.ranked(run.get(q, {}))], np.int64)
+          for q in examples.query_ids]
+
+
+def _paper_candidates(data: FrozenData, score_fn: Callable[[np.ndarray], np.ndarray],
+                      pooled: TokenStore, config: train_lib.TrainConfig, *,
+                      num_candidates: int, pool_depth: int
+                      ) -> tuple[Callable[[str], BatchFn], dict[str, Any]]:
+  """Menon et al.'s protocol (`distill_protocols`): the teacher's top lists for the list
+  losses, fresh triplets for the others."""
+  train_ex, _ = data.examples
+  queries = data.queries(data.train_split)
+  rows, counts = distill_protocols.pool_rows(train_ex, _bm25_rows(data, train_ex, pool_depth),
+                                             depth=pool_depth)
+  pool = distill_protocols.score_pool(rows, counts, score_fn)
+  top_rows, top_scores = distill_protocols.teacher_top(pool, num_candidates)
+
+  def lists(seed: int) -> Iterator[dict]:
+    return batches_lib.fixed_batches(train_ex, queries, pooled, top_rows, teacher=top_scores,
+                                     batch_size=config.batch_size, doc_length=1,
+                                     shuffle_seed=seed)
+
+  def triplets(seed: int) -> Iterator[dict]:
+    return distill_protocols.triplet_batches(
+        train_ex, queries, pooled, pool, batch_size=config.batch_size,
+        negative_depth=config.negative_depth, doc_length=1, seed=seed)
+
+  def for_objective(objective: str) -> BatchFn:
+    if objective in distill_protocols.LIST_OBJECTIVES:
+      return lambda s: _epochs(lists, s)
+    return triplets
+
+  has_relevant = [np.isin(t, r[:c]).any() for t, r, c in zip(top_rows, rows, counts)]
+  return for_objective, {
+      "score_mean": pool.mean, "score_std": pool.std, "pool_depth": pool_depth,
+      "scored_candidates": int((rows >= 0).sum()),
+      "top_lists_with_a_relevant_document": float(np.mean(has_relevant))}
+
+
+def _student(data: FrozenData, name: str, student: heads.HeadConfig,
+             cfg: train_lib.TrainConfig, sweep: Mapping[str, Sequence[Any]],
+             seeds: Sequence[int], depth: int, pooled: TokenStore,
+             train_kw: Mapping[str, Any], log: Log) -> dict[str, Any]:
+  """One loss's students: its setting chosen on the first seed's dev, then every seed."""
+  cfg, table = select_on_dev(data, f"student-{name}", student, cfg, sweep, seeds[0],
+                             **train_kw)
+  runs = []
+  for seed in seeds:
+    module, params, history = train_or_load(data, f"student-{name}", student, cfg, seed,
+                                            **train_kw)
+    m = rerank_metrics(data, data.test_split, module, student, params, corpus=pooled,
+                       depth=depth)
+    log(head_eval.score_log(f"student {name} seed {seed}", m))
+    runs.append({"seed": seed, "training": _summary(history), data.name: m})
+  return {"sweep": table, "chosen": swept_values(cfg, sweep), "seeds": runs,
+          "summary": {mm: mean_std([r[data.name][mm] for r in runs])
+                      for mm in head_eval.REPORTED}}
+
+
 def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.HeadConfig,
                      teacher_config: train_lib.TrainConfig, student: heads.HeadConfig,
                      config: train_lib.TrainConfig,
@@ -302,13 +394,18 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
                      seeds: Sequence[int], num_candidates: int = 20, depth: int = 100,
                      sweep: Mapping[str, Sequence[Any]] | None = None,
                      teacher_sweep: Mapping[str, Sequence[Any]] | None = None,
+                     protocol: str = "shared", pool_depth: int = 100,
                      log: Log = _print) -> dict[str, Any]:
   """Students distilled with each objective from the teacher (trained with seed 0).
 
   The teacher's setting is chosen on dev over `teacher_sweep` (R4's sweep: its heads are read
   back from the store); each objective's student setting over `sweep`, on the first seed's dev
-  nDCG@10 (`select_on_dev`), the other seeds then trained with it.
+  nDCG@10 (`select_on_dev`), the other seeds then trained with it. `protocol` says which
+  candidates each loss trains on (`distill_protocols`; "paper" scores each training query's
+  relevant documents and BM25 top `pool_depth` with the teacher).
   """
+  if protocol not in distill_protocols.PROTOCOLS:
+    raise ValueError(f"protocol must be one of {distill_protocols.PROTOCOLS}, got {protocol!r}")
   sweep, teacher_sweep = dict(sweep or {}), dict(teacher_sweep or {})
   teacher_config, _ = select_on_dev(data, teacher_name, teacher, teacher_config, teacher_sweep,
                                     0, log=log)
@@ -316,48 +413,33 @@ def run_distillation(data: FrozenData, *, teacher_name: str, teacher: heads.Head
                                                 log=log)
   train_ex, _ = data.examples
   queries = data.queries(data.train_split)
-  cands = batches_lib.candidate_rows(train_ex, num_candidates=num_candidates)
-  t0 = time.time()
-  scores = teacher_scores(t_module, teacher, t_params, queries, data.corpus, train_ex, cands,
-                          doc_length=data.doc_length)
-  valid = cands >= 0
-  # One affine map for every loss: teacher scores with mean 0 and std 1 over the training
-  # candidates, so that score-matching losses and RankDistil-B's γ₀ see a fixed scale.
-  mu, sd = float(scores[valid].mean()), float(scores[valid].std())
-  scores = np.where(valid, (scores - mu) / max(sd, 1e-6), 0.0).astype(np.float32)
-  log(f"teacher scores of {valid.sum()} candidates in {time.time() - t0:.0f}s")
+  score_fn = lambda rows: teacher_scores(  # noqa: E731
+      t_module, teacher, t_params, queries, data.corpus, train_ex, rows,
+      doc_length=data.doc_length)
   pooled = pooled_store(data.corpus)
-  teacher_test = rerank_metrics(data, data.test_split, t_module, teacher, t_params, depth=depth)
+  t0 = time.time()
+  if protocol == "shared":
+    batch_fn, info = _shared_candidates(data, score_fn, pooled, config,
+                                        num_candidates=num_candidates)
+    extra = (teacher_name, t_history.get("key"), num_candidates)
+  else:
+    batch_fn, info = _paper_candidates(data, score_fn, pooled, config,
+                                       num_candidates=num_candidates, pool_depth=pool_depth)
+    extra = (teacher_name, t_history.get("key"), num_candidates, protocol, pool_depth)
+  log(f"teacher scores of {info['scored_candidates']} candidates in {time.time() - t0:.0f}s")
   out: dict[str, Any] = {
       "teacher": {"name": teacher_name, "head": dataclasses.asdict(teacher),
                   "training": _summary(t_history),
                   "chosen": swept_values(teacher_config, teacher_sweep),
-                  data.name: teacher_test,
-                  "score_mean": mu, "score_std": sd},
+                  data.name: rerank_metrics(data, data.test_split, t_module, teacher, t_params,
+                                            depth=depth), **info},
       "bm25": head_eval.evaluate(data.qrels(data.test_split), data.bm25(data.test_split, depth)),
-      "students": {}}
-
-  def make_batches(seed: int) -> Iterator[dict]:
-    return batches_lib.fixed_batches(train_ex, queries, pooled, cands, batch_size=config.batch_size,
-                                     doc_length=1, teacher=scores, shuffle_seed=seed)
-
+      "protocol": protocol, "students": {}}
   for name, (objective, hparams) in objectives.items():
     cfg = dataclasses.replace(config, objective=objective,
                               loss_hparams=tuple(sorted(dict(hparams).items())))
-    train_kw = dict(batches=lambda s: _epochs(make_batches, s), dev_corpus=pooled,
-                    extra_key=(teacher_name, t_history.get("key"), num_candidates), log=log)
-    cfg, table = select_on_dev(data, f"student-{name}", student, cfg, sweep, seeds[0],
-                               **train_kw)
-    runs = []
-    for seed in seeds:
-      module, params, history = train_or_load(data, f"student-{name}", student, cfg, seed,
-                                              **train_kw)
-      m = rerank_metrics(data, data.test_split, module, student, params, corpus=pooled,
-                         depth=depth)
-      log(head_eval.score_log(f"student {name} seed {seed}", m))
-      runs.append({"seed": seed, "training": _summary(history), data.name: m})
-    out["students"][name] = {
-        "objective": objective, "hparams": dict(hparams), "sweep": table,
-        "chosen": swept_values(cfg, sweep), "seeds": runs,
-        "summary": {mm: mean_std([r[data.name][mm] for r in runs]) for mm in head_eval.REPORTED}}
+    train_kw = dict(batches=batch_fn(objective), dev_corpus=pooled, extra_key=extra, log=log)
+    out["students"][name] = {"objective": objective, "hparams": dict(hparams),
+                             **_student(data, name, student, cfg, sweep, seeds, depth, pooled,
+                                        train_kw, log)}
   return out

@@ -10,11 +10,14 @@ Pruned re-ranking (`pruned_rerank`): the same, scoring with only the tokens that
 
 Token-index retrieval (`head_store`, `head_queries`, `PruningEvaluator`): the heads map the
 cached corpus and queries to their token vectors and saliences; documents are pruned to β^d
-in the index and queries to β^q for the search (ALIGNER §3.2). As in the paper, refinement
-uses the full model with all token vectors, so a (query, document) pair always gets the same
-refined score: it is computed once for every pair (`refine` over all documents) and each
-(β^d, β^q) setting keeps the best of its own candidate set -- the same ranking the token-index
-path returns, without refining the same pairs eight times.
+in the exact index and queries to β^q for the search (ALIGNER §3.2), K′ neighbours per
+searched query token (the "scann" backend instead of exact search is a setting). As in the
+paper, refinement uses the full model with all token vectors
+(`refine_tokens="all"`), so a (query, document) pair always gets the same refined score: it
+is computed once, over the union of every setting's candidates, and each (β^d, β^q) setting
+keeps the best of its own candidate set -- the ranking the token-index path returns, without
+refining the same pairs eight times. `refine_tokens="kept"` (the storage variant) refines
+with the top-β^d tokens only, once per β^d.
 """
 
 import dataclasses
@@ -31,12 +34,12 @@ from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import from_padded
 from aligner_jax.retrieval import BM25
 from aligner_jax.retrieval import QueryBatch
-from aligner_jax.retrieval import all_documents
 from aligner_jax.retrieval import candidate_documents
 from aligner_jax.retrieval import refine
 from aligner_jax.retrieval import rerank
 from aligner_jax.retrieval import runs as runs_lib
 from aligner_jax.retrieval import to_run
+from aligner_jax.retrieval.token_retrieval import Candidates
 from aligner_jax.retrieval.token_retrieval import top_documents
 from aligner_jax.scoring import align_scores_candidates
 from aligner_jax.scoring import prune_tokens
@@ -164,53 +167,85 @@ def head_queries(module: Any, params: Any, queries: QueryBatch) -> QueryBatch:
                     np.asarray(out["pooled"]))
 
 
+Setting = tuple[float, float]  # (β^d, β^q)
+
+
+def _union(candidate_sets: Sequence[Candidates]) -> Candidates:
+  """Per query, the union of the documents of several candidate sets of the same queries."""
+  first = candidate_sets[0]
+  docs = [np.unique(np.concatenate(rows)) for rows in zip(*(c.docs for c in candidate_sets))]
+  return Candidates(list(first.query_ids), docs, first.num_neighbors, first.prune_query_ratio)
+
+
+def _refined_scores(index: Any, queries: QueryBatch, union: Candidates,
+                    alignment: str) -> list[dict[int, float]]:
+  """Per query, {document number: refined score} of every document of `union`."""
+  top_n = int(max(union.sizes().max(initial=0), 1))
+  results = refine(index, queries, union, alignment, top_n=top_n)
+  return [dict(zip(docs.tolist(), s.tolist())) for docs, s in results]
+
+
 @dataclasses.dataclass
 class PruningEvaluator:
-  """Runs of one trained ALIGNER head for several pruning ratios (see the module docstring).
+  """Runs of one trained ALIGNER head through the exact token index, for several pruning
+  ratios (see the module docstring).
 
   Attributes:
     store: the head's corpus store (vectors + saliences), from `head_store`.
     queries: the head's queries (vectors + saliences), from `head_queries`.
     num_neighbors: K′ nearest stored tokens per searched query token.
     top_n: documents kept per query.
+    refine_tokens: "all" (refinement scores every document token, ALIGNER §3.2) or "kept"
+      (only the top-β^d tokens are stored and scored: the storage variant).
+    backend: the index's MIPS backend, "exact" or "scann" (approximate, far cheaper to
+      search on a CPU; its settings scale with the index size).
   """
   store: TokenStore
   queries: QueryBatch
   num_neighbors: int
   top_n: int = 1000
   alignment: str = heads.MAXSIM
-  _scores: np.ndarray | None = None
-  _indexes: dict[float, Any] = dataclasses.field(default_factory=dict)
+  refine_tokens: str = "all"
+  backend: str = "exact"
 
-  def full_scores(self) -> np.ndarray:
-    """[B, N] refined score of every query against every document (all tokens)."""
-    if self._scores is None:
-      index = build_token_index(self.store, IndexConfig(backend="exact", refine_tokens="all"))
-      results = refine(index, self.queries, all_documents(index, self.queries), self.alignment,
-                       top_n=index.num_docs)
-      scores = np.full((len(self.queries), index.num_docs), -np.inf, np.float32)
-      for i, (docs, s) in enumerate(results):
-        scores[i, docs] = s
-      self._scores = scores
-    return self._scores
+  def _index(self, doc_ratio: float) -> Any:
+    return build_token_index(self.store, IndexConfig(
+        backend=self.backend, prune_doc_ratio=doc_ratio, refine_tokens=self.refine_tokens))
 
-  def run(self, prune_doc_ratio: float, prune_query_ratio: float) -> tuple[Run, dict[str, Any]]:
-    """The run for (β^d, β^q) and the search statistics (indexed tokens, candidates)."""
-    scores = self.full_scores()
-    if prune_doc_ratio not in self._indexes:  # one index per β^d, searched for every β^q
-      self._indexes = {prune_doc_ratio: build_token_index(self.store, IndexConfig(
-          backend="exact", prune_doc_ratio=prune_doc_ratio, refine_tokens="all"))}
-    index = self._indexes[prune_doc_ratio]
-    cands = candidate_documents(index, self.queries, num_neighbors=self.num_neighbors,
-                                prune_query_ratio=prune_query_ratio)
-    results = [top_documents(docs, scores[i, docs], self.top_n)
-               for i, docs in enumerate(cands.docs)]
-    stats = {"indexed_tokens": int(index.num_ann_tokens),
-             "original_tokens": int(index.num_original_tokens),
-             "mean_candidates": float(cands.sizes().mean())}
-    return to_run(self.queries.ids, index.doc_ids, results), stats
+  def runs(self, settings: Sequence[Setting]) -> dict[Setting, tuple[Run, dict[str, Any]]]:
+    """{(β^d, β^q): (run, search statistics)}. One index per β^d, searched for each of its
+    β^q; a (query, document) pair is refined once for all settings that share its scores
+    (all of them with refine_tokens "all", those of one β^d with "kept")."""
+    cands: dict[Setting, Candidates] = {}
+    stats: dict[Setting, dict[str, Any]] = {}
+    scores: dict[Setting, list[dict[int, float]]] = {}
+    index = None
+    for bd in dict.fromkeys(bd for bd, _ in settings):
+      index = self._index(bd)
+      mine = [(bd, bq) for b, bq in settings if b == bd]
+      for key in mine:
+        cands[key] = candidate_documents(index, self.queries, num_neighbors=self.num_neighbors,
+                                         prune_query_ratio=key[1])
+        stats[key] = {"indexed_tokens": int(index.num_ann_tokens),
+                      "original_tokens": int(index.num_original_tokens),
+                      "mean_candidates": float(cands[key].sizes().mean())}
+      if self.refine_tokens == "kept":
+        refined = _refined_scores(index, self.queries, _union([cands[k] for k in mine]),
+                                  self.alignment)
+        scores.update({k: refined for k in mine})
+    if self.refine_tokens == "all":  # every index stores every token: one refinement
+      refined = _refined_scores(index, self.queries, _union(list(cands.values())),
+                                self.alignment)
+      scores = {k: refined for k in cands}
+    return {k: (self._run(cands[k], scores[k], index.doc_ids), stats[k]) for k in settings}
 
-
+  def _run(self, cands: Candidates, scores: list[dict[int, float]],
+           doc_ids: Sequence[str]) -> Run:
+    results = []
+    for docs, table in zip(cands.docs, scores):
+      values = np.array([table[int(d)] for d in docs], np.float32)
+      results.append(top_documents(np.asarray(docs, np.int64), values, self.top_n))
+    return to_run(self.queries.ids, doc_ids, results)
 
 
 def score_log(name: str, values: Mapping[str, float]) -> str:

@@ -4,7 +4,7 @@ The cached vectors play the encoder states: `DualEncoder.encode_hidden` / `heads
 heads, so only head parameters exist and receive gradients. Kinds (`KINDS`):
   aligner  token projection to `projection_dim` (L2-normalised) + query and document
            `SalienceHead`s (gate "lp" | "relu" | "hard_topk", ALIGNER Eq. 3-5); top-1 alignment
-           weighted by the saliences (ALIGNER §3.2)
+           weighted by the saliences (ALIGNER §3.2); `with_gate` names the gate variants
   colbert  token projection, MaxSim (top-1 alignment, no saliences)
   maxsim   no parameters: MaxSim over the frozen vectors (LITE App. A.4's frozen ColBERT)
   de       mean of the frozen token vectors + pooled projection: q·d (the dual encoder)
@@ -47,6 +47,10 @@ class HeadConfig:
     gate: salience gate of the aligner kind.
     query_salience_ratio / doc_salience_ratio: α^q, α^d of the salience budgets (training).
     salience_eps: ε of the LP gate.
+    salience_num_iters: the LP gate's solver: None = exact optimum (bisection + closed form),
+      an int = that many ALIGNER Eq. 5 iterations from a = b = 0 (the paper's solver).
+    normalize_vectors: L2-normalise the token vectors (False: LITE / KNRM see raw dot
+      products QᵀD of the cached states, as in the LITE paper).
     normalize_pooled: L2-normalise the dual encoder's vectors (False lets score scales match a
       teacher's in distillation).
     query_len / doc_len: LITE's fixed matrix shape (longer queries are cut).
@@ -59,6 +63,8 @@ class HeadConfig:
   query_salience_ratio: float = 0.5
   doc_salience_ratio: float = 0.4
   salience_eps: float = 0.002
+  salience_num_iters: int | None = None
+  normalize_vectors: bool = True
   normalize_pooled: bool = True
   query_len: int = 32
   doc_len: int = 256
@@ -69,6 +75,20 @@ class HeadConfig:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"head kind must be one of {KINDS}, got {self.kind!r}")
+
+
+LP_ITERS_PREFIX = "lp_iters"
+
+
+def with_gate(config: HeadConfig, gate: str) -> HeadConfig:
+  """`config` with the salience gate named `gate`: "lp" (exact LP), "lp_iters<N>" (the LP
+  solved by N Eq. 5 iterations, e.g. "lp_iters3"), "relu" or "hard_topk"."""
+  if gate.startswith(LP_ITERS_PREFIX):
+    iters = gate[len(LP_ITERS_PREFIX):]
+    if not iters.isdigit() or int(iters) < 1:
+      raise ValueError(f"gate {gate!r}: expected {LP_ITERS_PREFIX}<N> with N >= 1")
+    return dataclasses.replace(config, gate="lp", salience_num_iters=int(iters))
+  return dataclasses.replace(config, gate=gate, salience_num_iters=None)
 
 
 def build_module(config: HeadConfig, encoder_config: Any | None = None) -> DualEncoder:
@@ -89,11 +109,13 @@ def build_module(config: HeadConfig, encoder_config: Any | None = None) -> DualE
   return DualEncoder(
       encoder_config=encoder_config,
       projection_dim=config.projection_dim if kind in ("aligner", "colbert") else None,
+      normalize_vectors=config.normalize_vectors,
       pooled_projection_dim=config.projection_dim if kind == "de" else None,
       normalize_pooled=config.normalize_pooled,
       query_salience_ratio=config.query_salience_ratio if aligner else None,
       doc_salience_ratio=config.doc_salience_ratio if aligner else None,
-      salience_eps=config.salience_eps, salience_gate=config.gate, lite_scorer=scorer)
+      salience_eps=config.salience_eps, salience_gate=config.gate,
+      salience_num_iters=config.salience_num_iters, lite_scorer=scorer)
 
 
 def init_params(module: DualEncoder, config: HeadConfig, *, hidden_dim: int,

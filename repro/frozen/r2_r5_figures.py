@@ -51,12 +51,22 @@ def plot_pruning(result: Mapping[str, Any], path: str | os.PathLike, *, gate: st
   return _save_ratio_axes(fig, ax, path, title)
 
 
+GATE_LABELS = {"lp": "entropic LP, exact solver", "relu": "ReLU gate",
+               "hard_topk": "hard top-k"}
+
+
+def gate_label(gate: str) -> str:
+  """The legend of an R3 gate ("lp_iters3" -> "entropic LP, 3 Eq. 5 iterations")."""
+  if gate.startswith("lp_iters"):
+    return f"entropic LP, {gate[len('lp_iters'):]} Eq. 5 iterations"
+  return GATE_LABELS.get(gate, gate)
+
+
 def plot_gates(result: Mapping[str, Any], path: str | os.PathLike, *, query_ratio: float,
                title: str = "") -> pathlib.Path:
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  labels = {"lp": "entropic LP (ALIGNER)", "relu": "ReLU gate", "hard_topk": "hard top-k"}
   for gate, entry in result.items():
-    _curve(ax, entry["summary"], query_ratio, labels.get(gate, gate))
+    _curve(ax, entry["summary"], query_ratio, gate_label(gate))
   return _save_ratio_axes(fig, ax, path, title)
 
 

@@ -46,11 +46,13 @@ def _data_setup(data: FrozenData) -> dict[str, Any]:
                                         "negatives_depth", "dev_fraction", "split_seed")}
 
 
-def _pruning_mode(mode: str, num_neighbors: int, depth: int) -> dict[str, Any]:
+def _pruning_mode(mode: str, num_neighbors: int, depth: int,
+                  backend: str = "exact") -> dict[str, Any]:
   if mode == "rerank":
     return {"mode": f"re-ranking BM25's top {depth}, scoring only the kept tokens"}
-  return {"mode": "exact token index, refinement with all tokens (ALIGNER §3.2)",
-          "num_neighbors": num_neighbors}
+  refined = "all tokens (ALIGNER §3.2)" if mode == "index" else "the kept tokens only"
+  return {"mode": f"{backend} token index, refinement with {refined}",
+          "num_neighbors": num_neighbors, "backend": backend}
 
 
 def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapping[str, Any],
@@ -70,10 +72,10 @@ def _write(claim: str, output_json: str, results: Mapping[str, Any], setup: Mapp
 
 def _pruning_setup(data: FrozenData, head: HeadConfig, train: TrainConfig,
                    seeds: Sequence[int], gates: Sequence[str], mode: str, num_neighbors: int,
-                   depth: int) -> dict[str, Any]:
+                   depth: int, backend: str) -> dict[str, Any]:
   """The settings R2 and R3 record beside their results."""
   return _plain({"data": _data_setup(data), "head": head, "train": train, "seeds": list(seeds),
-                 "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth),
+                 "gates": list(gates), **_pruning_mode(mode, num_neighbors, depth, backend),
                  "alignment": "top_k:1 with saliences"})
 
 
@@ -82,15 +84,16 @@ def repro_r2_pruning(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                      seeds: Sequence[int], doc_ratios: Sequence[float],
                      query_ratios: Sequence[float], num_neighbors: int, output_json: str,
                      figure: str, gates: Sequence[str] = ("lp",), mode: str = "rerank",
-                     depth: int = 100) -> dict[str, Any]:
+                     depth: int = 100, backend: str = "exact") -> dict[str, Any]:
   """R2: nDCG@10 of the ALIGNER head through the pruned token index -> JSON + pruning curve."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=query_ratios,
-                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth,
+                                    backend=backend)
   r2_r5_figures.plot_pruning(results, figure, gate=gates[0], title=(
       f"{data.name} {data.test_split}: frozen MiniLM + ALIGNER head ({mode})"))
-  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth, backend)
   return _write("r2", output_json, results, setup, started, load)
 
 
@@ -99,15 +102,16 @@ def repro_r3_gates(*, data: FrozenData, head: HeadConfig, train: TrainConfig,
                    seeds: Sequence[int], doc_ratios: Sequence[float], query_ratio: float,
                    num_neighbors: int, output_json: str, figure: str,
                    gates: Sequence[str] = ("lp", "relu", "hard_topk"), mode: str = "rerank",
-                   depth: int = 100) -> dict[str, Any]:
+                   depth: int = 100, backend: str = "exact") -> dict[str, Any]:
   """R3: the same pruning evaluation for each salience gate -> JSON + one curve per gate."""
   started, load = time.time(), os.getloadavg()
   results = experiments.run_pruning(data, head=head, config=train, gates=gates, seeds=seeds,
                                     doc_ratios=doc_ratios, query_ratios=(query_ratio,),
-                                    num_neighbors=num_neighbors, mode=mode, depth=depth)
+                                    num_neighbors=num_neighbors, mode=mode, depth=depth,
+                                    backend=backend)
   r2_r5_figures.plot_gates(results, figure, query_ratio=query_ratio, title=(
       f"{data.name} {data.test_split}: salience gates, β^q = {100 * query_ratio:g}%"))
-  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth)
+  setup = _pruning_setup(data, head, train, seeds, gates, mode, num_neighbors, depth, backend)
   return _write("r3", output_json, results, setup, started, load)
 
 
@@ -116,17 +120,19 @@ def repro_r4_rerank(*, data: FrozenData, models: Mapping[str, HeadConfig],
                     temperatures: Mapping[str, float], train: TrainConfig,
                     seeds: Sequence[int], output_json: str, figure: str, depth: int = 100,
                     transfer: Sequence[FrozenData] = (),
-                    sweep: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+                    sweep: Mapping[str, Sequence[Any]] | None = None,
+                    encoder: str = "frozen MiniLM") -> dict[str, Any]:
   """R4: heads trained alike (the same `sweep` of settings, each chosen on dev) re-rank BM25's
-  top `depth` -> JSON + bar chart."""
+  top `depth` -> JSON + bar chart; `encoder` says whose cached vectors they read."""
   started, load = time.time(), os.getloadavg()
   sweep = {k: list(v) for k, v in (sweep or {}).items()}
   results = experiments.run_rerank(data, models=models, temperatures=temperatures,
                                    config=train, seeds=seeds, depth=depth, transfer=transfer,
                                    sweep=sweep)
   r2_r5_figures.plot_rerank(results, figure, dataset=data.name, title=(
-      f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, frozen MiniLM"))
-  setup = {"data": _data_setup(data), "train": train, "seeds": list(seeds), "depth": depth,
+      f"{data.name} {data.test_split}: re-ranking BM25 top {depth}, {encoder}"))
+  setup = {"data": _data_setup(data), "encoder": encoder, "train": train, "seeds": list(seeds),
+           "depth": depth,
            "sweep": sweep, "selection": "dev nDCG@10 (held-out training queries), first seed",
            "objective": "softmax CE over each query's positive + BM25 negatives",
            "transfer": [_data_setup(t) for t in transfer]}
@@ -139,10 +145,11 @@ def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig
                      objectives: Mapping[str, Any], seeds: Sequence[int], output_json: str,
                      figure: str, num_candidates: int = 20, depth: int = 100,
                      sweep: Mapping[str, Sequence[Any]] | None = None,
-                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None
-                     ) -> dict[str, Any]:
+                     teacher_sweep: Mapping[str, Sequence[Any]] | None = None,
+                     protocol: str = "shared", pool_depth: int = 100) -> dict[str, Any]:
   """R5: dual-encoder students per distillation loss (settings over `sweep` chosen on dev;
-  the teacher's over `teacher_sweep`, R4's) -> JSON + bar chart."""
+  the teacher's over `teacher_sweep`, R4's) -> JSON + bar chart. `protocol`: the candidates
+  each loss trains on (`distill_protocols`)."""
   started, load = time.time(), os.getloadavg()
   objectives = {k: (v[0], dict(v[1]) if len(v) > 1 else {}) for k, v in objectives.items()}
   sweep = {k: list(v) for k, v in (sweep or {}).items()}
@@ -150,12 +157,15 @@ def repro_r5_distill(*, data: FrozenData, teacher_name: str, teacher: HeadConfig
   results = experiments.run_distillation(
       data, teacher_name=teacher_name, teacher=teacher, teacher_config=teacher_train,
       student=student, config=train, objectives=objectives, seeds=seeds,
-      num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep)
+      num_candidates=num_candidates, depth=depth, sweep=sweep, teacher_sweep=teacher_sweep,
+      protocol=protocol, pool_depth=pool_depth)
   r2_r5_figures.plot_distillation(results, figure, dataset=data.name, title=(
-      f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth}"))
+      f"{data.name} {data.test_split}: DE students re-ranking BM25 top {depth} "
+      f"({protocol} candidates)"))
   setup = {"data": _data_setup(data), "teacher_train": teacher_train, "student": student,
            "train": train, "seeds": list(seeds), "num_candidates": num_candidates,
-           "depth": depth, "objectives": objectives, "sweep": sweep,
+           "depth": depth, "objectives": objectives, "sweep": sweep, "protocol": protocol,
+           "pool_depth": pool_depth if protocol == "paper" else None,
            "teacher_sweep": teacher_sweep,
            "selection": "dev nDCG@10 (held-out training queries), first seed"}
   return _write("r5", output_json, results, _plain(setup), started, load)
