@@ -179,6 +179,8 @@ def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
     raise IndexFileError(path, f"array is {found}{list(found_shape)} but the manifest "
                          f"implies {want}{list(shown)} (mismatched shard)")
   try:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    # An empty array cannot be mapped (there is nothing to map): it is read instead.
+    mapped = mmap and 0 not in found_shape
+    return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
   except (ValueError, OSError) as e:
     raise IndexFileError(path, f"not a readable .npy array ({e})") from None

@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aligner_jax.index import files
-from aligner_jax.index import pq
 from aligner_jax.index.token_index import SHARD_KIND
 from aligner_jax.index.token_index import VERSION
 from aligner_jax.index.token_index import IndexConfig
@@ -37,12 +36,9 @@ from aligner_jax.index.token_index import save_shard
 from aligner_jax.index.token_index import shard_dir_name
 from aligner_jax.index.token_index import slice_documents
 from aligner_jax.index.token_store import TokenStore
-from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store import content_sha256
-from aligner_jax.index.token_store import pq_subspaces
 from aligner_jax.index.token_store_io import KIND as STORE_KIND
-from aligner_jax.index.token_store_io import VERSION as STORE_VERSION
-from aligner_jax.index.token_store_io import unit_norm_flag
+from aligner_jax.index.token_store_io import load_token_store
 
 Log = Callable[[str], None]
 
@@ -81,20 +77,6 @@ def _store_manifest(directory: pathlib.Path) -> dict[str, Any]:
   return manifest
 
 
-def _map(directory: pathlib.Path, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-  """`name` memory-mapped read-only, its dtype and shape checked against the manifest's."""
-  path = directory / name
-  try:
-    # An empty array cannot be mapped (nothing to map); it is read instead.
-    array = np.load(path, mmap_mode=None if 0 in shape else "r", allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise files.IndexFileError(path, f"not a readable .npy array ({e})") from None
-  if array.dtype != np.dtype(dtype) or array.shape != shape:
-    raise files.IndexFileError(path, f"array is {array.dtype}{list(array.shape)} but the "
-                               f"manifest implies {np.dtype(dtype)}{list(shape)}")
-  return array
-
-
 def document_lengths(directory: str | pathlib.Path) -> np.ndarray:
   """[N] stored tokens per document of an encoded shard, from its manifest and offsets."""
   directory = pathlib.Path(directory)
@@ -103,7 +85,7 @@ def document_lengths(directory: str | pathlib.Path) -> np.ndarray:
     n, t = int(counts["documents"]), int(counts["tokens"])
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(directory / files.MANIFEST, f"malformed counts ({e})") from None
-  offsets = np.asarray(_map(directory, "offsets.npy", np.int64, (n + 1,)))
+  offsets = np.asarray(files.load_array(directory, "offsets.npy", dtype=np.int64, shape=(n + 1,)))
   if n and (offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0)):
     raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
                                f"manifest's {t} tokens")
@@ -126,34 +108,7 @@ def plan_tasks(sources: Sequence[str | pathlib.Path], config: IndexConfig) -> li
 
 def open_store(directory: str | pathlib.Path) -> TokenStore:
   """An encoded shard whose checksums verify, with its arrays memory-mapped read-only."""
-  directory = pathlib.Path(directory)
-  manifest = files.verify_dir(directory, kind=STORE_KIND, version=STORE_VERSION)
-  try:
-    counts, config = manifest["counts"], manifest["config"]
-    n, t, h = int(counts["documents"]), int(counts["tokens"]), int(counts["dim"])
-    fmt = check_vector_format(config["vector_dtype"])
-    fields = set(config["fields"])
-    unit_norm = unit_norm_flag(config, fmt)
-    pooled_dim = int(counts["pooled_dim"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise files.IndexFileError(directory / files.MANIFEST,
-                               f"manifest config/counts are malformed ({e})") from None
-  ids = files.read_json(directory / "doc_ids.json")
-  if not isinstance(ids, list) or len(ids) != n:
-    raise files.IndexFileError(directory / "doc_ids.json", f"expected a list of {n} ids as "
-                               "the manifest says")
-  m = pq_subspaces(fmt)
-  vectors = _map(directory, "vectors.npy", np.uint8 if m else fmt, (t, m or h))
-  arrays = {"offsets": _map(directory, "offsets.npy", np.int64, (n + 1,))}
-  shapes = {"scales": (np.float32, (t,)), "salience": (np.float32, (t,)),
-            "token_ids": (np.int32, (t,)), "pooled": (np.float32, (n, pooled_dim)),
-            "codebook": (np.float32, (m, pq.NUM_CENTROIDS, h // m) if m else ())}
-  for name, (dtype, shape) in shapes.items():
-    arrays[name] = _map(directory, f"{name}.npy", dtype, shape) if name in fields else None
-  try:
-    return TokenStore(ids, vectors=vectors, unit_norm=unit_norm, **arrays)
-  except ValueError as e:
-    raise files.IndexFileError(directory, str(e)) from None
+  return load_token_store(directory)
 
 
 def current_manifest(directory: pathlib.Path, config: IndexConfig, source_sha256: str,

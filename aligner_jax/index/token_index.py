@@ -232,14 +232,19 @@ def document_groups(lengths: np.ndarray, max_tokens: int | None,
   most `max_tokens` searched tokens each (a longer document is a group of its own)."""
   if max_tokens is None:
     return [(0, len(lengths))]
-  kept = pruning.prune_budget(lengths, ratio)
+  return consecutive_groups(pruning.prune_budget(lengths, ratio), max_tokens)
+
+
+def consecutive_groups(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+  """[start, stop) of consecutive items whose `sizes` [N] sum to at most `limit` per group (an
+  item larger than `limit` is a group of its own); one group [0, 0) when N = 0."""
   groups, start, acc = [], 0, 0
-  for i, n in enumerate(kept):
-    if acc and acc + n > max_tokens:
+  for i, n in enumerate(sizes):
+    if acc and acc + n > limit:
       groups.append((start, i))
       start, acc = i, 0
     acc += int(n)
-  groups.append((start, len(lengths)))
+  groups.append((start, len(sizes)))
   return groups
 
 

@@ -78,7 +78,8 @@ def save_token_store(store: TokenStore, directory: str | pathlib.Path,
 
 
 def load_token_store(directory: str | pathlib.Path) -> TokenStore:
-  """Loads a store after verifying its checksums; mismatches raise `IndexFileError`."""
+  """Loads a store after verifying its checksums, its arrays memory-mapped read-only;
+  mismatches raise `IndexFileError`."""
   directory = pathlib.Path(directory)
   manifest = files.verify_dir(directory, kind=KIND, version=VERSION)
   try:

@@ -49,7 +49,7 @@ def resolve_model_dir(path: PathLike) -> pathlib.Path:
     return root
   modules_file = root / "modules.json"
   if modules_file.is_file():
-    for module in _read_json(modules_file):
+    for module in read_json(modules_file):
       if str(module.get("type", "")).endswith("Transformer"):
         candidate = root / module.get("path", "")
         if (candidate / "config.json").is_file():
@@ -59,7 +59,8 @@ def resolve_model_dir(path: PathLike) -> pathlib.Path:
   raise CheckpointError(f"{root}: no config.json (expected a Hugging Face model directory)")
 
 
-def _read_json(path: pathlib.Path) -> Any:
+def read_json(path: pathlib.Path) -> Any:
+  """A JSON file of a checkpoint directory; invalid JSON names the file and line."""
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
@@ -81,7 +82,7 @@ class SafetensorsReader:
         self._file_of = {name: single for name in f.keys()}
       self.description = str(single)
     elif index.is_file():
-      weight_map = _read_json(index).get("weight_map")
+      weight_map = read_json(index).get("weight_map")
       if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index}: no 'weight_map' object")
       self._file_of = {name: model_dir / file for name, file in weight_map.items()}
@@ -113,7 +114,7 @@ class SafetensorsReader:
 
 
 def read_hf_config(model_dir: PathLike) -> dict[str, Any]:
-  return _read_json(pathlib.Path(model_dir) / "config.json")
+  return read_json(pathlib.Path(model_dir) / "config.json")
 
 
 def _require(hf: dict[str, Any], key: str, source: str) -> Any:
@@ -381,11 +382,11 @@ def sentence_transformers_pooling(path: PathLike) -> SentencePooling | None:
   if not modules_file.is_file():
     return None
   mode, normalize = None, False
-  for module in _read_json(modules_file):
+  for module in read_json(modules_file):
     kind = str(module.get("type", ""))
     if kind.endswith("Pooling"):
       pooling_file = root / module.get("path", "") / "config.json"
-      cfg = _read_json(pooling_file)
+      cfg = read_json(pooling_file)
       if cfg.get("pooling_mode_mean_tokens"):
         mode = "mean"
       elif cfg.get("pooling_mode_cls_token"):

@@ -28,7 +28,6 @@ error: PyLate would add it with a freshly drawn embedding that the directory doe
 """
 
 import dataclasses
-import json
 import pathlib
 import string
 from typing import Any
@@ -109,19 +108,11 @@ class ColbertModel:
   alignment: str = MAXSIM_ALIGNMENT
 
 
-def read_json(path: pathlib.Path) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
-
-
 def _modules(root: pathlib.Path) -> list[dict[str, Any]]:
   path = root / MODULES_FILE
   if not path.is_file():
     raise CheckpointError(f"{root}: no {MODULES_FILE} (not a sentence-transformers directory)")
-  modules = read_json(path)
+  modules = hf_import.read_json(path)
   if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
     raise CheckpointError(f"{path}: expected a list of module objects")
   return modules
@@ -133,7 +124,7 @@ def is_colbert_dir(path: Any) -> bool:
   root = pathlib.Path(path)
   if not (root / MODULES_FILE).is_file() or not (root / MODEL_CONFIG_FILE).is_file():
     return False
-  config = read_json(root / MODEL_CONFIG_FILE)
+  config = hf_import.read_json(root / MODEL_CONFIG_FILE)
   has_dense = any(str(m.get("type", "")).endswith("Dense") for m in _modules(root))
   return has_dense and (config.get("similarity_fn_name") == MAXSIM or "query_prefix" in config)
 
@@ -141,7 +132,7 @@ def is_colbert_dir(path: Any) -> bool:
 def read_settings(root: pathlib.Path) -> ColbertSettings:
   """The late-interaction settings of `root`, with the checks PyLate's loader implies."""
   path = root / MODEL_CONFIG_FILE
-  config = read_json(path) if path.is_file() else {}
+  config = hf_import.read_json(path) if path.is_file() else {}
   values = {k: config.get(k, default) for k, default in DEFAULT_SETTINGS.items()}
   values = {k: DEFAULT_SETTINGS[k] if v is None else v for k, v in values.items()}
   if values["similarity_fn_name"] != MAXSIM:
@@ -155,7 +146,7 @@ def read_settings(root: pathlib.Path) -> ColbertSettings:
     if not isinstance(values[key], int) or values[key] < 2:
       raise CheckpointError(f"{path}: {key} must be an integer >= 2, got {values[key]!r}")
   sbert = root / SBERT_CONFIG_FILE
-  if sbert.is_file() and read_json(sbert).get("do_lower_case"):
+  if sbert.is_file() and hf_import.read_json(sbert).get("do_lower_case"):
     raise CheckpointError(f"{sbert}: do_lower_case true (sentence-transformers lower-cases "
                           "texts before the tokenizer) is not supported")
   values["skiplist_words"] = tuple(values["skiplist_words"])
@@ -165,7 +156,7 @@ def read_settings(root: pathlib.Path) -> ColbertSettings:
 def _dense_layer(root: pathlib.Path, module: dict[str, Any]) -> DenseLayer:
   path = root / module.get("path", "")
   config_path = path / "config.json"
-  config = read_json(config_path)
+  config = hf_import.read_json(config_path)
   activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
   if activation not in ACTIVATION_CLASSES:
     raise CheckpointError(f"{config_path}: activation_function {activation!r} is not one of "
@@ -211,7 +202,7 @@ def _special_token(model_dir: pathlib.Path, name: str) -> str | None:
   """A special token's text from tokenizer_config.json or special_tokens_map.json."""
   for file in ("tokenizer_config.json", "special_tokens_map.json"):
     path = model_dir / file
-    value = read_json(path).get(name) if path.is_file() else None
+    value = hf_import.read_json(path).get(name) if path.is_file() else None
     if isinstance(value, dict):
       value = value.get("content")
     if value:

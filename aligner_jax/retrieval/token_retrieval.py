@@ -29,6 +29,7 @@ import numpy as np
 
 from aligner_jax.index import pruning
 from aligner_jax.index.token_index import TokenIndex
+from aligner_jax.index.token_index import consecutive_groups
 from aligner_jax.retrieval import first_stage
 from aligner_jax.scoring import Alignment
 from aligner_jax.scoring import align_scores
@@ -123,14 +124,7 @@ def search_mask(queries: QueryBatch, prune_query_ratio: float) -> np.ndarray:
 def _query_groups(tokens_per_query: np.ndarray, chunk: int) -> list[tuple[int, int]]:
   """Consecutive query ranges [lo, hi) with at most `chunk` searched tokens each (a longer
   query is a group alone): each group's tokens are searched in one call."""
-  groups, start, acc = [], 0, 0
-  for b, n in enumerate(tokens_per_query):
-    if acc and acc + n > chunk:
-      groups.append((start, b))
-      start, acc = b, 0
-    acc += int(n)
-  groups.append((start, len(tokens_per_query)))
-  return groups
+  return consecutive_groups(tokens_per_query, chunk)
 
 
 def _group_candidates(owner: np.ndarray, docs: np.ndarray, scores: np.ndarray,
