@@ -185,8 +185,8 @@ def test_quick_results_are_kept_apart_from_full_ones(result, tmp_path):
   assert "](results/quick/selfcheck.png)" in text
 
 
-def test_readme_block_leaves_out_records_without_a_schema(result, tmp_path):
-  del res
+def test_readme_block_leaves_out_records_without_a_schema(result):
+  _, out_dir = result
   sweep, bad = out_dir / "a_sweep.json", out_dir / "b_bad.json"
   try:
     sweep.write_text(json.dumps({"rows": [{"x": 1}]}))
