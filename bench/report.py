@@ -6,6 +6,7 @@ the part of `bench/README.md` between GENERATED_BEGIN and GENERATED_END from eve
 the prose around it is left alone.
 """
 
+import json
 import pathlib
 from typing import Any
 
@@ -265,9 +266,20 @@ def result_markdown(result: dict[str, Any], png_link: str | None) -> list[str]:
   return out
 
 
+def _has_schema(path: pathlib.Path) -> bool:
+  """Whether a results file claims a harness schema (then `load_result` checks it whole)."""
+  try:
+    obj = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return True  # let load_result name the file and line
+  return not isinstance(obj, dict) or "schema" in obj
+
+
 def _result_sections(results_dir: pathlib.Path, link_prefix: str) -> list[str]:
   lines = []
   for path in sorted(pathlib.Path(results_dir).glob("*.json")):
+    if not _has_schema(path):
+      continue  # a benchmark's own record (e.g. a tuning sweep), quoted in prose instead
     result = harness.load_result(path)
     png = path.with_suffix(".png")
     lines += result_markdown(result, link_prefix + png.name if png.exists() else None) + [""]

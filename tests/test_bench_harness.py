@@ -183,3 +183,19 @@ def test_quick_results_are_kept_apart_from_full_ones(result, tmp_path):
   full_at, quick_at = text.index("`selfcheck` (full)"), text.index("`selfcheck` (quick)")
   assert full_at < text.index("## Quick runs") < quick_at
   assert "](results/quick/selfcheck.png)" in text
+
+
+def test_readme_block_leaves_out_records_without_a_schema(result):
+  _, out_dir = result
+  sweep, bad = out_dir / "a_sweep.json", out_dir / "b_bad.json"
+  try:
+    sweep.write_text(json.dumps({"rows": [{"x": 1}]}))
+    block = report.generated_section(out_dir)
+    assert "| square |" in block and "a_sweep" not in block
+    # A file that claims a schema is still checked whole.
+    bad.write_text(json.dumps({"schema": "aligner_jax.bench/1"}))
+    with pytest.raises(harness.ResultSchemaError, match="b_bad.json"):
+      report.generated_section(out_dir)
+  finally:
+    sweep.unlink(missing_ok=True)
+    bad.unlink(missing_ok=True)
