@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--alignment", default=e2e.ALIGNMENT)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--out", default=str(harness.RESULTS_DIR / "first_stage_sweep.json"))
+  parser.add_argument("--append", action="store_true",
+                      help="add the rows to those already in --out (same alignment)")
   args = parser.parse_args(argv)
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
   from aligner_jax.eval import ir_metrics  # pylint: disable=g-import-not-at-top
@@ -113,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
                     work / f"exact.{args.alignment.replace(':', '-')}.run.json")
   exact_ndcg = ir_metrics.evaluate(qrels, exact)[0]["ndcg@10"]
   rows = []
+  if args.append and pathlib.Path(args.out).exists():
+    before = json.loads(pathlib.Path(args.out).read_text())
+    if before.get("alignment") != args.alignment:
+      parser.error(f"{args.out} holds rows of {before.get('alignment')}, not {args.alignment}")
+    rows = before["rows"]
   grid = itertools.product(*(map(int, v.split(",")) for v in (args.neighbors, args.leaves,
                                                                 args.refine)))
   for neighbors, leaves, refine_r in grid:
