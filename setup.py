@@ -23,7 +23,8 @@ INSTALL_REQUIRES = [
     "tensorflow-text==2.20.1",
     "tensorflow-datasets==4.9.10",
     "scann==1.4.2",
-    "sentencepiece==0.2.3",
+    # 0.2.3 ships protobuf 7 generated code; 0.2.2 runs beside protobuf 6 (Apache Beam).
+    "sentencepiece==0.2.2",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     # pytrec-eval 0.5 does not build offline; the terrier fork ships wheels.
@@ -44,6 +45,14 @@ EXTRAS_REQUIRE = {
         "transformers==5.23.0",
         "sentence-transformers==6.2.0",  # the MiniLM dense reference
         "ruff==0.17.5",  # lint and line length (ruff.toml), run by `make test`
+    ],
+    # Index builds fanned out as per-shard tasks on Apache Beam (`INDEX_RUNNER = 'beam'`);
+    # `make install` installs it. Beam 2.77 resolves beside TensorFlow 2.20 and ScaNN only with
+    # protobuf < 7 and pillow < 13.
+    "beam": [
+        "apache-beam==2.77.0",
+        "protobuf==6.33.6",
+        "pillow==12.3.0",
     ],
     "bench": [
         "faiss-cpu==1.15.1",  # the token-MIPS peer, benchmarks only

@@ -9,6 +9,7 @@ over the final name; the parent directory is fsynced so the rename itself is dur
 A directory is put in place by swapping it with the old one in a single rename
 (`renameat2(RENAME_EXCHANGE)` on Linux), so its final name never stops existing; where that
 call is missing, the old directory is renamed aside first and there is a moment without one.
+`publish_dir` swaps in a directory the caller filled itself (a resumable job's staging area).
 
 A writer killed mid-way leaves its hidden temporary sibling behind; the final name is never
 affected. `remove_leftovers(path)` clears such siblings where the caller knows that no other
@@ -204,17 +205,39 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[pathlib.Path]:
   tmp = _temp_dir(final)
   try:
     yield tmp
-    _fsync_tree(tmp)
-    os.chmod(tmp, DIR_MODE)  # mkdtemp creates 0700
-    old = _move_in(tmp, final)
+    old = _swap_in(tmp, final)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  _remove_old(final, old)
+
+
+def _swap_in(directory: pathlib.Path, final: pathlib.Path) -> pathlib.Path | None:
+  """Flushes `directory` and puts it at `final`; returns where the previous `final` now is."""
+  _fsync_tree(directory)
+  os.chmod(directory, DIR_MODE)  # mkdtemp creates 0700
+  return _move_in(directory, final)
+
+
+def _remove_old(final: pathlib.Path, old: pathlib.Path | None) -> None:
   _fsync_path(final.parent)
   if old is not None and old.is_dir() and not old.is_symlink():
     shutil.rmtree(old, ignore_errors=True)
   elif old is not None:  # `final` was a file or a link
     old.unlink(missing_ok=True)
+
+
+def publish_dir(directory: str | os.PathLike, final: str | os.PathLike) -> None:
+  """Puts the finished directory `directory` (a sibling of `final`, e.g. a staging area that
+  a resumable job filled over several runs) at `final` as `atomic_dir` does: flushed, swapped
+  in whole, the previous `final` deleted afterwards. A `kill -9` before the swap leaves the
+  previous `final` as it was; one after it leaves the previous version under `directory`'s
+  name, never a mixture."""
+  directory, final = pathlib.Path(directory), pathlib.Path(final)
+  if not is_local(final) or directory.parent.resolve() != final.parent.resolve():
+    raise ValueError(f"{directory}: can only be published as a sibling on a local disk, not "
+                     f"at {final}")
+  _remove_old(final, _swap_in(directory, final))
 
 
 def remove_leftovers(path: str | os.PathLike) -> list[pathlib.Path]:

@@ -8,39 +8,49 @@ cache, so encoding is excluded (it is measured by bench_encoder.py and reported 
   aligner_jax_rerank   BM25 top-100 → MaxSim (top_k:1) re-ranking with `retrieval.rerank` +
                        `token_scorer` (`align_scores_candidates`, JAX)
   pylate_rerank        the same candidates re-ranked by PyLate's `rank.rerank` (torch)
-  aligner_jax_index    the project's token index: ScaNN over every token, K′ neighbours per
-                       query token, refinement with top_k:1 over the union of their documents
-  pylate_plaid         PyLate's own pipeline: its PLAID index (fast-plaid) built from the same
-                       vectors, `retrieve.ColBERT` top-100
+  aligner_jax_index    the project's token index as it was: ScaNN over every token (the
+                       index's own leaves to search), K′ = 256 neighbours per query token,
+                       refinement with top_k:1 over the union of their documents
+  aligner_jax_index_xtr  the same index with the fast first stage: `--num-neighbors` K′,
+                       `--leaves-to-search`, candidates ranked by their XTR score from the
+                       search results and only the best `--num-refine` R refined (top_k:1)
+  aligner_jax_exact    exact search with the same alignment: every document refined (top_k:1)
+  plaid                PLAID: a fast-plaid index built from the same vectors with PyLate's
+                       PLAID settings, top-100 (PyLate's `indexes.PLAID` builds it in one
+                       batch, which the shared machine's memory did not hold)
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
-`--timed-queries` queries give ms/query (median, interquartile range). The token index refines
-blocks of 32 queries against the union of their candidates, which on SciFact (5,183 documents)
-is nearly the whole corpus: a pass over all 300 queries is ~10 TFLOP at h = 384, so on the
-shared machine it is evaluated on the first queries only (`--max-queries 32`). Runs are written
-to `--work-dir`; results to bench/results/end_to_end.json (table schema, with the machine and
-load averages).
+`--timed-queries` queries (all of them by default) give ms/query (median, interquartile range);
+exact search is timed on its first `--exact-timed-queries` (32) only: a pass over all 300
+queries scores 1.5M (query, document) pairs. Runs are written to `--work-dir`; results to
+bench/results/end_to_end.json (table schema, one row per pipeline with `num_queries`, with the
+machine and load averages).
 
-PyLate is not a dependency of the project: it is installed apart with `--no-deps` into
-`--pylate-path` (see bench/README.md) and put on the PyLate workers' `sys.path` only; when it
-cannot run, the row records exactly why.
+PyLate and PLAID are not dependencies of the project: they run in a bench-only virtualenv of
+their own (`--peer-python`, default $ALIGNER_BENCH_PEER_PYTHON or /work/plaid-venv/bin/python:
+torch 2.11.0, fast-plaid 1.7.0.2110, pylate 1.6.0; `make bench-peer-env` creates it, see
+bench/README.md), each worker in a fresh process with 2 torch threads; when it cannot run, the
+row records exactly why.
 
   python -m bench.bench_end_to_end [--quick] [--encoded-dir /work/cache/minilm/scifact]
-      [--pipelines bm25,aligner_jax_rerank,...] [--max-queries 32] [--timed-queries 8]
-      [--num-neighbors 256] [--runs 5]
+      [--pipelines bm25,aligner_jax_rerank,...] [--max-queries 0] [--timed-queries 300]
+      [--num-neighbors 128] [--leaves-to-search 40] [--num-refine 64] [--runs 5]
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
 from typing import Any
+import warnings
 
 import numpy as np
 
@@ -49,19 +59,35 @@ from aligner_jax.io import write_json
 from bench import harness
 
 PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
-             "pylate_plaid")
+             "aligner_jax_index_xtr", "aligner_jax_exact", "plaid")
 FRAMEWORK = {"bm25": "numpy", "aligner_jax_rerank": "jax", "pylate_rerank": "torch",
-             "aligner_jax_index": "jax", "pylate_plaid": "torch"}
+             "aligner_jax_index": "jax", "aligner_jax_index_xtr": "jax",
+             "aligner_jax_exact": "jax", "plaid": "torch"}
+PEER_PIPELINES = ("pylate_rerank", "plaid")  # run by the peer virtualenv's python
 DEPTH = 100  # BM25 candidates re-ranked, and documents PyLate's PLAID returns
 TOP_N = 1000  # documents the token index returns (R@1000 in the project README)
 LENGTH = 256  # tokens per document and query in the encode cache
 DEFAULT_ENCODED = "/work/cache/minilm/scifact"
 DEFAULT_WORK = "/work/cache/bench_end_to_end"
-DEFAULT_PYLATE = "/work/cache/pylate_site"
+DEFAULT_PEER_PYTHON = os.environ.get("ALIGNER_BENCH_PEER_PYTHON", "/work/plaid-venv/bin/python")
 ALIGNMENT = "top_k:1"
+# The fast first stage's settings, measured on SciFact (bench/sweep_first_stage.py).
+FAST_NEIGHBORS = 64
+FAST_LEAVES = 20
+FAST_REFINE = 64
+OLD_NEIGHBORS = 256  # K′ of the token index path before the fast first stage
+PEER_THREADS = 2  # torch threads of the peers: the machine's two cores, as XLA uses them
+# PyLate 1.6's `indexes.PLAID` defaults, passed to fast-plaid itself.
+PLAID_BUILD = {"nbits": 4, "kmeans_niters": 4, "max_points_per_centroid": 256, "seed": 42}
+PLAID_SEARCH = {"n_ivf_probe": 8, "n_full_scores": 8192}
+PLAID_BUILD_BATCH = 1000
+# Documents whose tokens train PLAID's 16,384 centroids. fast-plaid's default on SciFact is all
+# 5,183 (1.24M tokens): that k-means ran for over 20 minutes on the shared machine and was
+# OOM-killed at 2.7 GB; 1,024 documents (≈ 245k tokens, 15 per centroid) build in minutes.
+PLAID_KMEANS_DOCS = 1024
 COLUMNS = ("pipeline", "framework", "stages", "status", "ms_per_query", "ms_iqr",
            "first_stage_ms", "total_ms_per_query", "ndcg@10", "mrr@10", "recall@100",
-           "build_s", "timed_queries", "runs", "note")
+           "num_queries", "build_s", "timed_queries", "runs", "note")
 
 
 # ------------------------------------------------------------------------------------------
@@ -157,7 +183,10 @@ def _aligner_jax_rerank(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pylate_import(spec: dict[str, Any]):
-  sys.path.insert(0, spec["pylate_path"])
+  """PyLate from the peer virtualenv, torch limited to the threads every pipeline gets."""
+  del spec  # the worker runs under the peer virtualenv's python (PEER_PIPELINES)
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(PEER_THREADS)
   import pylate  # pylint: disable=g-import-not-at-top
   return pylate
 
@@ -169,10 +198,16 @@ def _read_corpus_and_queries(spec: dict[str, Any]) -> tuple[tuple, tuple]:
           read_store(encoded / "queries-test"))
 
 
-def _torch_vectors(vectors: np.ndarray, offsets: np.ndarray, rows) -> list:
+def _torch_vectors(vectors: np.ndarray, offsets: np.ndarray, rows,
+                   dtype=np.float32) -> list:
+  """One tensor per row: copies in `dtype`, or, with dtype None, views of the (memory-mapped,
+  read-only) stored vectors that the consumer only reads (no copy, no anonymous memory)."""
   import torch  # pylint: disable=g-import-not-at-top
-  return [torch.from_numpy(np.array(vectors[offsets[r]:offsets[r + 1]], np.float32))
-          for r in rows]
+  if dtype is None:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+      return [torch.from_numpy(vectors[offsets[r]:offsets[r + 1]]) for r in rows]
+  return [torch.from_numpy(np.array(vectors[offsets[r]:offsets[r + 1]], dtype)) for r in rows]
 
 
 def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
@@ -200,14 +235,12 @@ def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
                   "einsum); float16 vectors converted to float32 tensors in the timed pass"}
 
 
-def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
+def _load_index_and_queries(spec: dict[str, Any]):
+  """The ScaNN token index over the encode cache (built once, then loaded) and the queries."""
   from aligner_jax.eval import inputs  # pylint: disable=g-import-not-at-top
   from aligner_jax.index import IndexConfig  # pylint: disable=g-import-not-at-top
   from aligner_jax.index import index_exists  # pylint: disable=g-import-not-at-top
   from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
-  from aligner_jax.retrieval import candidate_documents  # noqa
-  from aligner_jax.retrieval import refine  # noqa
-  from aligner_jax.retrieval import to_run  # noqa
   encoded = pathlib.Path(spec["encoded_dir"])
   index_dir = pathlib.Path(spec["work_dir"]) / "scann_index"
   build_file = pathlib.Path(spec["work_dir"]) / "scann_index.build.json"
@@ -221,53 +254,107 @@ def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
   build_s = json.loads(build_file.read_text())["build_s"] if build_file.exists() else None
   queries = inputs.load_encoded_queries(encoded / "queries-test", spec["queries"],
                                       query_length=LENGTH)
-  neighbours = spec["num_neighbors"]
+  return index, queries, build_s
+
+
+def _index_worker(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+  """The token index path with `settings` (num_neighbors, leaves_to_search, num_refine)."""
+  from aligner_jax.retrieval import candidate_documents  # noqa
+  from aligner_jax.retrieval import refine  # noqa
+  from aligner_jax.retrieval import to_run  # noqa
+  index, queries, build_s = _load_index_and_queries(spec)
+  search_options = ({} if settings["leaves_to_search"] is None
+                    else {"leaves_to_search": settings["leaves_to_search"]})
 
   def search(batch):
-    cands = candidate_documents(index, batch, num_neighbors=neighbours)
+    cands = candidate_documents(index, batch, num_neighbors=settings["num_neighbors"],
+                                num_refine=settings["num_refine"], **search_options)
     return cands, refine(index, batch, cands, ALIGNMENT, top_n=TOP_N)
 
   cands, results = search(queries)
   run = to_run(queries.ids, index.doc_ids, results)
   timed = queries.select(slice(0, spec["timed_queries"]))
   search(timed)  # the timed block's shapes, compiled before timing
+  leaves = settings["leaves_to_search"] or index.shards[0].searcher.settings()["leaves_to_search"]
+  refined = (f"the best R = {settings['num_refine']} by XTR score refined"
+             if settings["num_refine"] else "every candidate refined")
   return {"run": run, "build_s": build_s, "times_s": timed_passes(
       lambda: search(timed), spec["runs"]),
-          "note": f"ScaNN default config, K′ = {neighbours} per query token, mean "
-                  f"{cands.sizes().mean():.0f} candidate documents per query, refinement in "
-                  "blocks of queries (all-pairs align_scores); build_s from the first build"}
+          "note": f"ScaNN, {leaves} of {index.shards[0].searcher.settings()['num_leaves']} "
+                  f"leaves searched, K′ = {settings['num_neighbors']} per query token, mean "
+                  f"{cands.sizes().mean():.0f} candidate documents per query, {refined} "
+                  "(all-pairs align_scores); build_s from the first build"}
 
 
-def _pylate_plaid(spec: dict[str, Any]) -> dict[str, Any]:
-  pylate = _pylate_import(spec)
-  from pylate import indexes  # pylint: disable=g-import-not-at-top
-  from pylate import retrieve  # pylint: disable=g-import-not-at-top
+def _aligner_jax_index(spec: dict[str, Any]) -> dict[str, Any]:
+  return _index_worker(spec, {"num_neighbors": OLD_NEIGHBORS, "leaves_to_search": None,
+                              "num_refine": None})
+
+
+def _aligner_jax_index_xtr(spec: dict[str, Any]) -> dict[str, Any]:
+  return _index_worker(spec, spec["xtr"])
+
+
+def _aligner_jax_exact(spec: dict[str, Any]) -> dict[str, Any]:
+  from aligner_jax.retrieval import all_documents  # noqa
+  from aligner_jax.retrieval import refine  # noqa
+  from aligner_jax.retrieval import to_run  # noqa
+  index, queries, _ = _load_index_and_queries(spec)
+
+  def search(batch):
+    return refine(index, batch, all_documents(index, batch), ALIGNMENT, top_n=TOP_N)
+
+  run = to_run(queries.ids, index.doc_ids, search(queries))
+  timed = queries.select(slice(0, spec["exact_timed_queries"]))
+  search(timed)
+  return {"run": run, "build_s": 0.0, "timed_queries": len(timed),
+          "times_s": timed_passes(lambda: search(timed), spec["runs"]),
+          "note": f"every document refined with {ALIGNMENT} (the exact result of the token "
+                  f"index path); timed on the first {len(timed)} queries"}
+
+
+def _plaid(spec: dict[str, Any]) -> dict[str, Any]:
+  """PLAID through fast-plaid directly, with PyLate's PLAID settings.
+
+  PyLate's `indexes.PLAID` hands the whole corpus to fast-plaid's build in one batch; on the
+  shared 24 GiB machine that build (4.8 GB resident) was killed by the OOM killer, so the
+  index is built here in batches of `PLAID_BUILD_BATCH` documents (same index otherwise).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(PEER_THREADS)
+  from fast_plaid import search as fast_plaid  # pylint: disable=g-import-not-at-top
   (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
   q_row = {q: i for i, q in enumerate(q_ids)}
+  folder = pathlib.Path(spec["work_dir"]) / "fast_plaid"
+  shutil.rmtree(folder, ignore_errors=True)  # fast-plaid's own files; rebuilt every run
   t = time.perf_counter()
-  index = indexes.PLAID(index_folder=str(pathlib.Path(spec["work_dir"]) / "pylate_plaid"),
-                        index_name="scifact", override=True, show_progress=False)
-  index.add_documents(documents_ids=doc_ids, documents_embeddings=_torch_vectors(
-      doc_vec, doc_off, range(len(doc_ids))))
+  index = fast_plaid.FastPlaid(index=str(folder), device="cpu")
+  # The stored float16 vectors, read in place: fast-plaid computes in float16 anyway.
+  index.create(documents_embeddings=_torch_vectors(doc_vec, doc_off, range(len(doc_ids)), None),
+               batch_size=PLAID_BUILD_BATCH, n_samples_kmeans=PLAID_KMEANS_DOCS, **PLAID_BUILD)
   build_s = time.perf_counter() - t
-  retriever = retrieve.ColBERT(index=index)
 
   def search(qids):
-    out = retriever.retrieve(
-        queries_embeddings=_torch_vectors(q_vec, q_off, [q_row[q] for q in qids]), k=DEPTH)
-    return {q: {r["id"]: float(r["score"]) for r in res} for q, res in zip(qids, out)}
+    out = index.search(
+        queries_embeddings=_torch_vectors(q_vec, q_off, [q_row[q] for q in qids]), top_k=DEPTH,
+        show_progress=False, n_processes=PEER_THREADS, **PLAID_SEARCH)
+    return {q: {doc_ids[d]: float(score) for d, score in res} for q, res in zip(qids, out)}
 
   run = search(spec["queries"])
   timed = spec["queries"][:spec["timed_queries"]]
   return {"run": run, "build_s": build_s,
           "times_s": timed_passes(lambda: search(timed), spec["runs"]),
-          "note": f"pylate {pylate.__version__} PLAID (fast-plaid) with its defaults, "
-                  "retrieve.ColBERT k = 100"}
+          "note": f"fast-plaid {importlib.metadata.version('fast-plaid')} (torch "
+                  f"{torch.__version__}, {PEER_THREADS} threads) with PyLate 1.6's PLAID "
+                  f"settings {PLAID_BUILD | PLAID_SEARCH}, top {DEPTH}; built in batches of "
+                  f"{PLAID_BUILD_BATCH} documents, centroids trained on {PLAID_KMEANS_DOCS} "
+                  "sampled documents"}
 
 
 WORKERS = {"bm25": _bm25, "aligner_jax_rerank": _aligner_jax_rerank,
            "pylate_rerank": _pylate_rerank, "aligner_jax_index": _aligner_jax_index,
-           "pylate_plaid": _pylate_plaid}
+           "aligner_jax_index_xtr": _aligner_jax_index_xtr,
+           "aligner_jax_exact": _aligner_jax_exact, "plaid": _plaid}
 
 
 def worker_main(name: str, spec_path: str) -> int:
@@ -291,8 +378,8 @@ def worker_main(name: str, spec_path: str) -> int:
 # The parent.
 
 
-def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
-           ) -> dict[str, Any]:
+def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float,
+           python: str) -> dict[str, Any]:
   spec_path = work / f"{name}.spec.json"
   spec = {**spec, "out": str(work / f"{name}.result.json")}
   atomic_write(spec_path, json.dumps(spec))
@@ -301,7 +388,7 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   start = time.perf_counter()
   with open(log_path, "w") as log:
     try:
-      proc = subprocess.run([sys.executable, "-m", "bench.bench_end_to_end", "--worker", name,
+      proc = subprocess.run([python, "-m", "bench.bench_end_to_end", "--worker", name,
                              str(spec_path)], cwd=harness.REPO_ROOT, env=harness.worker_env(),
                             stdout=log, stderr=log, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -317,27 +404,51 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   return result
 
 
+def _keep_rows(table: harness.TableRun, path: pathlib.Path, rerun: list[str]) -> None:
+  """Copies into `table` the rows of `path` whose pipeline is not in `rerun`, noting their
+  run's start time (a table written by an earlier invocation with other pipelines)."""
+  if not path.exists():
+    return
+  old = harness.load_result(path)
+  columns = old["columns"]
+  for values in old["rows"]:
+    row = dict(zip(columns, values))
+    if row.get("pipeline") in rerun or set(COLUMNS) - set(row):
+      continue
+    row["note"] = f"[measured in the run of {old['started']}] {row['note']}"
+    table.add({c: row[c] for c in COLUMNS})
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] == ["--worker"]:
     sys.exit(worker_main(argv[1], argv[2]))
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="K′ = 1000 for the token index")
+  parser.add_argument("--quick", action="store_true", help="the first 64 queries only")
   parser.add_argument("--encoded-dir", default=DEFAULT_ENCODED)
   parser.add_argument("--beir-dir", default=str(harness.REPO_ROOT.parent / "shared" / "data" /
                                                 "beir" / "scifact"))
   parser.add_argument("--work-dir", default=DEFAULT_WORK, help="runs, built indexes, logs")
-  parser.add_argument("--pylate-path", default=DEFAULT_PYLATE)
+  parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON,
+                      help="python of the bench-only virtualenv with PyLate and fast-plaid")
   parser.add_argument("--pipelines", default=",".join(PIPELINES))
   parser.add_argument("--max-queries", type=int, default=0,
                       help="evaluate only the first N judged queries (0: all)")
-  parser.add_argument("--timed-queries", type=int, default=32)
+  parser.add_argument("--timed-queries", type=int, default=0, help="0: all evaluated")
+  parser.add_argument("--exact-timed-queries", type=int, default=32)
   parser.add_argument("--runs", type=int, default=harness.MIN_RUNS)
-  parser.add_argument("--num-neighbors", type=int, default=None,
-                      help="K′ of the token index (default 4000, 1000 with --quick)")
+  parser.add_argument("--num-neighbors", type=int, default=FAST_NEIGHBORS,
+                      help="K′ of the fast first stage")
+  parser.add_argument("--leaves-to-search", type=int, default=FAST_LEAVES,
+                      help="ScaNN leaves searched per query token by the fast first stage")
+  parser.add_argument("--num-refine", type=int, default=FAST_REFINE,
+                      help="R, candidates refined per query by the fast first stage")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
   harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
+  parser.add_argument("--keep-other-rows", action="store_true",
+                      help="keep the rows of pipelines not run now from the existing results "
+                           "file (each row's note says when it was measured)")
   args = harness.resolve_results_dir(parser.parse_args(argv))
   if args.runs < harness.MIN_RUNS:
     parser.error(f"--runs must be at least {harness.MIN_RUNS}")
@@ -354,13 +465,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   work = pathlib.Path(args.work_dir)
   work.mkdir(parents=True, exist_ok=True)
   queries = judged_queries(pathlib.Path(args.beir_dir))
-  if args.max_queries > 0:
-    queries = queries[:args.max_queries]
-  neighbours = args.num_neighbors or (1000 if args.quick else 4000)
+  max_queries = args.max_queries or (64 if args.quick else 0)
+  if max_queries > 0:
+    queries = queries[:max_queries]
+  timed_queries = min(args.timed_queries or len(queries), len(queries))
+  xtr = {"num_neighbors": args.num_neighbors, "leaves_to_search": args.leaves_to_search,
+         "num_refine": args.num_refine}
   spec = {"encoded_dir": str(encoded), "beir_dir": args.beir_dir, "work_dir": str(work),
-          "pylate_path": args.pylate_path, "queries": queries, "runs": args.runs,
-          "timed_queries": min(args.timed_queries, len(queries)),
-          "num_neighbors": neighbours, "first_stage": str(work / "bm25.result.run.json")}
+          "queries": queries, "runs": args.runs, "timed_queries": timed_queries,
+          "exact_timed_queries": min(args.exact_timed_queries, timed_queries), "xtr": xtr,
+          "first_stage": str(work / "bm25.result.run.json")}
   if any(p.endswith("rerank") for p in names) and "bm25" not in names:
     names.insert(0, "bm25")
   table = harness.TableRun(
@@ -368,8 +482,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       f"BEIR SciFact test (the first {len(queries)} judged queries), all-MiniLM-L6-v2 "
       "token vectors "
       f"(384-d, float16, cached; encoding excluded). ms/query: median of {args.runs} timed "
-      f"passes over the first {spec['timed_queries']} queries after an untimed pass over all "
-      "(which also gives the metrics, pytrec_eval); first_stage_ms is BM25's, total adds it.",
+      f"passes over the first {spec['timed_queries']} queries (exact search: the first "
+      f"{spec['exact_timed_queries']}) after an untimed pass over all (which also gives the "
+      "metrics, pytrec_eval); first_stage_ms is BM25's, total adds it.",
       COLUMNS, mode="quick" if args.quick else "full",
       plot={"x": "ms_per_query", "y": "ndcg@10", "series": "pipeline", "kind": "line",
             "logx": True, "logy": False})
@@ -378,20 +493,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
   stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": "BM25 top-100 → MaxSim",
             "pylate_rerank": "BM25 top-100 → MaxSim",
-            "aligner_jax_index": f"ScaNN tokens (K′ = {neighbours}) → MaxSim refinement",
-            "pylate_plaid": "PLAID → MaxSim"}
+            "aligner_jax_index": f"ScaNN tokens (K′ = {OLD_NEIGHBORS}) → MaxSim refinement of "
+                                 "every candidate",
+            "aligner_jax_index_xtr": f"ScaNN tokens (K′ = {xtr['num_neighbors']}, "
+                                     f"{xtr['leaves_to_search']} leaves) → XTR first-stage "
+                                     f"score → MaxSim refinement of the best "
+                                     f"{xtr['num_refine']}",
+            "aligner_jax_exact": "MaxSim refinement of every document",
+            "plaid": "PLAID (fast-plaid) → MaxSim"}
   first_ms = None
   details = {}
+  if args.keep_other_rows:
+    _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json", names)
   for name in names:
     print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
-    res = _spawn(name, spec, work, args.timeout)
+    python = args.peer_python if name in PEER_PIPELINES else sys.executable
+    res = _spawn(name, spec, work, args.timeout, python)
     row = {c: None for c in COLUMNS}
+    timed = res.get("timed_queries", spec["timed_queries"])
     row.update(pipeline=name, framework=FRAMEWORK[name], stages=stages[name],
-               status=res["status"], timed_queries=spec["timed_queries"], runs=args.runs,
-               note=res.get("note") or res.get("error"), build_s=res.get("build_s"))
+               status=res["status"], timed_queries=timed, runs=args.runs,
+               num_queries=len(queries), note=res.get("note") or res.get("error"),
+               build_s=res.get("build_s"))
     if res["status"] == "ok":
       stats = harness.summarize(res["times_s"])
-      per_q = 1e3 / spec["timed_queries"]
+      per_q = 1e3 / timed
       row["ms_per_query"] = stats["median_s"] * per_q
       row["ms_iqr"] = stats["iqr_s"] * per_q
       run = read_run(work / f"{name}.result.run.json")
@@ -412,8 +538,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "encoding excluded: the vectors come from the encode job's cache (bench_encoder.py "
       "measures the encoder)",
       "each pipeline ran in a fresh process; load averages at the start and end are recorded",
-      "PyLate is installed apart (--no-deps, its own directory) and never mixed with JAX"],
-      extra={"encoded_dir": str(encoded), "token index K′": neighbours})
+      "PyLate and PLAID run in their own bench-only virtualenv (torch 2.11.0, fast-plaid "
+      f"1.7.0.2110, pylate 1.6.0; {args.peer_python}), {PEER_THREADS} torch threads, never "
+      "mixed with JAX"],
+      extra={"encoded_dir": str(encoded), "fast first stage": xtr})
   if not args.no_report:
     from bench import report  # pylint: disable=g-import-not-at-top
     report.write_plot(record, pathlib.Path(args.results_dir) / "end_to_end.png")

@@ -14,9 +14,11 @@ Full mode: all ≈1.24M token vectors of the shared encode-job cache (`--encoded
 bench/README.md), K′ = 1,000 (K′ = 4,000 over the whole
 sweep did not fit the time on this 2-core machine); 300 query token vectors per call.
 Operating points:
-  ScaNN   the project's defaults: √n leaves, 2 dimensions per 4-bit AH code (stored two per
-          byte, so AH codes + the int8 reorder copy take no more bytes than FAISS's 4-bit PQ
-          codes + SQ8 refinement copy), leaves searched and reorder pool swept;
+  ScaNN   the project's defaults: √n leaves, 2 dimensions per 4-bit AH code, leaves searched
+          and reorder pool swept. ScaNN holds the codes two per byte in memory, as FAISS's
+          4-bit PQ codes + SQ8 refinement copy are held; on disk they are one per byte, the
+          layout ScaNN loads (h / 4 bytes per vector more than packed; see
+          aligner_jax/index/backends.py);
   FAISS   "IVF{√n},PQ192x4fs,Refine(SQ8)", nprobe and k_factor (refinement pool) swept.
   HNSW    "HNSW32" over the float32 vectors (no compression, ≈ 1.8 kB per vector; built in
           about 3 minutes), ef_search swept: the graph-search reference point.

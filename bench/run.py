@@ -1,11 +1,11 @@
 """Runs the benchmark suite: `python -m bench.run [--quick] [--only NAME ...]` (what
 `make bench[-quick]` calls).
 
-Each benchmark is its own process (bench_scorers, bench_storage, bench_token_mips, and
-bench_encoder when present); the README tables are regenerated at the end from every file in
-bench/results/. A failing benchmark does not stop the others; the exit code says whether all ran.
-The end-to-end benchmark (bench_end_to_end, tens of minutes: it builds token indexes over all
-of SciFact) runs with the full suite only.
+Each benchmark is its own process (bench_scorers, bench_storage, bench_token_mips,
+bench_encoder, bench_encode_memory, bench_index_load); the README tables are regenerated at
+the end from every file in bench/results/. A failing benchmark does not stop the others; the
+exit code says whether all ran. The end-to-end benchmark (bench_end_to_end, tens of minutes:
+it builds token indexes over all of SciFact) runs with the full suite only.
 
 Compiled XLA programs are kept in JAX's persistent compilation cache
 (`JAX_COMPILATION_CACHE_DIR`, default `ALIGNER_BENCH_CACHE`/jax, outside the repository), so a
@@ -23,7 +23,7 @@ from bench import harness
 from bench import report
 
 BENCHMARKS = ("bench.bench_scorers", "bench.bench_storage", "bench.bench_token_mips",
-              "bench.bench_encoder", "bench.bench_encode_memory")
+              "bench.bench_encoder", "bench.bench_encode_memory", "bench.bench_index_load")
 FULL_ONLY = ("bench.bench_end_to_end",)
 
 

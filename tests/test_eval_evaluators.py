@@ -117,14 +117,15 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
   assert "pruning.png" in (out / "report.html").read_text()
   assert any("built 1 shard" in line for line in logs)
 
-  # A second run loads the saved index (checksums verified) and reproduces the run.
+  # A second run loads the saved index (memory-mapped) and reproduces the run.
   logs.clear()
   again = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "again"),
       retriever="exact", model=encoders, index_dir=str(index_dir),
       index_config=IndexConfig(prune_doc_ratio=0.5), num_neighbors=20, prune_query_ratio=0.5,
       top_n=15, doc_length=64, query_length=16, log=logs.append)
-  assert any("loaded index" in line and "checksums verified" in line for line in logs)
+  assert any("loaded index" in line and "memory-mapped" in line and
+             "files checked against manifests" in line for line in logs)
   assert again["ndcg@10"] == result["ndcg@10"]
   assert runs_lib.read_trec_run(tmp_path / "again" / "run.trec") == run
 
@@ -134,22 +135,53 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
                            retriever="exact", model=encoders, index_dir=str(index_dir),
                            index_config=IndexConfig(prune_doc_ratio=0.25), doc_length=64,
                            query_length=16, log=logs.append)
-  # A corrupted index is refused, naming the file.
+  # A corrupted index is refused when VERIFY_INDEX asks for checksums, naming the file.
   vectors = index_dir / "shard-00000" / "vectors.npy"
   data = bytearray(vectors.read_bytes())
   data[-3] ^= 1
   vectors.write_bytes(bytes(data))
-  with pytest.raises(IndexFileError, match="vectors.npy"):
+  with pytest.raises(IndexFileError, match="vectors.npy: SHA-256"):
     run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
-                           retriever="exact", model=encoders, index_dir=str(index_dir),
-                           index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
-                           query_length=16, log=logs.append)
+             retriever="exact", model=encoders, index_dir=str(index_dir), verify_index=True,
+             index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
+             query_length=16, log=logs.append)
+  assert not (tmp_path / "y").exists()
+  # A truncated one even without: sizes are always compared with the manifest.
+  vectors.write_bytes(bytes(data[:-64]))
+  with pytest.raises(IndexFileError, match="vectors.npy: size"):
+    run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "y"),
+             retriever="exact", model=encoders, index_dir=str(index_dir),
+             index_config=IndexConfig(prune_doc_ratio=0.5), doc_length=64,
+             query_length=16, log=logs.append)
   rebuilt = run_eval(
       beir_dir=str(beir_dir), split="test", output_dir=str(tmp_path / "z"), retriever="exact",
       model=encoders, index_dir=str(index_dir), index_config=IndexConfig(prune_doc_ratio=0.5),
       rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
       query_length=16, log=logs.append)
   assert rebuilt["ndcg@10"] == result["ndcg@10"]
+
+
+def test_best_r_candidates_are_refined_and_the_alignment_still_decides(beir_dir, encoders,
+                                                                        tmp_path):
+  common = dict(beir_dir=str(beir_dir), split="test", retriever="scann", model=encoders,
+                index_dir=str(tmp_path / "index"), num_neighbors=20, top_n=15, doc_length=64,
+                query_length=16, num_refine=4, leaves_to_search=3, log=lambda m: None)
+  runs = {}
+  for spec in ("top_k:1", "top_k:4", "top_p:0.25"):
+    result = run_eval(output_dir=str(tmp_path / spec.replace(":", "-")), alignments=[spec],
+                      **common)
+    assert result["run"] == spec
+    assert result["num_refine"] == 4 and result["leaves_to_search"] == 3
+    runs[spec] = runs_lib.read_trec_run(tmp_path / spec.replace(":", "-") / "run.trec")
+    assert all(0 < len(docs) <= 4 for docs in runs[spec].values())
+  # The same R candidates per query, scored by each alignment: the scores differ.
+  assert {q: set(d) for q, d in runs["top_k:1"].items()} == {
+      q: set(d) for q, d in runs["top_p:0.25"].items()}
+  assert runs["top_k:1"] != runs["top_k:4"] and runs["top_k:1"] != runs["top_p:0.25"]
+  with pytest.raises(ValueError, match="LEAVES_TO_SEARCH"):
+    evaluators.make_evaluator("exact", leaves_to_search=3)
+  with pytest.raises(ValueError, match="NUM_REFINE"):
+    evaluators.make_evaluator("scann", num_refine=-2)
 
 
 def test_encoded_dir_replaces_encoding(beir_dir, encoders, tmp_path):
@@ -301,8 +333,9 @@ def test_gin_jobs_encode_index_eval(beir_dir, tiny_model, tmp_path):
   result = run("gin/runs/eval_beir.gin", common + [
       f"OUTPUT_DIR = '{tmp_path / 'eval'}'", f"INDEX_DIR = '{tmp_path / 'index'}'",
       "ALIGNMENT = 'top_p:0.25'", "EXTRA_ALIGNMENTS = ['top_k:2']", "RETRIEVER = 'exact'",
-      "NUM_NEIGHBORS = 50"])
+      "NUM_NEIGHBORS = 50", "NUM_REFINE = 6"])
   assert result["run"] == "top_p:0.25" and result["index"]["backend"] == "exact"
+  assert result["num_refine"] == 6
   assert set(result["by_alignment"]) == {"top_p:0.25", "top_k:2"}
   assert (tmp_path / "eval" / "run.trec").is_file()
   del bare, module

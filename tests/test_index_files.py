@@ -17,6 +17,7 @@ from aligner_jax.index import index_exists
 from aligner_jax.index import load_index
 from aligner_jax.index import save_index
 from aligner_jax.index.token_index import load_shard
+from aligner_jax.index.token_index import verify_index
 from aligner_jax.io import write_json
 
 
@@ -65,7 +66,8 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     np.testing.assert_array_equal(a.store.salience, b.store.salience)
     np.testing.assert_array_equal(a.store.token_ids, b.store.token_ids)
     np.testing.assert_array_equal(a.store.pooled, b.store.pooled)
-    np.testing.assert_array_equal(a.ann_doc, b.ann_doc)
+    every = np.arange(a.num_ann_tokens)
+    np.testing.assert_array_equal(a.searched.documents(every), b.searched.documents(every))
   # float16 storage equals the float16 cast of the encoder's vectors.
   np.testing.assert_array_equal(loaded.shards[0].store.dequantize()[:5],
                                 store.vectors[:5].astype(dtype).astype(np.float32))
@@ -106,16 +108,58 @@ def test_scann_round_trip_gives_identical_search(scann_index_dir):
       p.name for p in (path / "shard-00000").iterdir()}
 
 
-def test_scann_codes_are_stored_two_per_byte(scann_index_dir):
-  _, index, path = scann_index_dir
+def test_scann_files_are_scanns_own_layout_loaded_read_only(scann_index_dir, tmp_path):
+  """ScaNN's codes stay one per byte as ScaNN wrote them, and a load writes nothing: an index
+  in a read-only directory loads and searches."""
+  store, index, path = scann_index_dir
   scann_dir = path / "shard-00000" / "scann"
-  assert not (scann_dir / "hashed_dataset.npy").exists()
-  with np.load(scann_dir / "hashed_dataset.4bit.npz") as z:
-    packed, blocks = z["packed"], int(z["blocks"])
-  h = index.shards[0].store.vectors.shape[1]
-  assert blocks == -(-h // 2)  # 2 dimensions per AH block by default
-  assert packed.shape == (index.shards[0].searcher.size, (blocks + 1) // 2)
-  assert packed.dtype == np.uint8
+  codes = np.load(scann_dir / "hashed_dataset.npy")
+  h = index.shards[0].store.dim
+  assert codes.dtype == np.uint8 and codes.shape == (index.shards[0].searcher.size, h // 2)
+  assert not (scann_dir / "hashed_dataset.4bit.npz").exists()
+  frozen = copy_tree(path, tmp_path / "frozen")
+  for p in [frozen, *frozen.rglob("*")]:
+    p.chmod(0o555 if p.is_dir() else 0o444)
+  try:
+    before = sorted(p.relative_to(frozen) for p in frozen.rglob("*"))
+    loaded = load_index(frozen)
+    q = store.dequantize(np.arange(0, store.num_tokens, 41))
+    for x, y in zip(index.search_tokens(q, 50), loaded.search_tokens(q, 50)):
+      np.testing.assert_array_equal(x, y)
+    assert sorted(p.relative_to(frozen) for p in frozen.rglob("*")) == before
+  finally:
+    for p in [frozen, *frozen.rglob("*")]:
+      p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _pack_like_earlier_versions(shard: pathlib.Path):
+  """Turns a shard into what earlier versions wrote: AH codes two per byte in
+  hashed_dataset.4bit.npz, with the manifest and index.json listing it."""
+  from aligner_jax.index.backends import pack_nibbles
+  codes_path = shard / "scann" / "hashed_dataset.npy"
+  codes = np.load(codes_path)
+  np.savez(shard / "scann" / "hashed_dataset.4bit.npz", packed=pack_nibbles(codes),
+           blocks=np.int64(codes.shape[1]))
+  codes_path.unlink()
+
+  def relist(manifest):
+    del manifest["files"]["scann/hashed_dataset.npy"]
+    target = shard / "scann" / "hashed_dataset.4bit.npz"
+    manifest["files"]["scann/hashed_dataset.4bit.npz"] = {
+        "bytes": target.stat().st_size, "sha256": files.sha256_file(target)}
+  _rewrite_manifest(shard, relist)
+
+
+def test_indexes_with_packed_codes_still_load(scann_index_dir, tmp_path):
+  store, index, path = scann_index_dir
+  old = copy_tree(path, tmp_path / "old")
+  for shard in sorted(old.glob("shard-*")):
+    _pack_like_earlier_versions(shard)
+  loaded = load_index(old, verify=True)
+  q = store.dequantize(np.arange(0, store.num_tokens, 37))
+  for x, y in zip(index.search_tokens(q, 100), loaded.search_tokens(q, 100)):
+    np.testing.assert_array_equal(x, y)
+  assert set(verify_index(old).values()) == {None}
 
 
 def test_malformed_packed_codes_are_refused_naming_the_file(scann_index_dir, tmp_path):
@@ -124,6 +168,7 @@ def test_malformed_packed_codes_are_refused_naming_the_file(scann_index_dir, tmp
   _, _, path = scann_index_dir
   bad = copy_tree(path, tmp_path / "bad")
   shard = bad / "shard-00000"
+  _pack_like_earlier_versions(shard)
   target = shard / "scann" / "hashed_dataset.4bit.npz"
   with np.load(target) as z:
     packed, blocks = z["packed"], z["blocks"]
@@ -146,16 +191,32 @@ def _flip_byte(path: pathlib.Path, offset_from_end: int = 10):
 
 
 @pytest.mark.parametrize("victim", ["vectors.npy", "offsets.npy", "doc_ids.json",
-                                    "scann/hashed_dataset.4bit.npz"])
-def test_a_flipped_byte_is_refused_naming_the_file(scann_index_dir, tmp_path, victim):
+                                    "scann/hashed_dataset.npy"])
+def test_a_flipped_byte_is_found_by_verification_naming_the_file(scann_index_dir, tmp_path,
+                                                                 victim):
   _, _, path = scann_index_dir
   bad = copy_tree(path, tmp_path / "bad")
   target = bad / "shard-00001" / victim
   _flip_byte(target)
   with pytest.raises(IndexFileError, match="SHA-256") as err:
-    load_index(bad)
+    load_index(bad, verify=True)
   assert err.value.path == os.fspath(target)
   assert "corrupted" in str(err.value)
+  report = verify_index(bad)
+  assert report["shard-00000"] is None and report["shard-00002"] is None
+  assert f"{target}: SHA-256" in report["shard-00001"]
+
+
+def test_a_plain_load_reads_no_data(scann_index_dir, tmp_path):
+  """Without `verify`, a flipped byte inside the vectors goes unnoticed: the load hashed
+  nothing and the vectors are mapped as they are on disk."""
+  _, index, path = scann_index_dir
+  bad = copy_tree(path, tmp_path / "bad")
+  _flip_byte(bad / "shard-00001" / "vectors.npy")
+  loaded = load_index(bad)
+  a, b = index.shards[1].store.vectors, loaded.shards[1].store.vectors
+  assert isinstance(b, np.memmap) and not b.flags.writeable
+  assert (a != b).sum() == 1
 
 
 def test_missing_truncated_and_stray_files_are_refused(scann_index_dir, tmp_path):
@@ -171,6 +232,17 @@ def test_missing_truncated_and_stray_files_are_refused(scann_index_dir, tmp_path
   target.write_bytes(target.read_bytes()[:-8])
   with pytest.raises(IndexFileError, match="size"):
     load_index(bad)
+
+  # Truncated with the manifest made to agree: the .npy header still gives it away.
+  for victim in ("vectors.npy", "scann/hashed_dataset.npy"):
+    bad = copy_tree(path, tmp_path / f"truncated-{victim.replace('/', '-')}")
+    target = bad / "shard-00000" / victim
+    target.write_bytes(target.read_bytes()[:-16])
+    _rewrite_manifest(bad / "shard-00000", lambda m, v=victim, t=target: m["files"][v].update(
+        bytes=t.stat().st_size, sha256=files.sha256_file(t)))
+    with pytest.raises(IndexFileError, match="truncated or padded") as err:
+      load_index(bad)
+    assert err.value.path == os.fspath(target)
 
   bad = copy_tree(path, tmp_path / "stray")
   (bad / "shard-00000" / "extra.npy").write_bytes(b"x")
@@ -214,6 +286,27 @@ def test_mismatched_manifests_are_refused(scann_index_dir, tmp_path):
   with pytest.raises(IndexFileError, match="mismatched shard") as err:
     load_index(bad)
   assert err.value.path.endswith("vectors.npy")
+
+  # An array of another shape under a consistent manifest: refused from its header.
+  bad = copy_tree(path, tmp_path / "shape")
+  target = bad / "shard-00000" / "salience.npy"
+  np.save(target, np.load(target)[:-1])
+  _rewrite_manifest(bad / "shard-00000", lambda m: m["files"]["salience.npy"].update(
+      bytes=target.stat().st_size, sha256=files.sha256_file(target)))
+  with pytest.raises(IndexFileError, match="mismatched shard") as err:
+    load_index(bad)
+  assert err.value.path == os.fspath(target)
+
+  # ScaNN's arrays for another number of vectors.
+  bad = copy_tree(path, tmp_path / "scann-rows")
+  target = bad / "shard-00000" / "scann" / "datapoint_to_token.npy"
+  np.save(target, np.load(target)[:-1])
+  _rewrite_manifest(bad / "shard-00000", lambda m: m["files"]["scann/datapoint_to_token.npy"]
+                    .update(bytes=target.stat().st_size, sha256=files.sha256_file(target)))
+  with pytest.raises(IndexFileError, match="mismatched shard") as err:
+    load_index(bad)
+  assert err.value.path == os.fspath(target)
+  assert "mismatched shard" in verify_index(bad)["shard-00000"]
 
   # A vector format that disagrees with the stored arrays.
   bad = copy_tree(path, tmp_path / "dtype")

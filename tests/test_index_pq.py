@@ -21,6 +21,7 @@ from aligner_jax.index import load_index
 from aligner_jax.index import pq
 from aligner_jax.index import save_index
 from aligner_jax.index.token_index import load_shard
+from aligner_jax.index.token_index import verify_index
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
@@ -144,11 +145,11 @@ def test_pq_index_round_trip_is_bit_exact_and_small(tmp_path, refine_tokens):
   for a, b in zip(index.shards, loaded.shards):
     np.testing.assert_array_equal(a.store.vectors, b.store.vectors)
     np.testing.assert_array_equal(a.store.codebook, b.store.codebook)
-    np.testing.assert_array_equal(a.ann_doc, b.ann_doc)
-    if refine_tokens == "all":
-      np.testing.assert_array_equal(a.ann_rows, b.ann_rows)
-    else:
-      assert b.ann_rows is None
+    every = np.arange(a.num_ann_tokens)
+    np.testing.assert_array_equal(a.searched.documents(every), b.searched.documents(every))
+    np.testing.assert_array_equal(a.searched.stored_rows(every),
+                                  b.searched.stored_rows(every))
+    assert b.searched.masked == (refine_tokens == "all")
   q = store.dequantize(np.arange(0, store.num_tokens, 7))
   for x, y in zip(index.search_tokens(q, 30), loaded.search_tokens(q, 30)):
     np.testing.assert_array_equal(x, y)
@@ -174,8 +175,9 @@ def test_corrupted_or_inconsistent_pq_shards_are_refused(tmp_path):
     data[-1] ^= 0x01
     target.write_bytes(bytes(data))
     with pytest.raises(IndexFileError, match="SHA-256") as err:
-      load_index(bad)
+      load_index(bad, verify=True)
     assert err.value.path.endswith(victim)
+    assert "SHA-256" in verify_index(bad)["shard-00000"]
   # A mask whose count disagrees with the manifest (checksums kept consistent).
   bad = pathlib.Path(shutil.copytree(tmp_path / "idx", tmp_path / "count"))
   shard = bad / "shard-00000"

@@ -9,9 +9,19 @@
 
 An evaluator is built from settings only and checks them all in its constructor and in
 `check(inputs)` — before any file is read or vector encoded — then `run(data, top_n=…)` returns
-an `Evaluation` (the runs, first one primary, with timings and set-up). `evaluate_beir` is the
-whole job: check, load the split, run, and write through the one writer
-(`aligner_jax.eval.results`), then the optional adaptation files and `report.html`.
+an `Evaluation` (the runs, first one primary, with timings and set-up) of the judged queries
+`data.query_ids`. `evaluate_beir` is the whole job: check, load the split, run, and write
+through the one writer (`aligner_jax.eval.results`), then the optional adaptation files and
+`report.html`.
+
+With several processes (`jax.process_count()` > 1) each process runs the evaluator on its own
+slice of the judged queries (`multihost`), process 0 gathers the runs and alone writes the
+files; every process logs how many queries it retrieved and process 0 how many it gathered
+from each. The token index is then built once, by process 0 (`inputs.obtain_index`), and the
+corpus vectors of the dense and re-ranking paths must come from files (INDEX_DIR or
+ENCODED_DIR) rather than be encoded again by every process; BM25's in-memory index of the
+corpus (seconds for a BEIR corpus) is built by each process that retrieves with it. Pictures
+and the pruning curve need one process.
 """
 
 import dataclasses
@@ -19,8 +29,12 @@ import pathlib
 import time
 from typing import Any, Protocol, Sequence
 
+import jax
+import numpy as np
+
 from aligner_jax.eval import adaptation as adaptation_lib
 from aligner_jax.eval import ir_metrics
+from aligner_jax.eval import multihost
 from aligner_jax.eval import pruning_curve as pruning_curve_lib
 from aligner_jax.eval import results as results_lib
 from aligner_jax.eval.inputs import EvalInputs
@@ -33,7 +47,6 @@ from aligner_jax.index import TokenIndex
 from aligner_jax.index import index_exists
 from aligner_jax.index import load_index
 from aligner_jax.retrieval import BM25
-from aligner_jax.retrieval import Candidates
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import alignment_pair_fn
 from aligner_jax.retrieval import candidate_documents
@@ -58,14 +71,16 @@ class Evaluation:
     runs: run name (an alignment spec, "dense", "bm25" or "lite") -> run; the first is primary.
     timings: seconds per stage.
     setup: what metrics.json records about how the runs were made.
-    adaptation: few-shot adaptation reports (token index only).
+    strategy_runs: few-shot adaptation: the run of every strategy (token index only).
+    candidates: number of candidate documents of each query (token index only).
     index, queries: the token index and encoded queries, for the report's pictures.
     pruning: `pruning_curve.pruning_curve`'s result, when asked for (token index only).
   """
   runs: dict[str, Run]
   timings: dict[str, float] = dataclasses.field(default_factory=dict)
   setup: dict[str, Any] = dataclasses.field(default_factory=dict)
-  adaptation: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  strategy_runs: dict[str, Run] = dataclasses.field(default_factory=dict)
+  candidates: dict[str, int] = dataclasses.field(default_factory=dict)
   index: TokenIndex | None = None
   queries: QueryBatch | None = None
   pruning: dict[str, Any] | None = None
@@ -93,6 +108,11 @@ def _needs_model(inputs: EvalInputs, what: str) -> None:
     raise ValueError(f"{what} needs a model (MODEL_DIR or CHECKPOINT_PATH) to encode with")
 
 
+def _one_process(what: str) -> None:
+  if jax.process_count() > 1:
+    raise ValueError(f"{what} needs one process (this run has {jax.process_count()})")
+
+
 @dataclasses.dataclass
 class TokenIndexEvaluator:
   """ALIGNER §2–3: token search for candidates, then refinement with each alignment."""
@@ -105,10 +125,20 @@ class TokenIndexEvaluator:
   prune_query_ratio: float = 1.0
   adaptation: bool = False
   pruning_curve: Sequence[float] = ()
+  verify_index: bool = False
+  num_refine: int | None = None
+  leaves_to_search: int | None = None
 
   def __post_init__(self):
     if self.backend not in ("scann", "exact"):
       raise ValueError(f"the token index backend is 'scann' or 'exact', got {self.backend!r}")
+    if self.num_refine is not None and self.num_refine < 0:
+      raise ValueError(f"NUM_REFINE must be positive (0 or None: refine every candidate), got "
+                       f"{self.num_refine}")
+    if self.leaves_to_search is not None and (self.backend != "scann" or
+                                              self.leaves_to_search < 1):
+      raise ValueError(f"LEAVES_TO_SEARCH = {self.leaves_to_search} needs the 'scann' backend "
+                       "and a positive number (None: the index's own setting)")
     self.alignments = _parse_alignments(self.alignments)
     self.index_config = dataclasses.replace(self.index_config, backend=self.backend)
 
@@ -116,21 +146,34 @@ class TokenIndexEvaluator:
   def name(self) -> str:
     return self.backend
 
+  def search_options(self) -> dict[str, Any]:
+    """The backend's search effort overrides (ScaNN leaves searched per query token)."""
+    if self.leaves_to_search is None:
+      return {}
+    return {"leaves_to_search": self.leaves_to_search}
+
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"retriever {self.backend!r}")
+    if jax.process_count() > 1 and not self.index_dir:
+      raise ValueError("with several processes, INDEX_DIR must be set: process 0 builds the "
+                       "index once and the other processes load it from there")
+    if self.pruning_curve:
+      _one_process("a pruning curve (PRUNING_CURVE)")
 
   def run(self, data: SplitData, *, top_n: int) -> Evaluation:
     timings: dict[str, float] = {}
     index = obtain_index(self.index_dir, self.index_config, rebuild=self.rebuild_index,
-                         log=data.log,
+                         log=data.log, verify=self.verify_index,
                          corpus_fn=lambda: data.corpus_store(self.index_config.vector_dtype))
     queries = data.queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=self.num_neighbors,
-                                prune_query_ratio=self.prune_query_ratio)
+                                prune_query_ratio=self.prune_query_ratio,
+                                num_refine=self.num_refine, **self.search_options())
     timings["candidates_s"] = time.time() - t
     sizes = cands.sizes()
-    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, mean "
+    data.log(f"candidates: K′ = {cands.num_neighbors}, β^q = {self.prune_query_ratio}, "
+             f"R = {cands.num_refine or 'all'}, mean "
              f"{sizes.mean():.0f} / max {sizes.max()} documents per query "
              f"({timings['candidates_s']:.1f}s)")
     # One refinement pass scores the candidates under every alignment asked for and, with
@@ -143,12 +186,12 @@ class TokenIndexEvaluator:
     data.log(f"refined {len(queries)} queries with {len(specs)} alignments in "
              f"{timings['refine_s']:.1f}s")
     runs = {spec: to_run(queries.ids, index.doc_ids, refined[spec]) for spec in self.alignments}
+    strategy_runs = ({spec: to_run(queries.ids, index.doc_ids, refined[spec])
+                      for spec in adaptation_lib.STRATEGIES} if self.adaptation else {})
     setup = dict(num_neighbors=cands.num_neighbors, prune_query_ratio=self.prune_query_ratio,
+                 num_refine=cands.num_refine, leaves_to_search=self.leaves_to_search,
                  index=index.config.to_json(), candidates_mean=float(sizes.mean()),
                  candidates_max=int(sizes.max()))
-    reports = []
-    if self.adaptation:
-      reports.extend(run_adaptation(index, queries, cands, data, top_n=top_n, refined=refined))
     curve = None
     if self.pruning_curve:
       t = time.time()
@@ -160,9 +203,11 @@ class TokenIndexEvaluator:
           index_config=index.config, num_neighbors=self.num_neighbors,
           prune_query_ratio=self.prune_query_ratio, top_n=top_n,
           known={index.config.prune_doc_ratio: (runs[primary], index.num_ann_tokens)},
-          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log)
+          ignore_identical_ids=data.inputs.ignore_identical_ids, log=data.log,
+          candidate_options=dict(num_refine=self.num_refine, **self.search_options()))
       timings["pruning_curve_s"] = time.time() - t
-    return Evaluation(runs, timings, setup, reports, index, queries, curve)
+    candidates = {q: int(n) for q, n in zip(queries.ids, sizes)}
+    return Evaluation(runs, timings, setup, strategy_runs, candidates, index, queries, curve)
 
 
 @dataclasses.dataclass
@@ -171,17 +216,27 @@ class DenseEvaluator:
   token index in `index_dir` when there is one (no second encoding)."""
   index_dir: str | None = None
   rebuild_index: bool = False
+  verify_index: bool = False
   name: str = dataclasses.field(default="dense", init=False)
 
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, "the dense retriever")
+    if jax.process_count() > 1 and not (self.index_dir or inputs.encoded_dir):
+      raise ValueError("with several processes, the dense retriever reads the pooled document "
+                       "vectors from INDEX_DIR or ENCODED_DIR (every process encoding the "
+                       "corpus would repeat the work)")
 
   def run(self, data: SplitData, *, top_n: int) -> Evaluation:
     if self.index_dir and index_exists(self.index_dir) and not self.rebuild_index:
-      index = load_index(self.index_dir)
+      index = load_index(self.index_dir,
+                         verify=self.verify_index and jax.process_index() == 0)
       doc_ids, pooled = index.doc_ids, index.pooled()
       data.log(f"pooled document vectors from the index in {self.index_dir}")
     else:
+      if jax.process_count() > 1 and not data.inputs.encoded_dir:
+        raise ValueError(f"{self.index_dir}: no index to read pooled vectors from, and no "
+                         "ENCODED_DIR: with several processes the corpus is not encoded by "
+                         "every process")
       store = data.corpus_store()
       doc_ids, pooled = store.doc_ids, store.pooled
     if pooled is None:
@@ -234,6 +289,9 @@ class RerankEvaluator:
 
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"re-ranking (depth {self.depth})")
+    if jax.process_count() > 1 and not inputs.encoded_dir:
+      raise ValueError("with several processes, re-ranking reads the corpus vectors from "
+                       "ENCODED_DIR (every process encoding the corpus would repeat the work)")
     if self.rerank_with == "lite" and inputs.model.lite is None:
       raise ValueError("RERANK_WITH='lite' needs a model with a LITE / KNRM head "
                        "(DualEncoder.lite_scorer)")
@@ -261,9 +319,13 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
                    index_dir: str | None = None, index_config: IndexConfig | None = None,
                    rebuild_index: bool = False, num_neighbors: int = 4000,
                    prune_query_ratio: float = 1.0, adaptation: bool = False,
-                   pruning_curve: Sequence[float] = ()) -> Evaluator:
+                   pruning_curve: Sequence[float] = (), verify_index: bool = False,
+                   num_refine: int | None = None,
+                   leaves_to_search: int | None = None) -> Evaluator:
   """The evaluator the flat gin settings of `gin/runs/eval_beir.gin` describe: `rerank_depth`
-  > 0 re-ranks BM25's top documents (whatever RETRIEVER says), otherwise RETRIEVER decides."""
+  > 0 re-ranks BM25's top documents (whatever RETRIEVER says), otherwise RETRIEVER decides.
+  `verify_index`: compare the SHA-256 of every file of an existing index with its manifests
+  before using it (otherwise sizes, counts and array headers only)."""
   if retriever not in RETRIEVERS:
     raise ValueError(f"RETRIEVER must be one of {RETRIEVERS}, got {retriever!r}")
   if adaptation and (rerank_depth or retriever not in ("scann", "exact")):
@@ -277,31 +339,25 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
   if retriever == "bm25":
     return BM25Evaluator()
   if retriever == "dense":
-    return DenseEvaluator(index_dir, rebuild_index)
+    return DenseEvaluator(index_dir, rebuild_index, verify_index)
   return TokenIndexEvaluator(retriever, alignments, index_dir, index_config or IndexConfig(),
                              rebuild_index, num_neighbors, prune_query_ratio, adaptation,
-                             tuple(pruning_curve))
+                             tuple(pruning_curve), verify_index, num_refine, leaves_to_search)
 
 
-def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, data: SplitData,
-                   *, top_n: int = 1000, strategies: Sequence[str] = adaptation_lib.STRATEGIES,
-                   seed: int = 0, refined: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-  """ALIGNER §4.1 few-shot adaptation over the fixed candidate sets `cands`; `refined` holds
-  results of `refine_many` already computed on them (strategies missing there are refined
-  here, all in one pass). One report for all judged queries, then one per query family."""
+def adaptation_reports(strategy_runs: dict[str, Run], data: SplitData, *,
+                       strategies: Sequence[str] = adaptation_lib.STRATEGIES,
+                       seed: int = 0) -> list[dict[str, Any]]:
+  """ALIGNER §4.1 few-shot adaptation from each strategy's run over the same candidates: one
+  report for all judged queries (in the split's order), then one per query family."""
   qrels = data.collection.qrels[data.inputs.split]
-  refined = dict(refined or {})
-  missing = [s for s in strategies if s not in refined]
-  if missing:
-    refined.update(refine_many(index, queries, cands, missing, top_n=top_n, progress=data.log))
 
   def per_query(spec: str) -> dict[str, float]:
-    run = to_run(queries.ids, index.doc_ids, refined[spec])
-    _, pq = ir_metrics.evaluate(qrels, run, metrics=("ndcg@10",),
+    _, pq = ir_metrics.evaluate(qrels, strategy_runs[spec], metrics=("ndcg@10",),
                                 ignore_identical_ids=data.inputs.ignore_identical_ids)
     return {q: v["ndcg@10"] for q, v in pq.items()}
 
-  ids = [q for q in queries.ids if q in qrels]
+  ids = [q for q in data.judged_ids if q in qrels]
   ndcg = adaptation_lib.score_strategies(per_query, ids, strategies, progress=data.log)
   dataset = f"{data.collection.name}/{data.inputs.split}"
   reports = [adaptation_lib.adaptation_report(ndcg, ids, strategies, seed=seed, dataset=dataset)]
@@ -313,6 +369,31 @@ def run_adaptation(index: TokenIndex, queries: QueryBatch, cands: Candidates, da
         ndcg[:, rows], [ids[i] for i in rows], strategies, seed=seed,
         dataset=f"{dataset} [{name}]"))
   return reports
+
+
+def gather(evaluation: Evaluation, data: SplitData, log: Log) -> Evaluation | None:
+  """With several processes: every process's runs (and adaptation runs, candidate counts and
+  timings) on process 0, None on the others; the evaluation itself with one process."""
+  here, count = data.part
+  mine, judged = data.query_ids, data.judged_ids
+  log(f"process {here}/{count}: retrieved {len(mine)} of {len(judged)} judged queries")
+  if count == 1:
+    return evaluation
+  parts = multihost.gather_json({"runs": evaluation.runs, "strategy_runs":
+                                 evaluation.strategy_runs, "candidates": evaluation.candidates,
+                                 "timings": evaluation.timings, "queries": len(mine)})
+  if here != 0:
+    return None
+  merge = lambda key, name: {q: v for p in parts for q, v in p[key][name].items()}  # noqa
+  runs = {name: merge("runs", name) for name in evaluation.runs}
+  strategy_runs = {name: merge("strategy_runs", name) for name in evaluation.strategy_runs}
+  candidates = {q: n for p in parts for q, n in p["candidates"].items()}
+  counts = [p["queries"] for p in parts]
+  log(f"gathered the runs of {sum(counts)} queries from {count} processes: {counts}")
+  setup = {**evaluation.setup, "processes": count, "queries_by_process": counts,
+           "timings_by_process": [p["timings"] for p in parts]}
+  return dataclasses.replace(evaluation, runs=runs, strategy_runs=strategy_runs,
+                             candidates=candidates, setup=setup)
 
 
 def _check_passages(evaluator: Evaluator, inputs: EvalInputs, num_pictures: int) -> None:
@@ -346,24 +427,34 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
   if num_pictures and not isinstance(evaluator, TokenIndexEvaluator):
     raise ValueError("alignment pictures (NUM_PICTURES > 0) need the token index "
                      "(RETRIEVER 'scann' or 'exact')")
+  if num_pictures:
+    _one_process("alignment pictures (NUM_PICTURES > 0)")
   evaluator.check(inputs)
   _check_passages(evaluator, inputs, num_pictures)
   t0 = time.time()
-  data = SplitData.load(inputs, log)
-  evaluation = evaluator.run(data, top_n=top_n)
+  data = SplitData.load(inputs, log, part=multihost.process())
+  evaluation = gather(evaluator.run(data, top_n=top_n), data, log)
+  if evaluation is None:  # another process writes
+    return {"process": data.part[0], "queries": len(data.query_ids)}
   if inputs.passages is not None:  # passage runs -> runs per document
     evaluation.runs = {name: document_run(run, inputs.passages.scoring)
                        for name, run in evaluation.runs.items()}
     evaluation.setup["passages"] = dataclasses.asdict(inputs.passages)
   evaluation.timings["total_s"] = time.time() - t0
+  setup = {"retriever": evaluator.name, **evaluation.setup}
+  if evaluation.candidates:
+    sizes = np.array([evaluation.candidates[q] for q in data.judged_ids
+                      if q in evaluation.candidates])
+    setup.update(candidates_mean=float(sizes.mean()), candidates_max=int(sizes.max()))
   out = pathlib.Path(output_dir)
   result = results_lib.write_results(out, data.collection, inputs.split, evaluation.runs,
-                                     timings=evaluation.timings,
-                                     setup={"retriever": evaluator.name, **evaluation.setup},
+                                     timings=evaluation.timings, setup=setup,
                                      ignore_identical_ids=inputs.ignore_identical_ids,
                                      run_name=run_name, log=log)
-  if evaluation.adaptation:
-    table = adaptation_lib.write_adaptation(out, evaluation.adaptation)
+  reports = (adaptation_reports(evaluation.strategy_runs, data) if evaluation.strategy_runs
+             else [])
+  if reports:
+    table = adaptation_lib.write_adaptation(out, reports)
     log("few-shot alignment adaptation (nDCG@10 x 100):\n" + table)
   if evaluation.pruning:
     pruning_curve_lib.write_pruning_curve(out, evaluation.pruning)
@@ -373,5 +464,5 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
     report.write_report(out, data.collection, inputs.split, evaluation.runs[primary],
                         evaluation.index, evaluation.queries, inputs.model, alignment=primary,
                         num_pictures=num_pictures, metrics=result,
-                        adaptation_reports=evaluation.adaptation, pruning=evaluation.pruning)
+                        adaptation_reports=reports, pruning=evaluation.pruning)
   return result

@@ -19,6 +19,7 @@ from aligner_jax.data.beir import read_beir
 from aligner_jax.data.beir import read_split_queries
 from aligner_jax.data.collection import Collection
 from aligner_jax.data.collection import Table
+from aligner_jax.eval import multihost
 from aligner_jax.index import IndexConfig
 from aligner_jax.index import TokenIndex
 from aligner_jax.index import build_token_index
@@ -145,8 +146,10 @@ def judged_queries(beir_dir: str, split: str) -> Table:
 
 
 def encode_split_queries(model: ModelEncoders, collection: Collection, split: str, *,
-                         query_length: int, log: Log = print_log) -> QueryBatch:
-  ids = collection.split_queries(split)
+                         query_length: int, log: Log = print_log,
+                         ids: Sequence[str] | None = None) -> QueryBatch:
+  """The judged queries of `split` (or those of them in `ids`), encoded with `model`."""
+  ids = collection.split_queries(split) if ids is None else list(ids)
   texts = [collection.queries.texts[collection.queries.index[q]] for q in ids]
   log(f"encoding {len(ids)} {split} queries")
   return encode_queries(model.queries, model.vocabulary, ids, texts, max_length=query_length,
@@ -242,21 +245,27 @@ def load_encoded_queries(directory: str | pathlib.Path, query_ids: Sequence[str]
                     g.get("token_ids"), None if store.pooled is None else store.pooled[rows])
 
 
-def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
-                 corpus_fn: Callable[[], TokenStore], log: Log = print_log) -> TokenIndex:
-  """Loads the index in `index_dir` (verified) or builds it from `corpus_fn()` and saves it."""
-  if index_dir and index_exists(index_dir) and not rebuild:
-    t = time.time()
-    index = load_index(index_dir)
-    found = index.config
-    for field in ("backend", "prune_doc_ratio", "vector_dtype", "refine_tokens"):
-      if getattr(found, field) != getattr(config, field):
-        raise ValueError(f"{index_dir}: the existing index has {field}={getattr(found, field)!r} "
-                         f"but this run asks for {getattr(config, field)!r}; set "
-                         "REBUILD_INDEX=True (or another INDEX_DIR) to rebuild it")
-    log(f"loaded index {index_dir}: {index.num_docs} documents, {index.num_ann_tokens} "
-        f"searched tokens, checksums verified in {time.time() - t:.1f}s")
-    return index
+def _check_config(index_dir: str, found: IndexConfig, config: IndexConfig) -> None:
+  for field in ("backend", "prune_doc_ratio", "vector_dtype", "refine_tokens"):
+    if getattr(found, field) != getattr(config, field):
+      raise ValueError(f"{index_dir}: the existing index has {field}={getattr(found, field)!r} "
+                       f"but this run asks for {getattr(config, field)!r}; set "
+                       "REBUILD_INDEX=True (or another INDEX_DIR) to rebuild it")
+
+
+def _load(index_dir: str, config: IndexConfig, *, verify: bool, log: Log) -> TokenIndex:
+  t = time.time()
+  index = load_index(index_dir, verify=verify)
+  _check_config(index_dir, index.config, config)
+  checked = "SHA-256 of every file verified" if verify else "files checked against manifests"
+  log(f"loaded index {index_dir}: {index.num_docs} documents, {index.num_ann_tokens} "
+      f"searched tokens in {len(index.shards)} memory-mapped shard(s), {checked}, in "
+      f"{time.time() - t:.1f}s")
+  return index
+
+
+def _build(index_dir: str | None, config: IndexConfig, corpus_fn: Callable[[], TokenStore],
+           log: Log) -> TokenIndex:
   store = corpus_fn()
   t = time.time()
   log(f"building {config.backend} index over {store.num_tokens} tokens (β^d = "
@@ -271,25 +280,60 @@ def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
   return index
 
 
+def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
+                 corpus_fn: Callable[[], TokenStore], log: Log = print_log,
+                 verify: bool = False) -> TokenIndex:
+  """The index in `index_dir`, its shards memory-mapped after their files are checked against
+  their manifests (`verify`: SHA-256 of every file too); or, when there is none (or
+  `rebuild`), the index built from `corpus_fn()` and saved there.
+
+  With several processes, process 0 decides whether to load or build, builds (and saves) or
+  verifies alone, and the others then load what it saved, so `index_dir` is required.
+  """
+  here, count = multihost.process()
+  if count > 1 and not index_dir:
+    raise ValueError("with several processes, INDEX_DIR must be set: process 0 builds the "
+                     "index once and the other processes load it from there")
+  existing = multihost.broadcast_flag(bool(index_dir) and index_exists(index_dir)
+                                      and not rebuild)
+  if existing:
+    return _load(index_dir, config, verify=verify and here == 0, log=log)
+  index = _build(index_dir, config, corpus_fn, log) if here == 0 else None
+  multihost.barrier("aligner_jax_index_built")
+  return index if index is not None else _load(index_dir, config, verify=False, log=log)
+
+
 @dataclasses.dataclass
 class SplitData:
-  """One loaded split: the collection, its judged queries, and where vectors come from."""
+  """One loaded split: the collection, its judged queries, and where vectors come from.
+
+  `part` = (p, P): this process retrieves the p-th of P slices of the judged queries
+  (`multihost.query_slice`); `query_ids` are those, `judged_ids` all of them.
+  """
   inputs: EvalInputs
   collection: Collection
   log: Log = print_log
+  part: tuple[int, int] = (0, 1)
 
   @classmethod
-  def load(cls, inputs: EvalInputs, log: Log = print_log) -> "SplitData":
+  def load(cls, inputs: EvalInputs, log: Log = print_log,
+           part: tuple[int, int] = (0, 1)) -> "SplitData":
     collection = load_split(inputs.beir_dir, inputs.split, strict=inputs.strict_data)
-    data = cls(inputs, collection, log)
+    data = cls(inputs, collection, log, part)
     log(f"{collection.name}/{inputs.split}: {len(collection.corpus)} documents, "
-        f"{len(data.query_ids)} judged queries")
+        f"{len(data.judged_ids)} judged queries")
     log_warnings(collection, log)
     return data
 
   @property
-  def query_ids(self) -> list[str]:
+  def judged_ids(self) -> list[str]:
     return self.collection.split_queries(self.inputs.split)
+
+  @property
+  def query_ids(self) -> list[str]:
+    """The judged queries this process retrieves."""
+    judged = self.judged_ids
+    return judged[multihost.query_slice(len(judged), *self.part)]
 
   def query_texts(self) -> list[str]:
     queries = self.collection.queries
@@ -316,4 +360,5 @@ class SplitData:
       self.log(f"reading {len(self.query_ids)} encoded {inputs.split} queries from {stored}")
       return load_encoded_queries(stored, self.query_ids, query_length=inputs.query_length)
     return encode_split_queries(inputs.model, self.collection, inputs.split,
-                                query_length=inputs.query_length, log=self.log)
+                                query_length=inputs.query_length, log=self.log,
+                                ids=self.query_ids)

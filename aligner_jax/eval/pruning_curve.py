@@ -45,12 +45,15 @@ def pruning_curve(ratios: Sequence[float], store_fn: Callable[[], TokenStore],
                   num_neighbors: int, prune_query_ratio: float, top_n: int,
                   known: Mapping[float, tuple[Run, int]] = (),
                   ignore_identical_ids: bool = True,
+                  candidate_options: Mapping[str, Any] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
   """nDCG@10 of `alignment` at each β^d of `ratios` (see the module docstring).
 
   Args:
     store_fn: the encoded corpus (called once, only when a ratio needs a new index).
     known: β^d -> (run, searched tokens) already computed (the evaluation's own index).
+    candidate_options: more `candidate_documents` settings, as the evaluation used them
+      (num_refine, leaves_to_search).
   Returns:
     {"alignment", "points": [curve_point(...)] in the order of `ratios`}.
   """
@@ -65,7 +68,8 @@ def pruning_curve(ratios: Sequence[float], store_fn: Callable[[], TokenStore],
       store = store if store is not None else store_fn()
       index = build_token_index(store, dataclasses.replace(index_config, prune_doc_ratio=ratio))
       cands = candidate_documents(index, queries, num_neighbors=num_neighbors,
-                                  prune_query_ratio=prune_query_ratio)
+                                  prune_query_ratio=prune_query_ratio,
+                                  **(candidate_options or {}))
       refined = refine_many(index, queries, cands, [alignment], top_n=top_n)
       run, tokens = to_run(queries.ids, index.doc_ids, refined[alignment]), index.num_ann_tokens
     _, pq = ir_metrics.evaluate(qrels, run, metrics=("ndcg@10",),

@@ -16,7 +16,6 @@ without trained heads (zero-shot, e.g. all-MiniLM-L6-v2), or a sentence-transfor
 ColBERT directory its encoder and token projection.
 """
 
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -26,10 +25,9 @@ import numpy as np
 
 from aligner_jax.eval import evaluators
 from aligner_jax.eval import inputs as inputs_lib
+from aligner_jax.eval.index_build import build_index_from_shards
 from aligner_jax.eval.results import summary_table
 from aligner_jax.index import IndexConfig
-from aligner_jax.index import concatenate
-from aligner_jax.index.token_store_io import load_token_store
 from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.io import remove_leftovers
 from aligner_jax.retrieval.corpus_shards import ShardPlan
@@ -196,17 +194,15 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
 
 @gin.configurable(module=_MODULE)
 def build_index(*, encoded_dir: str, index_dir: str,
-                index_config: IndexConfig = IndexConfig()) -> dict[str, Any]:
-  """Builds the token index over every encoded corpus shard and saves it (process 0; the
-  other processes wait)."""
-  from aligner_jax.index import build_token_index  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index import save_index  # pylint: disable=g-import-not-at-top
+                index_config: IndexConfig = IndexConfig(), runner: str = "local",
+                beam_options: Sequence[str] = ()) -> dict[str, Any]:
+  """Builds the token index over every encoded corpus shard, one task per index shard
+  (`eval.index_build`): `runner` "local" builds them in this process, "beam" on Apache Beam
+  with `beam_options` (its pipeline flags). Process 0 runs the job; the others wait."""
   info: dict[str, Any] = {}
   if jax.process_index() == 0:
-    stores = [load_token_store(p) for p in inputs_lib.corpus_shards(encoded_dir)]
-    index = build_token_index(stores if index_config.max_shard_tokens else [concatenate(stores)],
-                              index_config)
-    info = save_index(index, index_dir)
+    info = build_index_from_shards(encoded_dir, index_dir, index_config, runner=runner,
+                                   beam_options=beam_options)
     print(f"index {index_dir}: {info['counts']}, {info['total_bytes'] / 2**20:.1f} MiB, "
           f"{info['bytes_per_original_token']:.1f} bytes per original token", flush=True)
   if jax.process_count() > 1:
@@ -226,37 +222,44 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
               rerank_depth: int = 0, rerank_with: str = "alignment",
               adaptation: bool = False, num_pictures: int = 0,
               pruning_curve: Sequence[float] = (), ignore_identical_ids: bool = True,
-              encoded_dir: str | None = None,
-              strict_data: bool | None = None, passage_overlap: int | None = None,
+              encoded_dir: str | None = None, strict_data: bool | None = None,
+              verify_index: bool = False, num_refine: int | None = None,
+              leaves_to_search: int | None = None, passage_overlap: int | None = None,
               passage_scoring: str = "maxp") -> dict[str, Any]:
-  """Evaluates on one BEIR split (see `evaluators.evaluate_beir`); process 0 writes the files.
+  """Evaluates on one BEIR split (see `evaluators.evaluate_beir`).
 
   `encoded_dir`: the encode job's ENCODED_DIR for the same model and lengths; the corpus (and
   the split's queries, when encoded there) are read from it instead of being encoded again
   (`--gin.eval_beir.encoded_dir="'DIR'"`). `strict_data`: refuse documents with neither title
   nor text (None: the `ALIGNER_STRICT_DATA` environment variable; off when unset).
-  `passage_overlap`: documents longer than `doc_length` become passages sharing this many
-  tokens, scored back per document by `passage_scoring` ("maxp" | "firstp"); None cuts them.
+  `verify_index`: compare the SHA-256 of every file of an existing index with its manifests
+  before using it. With several processes each retrieves its slice of the judged queries,
+  encoding on its own devices, and process 0 gathers the runs and writes the files (the
+  others return their query count). `num_refine`: R, refine only each query's R best
+  candidates by first-stage (XTR) score (None / 0: all); `leaves_to_search`: ScaNN leaves
+  searched per query token (None: the index's setting). `passage_overlap`: documents longer
+  than `doc_length` become passages sharing this many tokens, scored back per document by
+  `passage_scoring` ("maxp" | "firstp"); None cuts them.
   """
   evaluator = evaluators.make_evaluator(
       retriever, alignments=[alignment, *extra_alignments], rerank_depth=rerank_depth,
-      rerank_with=rerank_with, index_dir=index_dir if jax.process_index() == 0 else None,
-      index_config=index_config, rebuild_index=rebuild_index, num_neighbors=num_neighbors,
-      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve)
+      rerank_with=rerank_with, index_dir=index_dir, index_config=index_config,
+      rebuild_index=rebuild_index, num_neighbors=num_neighbors,
+      prune_query_ratio=prune_query_ratio, adaptation=adaptation, pruning_curve=pruning_curve,
+      verify_index=verify_index, num_refine=num_refine, leaves_to_search=leaves_to_search)
   encoders = None
   if model is not None and not isinstance(evaluator, evaluators.BM25Evaluator):
     if vocabulary is None:
       raise ValueError("eval_beir needs the model's VOCABULARY")
     encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
-                              num_partitions=num_partitions)
-  output_dir = output_dir if jax.process_index() == 0 else os.path.join(
-      output_dir, f".process-{jax.process_index()}")
+                              num_partitions=num_partitions, local=True)
   passages = None if passage_overlap is None else Passages(passage_overlap, passage_scoring)
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
                                  query_length, ignore_identical_ids, strict_data, passages)
   result = evaluators.evaluate_beir(evaluator, inputs, output_dir, top_n=top_n,
                                     num_pictures=num_pictures)
-  print(summary_table(result), flush=True)
+  if jax.process_index() == 0:
+    print(summary_table(result), flush=True)
   return result
 
 

@@ -6,7 +6,9 @@ Public API:
   pq                                          product quantisation of vectors ("pq:M")
   prune_budget, top_salience_mask, prune_store  top-β salience pruning (pruning.py)
   IndexConfig, build_token_index, TokenIndex  building and searching (token_index.py)
-  save_index, load_index, index_exists        checksummed export / verified load
+  save_index, load_index, index_exists        checksummed export / memory-mapped load
+  verify_index                                every file against its SHA-256 (also
+                                              `python -m aligner_jax.index verify INDEX_DIR`)
   IndexFileError                              raised for corrupted or mismatched files
 """
 
@@ -21,6 +23,7 @@ from aligner_jax.index.token_index import build_token_index
 from aligner_jax.index.token_index import index_exists
 from aligner_jax.index.token_index import load_index
 from aligner_jax.index.token_index import save_index
+from aligner_jax.index.token_index import verify_index
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import concatenate
 from aligner_jax.index.token_store import from_padded
@@ -28,5 +31,5 @@ from aligner_jax.index.token_store import from_padded
 __all__ = [
     "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore", "build_token_index",
     "concatenate", "from_padded", "index_exists", "load_index", "prune_budget", "prune_store",
-    "pq", "save_index", "top_salience_mask",
+    "pq", "save_index", "top_salience_mask", "verify_index",
 ]

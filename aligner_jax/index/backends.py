@@ -14,10 +14,24 @@ instead rescores the AH candidates with this project's stored refinement vectors
 the index to AH codes + one copy of the vectors but runs in NumPy and is several times slower;
 "none" keeps the AH scores.
 
-On disk the AH codes (4 bits each, one per 2-dimension block) are packed two per byte
-(`hashed_dataset.4bit.npz`); ScaNN itself serialises one per byte, so 384-d vectors would
-otherwise carry 192 B of codes instead of 96. Searches hand ScaNN batches of queries small
-enough to keep every core busy (`_parallel_batch_size`).
+On disk a ScaNN shard is ScaNN's own serialisation (`scann/`, `searcher.serialize`), loaded
+as it is: ScaNN reads its files into its own memory (it has no memory-mapped mode), so a
+loaded ScaNN shard costs RAM for its AH codes (one byte per 4-bit code: h / 2 bytes per
+token with 2-dimension blocks), its token → leaf map (4 bytes per token) and its reorder copy
+(int8: h + 4 bytes per token, bfloat16: 2h, float32: 4h; none for "stored" and "none"). The
+refinement store of the shard stays memory-mapped; "stored" reordering reads only the rows of
+each query's AH pool from it.
+
+The AH codes stay one per byte on disk, the layout ScaNN loads directly. Indexes written
+before kept them packed two per byte (`hashed_dataset.4bit.npz`, half the bytes: 32 instead of
+64 per 128-d token) and had to unpack them into a temporary file at every load; such indexes
+still load that way. Caching the unpacked file beside the shard instead would make the first
+load write into the index directory (which may be read-only, or shared by several servers)
+and keep both copies on disk; the bytes saved by packing are small next to the shard's
+refinement vectors (256 B per 128-d float16 token). bench/README.md (index_load) has the
+measured load times and sizes.
+Searches hand ScaNN batches of queries small enough to keep every core busy
+(`_parallel_batch_size`).
 
 Results ScaNN cannot fill (too few points in the searched leaves) come back as row -1 with
 score -inf.
@@ -25,10 +39,15 @@ score -inf.
 
 import contextlib
 import dataclasses
+import functools
+import importlib.util
 import math
 import os
 import pathlib
+import re
+import sys
 import tempfile
+import types
 from typing import Any, Callable, Iterator
 import zipfile
 
@@ -38,6 +57,10 @@ from aligner_jax import native_logs
 from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
+# Shards with fewer searched tokens are scanned exactly by ScaNN (the tail of a split can be
+# a handful of tokens, fewer than AH's 16 centres per block need).
+MIN_HASHED_POINTS = 64
+BRUTE_FORCE = "brute_force"
 
 # Rows of the database scored per block by the exact backend (bounds memory to
 # queries × block floats).
@@ -134,6 +157,9 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
     raise ValueError(f"reorder must be one of {REORDER_MODES}, got {reorder!r}")
   if reorder_factor < 1.0:
     raise ValueError(f"reorder_factor must be >= 1, got {reorder_factor}")
+  if n < MIN_HASHED_POINTS:
+    # Too few points to train AH codebooks (16 centres a block): scan them exactly.
+    num_leaves, hash_type, reorder = 1, BRUTE_FORCE, "none"
   if num_leaves is None:
     num_leaves = max(1, int(round(math.sqrt(n))))
   num_leaves = max(1, min(int(num_leaves), n))
@@ -150,10 +176,33 @@ def scann_settings(n: int, *, num_leaves: int | None = None,
                        training_iterations=int(training_iterations), hash_type=hash_type)
 
 
-def _scann():
-  # ScaNN imports TensorFlow (seconds); only the ScaNN backend pays for it.
-  import scann  # pylint: disable=g-import-not-at-top
-  return scann
+def _scann_numpy():
+  """ScaNN's NumPy API (builder, searcher, `ReorderType`) without TensorFlow.
+
+  `import scann` runs the package's `__init__`, which also loads ScaNN's TensorFlow ops: about
+  20 s and 700 MB of resident memory per process, for ops the index never calls. When ScaNN
+  is not imported yet, the package is registered without running its `__init__` and given the
+  names that `__init__` binds apart from the TensorFlow ops (`ReorderType`, `ScannBuilder`,
+  `scann_ops_pybind`); `import scann` elsewhere in the process then finds that module.
+  """
+  if "scann" not in sys.modules:
+    spec = importlib.util.find_spec("scann")
+    if spec is None or not spec.submodule_search_locations:
+      raise ModuleNotFoundError("ScaNN is not installed (the index's scann backend needs it)")
+    package = types.ModuleType("scann")
+    package.__spec__, package.__path__ = spec, list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    sys.modules["scann"] = package
+    try:
+      from scann.scann_ops.py import scann_builder  # pylint: disable=g-import-not-at-top
+      from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+    except BaseException:
+      del sys.modules["scann"]
+      raise
+    package.ReorderType = scann_builder.ReorderType
+    package.ScannBuilder = scann_builder.ScannBuilder
+    package.scann_ops_pybind = scann_ops_pybind
+  return sys.modules["scann"]
 
 
 class ScannSearcher:
@@ -172,19 +221,25 @@ class ScannSearcher:
   def build(cls, vectors: np.ndarray, settings: ScannSettings, vectors_fn: VectorsFn, *,
             training_threads: int = 0) -> "ScannSearcher":
     """Trains and builds the index over `vectors` [n, h] float32 (the dequantised store)."""
-    scann = _scann()
+    scann = _scann_numpy()
     vectors = np.ascontiguousarray(vectors, np.float32)
     n = len(vectors)
     s = settings
     builder = scann.scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
     if s.num_leaves > 1:
+      # k-means++ seeding: ScaNN's random centre initialisation draws from an unseeded
+      # generator, so two builds of the same shard would differ; k-means++ uses its fixed
+      # clustering seed, which makes the saved index a function of its input.
       builder = builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
                              training_sample_size=s.training_sample_size,
-                             training_iterations=s.training_iterations)
-    builder = builder.score_ah(s.dims_per_block,
-                               anisotropic_quantization_threshold=s.anisotropic_threshold,
-                               training_sample_size=s.training_sample_size,
-                               hash_type=s.hash_type)
+                             training_iterations=s.training_iterations, random_init=False)
+    if s.hash_type == BRUTE_FORCE:
+      builder = builder.score_brute_force(quantize=scann.ReorderType.FLOAT32)
+    else:
+      builder = builder.score_ah(s.dims_per_block,
+                                 anisotropic_quantization_threshold=s.anisotropic_threshold,
+                                 training_sample_size=s.training_sample_size,
+                                 hash_type=s.hash_type)
     quantize = {"float32": scann.ReorderType.FLOAT32, "bfloat16": scann.ReorderType.BFLOAT16,
                 "int8": scann.ReorderType.INT8}
     if s.reorder in quantize:
@@ -197,8 +252,11 @@ class ScannSearcher:
   @classmethod
   def load(cls, directory: pathlib.Path, settings: ScannSettings, size: int,
            vectors_fn: VectorsFn) -> "ScannSearcher":
-    scann = _scann()
+    """ScaNN's files in `directory / "scann"`, checked against `size` (file headers only)
+    and loaded into ScaNN; nothing is written."""
     target = directory / cls.SUBDIR
+    check_scann_files(directory, size)
+    scann = _scann_numpy()
     with _unpacked_assets(target, size) as assets, native_logs.native_stderr_to_log("ScaNN"):
       searcher = scann.scann_ops_pybind.ScannSearcher(
           scann.scann_ops_pybind.scann_pybind.ScannNumpy(os.fspath(target), assets))
@@ -212,13 +270,15 @@ class ScannSearcher:
     target.mkdir()
     # Relative asset paths keep the files valid after the atomic rename of the directory.
     self.searcher.serialize(os.fspath(target), relative_path=True)
-    _pack_codes(target)
 
   def settings(self) -> dict[str, Any]:
     return dataclasses.asdict(self.settings_)
 
   def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None,
-             reorder_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+             reorder_factor: float | None = None,
+             parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """See the module docstring; `parallel`: spread the queries over ScaNN's threads (False
+    when the caller already searches several shards at once)."""
     queries = np.ascontiguousarray(queries, np.float32)
     k = min(int(k), self.size)
     if k <= 0 or len(queries) == 0:
@@ -228,15 +288,17 @@ class ScannSearcher:
       s = dataclasses.replace(s, reorder_factor=float(reorder_factor))
     leaves = None if leaves_to_search is None else int(min(leaves_to_search, s.num_leaves))
     pool = s.reorder_k(k, self.size)
-    batch = _parallel_batch_size(len(queries))
+    if parallel:
+      search = functools.partial(self.searcher.search_batched_parallel,
+                                 batch_size=_parallel_batch_size(len(queries)))
+    else:
+      search = self.searcher.search_batched
     if s.reorder == "stored":
-      rows, _ = self.searcher.search_batched_parallel(queries, final_num_neighbors=pool,
-                                                       leaves_to_search=leaves, batch_size=batch)
+      rows, _ = search(queries, final_num_neighbors=pool, leaves_to_search=leaves)
       return self._rescore(queries, np.asarray(rows, np.int64), k)
     pre = pool if s.reorder != "none" else None
-    rows, scores = self.searcher.search_batched_parallel(
-        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre, leaves_to_search=leaves,
-        batch_size=batch)
+    rows, scores = search(queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+                          leaves_to_search=leaves)
     rows, scores = np.asarray(rows, np.int64), np.asarray(scores, np.float32)
     return _drop_missing(rows, scores)
 
@@ -256,10 +318,15 @@ class ScannSearcher:
     return _drop_missing(np.concatenate(out_rows), np.concatenate(out_scores))
 
 
-# ScaNN serialises its 4-bit AH codes one per byte; the index keeps them two per byte (the
-# on-disk size FAISS's fast-scan codes have) and unpacks them for ScaNN at load time.
+# Indexes written before this version kept ScaNN's 4-bit AH codes two per byte; they are
+# unpacked for ScaNN at load time (see the module docstring).
 _CODES = "hashed_dataset.npy"
 _PACKED_CODES = "hashed_dataset.4bit.npz"
+_ASSETS = "scann_assets.pbtxt"
+# ScaNN's arrays with one row per indexed vector.
+_PER_VECTOR = ("datapoint_to_token.npy", _CODES, "int8_dataset.npy", "bfloat16_dataset.npy",
+               "dataset.npy")
+_ASSET_PATH = re.compile(r'asset_path: "([^"]*)"')
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -277,31 +344,60 @@ def unpack_nibbles(packed: np.ndarray, blocks: int) -> np.ndarray:
   return codes[:, :blocks]
 
 
-def _pack_codes(target: pathlib.Path) -> None:
-  """Replaces ScaNN's one-code-per-byte AH dataset in `target` with its 4-bit packing."""
-  path = target / _CODES
+def _packed_rows(path: pathlib.Path) -> int:
+  """Rows of the packed AH codes in a `hashed_dataset.4bit.npz`, from the array header."""
+  try:
+    with zipfile.ZipFile(path) as z, z.open("packed.npy") as f:
+      version = np.lib.format.read_magic(f)
+      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+      shape, _, dtype = read(f)
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise files.IndexFileError(path, f"unreadable packed AH codes ({e})") from None
+  if dtype != np.uint8 or len(shape) != 2:
+    raise files.IndexFileError(path, f"packed AH codes are {dtype}{list(shape)}, expected "
+                               "uint8 [n, b]")
+  return int(shape[0])
+
+
+def _asset_rows(target: pathlib.Path, name: str) -> tuple[pathlib.Path, int | None]:
+  """The file holding the asset `name` of a saved ScaNN index and, when it has one row per
+  vector, its number of rows (from its header; None for the other assets)."""
+  if name == _CODES and (target / _PACKED_CODES).is_file():
+    return target / _PACKED_CODES, _packed_rows(target / _PACKED_CODES)
+  path = target / name
   if not path.is_file():
-    return  # no AH codes (brute-force ScaNN configs)
-  codes = np.load(path)
-  if codes.dtype != np.uint8 or codes.ndim != 2 or (codes.size and codes.max() > 15):
-    return  # not 16-centre (lut16) codes: keep ScaNN's own layout
-  np.savez(target / _PACKED_CODES, packed=pack_nibbles(codes), blocks=np.int64(codes.shape[1]))
-  path.unlink()
+    raise files.IndexFileError(path, f"missing: {_ASSETS} lists it")
+  if name not in _PER_VECTOR:
+    return path, None
+  shape = files.read_npy_header(path)[1]
+  return path, shape[0] if shape else -1
+
+
+def check_scann_files(directory: pathlib.Path, size: int) -> None:
+  """Checks, reading headers only, that `directory / "scann"` holds every file its asset list
+  names and that ScaNN's per-vector arrays have `size` rows.
+
+  Raises:
+    IndexFileError: naming the file that is missing or mismatched.
+  """
+  target = directory / ScannSearcher.SUBDIR
+  assets_path = target / _ASSETS
+  if not assets_path.is_file():
+    raise files.IndexFileError(assets_path, "missing: not a saved ScaNN index")
+  for name in _ASSET_PATH.findall(assets_path.read_text()):
+    path, rows = _asset_rows(target, name)
+    if rows is not None and rows != size:
+      raise files.IndexFileError(path, f"ScaNN array for {rows} vectors but the manifest says "
+                                 f"{size} (mismatched shard)")
 
 
 @contextlib.contextmanager
 def _unpacked_assets(target: pathlib.Path, rows: int) -> Iterator[str]:
-  """ScaNN's asset list for `target`, with packed AH codes (of `rows` vectors) unpacked into a
-  temp file.
-
-  The asset list keeps naming `hashed_dataset.npy` (so ScaNN alone refuses the directory
-  rather than reading packed codes); here that entry points at the unpacked temp copy, which
-  ScaNN reads into memory while loading.
-  """
-  assets_path = target / "scann_assets.pbtxt"
-  if not assets_path.is_file():
-    raise files.IndexFileError(assets_path, "missing: not a saved ScaNN index")
-  assets = assets_path.read_text()
+  """ScaNN's asset list for `target`. For an index written with packed AH codes (of `rows`
+  vectors), its `hashed_dataset.npy` entry points at an unpacked copy in a temporary file,
+  which ScaNN reads into memory while loading; other indexes load from their own files."""
+  assets = (target / _ASSETS).read_text()
   packed_path = target / _PACKED_CODES
   if not packed_path.is_file():
     yield assets
@@ -319,7 +415,7 @@ def _unpacked_assets(target: pathlib.Path, rows: int) -> Iterator[str]:
                                f"the manifest says {rows} (mismatched shard)")
   entry = f'asset_path: "{_CODES}"'
   if assets.count(entry) != 1:
-    raise files.IndexFileError(assets_path, f"expected one {entry} entry for the AH codes")
+    raise files.IndexFileError(target / _ASSETS, f"expected one {entry} entry for the AH codes")
   with tempfile.TemporaryDirectory(prefix="aligner_jax_scann_") as tmp:
     unpacked = pathlib.Path(tmp) / _CODES
     np.save(unpacked, unpack_nibbles(packed, blocks))

@@ -3,12 +3,18 @@
 A directory written here holds its files plus `manifest.json`:
   {"format": "aligner_jax", "kind": <what it is>, "version": 1, "config": {...},
    "counts": {...}, "files": {relative path: {"bytes": int, "sha256": hex}}, "total_bytes": int}
-Loading (`verify_dir`) refuses, with an `IndexFileError` naming the file, a directory whose
-manifest is missing or unreadable, of another kind or version, that lacks a listed file, holds
-an unlisted one, or whose sizes or SHA-256 sums differ from the manifest.
+`verify_dir` refuses, with an `IndexFileError` naming the file, a directory whose manifest is
+missing or unreadable, of another kind or version, that lacks a listed file, holds an unlisted
+one, or whose sizes differ from the manifest: checks that read no data, so a load of any size
+costs a directory listing. With `checksums=True` it also hashes every byte and compares the
+SHA-256 sums: what an explicit verification does (`python -m aligner_jax.index verify`), not
+every load.
 
 Writers fill such a directory inside `aligner_jax.io.atomic_dir`, so a crash never leaves a
-half-written directory under the final name. Arrays are `.npy` files read without pickle.
+half-written directory under the final name. Arrays are `.npy` files read without pickle;
+`load_array` checks dtype, shape and file size from the `.npy` header alone and maps the data
+read-only (`mmap_mode="r"`): pages are read when something touches them, and the operating
+system may drop them again under memory pressure.
 """
 
 import hashlib
@@ -79,8 +85,16 @@ def write_manifest(directory: pathlib.Path, *, kind: str, version: int,
   return manifest
 
 
-def verify_dir(directory: str | os.PathLike, *, kind: str, version: int) -> dict[str, Any]:
-  """Checks `directory` against its manifest (see the module docstring); returns the manifest."""
+def verify_dir(directory: str | os.PathLike, *, kind: str, version: int,
+               checksums: bool = True) -> dict[str, Any]:
+  """Checks `directory` against its manifest (see the module docstring); returns the manifest.
+
+  Args:
+    directory: the directory holding `manifest.json`.
+    kind, version: what the manifest must declare.
+    checksums: also compare every file's SHA-256 with the manifest (reads every byte);
+      without, only presence and sizes are compared.
+  """
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise IndexFileError(directory, "directory not found")
@@ -112,6 +126,8 @@ def verify_dir(directory: str | os.PathLike, *, kind: str, version: int) -> dict
     if size != entry.get("bytes"):
       raise IndexFileError(path, f"size {size} bytes differs from the manifest's "
                            f"{entry.get('bytes')} (truncated or replaced)")
+    if not checksums:
+      continue
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
       raise IndexFileError(path, f"SHA-256 {digest[:16]}… differs from the manifest's "
@@ -119,19 +135,50 @@ def verify_dir(directory: str | os.PathLike, *, kind: str, version: int) -> dict
   return manifest
 
 
-def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
-               shape: tuple[int | None, ...]) -> np.ndarray:
-  """Loads `name` and checks dtype and shape (None matches any size) against the manifest."""
-  path = directory / name
+def read_npy_header(path: pathlib.Path) -> tuple[np.dtype, tuple[int, ...], int]:
+  """(dtype, shape, data offset) of a C-ordered `.npy` file, read from its header alone.
+
+  Raises:
+    IndexFileError: when the file is not such an array, or its size is not what the header
+      says (a truncated or padded file).
+  """
   try:
-    array = np.load(path, allow_pickle=False)
+    with open(path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+      elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+      else:
+        raise ValueError(f"unsupported .npy format version {version}")
+      offset = f.tell()
+  except (ValueError, OSError, EOFError) as e:
+    raise IndexFileError(path, f"not a readable .npy array ({e})") from None
+  if fortran or dtype.hasobject:
+    raise IndexFileError(path, "array must be C-ordered plain data (no Fortran order, no "
+                         "Python objects)")
+  expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  size = path.stat().st_size
+  if size != expected:
+    raise IndexFileError(path, f"file has {size} bytes but its header describes "
+                         f"{dtype}{list(shape)} in {expected} bytes (truncated or padded)")
+  return dtype, tuple(shape), offset
+
+
+def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
+               shape: tuple[int | None, ...], mmap: bool = True) -> np.ndarray:
+  """`name` mapped read-only (or read, `mmap=False`) after checking from its header alone
+  that dtype and shape (None matches any size) are what the manifest implies."""
+  path = directory / name
+  found, found_shape, _ = read_npy_header(path)
+  want = np.dtype(dtype)
+  shape_ok = len(found_shape) == len(shape) and all(
+      s is None or s == a for s, a in zip(shape, found_shape))
+  if found != want or not shape_ok:
+    shown = tuple("*" if s is None else s for s in shape)
+    raise IndexFileError(path, f"array is {found}{list(found_shape)} but the manifest "
+                         f"implies {want}{list(shown)} (mismatched shard)")
+  try:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
   except (ValueError, OSError) as e:
     raise IndexFileError(path, f"not a readable .npy array ({e})") from None
-  want = np.dtype(dtype)
-  shape_ok = array.ndim == len(shape) and all(
-      s is None or s == a for s, a in zip(shape, array.shape))
-  if array.dtype != want or not shape_ok:
-    shown = tuple("*" if s is None else s for s in shape)
-    raise IndexFileError(path, f"array is {array.dtype}{list(array.shape)} but the manifest "
-                         f"implies {want}{list(shown)} (mismatched shard)")
-  return array

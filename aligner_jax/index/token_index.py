@@ -17,7 +17,8 @@ salience-weighted refinement), vocabulary ids (COIL) and pooled vectors (the den
 
 On disk (`save_index`, `load_index`), INDEX_DIR holds `index.json` (config, shard list with the
 SHA-256 of each shard manifest, totals) and one directory per shard:
-  manifest.json   config, counts, bytes and SHA-256 of every file (see `files.py`)
+  manifest.json   config (with `source_sha256`, the digest of the documents the shard was
+                  built from), counts, bytes and SHA-256 of every file (see `files.py`)
   doc_ids.json    [N] document ids
   offsets.npy     [N + 1] int64 refinement rows of each document; also the token → document
                   map (a searched row's document is found from the offsets, no id per token)
@@ -29,10 +30,15 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
   ann_keep.npy    [⌈T / 8⌉] uint8 bit mask of the searched rows (only for refine_tokens="all"
                   with β^d < 1; otherwise every stored row is searched)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
-Document numbers are global: shard s's local document i is `doc_base[s] + i`.
+Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
+larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
+`index_staging.py`), into the same files.
 """
 
+import concurrent.futures
 import dataclasses
+import itertools
+import os
 import pathlib
 from typing import Any, Sequence
 
@@ -40,12 +46,17 @@ import numpy as np
 
 from aligner_jax.index import files
 from aligner_jax.index import pruning
+from aligner_jax.index import shard_search
 from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import ScannSearcher
 from aligner_jax.index.backends import ScannSettings
+from aligner_jax.index.backends import check_scann_files
 from aligner_jax.index.backends import scann_settings
+from aligner_jax.index.searched_rows import SearchedRows
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store import content_sha256
+from aligner_jax.index.token_store import padded_buffers
 from aligner_jax.index.token_store_io import load_vector_arrays
 from aligner_jax.index.token_store_io import unit_norm_flag
 from aligner_jax.io import atomic_dir
@@ -59,6 +70,7 @@ INDEX_JSON = "index.json"
 BACKENDS = ("scann", "exact")
 REFINE_TOKENS = ("kept", "all")
 FIELDS = ("salience", "token_ids", "pooled")
+_DEQUANTIZE_BLOCK = 1 << 16  # rows converted to float32 at a time for ScaNN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,34 +142,45 @@ class IndexConfig:
 class IndexShard:
   """One shard: its refinement store, the searched tokens and their MIPS searcher."""
 
-  def __init__(self, store: TokenStore, ann_doc: np.ndarray, ann_rows: np.ndarray | None,
-               searcher: ExactSearcher | ScannSearcher, original_tokens: int):
+  def __init__(self, store: TokenStore, searched: SearchedRows,
+               searcher: ExactSearcher | ScannSearcher, original_tokens: int,
+               source_sha256: str | None = None):
     self.store = store
-    self.ann_doc = np.asarray(ann_doc, np.int32)
-    self.ann_rows = None if ann_rows is None else np.asarray(ann_rows, np.int64)
+    self.searched = searched
     self.searcher = searcher
     self.original_tokens = int(original_tokens)
+    # `content_sha256` of the documents the shard was built from (None for a loaded shard);
+    # recorded in the manifest so a resumed build knows a finished shard is still current.
+    self.source_sha256 = source_sha256
 
   @property
   def num_ann_tokens(self) -> int:
-    return len(self.ann_doc)
+    return self.searched.size
 
-  def search(self, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Local document of each of the k nearest searched tokens: ([Q, k'] int64, [Q, k'])."""
+  def search(self, queries: np.ndarray, k: int, *, threaded: bool = False,
+             **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Local document of each of the k nearest searched tokens: ([Q, k'] int64, [Q, k']).
+
+    `threaded`: other shards are searched at the same time, so ScaNN searches this one in the
+    calling thread (one level of threads, not threads of threads).
+    """
+    if self.searcher.kind == "scann":
+      kwargs["parallel"] = not threaded
     rows, scores = self.searcher.search(queries, k, **kwargs)
-    docs = np.where(rows >= 0, self.ann_doc[np.maximum(rows, 0)], -1).astype(np.int64)
-    return docs, scores
+    docs = np.where(rows >= 0, self.searched.documents(np.maximum(rows, 0)), -1)
+    return docs.astype(np.int64), scores
 
 
-def _ann_vectors_fn(store: TokenStore, ann_rows: np.ndarray | None):
-  if ann_rows is None:
+def _ann_vectors_fn(store: TokenStore, searched: SearchedRows):
+  if not searched.masked:
     return store.dequantize
-  return lambda rows: store.dequantize(ann_rows[rows])
+  return lambda rows: store.dequantize(searched.stored_rows(rows))
 
 
-def _make_searcher(config: IndexConfig, store: TokenStore, ann_rows: np.ndarray | None,
-                   size: int) -> ExactSearcher | ScannSearcher:
-  vectors_fn = _ann_vectors_fn(store, ann_rows)
+def _make_searcher(config: IndexConfig, store: TokenStore,
+                   searched: SearchedRows) -> ExactSearcher | ScannSearcher:
+  size = searched.size
+  vectors_fn = _ann_vectors_fn(store, searched)
   if config.backend == "exact":
     return ExactSearcher(size, vectors_fn)
   settings = scann_settings(
@@ -167,21 +190,29 @@ def _make_searcher(config: IndexConfig, store: TokenStore, ann_rows: np.ndarray 
       dims_per_block=config.dims_per_block, anisotropic_threshold=config.anisotropic_threshold,
       reorder=config.reorder, reorder_factor=config.reorder_factor,
       training_sample_size=config.training_sample_size)
-  all_rows = np.arange(size)
-  return ScannSearcher.build(vectors_fn(all_rows), settings, vectors_fn,
+  return ScannSearcher.build(_float32_rows(vectors_fn, size), settings, vectors_fn,
                              training_threads=config.training_threads)
 
 
-def _ann_doc(store: TokenStore, ann_rows: np.ndarray | None) -> np.ndarray:
-  """[T_ann] int32 document of each searched token, from the offsets."""
-  doc_of_row = np.repeat(np.arange(store.num_docs, dtype=np.int32), store.lengths)
-  return doc_of_row if ann_rows is None else doc_of_row[ann_rows]
+def _float32_rows(vectors_fn, size: int) -> np.ndarray:
+  """[size, h] float32 of the searched rows, filled a block at a time: ScaNN needs float32,
+  and converting a block at a time keeps one float32 copy of the shard, not two."""
+  first = vectors_fn(np.arange(min(size, _DEQUANTIZE_BLOCK)))
+  out = np.empty((size, first.shape[1]), np.float32)
+  out[:len(first)] = first
+  for start in range(len(first), size, _DEQUANTIZE_BLOCK):
+    stop = min(start + _DEQUANTIZE_BLOCK, size)
+    out[start:stop] = vectors_fn(np.arange(start, stop))
+  return out
 
 
-def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
-  """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens)."""
+def build_shard(store: TokenStore, config: IndexConfig, *,
+                source_sha256: str | None = None) -> IndexShard:
+  """Prunes, quantises and indexes one shard's documents (`store` holds all their tokens;
+  `source_sha256`: its `content_sha256` when the caller has it already)."""
   if store.num_tokens == 0:
     raise ValueError("cannot index a shard without tokens")
+  source_sha256 = source_sha256 or content_sha256(store)
   kept = pruning.kept_rows(store, config.prune_doc_ratio)
   everything = len(kept) == store.num_tokens
   refine = store if everything or config.refine_tokens == "all" else store.select_rows(kept)
@@ -189,9 +220,38 @@ def build_shard(store: TokenStore, config: IndexConfig) -> IndexShard:
   # Quantised after pruning, so a PQ codebook is trained on the tokens it will encode.
   refine = refine.with_vector_dtype(config.vector_dtype, pq_sample_size=config.pq_sample_size)
   refine = dataclasses.replace(refine, **{f: None for f in FIELDS if f not in config.fields})
-  ann_doc = _ann_doc(refine, ann_rows)
-  searcher = _make_searcher(config, refine, ann_rows, len(ann_doc))
-  return IndexShard(refine, ann_doc, ann_rows, searcher, original_tokens=store.num_tokens)
+  searched = SearchedRows.from_rows(refine.offsets, ann_rows)
+  searcher = _make_searcher(config, refine, searched)
+  return IndexShard(refine, searched, searcher, original_tokens=store.num_tokens,
+                    source_sha256=source_sha256)
+
+
+def document_groups(lengths: np.ndarray, max_tokens: int | None,
+                    ratio: float) -> list[tuple[int, int]]:
+  """[start, stop) of consecutive groups of whole documents (stored `lengths` [N]) with at
+  most `max_tokens` searched tokens each (a longer document is a group of its own)."""
+  if max_tokens is None:
+    return [(0, len(lengths))]
+  kept = pruning.prune_budget(lengths, ratio)
+  groups, start, acc = [], 0, 0
+  for i, n in enumerate(kept):
+    if acc and acc + n > max_tokens:
+      groups.append((start, i))
+      start, acc = i, 0
+    acc += int(n)
+  groups.append((start, len(lengths)))
+  return groups
+
+
+def slice_documents(store: TokenStore, start: int, stop: int) -> TokenStore:
+  """Documents [start, stop) of `store` as a store of views (no copy, memory maps stay maps)."""
+  lo, hi = store.offsets[start], store.offsets[stop]
+  cut = lambda x: None if x is None else x[lo:hi]  # noqa: E731
+  return dataclasses.replace(
+      store, doc_ids=store.doc_ids[start:stop], offsets=store.offsets[start:stop + 1] - lo,
+      vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
+      token_ids=cut(store.token_ids),
+      pooled=None if store.pooled is None else store.pooled[start:stop])
 
 
 def split_documents(store: TokenStore, max_tokens: int | None,
@@ -199,41 +259,38 @@ def split_documents(store: TokenStore, max_tokens: int | None,
   """Consecutive groups of whole documents with at most `max_tokens` searched tokens each."""
   if max_tokens is None:
     return [store]
-  kept = pruning.prune_budget(store.lengths, ratio)
-  groups, start, acc = [], 0, 0
-  for i, n in enumerate(kept):
-    if acc and acc + n > max_tokens:
-      groups.append((start, i))
-      start, acc = i, 0
-    acc += int(n)
-  groups.append((start, store.num_docs))
-  out = []
-  for a, b in groups:
-    lo, hi = store.offsets[a], store.offsets[b]
-    cut = lambda x: None if x is None else x[lo:hi]  # noqa: B023 (called in this iteration)
-    out.append(dataclasses.replace(
-        store, doc_ids=store.doc_ids[a:b], offsets=store.offsets[a:b + 1] - lo,
-        vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
-        token_ids=cut(store.token_ids),
-        pooled=None if store.pooled is None else store.pooled[a:b]))
-  return out
+  return [slice_documents(store, a, b)
+          for a, b in document_groups(store.lengths, max_tokens, ratio)]
 
 
 class TokenIndex:
-  """All shards of an index; documents are numbered globally in shard order."""
+  """All shards of an index; documents are numbered globally in shard order.
 
-  def __init__(self, shards: Sequence[IndexShard], config: IndexConfig):
+  `search_threads` shards are searched at a time (None: one per core, at most one per
+  shard; 1: one after another in the caller's thread); see `shard_search`.
+  """
+
+  def __init__(self, shards: Sequence[IndexShard], config: IndexConfig, *,
+               search_threads: int | None = None):
     if not shards:
       raise ValueError("an index needs at least one shard")
     self.shards = list(shards)
     self.config = config
     self.doc_base = np.concatenate(
         [[0], np.cumsum([s.store.num_docs for s in self.shards])]).astype(np.int64)
-    self.doc_ids: list[str] = sum((s.store.doc_ids for s in self.shards), [])
+    self.doc_ids: list[str] = list(itertools.chain.from_iterable(
+        s.store.doc_ids for s in self.shards))
     self.doc_lengths = np.concatenate([s.store.lengths for s in self.shards])
-    dims = {s.store.dim for s in self.shards}
-    if len(dims) != 1:
-      raise ValueError(f"shards disagree on the vector dimension: {sorted(dims)}")
+    kinds = {(s.store.dim, s.store.padded_dtype(True).str, s.store.salience is None,
+              s.store.token_ids is None) for s in self.shards}
+    if len(kinds) != 1:
+      raise ValueError(f"shards disagree on the vector dimension, format or stored fields: "
+                       f"{sorted(kinds)}")
+    threads = search_threads or min(len(self.shards), os.cpu_count() or 1)
+    if threads < 1:
+      raise ValueError(f"search_threads must be positive, got {search_threads}")
+    self.search_threads = threads
+    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
   @property
   def num_docs(self) -> int:
@@ -259,47 +316,50 @@ class TokenIndex:
   def has_token_ids(self) -> bool:
     return self.shards[0].store.token_ids is not None
 
+  def _pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
+    if self.search_threads == 1 or len(self.shards) == 1:
+      return None
+    if self._executor is None:
+      self._executor = concurrent.futures.ThreadPoolExecutor(
+          self.search_threads, thread_name_prefix="shard-search")
+    return self._executor
+
   def search_tokens(self, queries: np.ndarray, k: int,
                     **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Global document of each of the k nearest searched tokens over all shards.
 
     Args:
       queries: [Q, h] float32 query token vectors.
-      k: K′, capped by the number of searched tokens.
+      k: K′, capped by the number of searched tokens; each shard returns at most k.
       **kwargs: backend search options (ScaNN: leaves_to_search, reorder_factor).
 
     Returns:
-      (docs [Q, k'] int64 with -1 for unfilled results, scores [Q, k'] float32), best first.
+      (docs [Q, k'] int64 with -1 for unfilled results, scores [Q, k'] float32), best first;
+      equal scores in shard order, then in each shard's own order.
     """
     k = min(int(k), self.num_ann_tokens)
-    docs, scores = [], []
-    for base, shard in zip(self.doc_base, self.shards):
-      d, s = shard.search(queries, k, **kwargs)
-      docs.append(np.where(d >= 0, d + base, -1))
-      scores.append(s)
-    docs, scores = np.concatenate(docs, 1), np.concatenate(scores, 1)
-    if len(self.shards) > 1 and docs.shape[1] > k:
-      order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-      docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
-    return docs, scores
+    queries = np.ascontiguousarray(queries, np.float32)
+
+    pool = self._pool()
+
+    def one(s: int) -> tuple[np.ndarray, np.ndarray]:
+      d, scores = self.shards[s].search(queries, k, threaded=pool is not None, **kwargs)
+      return np.where(d >= 0, d + self.doc_base[s], -1), scores
+
+    results = shard_search.ordered_map(one, len(self.shards), pool, 2 * self.search_threads)
+    return shard_search.merge_results(results, k)
 
   def gather_padded(self, docs: np.ndarray, length: int, *,
                     native_dtype: bool = False) -> dict[str, np.ndarray]:
     """Refinement inputs of global documents `docs` [K] (-1 = padding); see TokenStore."""
     docs = np.asarray(docs, np.int64)
-    if len(self.shards) == 1:
-      return self.shards[0].store.gather_padded(docs, length, native_dtype=native_dtype)
+    first = self.shards[0].store
+    out = padded_buffers(len(docs), length, self.dim, first.padded_dtype(native_dtype),
+                         salience=self.has_salience, token_ids=self.has_token_ids)
     shard_of = np.searchsorted(self.doc_base, docs, side="right") - 1
-    out = None
-    for s, shard in enumerate(self.shards):
-      sel = (shard_of == s) & (docs >= 0)
-      local = np.where(sel, docs - self.doc_base[s], -1)
-      part = shard.store.gather_padded(local, length, native_dtype=native_dtype)
-      if out is None:
-        out = part
-      else:
-        for key, value in part.items():
-          out[key][sel] = value[sel]  # in place: keeps the first part's aligned buffers
+    for s in np.unique(shard_of[docs >= 0]):
+      slots = np.flatnonzero((shard_of == s) & (docs >= 0))
+      self.shards[s].store.fill_padded(out, slots, docs[slots] - self.doc_base[s])
     return out
 
   def pooled(self) -> np.ndarray | None:
@@ -323,6 +383,9 @@ def build_token_index(stores: Sequence[TokenStore] | TokenStore,
 # Export and load.
 
 
+_COUNT_KEYS = ("documents", "tokens", "ann_tokens", "original_tokens", "dim", "pooled_dim")
+
+
 def _shard_counts(shard: IndexShard) -> dict[str, int]:
   s = shard.store
   return {"documents": s.num_docs, "tokens": s.num_tokens, "ann_tokens": shard.num_ann_tokens,
@@ -341,18 +404,18 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
     for name in ("scales", "codebook", "salience", "token_ids", "pooled"):
       if getattr(s, name) is not None:
         files.save_array(tmp, f"{name}.npy", getattr(s, name))
-    if shard.ann_rows is not None:
-      keep = np.zeros(s.num_tokens, bool)
-      keep[shard.ann_rows] = True
-      files.save_array(tmp, "ann_keep.npy", np.packbits(keep))
+    if shard.searched.masked:
+      files.save_array(tmp, "ann_keep.npy", shard.searched.packed_mask())
     shard.searcher.save(tmp)
     manifest_config = {"index": config.to_json(), "vector_dtype": s.vector_dtype,
                        "pq_unit_norm": s.unit_norm,
                        "has_salience": s.salience is not None,
                        "has_token_ids": s.token_ids is not None,
-                       "has_ann_keep": shard.ann_rows is not None,
+                       "has_ann_keep": shard.searched.masked,
                        "backend": shard.searcher.kind,
                        "backend_settings": shard.searcher.settings()}
+    if shard.source_sha256 is not None:
+      manifest_config["source_sha256"] = shard.source_sha256
     manifest = files.write_manifest(tmp, kind=SHARD_KIND, version=VERSION,
                                     config=manifest_config, counts=_shard_counts(shard))
   return manifest
@@ -364,14 +427,25 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, An
   with atomic_dir(directory) as tmp:
     listing = []
     for i, shard in enumerate(index.shards):
-      name = f"shard-{i:05d}"
+      name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
-      listing.append({"name": name, "manifest_sha256": files.sha256_file(tmp / name /
-                                                                         files.MANIFEST),
-                      **_shard_counts(shard)})
+      listing.append(listing_entry(tmp, name))
     info = index_info(tmp, listing, index.config)
     write_json(tmp / INDEX_JSON, info)
   return info
+
+
+def shard_dir_name(position: int) -> str:
+  """The directory of the index's `position`-th shard (global document order)."""
+  return f"shard-{position:05d}"
+
+
+def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
+  """The `index.json` entry of the saved shard `directory / name`: from its manifest."""
+  manifest_path = directory / name / files.MANIFEST
+  counts = files.read_json(manifest_path)["counts"]
+  return {"name": name, "manifest_sha256": files.sha256_file(manifest_path),
+          **{key: counts[key] for key in _COUNT_KEYS}}
 
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]],
@@ -392,78 +466,133 @@ def index_exists(directory: str | pathlib.Path) -> bool:
   return (pathlib.Path(directory) / INDEX_JSON).is_file()
 
 
-def load_shard(directory: str | pathlib.Path,
-               expect_config: IndexConfig | None = None) -> IndexShard:
-  """Loads one shard after verifying its files against its manifest."""
-  directory = pathlib.Path(directory)
-  manifest = files.verify_dir(directory, kind=SHARD_KIND, version=VERSION)
+@dataclasses.dataclass(frozen=True)
+class _ShardMeta:
+  """What a shard's manifest says, parsed and checked."""
+  directory: pathlib.Path
+  config: dict[str, Any]  # the manifest's "config"
+  index_config: IndexConfig
+  documents: int
+  tokens: int
+  ann_tokens: int
+  dim: int
+  pooled_dim: int
+  original_tokens: int
+  vector_dtype: str
+  unit_norm: bool
+
+  @property
+  def manifest_path(self) -> pathlib.Path:
+    return self.directory / files.MANIFEST
+
+
+def _shard_meta(directory: pathlib.Path, manifest: dict[str, Any],
+                expect_config: IndexConfig | None) -> _ShardMeta:
   mpath = directory / files.MANIFEST
   try:
     mc, counts = manifest["config"], manifest["counts"]
-    config = IndexConfig.from_json(mc["index"])
     n, t, t_ann, h = (int(counts[k]) for k in ("documents", "tokens", "ann_tokens", "dim"))
-    dtype = mc["vector_dtype"]
-    check_vector_format(dtype)
+    dtype = check_vector_format(mc["vector_dtype"])
+    meta = _ShardMeta(directory, mc, IndexConfig.from_json(mc["index"]), n, t, t_ann, h,
+                      int(counts.get("pooled_dim", 0)), int(counts.get("original_tokens", t)),
+                      dtype, unit_norm_flag(mc, dtype))
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(mpath, f"manifest config/counts are malformed ({e})") from None
-  if expect_config is not None and config != expect_config:
-    raise files.IndexFileError(mpath, f"shard was built with {config} but the index says "
-                               f"{expect_config} (mismatched shard)")
+  if expect_config is not None and meta.index_config != expect_config:
+    raise files.IndexFileError(mpath, f"shard was built with {meta.index_config} but the index "
+                               f"says {expect_config} (mismatched shard)")
+  return meta
+
+
+def _load_store(meta: _ShardMeta) -> TokenStore:
+  """The shard's refinement store, its arrays mapped read-only after header checks."""
+  directory, n, t = meta.directory, meta.documents, meta.tokens
   doc_ids = files.read_json(directory / "doc_ids.json")
   if not isinstance(doc_ids, list) or len(doc_ids) != n:
     raise files.IndexFileError(directory / "doc_ids.json", f"expected a list of {n} document "
                                f"ids as the manifest says (mismatched shard)")
   load = lambda name, dt, shape: files.load_array(directory, name, dtype=dt, shape=shape)  # noqa
-  offsets = load("offsets.npy", np.int64, (n + 1,))
+  # Read, not mapped: searched at every query, and only N + 1 numbers.
+  offsets = files.load_array(directory, "offsets.npy", dtype=np.int64, shape=(n + 1,),
+                             mmap=False)
   if offsets[0] != 0 or offsets[-1] != t or np.any(np.diff(offsets) < 0):
     raise files.IndexFileError(directory / "offsets.npy", f"offsets must rise from 0 to the "
                                f"manifest's {t} tokens")
-  vectors, scales, codebook = load_vector_arrays(directory, dtype, t, h)
+  vectors, scales, codebook = load_vector_arrays(directory, meta.vector_dtype, t, meta.dim)
+  mc = meta.config
   salience = load("salience.npy", np.float32, (t,)) if mc.get("has_salience") else None
   token_ids = load("token_ids.npy", np.int32, (t,)) if mc.get("has_token_ids") else None
-  pooled_dim = int(counts.get("pooled_dim", 0))
-  pooled = load("pooled.npy", np.float32, (n, pooled_dim)) if pooled_dim else None
-  ann_rows = None
-  if mc.get("has_ann_keep"):
-    packed = load("ann_keep.npy", np.uint8, ((t + 7) // 8,))
-    bits = np.unpackbits(packed)
-    if bits[t:].any() or int(bits.sum()) != t_ann:
-      raise files.IndexFileError(directory / "ann_keep.npy", f"the mask marks "
-                                 f"{int(bits[:t].sum())} of {t} rows (+{int(bits[t:].sum())} "
-                                 f"past the end) but the manifest says {t_ann} are searched")
-    ann_rows = np.flatnonzero(bits[:t]).astype(np.int64)
-  elif t_ann != t:
-    raise files.IndexFileError(mpath, f"{t_ann} searched tokens of {t} stored without a mask "
-                               "of the searched rows (ann_keep.npy)")
+  pooled = (load("pooled.npy", np.float32, (n, meta.pooled_dim)) if meta.pooled_dim
+            else None)
+  # The PQ codebook (256 · h floats) is read: every decode looks into all of it.
+  return TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled,
+                    None if codebook is None else np.array(codebook), meta.unit_norm)
+
+
+def _load_searched(meta: _ShardMeta, offsets: np.ndarray) -> SearchedRows:
+  """The shard's searched rows: all of them, or those of its `ann_keep.npy` mask."""
+  if not meta.config.get("has_ann_keep"):
+    if meta.ann_tokens != meta.tokens:
+      raise files.IndexFileError(meta.manifest_path, f"{meta.ann_tokens} searched tokens of "
+                                 f"{meta.tokens} stored without a mask of the searched rows "
+                                 "(ann_keep.npy)")
+    return SearchedRows(offsets)
+  path = meta.directory / "ann_keep.npy"
+  packed = files.load_array(meta.directory, "ann_keep.npy", dtype=np.uint8,
+                            shape=((meta.tokens + 7) // 8,), mmap=False)
   try:
-    unit_norm = unit_norm_flag(mc, dtype)
+    searched = SearchedRows(offsets, packed)
   except ValueError as e:
-    raise files.IndexFileError(mpath, str(e)) from None
-  store = TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled, codebook,
-                     unit_norm)
-  ann_doc = _ann_doc(store, ann_rows)
-  vectors_fn = _ann_vectors_fn(store, ann_rows)
-  if mc.get("backend") == "scann":
-    try:
-      settings = ScannSettings(**mc["backend_settings"])
-    except TypeError as e:
-      raise files.IndexFileError(mpath, f"ScaNN settings are malformed ({e})") from None
-    searcher = ScannSearcher.load(directory, settings, t_ann, vectors_fn)
-  elif mc.get("backend") == "exact":
-    searcher = ExactSearcher(t_ann, vectors_fn)
-  else:
-    raise files.IndexFileError(mpath, f"unknown backend {mc.get('backend')!r}")
-  return IndexShard(store, ann_doc, ann_rows, searcher,
-                    original_tokens=int(counts.get("original_tokens", t)))
+    raise files.IndexFileError(path, str(e)) from None
+  if searched.size != meta.ann_tokens:
+    raise files.IndexFileError(path, f"the mask marks {searched.size} of {meta.tokens} rows but "
+                               f"the manifest says {meta.ann_tokens} are searched")
+  return searched
 
 
-def load_index(directory: str | pathlib.Path) -> TokenIndex:
-  """Loads and verifies an index written by `save_index`.
+def _backend(meta: _ShardMeta) -> str:
+  backend = meta.config.get("backend")
+  if backend not in BACKENDS:
+    raise files.IndexFileError(meta.manifest_path, f"unknown backend {backend!r}")
+  return backend
+
+
+def _scann_settings(meta: _ShardMeta) -> ScannSettings:
+  try:
+    return ScannSettings(**meta.config["backend_settings"])
+  except (KeyError, TypeError) as e:
+    raise files.IndexFileError(meta.manifest_path, f"ScaNN settings are malformed ({e})") from None
+
+
+def _load_searcher(meta: _ShardMeta, store: TokenStore,
+                   searched: SearchedRows) -> ExactSearcher | ScannSearcher:
+  vectors_fn = _ann_vectors_fn(store, searched)
+  if _backend(meta) == "scann":
+    return ScannSearcher.load(meta.directory, _scann_settings(meta), searched.size, vectors_fn)
+  return ExactSearcher(searched.size, vectors_fn)
+
+
+def load_shard(directory: str | pathlib.Path, expect_config: IndexConfig | None = None, *,
+               verify: bool = False) -> IndexShard:
+  """Maps one shard's arrays after checking its files against its manifest: presence, sizes,
+  counts, dtypes and shapes (from the `.npy` headers), read from no data file; `verify`
+  also compares every file's SHA-256 with the manifest (reads every byte).
 
   Raises:
-    IndexFileError: naming the file, when anything is missing, corrupted or inconsistent.
+    IndexFileError: naming the file, when anything is missing, mismatched or (with
+      `verify`) corrupted.
   """
   directory = pathlib.Path(directory)
+  manifest = files.verify_dir(directory, kind=SHARD_KIND, version=VERSION, checksums=verify)
+  meta = _shard_meta(directory, manifest, expect_config)
+  store = _load_store(meta)
+  searched = _load_searched(meta, store.offsets)
+  searcher = _load_searcher(meta, store, searched)
+  return IndexShard(store, searched, searcher, original_tokens=meta.original_tokens)
+
+
+def _read_listing(directory: pathlib.Path) -> tuple[IndexConfig, list[dict[str, Any]]]:
+  """The config and shard list of `index.json`."""
   info_path = directory / INDEX_JSON
   info = files.read_json(info_path)
   if (not isinstance(info, dict) or info.get("format") != files.FORMAT or
@@ -474,20 +603,89 @@ def load_index(directory: str | pathlib.Path) -> TokenIndex:
                                f"supported version {VERSION}; rebuild the index")
   try:
     config = IndexConfig.from_json(info["config"])
-    listing = list(info["shards"])
+    listing = [dict(e) for e in info["shards"]]
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(info_path, f"malformed index listing ({e})") from None
+  for entry in listing:
+    if not all(isinstance(entry.get(k), str) for k in ("name", "manifest_sha256")):
+      raise files.IndexFileError(info_path, f"malformed index listing: shard entry {entry} "
+                                 "lacks its name or manifest_sha256")
+  return config, listing
+
+
+def _check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
+  manifest_path = directory / entry["name"] / files.MANIFEST
+  if manifest_path.is_file() and files.sha256_file(manifest_path) != entry["manifest_sha256"]:
+    raise files.IndexFileError(manifest_path, "manifest differs from the one index.json "
+                               "lists (a shard from another build was mixed in)")
+
+
+def _check_listed_counts(directory: pathlib.Path, entry: dict[str, Any],
+                         counts: dict[str, int]) -> None:
+  for key, value in counts.items():
+    if entry.get(key) != value:
+      raise files.IndexFileError(directory / INDEX_JSON, f"{entry['name']}: {key} = "
+                                 f"{entry.get(key)} but the shard holds {value} (mismatched "
+                                 "shard)")
+
+
+def load_index(directory: str | pathlib.Path, *, verify: bool = False,
+               search_threads: int | None = None) -> TokenIndex:
+  """Loads an index written by `save_index`, its arrays mapped read-only (see `load_shard`;
+  `verify` compares every file's SHA-256 too). `search_threads`: see `TokenIndex`.
+
+  Raises:
+    IndexFileError: naming the file, when anything is missing, mismatched or (with
+      `verify`) corrupted.
+  """
+  directory = pathlib.Path(directory)
+  config, listing = _read_listing(directory)
   shards = []
   for entry in listing:
-    shard_dir = directory / entry["name"]
-    manifest_path = shard_dir / files.MANIFEST
-    if manifest_path.is_file() and files.sha256_file(manifest_path) != entry["manifest_sha256"]:
-      raise files.IndexFileError(manifest_path, "manifest differs from the one index.json "
-                                 "lists (a shard from another build was mixed in)")
-    shard = load_shard(shard_dir, expect_config=config)
-    for key, value in _shard_counts(shard).items():
-      if entry.get(key) != value:
-        raise files.IndexFileError(info_path, f"{entry['name']}: {key} = {entry.get(key)} "
-                                   f"but the shard holds {value} (mismatched shard)")
+    _check_listed_manifest(directory, entry)
+    shard = load_shard(directory / entry["name"], expect_config=config, verify=verify)
+    _check_listed_counts(directory, entry, _shard_counts(shard))
     shards.append(shard)
-  return TokenIndex(shards, config)
+  return TokenIndex(shards, config, search_threads=search_threads)
+
+
+def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexConfig) -> None:
+  """Every check of `load_shard(verify=True)` on one listed shard, without loading ScaNN."""
+  _check_listed_manifest(directory, entry)
+  shard_dir = directory / entry["name"]
+  manifest = files.verify_dir(shard_dir, kind=SHARD_KIND, version=VERSION, checksums=True)
+  meta = _shard_meta(shard_dir, manifest, config)
+  store = _load_store(meta)
+  searched = _load_searched(meta, store.offsets)
+  if _backend(meta) == "scann":
+    _scann_settings(meta)
+    check_scann_files(shard_dir, searched.size)
+  counts = {"documents": store.num_docs, "tokens": store.num_tokens,
+            "ann_tokens": searched.size, "original_tokens": meta.original_tokens,
+            "dim": store.dim, "pooled_dim": meta.pooled_dim}
+  _check_listed_counts(directory, entry, counts)
+
+
+def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
+  """Checks every file of the index in `directory` against its manifest, SHA-256 included.
+
+  Returns:
+    {shard name: None when it is sound, else the problem}, in `index.json`'s order, plus an
+    entry for each shard directory present but not listed.
+
+  Raises:
+    IndexFileError: when `index.json` itself is missing or unreadable.
+  """
+  directory = pathlib.Path(directory)
+  config, listing = _read_listing(directory)
+  report: dict[str, str | None] = {}
+  for entry in listing:
+    try:
+      _verify_shard(directory, entry, config)
+      report[entry["name"]] = None
+    except files.IndexFileError as e:
+      report[entry["name"]] = str(e)
+  listed = {e["name"] for e in listing}
+  for extra in sorted(p.name for p in directory.glob("shard-*") if p.name not in listed):
+    report[extra] = f"{directory / extra}: shard directory not listed in {INDEX_JSON}"
+  return report

@@ -16,6 +16,8 @@ Vector formats (`VECTOR_DTYPES`, what encoding writes; any of them or "pq:M" in 
 """
 
 import dataclasses
+import hashlib
+import json
 import re
 from typing import Sequence
 
@@ -186,11 +188,14 @@ class TokenStore:
       return v.astype(np.float32) * self.scales[sel][..., None]
     return v.astype(np.float32)
 
+  def doc_of_rows(self, rows: np.ndarray) -> np.ndarray:
+    """Document of each stored row `rows` [...] (int64, same shape), from the offsets."""
+    return np.searchsorted(self.offsets, rows, side="right") - 1
+
   def select_rows(self, rows: np.ndarray) -> "TokenStore":
     """A store with only `rows` (sorted, any subset) kept; documents keep their order."""
     rows = np.asarray(rows, np.int64)
-    doc_of_row = np.repeat(np.arange(self.num_docs), self.lengths)
-    counts = np.bincount(doc_of_row[rows], minlength=self.num_docs)
+    counts = np.bincount(self.doc_of_rows(rows), minlength=self.num_docs)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     pick = lambda a: None if a is None else a[rows]  # noqa: E731
     return dataclasses.replace(self, doc_ids=list(self.doc_ids), offsets=offsets,
@@ -218,6 +223,12 @@ class TokenStore:
     return dataclasses.replace(self, vectors=vectors, scales=scales, codebook=None,
                                unit_norm=False)
 
+  def padded_dtype(self, native_dtype: bool) -> np.dtype:
+    """The dtype `gather_padded` gives vectors: the stored float dtype when `native_dtype`,
+    else float32 (int8 and PQ vectors are always dequantised)."""
+    floats = self.codebook is None and self.vectors.dtype != np.int8
+    return self.vectors.dtype if native_dtype and floats else np.dtype(np.float32)
+
   def gather_padded(self, docs: np.ndarray, length: int, *,
                     native_dtype: bool = False) -> dict[str, np.ndarray]:
     """Documents `docs` as padded arrays for the alignment scorer.
@@ -235,33 +246,78 @@ class TokenStore:
        "salience": [K, m] float32 (if any), "token_ids": [K, m] int32 (if any)}.
     """
     docs = np.asarray(docs, np.int64)
-    valid_doc = docs >= 0
-    starts = np.where(valid_doc, self.offsets[np.maximum(docs, 0)], 0)
-    lens = np.where(valid_doc, self.lengths[np.maximum(docs, 0)], 0)
+    out = padded_buffers(len(docs), length, self.dim, self.padded_dtype(native_dtype),
+                         salience=self.salience is not None,
+                         token_ids=self.token_ids is not None)
+    self.fill_padded(out, np.arange(len(docs)), docs)
+    return out
+
+  def fill_padded(self, out: dict[str, np.ndarray], slots: np.ndarray,
+                  docs: np.ndarray) -> None:
+    """Writes documents `docs` [k] (-1: leave the slot empty) into slots `slots` [k] of the
+    zeroed `padded_buffers` `out`; only the documents' own rows of the store are read."""
+    slots, docs = np.asarray(slots, np.int64), np.asarray(docs, np.int64)
+    slots, docs = slots[docs >= 0], docs[docs >= 0]
+    starts, stops = self.offsets[docs], self.offsets[docs + 1]
+    lens = stops - starts
+    length = out["mask"].shape[1]
     if lens.size and lens.max() > length:
       raise ValueError(f"document of {lens.max()} tokens does not fit padded length {length}")
-    pos = np.arange(length)
-    mask = pos[None, :] < lens[:, None]
-    rows = np.where(mask, starts[:, None] + pos[None, :], 0)
+    vectors = out["vectors"]
     floats = self.codebook is None and self.vectors.dtype != np.int8
-    vectors = aligned_zeros((len(docs), length, self.dim),
-                            self.vectors.dtype if native_dtype and floats else np.float32)
-    # One contiguous slice per document (documents are stored back to back); float vectors
-    # are cast by the assignment itself, without an intermediate copy.
-    for i in np.flatnonzero(lens):
-      span = slice(int(starts[i]), int(starts[i] + lens[i]))
-      vectors[i, :lens[i]] = self.vectors[span] if floats else self.dequantize(span)
-    out = {"vectors": vectors, "mask": mask}
-    if self.salience is not None:
-      out["salience"] = (np.where(mask, self.salience[rows], 0.0).astype(np.float32)
-                         if self.num_tokens else np.zeros(mask.shape, np.float32))
-    if self.token_ids is not None:
-      out["token_ids"] = (np.where(mask, self.token_ids[rows], 0).astype(np.int32)
-                          if self.num_tokens else np.zeros(mask.shape, np.int32))
-    return out
+    # One contiguous slice per document (documents are stored back to back) for float
+    # vectors, cast by the assignment itself: a memcpy each (gathering all rows in one NumPy
+    # call copies row by row, which is slower). Decoding int8 / PQ has a fixed cost per call:
+    # one call decodes every document's rows.
+    which, pos = np.nonzero(np.arange(length)[None, :] < lens[:, None])
+    rows = starts[which] + pos
+    if floats:
+      for i in np.flatnonzero(lens):
+        slot, start, n = slots[i], starts[i], lens[i]
+        vectors[slot, :n] = self.vectors[int(start):int(start + n)]
+    elif len(rows):
+      vectors[slots[which], pos] = self.dequantize(rows)
+    out["mask"][slots[which], pos] = True
+    for name in ("salience", "token_ids"):
+      if name in out and getattr(self, name) is not None:
+        out[name][slots[which], pos] = getattr(self, name)[rows]
 
   def doc_tokens(self, doc: int) -> slice:
     return slice(int(self.offsets[doc]), int(self.offsets[doc + 1]))
+
+
+_HASH_ROWS = 1 << 16  # rows hashed per update: memory-mapped stores are read a block at a time
+
+
+def content_sha256(store: TokenStore) -> str:
+  """SHA-256 of everything a store holds (ids, offsets, every array's dtype, shape and bytes,
+  the unit-norm flag): the same documents give the same digest whether the store was loaded,
+  memory-mapped or built in memory."""
+  digest = hashlib.sha256(json.dumps(store.doc_ids).encode("utf-8"))
+  digest.update(f"|unit_norm={store.unit_norm}".encode())
+  for name in ("offsets", "vectors", "scales", "salience", "token_ids", "pooled", "codebook"):
+    array = getattr(store, name)
+    if array is None:
+      digest.update(f"|{name}=None".encode())
+      continue
+    digest.update(f"|{name}={array.dtype.str}{list(array.shape)}".encode())
+    for start in range(0, max(len(array), 1), _HASH_ROWS):
+      digest.update(np.ascontiguousarray(array[start:start + _HASH_ROWS]).data)
+  return digest.hexdigest()
+
+
+def padded_buffers(count: int, length: int, dim: int, dtype: np.dtype, *, salience: bool,
+                   token_ids: bool) -> dict[str, np.ndarray]:
+  """Zeroed `gather_padded` outputs for `count` documents: vectors [count, length, dim] of
+  `dtype` (64-byte aligned), mask [count, length] bool, and the optional salience float32 /
+  token_ids int32 [count, length]."""
+  out = {"vectors": aligned_zeros((count, length, dim), dtype),
+         "mask": np.zeros((count, length), bool)}
+  if salience:
+    out["salience"] = np.zeros((count, length), np.float32)
+  if token_ids:
+    out["token_ids"] = np.zeros((count, length), np.int32)
+  return out
 
 
 def from_padded(doc_ids: Sequence[str], vectors: np.ndarray, mask: np.ndarray, *,

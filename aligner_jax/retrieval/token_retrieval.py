@@ -2,9 +2,13 @@
 
 For each query: (1) keep its top-β^q tokens by salience (`prune_query_ratio`); (2) find the
 K′ nearest stored document tokens of each kept token (`num_neighbors`, 4,000 in the paper,
-capped by the index size); (3) the candidate documents are the union of their documents;
-(4) refinement scores every candidate with the full alignment scorer over all of its stored
-tokens and all (unpruned) query tokens, with saliences when the model has them; (5) the top
+capped by the index size), all tokens of a group of queries in one search call; (3) the
+candidate documents are the union of their documents, or, with `num_refine` = R, the R of them
+with the best XTR score computed from the search results alone (`first_stage.py`: sum over
+query tokens of the best retrieved score, the token's K′-th score where the document was not
+retrieved); (4) refinement scores every candidate with the full alignment scorer over all of
+its stored tokens and all (unpruned) query tokens, with saliences when the model has them;
+(5) the top
 `top_n` (1,000) are returned. Steps 1-3 do not depend on the alignment, so `Candidates` can be
 reused to refine with other alignments (few-shot adaptation reruns only step 4).
 
@@ -25,6 +29,7 @@ import numpy as np
 
 from aligner_jax.index import pruning
 from aligner_jax.index.token_index import TokenIndex
+from aligner_jax.retrieval import first_stage
 from aligner_jax.scoring import Alignment
 from aligner_jax.scoring import align_scores
 
@@ -82,11 +87,23 @@ class QueryBatch:
 
 @dataclasses.dataclass
 class Candidates:
-  """Per query, the sorted global document numbers to refine, and how they were found."""
+  """Per query, the sorted global document numbers to refine, and how they were found.
+
+  Attributes:
+    query_ids: B query ids.
+    docs: per query, [C_b] int64 sorted document numbers.
+    num_neighbors: K′ used by the token search (capped by the index size).
+    prune_query_ratio: β^q used.
+    scores: per query, [C_b] float64 first-stage (XTR) scores of `docs`, or None when every
+      retrieved document is kept (no first-stage ranking).
+    num_refine: R, the most documents kept per query by first-stage score, or None (all).
+  """
   query_ids: list[str]
   docs: list[np.ndarray]
   num_neighbors: int
   prune_query_ratio: float
+  scores: list[np.ndarray] | None = None
+  num_refine: int | None = None
 
   def sizes(self) -> np.ndarray:
     return np.array([len(d) for d in self.docs])
@@ -103,26 +120,75 @@ def search_mask(queries: QueryBatch, prune_query_ratio: float) -> np.ndarray:
   return pruning.top_salience_mask(queries.salience, queries.mask, prune_query_ratio)
 
 
+def _query_groups(tokens_per_query: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+  """Consecutive query ranges [lo, hi) with at most `chunk` searched tokens each (a longer
+  query is a group alone): each group's tokens are searched in one call."""
+  groups, start, acc = [], 0, 0
+  for b, n in enumerate(tokens_per_query):
+    if acc and acc + n > chunk:
+      groups.append((start, b))
+      start, acc = b, 0
+    acc += int(n)
+  groups.append((start, len(tokens_per_query)))
+  return groups
+
+
+def _group_candidates(owner: np.ndarray, docs: np.ndarray, scores: np.ndarray,
+                      num_queries: int, num_docs: int, num_refine: int | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """One group's (query [C], doc [C], first-stage score [C] or None), sorted by query, doc."""
+  if not num_refine:
+    query, doc = first_stage.union_pairs(owner, docs, num_docs=num_docs)
+    return query, doc, None
+  query, doc, score = first_stage.xtr_scores(owner, docs, scores, num_queries=num_queries,
+                                             num_docs=num_docs)
+  keep = first_stage.top_per_query(query, doc, score, num_queries=num_queries,
+                                   keep=num_refine)
+  return query[keep], doc[keep], score[keep]
+
+
 def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors: int = 4000,
-                        prune_query_ratio: float = 1.0, **search_kwargs) -> Candidates:
-  """Steps 1-3 of the module docstring: the union of documents of each query's K′ neighbours."""
+                        prune_query_ratio: float = 1.0, num_refine: int | None = None,
+                        **search_kwargs) -> Candidates:
+  """Steps 1-3 of the module docstring, with an optional cheap ranking of the candidates.
+
+  Args:
+    index: the token index (any number of shards).
+    queries: the encoded queries.
+    num_neighbors: K′, nearest stored tokens per searched query token.
+    prune_query_ratio: β^q, fraction of each query's tokens searched (by salience).
+    num_refine: R: keep only the R documents with the best XTR first-stage score per query
+      (`first_stage.xtr_scores`); None or 0 keeps every retrieved document.
+    **search_kwargs: the backend's search effort (ScaNN: leaves_to_search, reorder_factor).
+  """
   if num_neighbors < 1:
     raise ValueError(f"num_neighbors K′ must be positive, got {num_neighbors}")
+  if num_refine is not None and num_refine < 0:
+    raise ValueError(f"num_refine R must be positive (or 0 / None: refine all), got "
+                     f"{num_refine}")
   if queries.vectors.shape[-1] != index.dim:
     raise ValueError(f"query vectors have dimension {queries.vectors.shape[-1]} but the index "
                      f"holds {index.dim}-dimensional tokens (encoded by another model?)")
   keep = search_mask(queries, prune_query_ratio)
-  owner, tok = np.nonzero(keep)
-  flat = queries.vectors[owner, tok]
-  found = [[] for _ in range(len(queries))]
-  for start in range(0, len(flat), _SEARCH_CHUNK):
-    docs, _ = index.search_tokens(flat[start:start + _SEARCH_CHUNK], num_neighbors,
-                                  **search_kwargs)
-    for row, o in zip(docs, owner[start:start + _SEARCH_CHUNK]):
-      found[o].append(row[row >= 0])
-  docs = [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
-  return Candidates(list(queries.ids), docs, min(num_neighbors, index.num_ann_tokens),
-                    prune_query_ratio)
+  owner, tok = np.nonzero(keep)  # row-major: each query's tokens are consecutive
+  per_query = np.bincount(owner, minlength=len(queries))
+  first_row = np.concatenate([[0], np.cumsum(per_query)])
+  empty = np.zeros(0, np.int64)
+  parts = [(empty, empty, np.zeros(0))]
+  for lo, hi in _query_groups(per_query, _SEARCH_CHUNK):
+    rows = slice(first_row[lo], first_row[hi])
+    if rows.start == rows.stop:
+      continue
+    docs, scores = index.search_tokens(queries.vectors[owner[rows], tok[rows]], num_neighbors,
+                                       **search_kwargs)
+    query, doc, score = _group_candidates(owner[rows] - lo, docs, scores, hi - lo,
+                                          index.num_docs, num_refine)
+    parts.append((query + lo, doc, score))
+  query = np.concatenate([p[0] for p in parts])
+  split = lambda i: first_stage.split_by_query(  # noqa: E731
+      query, np.concatenate([p[i] for p in parts]), len(queries))
+  return Candidates(list(queries.ids), split(1), min(num_neighbors, index.num_ann_tokens),
+                    prune_query_ratio, split(2) if num_refine else None, num_refine or None)
 
 
 def all_documents(index: TokenIndex, queries: QueryBatch) -> Candidates:
@@ -159,13 +225,30 @@ def _pow2_at_least(x: int) -> int:
   return 1 << int(math.ceil(math.log2(max(x, 1))))
 
 
-def _chunk_sizes(length: int, dim: int) -> tuple[int, int]:
-  """(big, small) documents per refinement call at padded `length`: powers of two, big within
-  the memory budget, small = big / 8. Only these two shapes are compiled per length, and the
-  last documents of a length go in small chunks, so padding stays under `small`."""
+def _chunk_sizes(length: int, dim: int) -> tuple[int, ...]:
+  """Documents per refinement call at padded `length`: small, 4·small and big (powers of two,
+  big within the memory budget, small = big / 8). Only these shapes are compiled per length;
+  a chunk takes the smallest that holds what is left, so padding stays under a quarter of the
+  chunk beyond `small`, and a query's few first-stage candidates take one or two calls."""
   budget = max(1, min(_MAX_CHUNK, _CHUNK_FLOATS // (length * dim)))
   big = 1 << int(math.floor(math.log2(budget)))
-  return big, max(1, big // 8)
+  small = max(1, big // 8)
+  return tuple(sorted({small, min(4 * small, big), big}))
+
+
+def _next_chunk(lengths: np.ndarray, dim: int) -> tuple[int, int, int]:
+  """(documents taken, padded length, chunk size) for documents of `lengths`, longest first.
+
+  The chunk is padded to the first document's bucketed length and takes the documents longer
+  than three quarters of it (all of them at the shortest bucket; the first one always), so
+  padding adds at most a third to a document, as many as the smallest chunk size that holds
+  them allows."""
+  length = _bucket(int(lengths[0]))
+  floor = min(3 * length // 4, int(lengths[0]) - 1) if length > _LENGTH_BUCKET else -1
+  fits = int(np.searchsorted(-lengths, -floor, side="left"))
+  sizes = _chunk_sizes(length, dim)
+  size = next((z for z in sizes if z >= fits), sizes[-1])
+  return min(size, fits), length, size
 
 
 def _block_work(candidates: Candidates, order: np.ndarray, block: int) -> int:
@@ -201,17 +284,14 @@ def _score_union(fn: Callable[..., jax.Array], index: TokenIndex, union: np.ndar
     [A, b, U] float32 scores.
   """
   q, q_mask, q_sal, q_ids = query_args
-  lengths = index.doc_lengths
   scores = np.zeros((num_alignments, len(q), len(union)), np.float32)
-  # Similar lengths share a chunk, so padding stays small.
-  order = np.argsort(lengths[union], kind="stable")
+  # Longest first; similar lengths share a chunk, so padding stays small.
+  order = np.argsort(-index.doc_lengths[union], kind="stable")
+  lengths = index.doc_lengths[union[order]]
   pos = 0
   while pos < len(union):
-    length = _bucket(int(lengths[union[order[pos]]]))
-    big, small = _chunk_sizes(length, index.dim)
-    fits = int(np.searchsorted(lengths[union[order[pos:]]], length, side="right"))
-    size = big if fits > big - small else small
-    take = order[pos:pos + min(size, fits)]
+    count, length, size = _next_chunk(lengths[pos:], index.dim)
+    take = order[pos:pos + count]
     padded = np.full(size, -1, np.int64)
     padded[:len(take)] = union[take]
     # Stored dtype in an aligned buffer: no NumPy conversion and no host copy to the device.
@@ -253,7 +333,7 @@ def refine_many(index: TokenIndex, queries: QueryBatch, candidates: Candidates,
   32 unless that scores more than twice as many (query, document) pairs as there are
   candidates (candidate sets that overlap little), else 1.
   Compiled shapes are few and fixed: query widths in multiples of 8, document lengths in
-  multiples of 32, and two chunk sizes per length (`_chunk_sizes`).
+  multiples of 32, and three chunk sizes per length (`_chunk_sizes`).
 
   Args:
     index: the token index whose stored vectors are scored.
@@ -348,13 +428,14 @@ def to_run(query_ids: Sequence[str], doc_ids: Sequence[str],
 
 
 def retrieve(index: TokenIndex, queries: QueryBatch, alignment: Alignment | str, *,
-             num_neighbors: int = 4000, prune_query_ratio: float = 1.0, top_n: int = 1000,
-             use_salience: bool = True,
+             num_neighbors: int = 4000, prune_query_ratio: float = 1.0,
+             num_refine: int | None = None, top_n: int = 1000, use_salience: bool = True,
              progress: Callable[[str], None] | None = None,
              **search_kwargs) -> tuple[dict[str, dict[str, float]], Candidates]:
   """The whole token-index path; returns the run and the candidate sets (for reuse)."""
   candidates = candidate_documents(index, queries, num_neighbors=num_neighbors,
-                                   prune_query_ratio=prune_query_ratio, **search_kwargs)
+                                   prune_query_ratio=prune_query_ratio,
+                                   num_refine=num_refine, **search_kwargs)
   if progress is not None:
     sizes = candidates.sizes()
     progress(f"candidates per query: mean {sizes.mean():.0f}, max {sizes.max()}")

@@ -99,8 +99,9 @@ def scann(params: dict[str, Any], inputs: dict[str, np.ndarray]):
   reorder = params.get("reorder", "int8")
   settings = scann_settings(len(base), expected_k=k, dims_per_block=dims_per_block,
                             reorder=reorder, num_leaves=params.get("num_leaves"))
-  # "p4": AH codes packed two per byte on disk (the layout since the packing was added).
-  key = f"scann_l{settings.num_leaves}_k{k}_b{dims_per_block}_{reorder}_p4"
+  # "u8": AH codes one per byte on disk, as ScaNN loads them (caches ending "_p4" hold the
+  # earlier layout, packed two per byte).
+  key = f"scann_l{settings.num_leaves}_k{k}_b{dims_per_block}_{reorder}_u8"
   vectors_fn = lambda rows: base[rows]  # noqa: E731
   path = _cache(params, key)
 
