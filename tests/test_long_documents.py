@@ -130,7 +130,8 @@ def test_maxp_finds_the_abstract_wherever_it_sits(scifact_dir, tmp_path):
                       ("firstp", ["PASSAGE_OVERLAP = 32", "PASSAGE_SCORING = 'firstp'"])):
     metrics = run_main(["gin/experiments/minilm_aligner_beir.gin"], [
         f"BEIR_DIR = '{beir_dir}'", f"OUTPUT_DIR = '{tmp_path / name}'", "INDEX_DIR = None",
-        "RETRIEVER = 'exact'", "EVAL_DOC_LENGTH = 128", "EVAL_QUERY_LENGTH = 64", *extra])
+        "RETRIEVER = 'exact'", "EVAL_DOC_LENGTH = 128", "EVAL_QUERY_LENGTH = 64",
+        "NUM_NEIGHBORS = 4000", "NUM_REFINE = None", "LEAVES_TO_SEARCH = None", *extra])
     found[name] = found_in_top10(metrics, position)
   print("share of queries whose concatenation is in the top 10, by the position (0-3) of "
         "the relevant abstract:", json.dumps(found))
