@@ -354,7 +354,7 @@ def test_gin_jobs_two_steps(tiny, tmp_path):
   assert json.loads((tmp_path / "r2.json").read_text())["paper"]["source"].startswith("ALIGNER")
   r3 = _run_job("gin/experiments/repro_r3_gates.gin", common + [
       f"R3_OUTPUT = '{tmp_path / 'r3.json'}'", f"R3_FIGURE = '{tmp_path / 'r3.png'}'"])
-  assert set(r3["results"]) == {"lp", "relu", "hard_topk"}
+  assert set(r3["results"]) == {"lp", "lp_iters3", "lp_iters5", "lp_iters10", "relu", "hard_topk"}
   r4 = _run_job("gin/experiments/repro_r4_rerank.gin", common + [
       f"R4_OUTPUT = '{tmp_path / 'r4.json'}'", f"R4_FIGURE = '{tmp_path / 'r4.png'}'",
       "lite/FrozenHead.query_len = 8", "lite/FrozenHead.doc_len = 24",
