@@ -15,21 +15,22 @@ the index to AH codes + one copy of the vectors but runs in NumPy and is several
 "none" keeps the AH scores.
 
 On disk a ScaNN shard is ScaNN's own serialisation (`scann/`, `searcher.serialize`), loaded
-as it is: ScaNN reads its files into its own memory (it has no memory-mapped mode), so a
-loaded ScaNN shard costs RAM for its AH codes (one byte per 4-bit code: h / 2 bytes per
-token with 2-dimension blocks), its token → leaf map (4 bytes per token) and its reorder copy
-(int8: h + 4 bytes per token, bfloat16: 2h, float32: 4h; none for "stored" and "none"). The
-refinement store of the shard stays memory-mapped; "stored" reordering reads only the rows of
-each query's AH pool from it.
+as it is, through ScaNN's NumPy API (`_scann_numpy`: no TensorFlow in a serving process).
+ScaNN reads its files into its own memory (it has no memory-mapped mode), so a loaded ScaNN
+shard costs RAM for its AH codes (4-bit codes held two per byte: h / 4 bytes per token with
+2-dimension blocks), its token → leaf map and leaf lists (4 bytes per token each) and its
+reorder copy (int8: h bytes per token, bfloat16: 2h, float32: 4h; none for "stored" and
+"none"). The refinement store of the shard stays memory-mapped; "stored" reordering reads
+only the rows of each query's AH pool from it.
 
-The AH codes stay one per byte on disk, the layout ScaNN loads directly. Indexes written
-before kept them packed two per byte (`hashed_dataset.4bit.npz`, half the bytes: 32 instead of
-64 per 128-d token) and had to unpack them into a temporary file at every load; such indexes
-still load that way. Caching the unpacked file beside the shard instead would make the first
-load write into the index directory (which may be read-only, or shared by several servers)
-and keep both copies on disk; the bytes saved by packing are small next to the shard's
-refinement vectors (256 B per 128-d float16 token). bench/README.md (index_load) has the
-measured load times and sizes.
+The AH codes stay one per byte on disk, the layout ScaNN loads directly, which nothing needs to
+write. Packing them two per byte (as indexes written before did, `hashed_dataset.4bit.npz`)
+halves their bytes on disk, 32 instead of 64 per 128-d token (7 % of an int8-reorder index
+with float16 refinement vectors), but costs an unpacked copy at every load: such indexes still
+load, through a temporary file. Caching the unpacked file beside the shard instead would make
+the first load write into the index directory (which may be read-only, or shared by several
+servers) and keep both copies on disk. bench/README.md ("Index load and serving memory") has
+the measured load times and sizes of both layouts.
 Searches hand ScaNN batches of queries small enough to keep every core busy
 (`_parallel_batch_size`).
 
