@@ -37,17 +37,13 @@ _WORDS = [a + b for a in "kalo mine rusa tevo zipa dune fora gila hoku jebe".spl
 
 
 def write_beir(root: pathlib.Path, num_docs: int, num_queries: int = 6, seed: int = 0):
-  """A BEIR directory of `num_docs` documents of 3 to 60 words, with blank lines between; every
-  third document has metadata."""
+  """A BEIR directory of `num_docs` documents of 3 to 60 words, with blank lines between."""
   rng = np.random.default_rng(seed)
   (root / "qrels").mkdir(parents=True)
   with open(root / "corpus.jsonl", "w") as f:
     for i in range(num_docs):
       text = " ".join(rng.choice(_WORDS, rng.integers(3, 60)))
-      row = {"_id": f"d{i}", "title": f"title {i}", "text": text}
-      if i % 3 == 0:
-        row["metadata"] = {"year": 2000 + i % 5}
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps({"_id": f"d{i}", "title": f"title {i}", "text": text}) + "\n")
       if i % 17 == 5:
         f.write("\n")
   with open(root / "queries.jsonl", "w") as f, open(root / "qrels" / "test.tsv", "w") as g:
@@ -83,8 +79,6 @@ def test_corpus_file_reads_ranges_as_the_full_reader(tmp_path):
   assert len(streamed) == 50
   for rows in (range(0, 50), range(7, 23), range(49, 50), range(3, 3)):
     assert streamed.read_rows(rows) == corpus.read_rows(rows)
-    assert streamed.read_metadata(rows) == corpus.read_metadata(rows)
-  assert corpus.read_metadata(range(3, 5)) == [{"year": 2003}, {}]
   assert corpus.read_rows(range(2, 4))[1][0] == corpus.text(2)
   with pytest.raises(IndexError):
     streamed.read_rows(range(40, 51))
@@ -95,13 +89,11 @@ def test_corpus_file_reads_ranges_as_the_full_reader(tmp_path):
 def test_corpus_file_reports_problems_with_lines(tmp_path):
   root = write_beir(tmp_path / "c", 5)
   with open(root / "corpus.jsonl", "a") as f:
-    f.write('{"_id": "d1", "text": "again"}\n{"_id": "x", "text": ""}\n{broken\n'
-            '{"_id": "m", "text": "t", "metadata": [1]}\n')
+    f.write('{"_id": "d1", "text": "again"}\n{"_id": "x", "text": ""}\n{broken\n')
   with pytest.raises(DataError) as e:
     CorpusFile(root / "corpus.jsonl")
   text = str(e.value)
   assert "corpus.jsonl:8: broken JSON" in text and "corpus.jsonl:7" not in text
-  assert "corpus.jsonl:9: `metadata` must be a JSON object, got list" in text
   with pytest.raises(DataError) as e:
     CorpusFile(root / "corpus.jsonl", strict=True)
   text = str(e.value)
@@ -157,9 +149,6 @@ class _CrashingSource:
     self.reads -= 1
     return self.source.read_rows(rows)
 
-  def read_metadata(self, rows):
-    return self.source.read_metadata(rows)
-
 
 def test_resume_after_a_crash_is_byte_identical(tmp_path, tiny_encoders):
   enc, fingerprint = tiny_encoders
@@ -185,7 +174,6 @@ def test_resume_after_a_crash_is_byte_identical(tmp_path, tiny_encoders):
                         max_length=32)
   joined = concatenate(stores)
   assert joined.doc_ids == whole.doc_ids
-  assert joined.metadata == source.read_metadata(range(45))  # the BEIR metadata, kept
   np.testing.assert_array_equal(joined.offsets, whole.offsets)
   np.testing.assert_allclose(joined.vectors.astype(np.float32),
                              whole.vectors.astype(np.float32), atol=2e-3)

@@ -44,32 +44,19 @@ from aligner_jax.data.errors import strict_mode
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
-def _metadata(path: str, number: int, obj: dict[str, Any],
-              log: ProblemLog) -> dict[str, Any] | None:
-  """A line's `metadata` object ({} when absent or null), None after reporting another type."""
-  metadata = obj.get("metadata")
-  if metadata is None:
-    return {}
-  if not isinstance(metadata, dict):
-    log.add(path, number, f"`metadata` must be a JSON object, got {type(metadata).__name__}")
-    return None
-  return metadata
-
-
 def _document(path: str, number: int, obj: dict[str, Any], log: ProblemLog, *,
-              strict: bool) -> tuple[str | None, tuple[str, str, dict[str, Any]] | None]:
-  """(id or None, (title, text, metadata) or None when the line is refused) of one corpus
-  line's object; every problem or warning is reported to `log`."""
+              strict: bool) -> tuple[str | None, tuple[str, str] | None]:
+  """(id or None, (title, text) or None when the line is refused) of one corpus line's object;
+  every problem or warning is reported to `log`."""
   doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
   text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
   title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
-  metadata = _metadata(path, number, obj, log)
-  if doc_id is None or text is None or metadata is None:
+  if doc_id is None or text is None:
     return doc_id, None
   empty = not text.strip() and not (title or "").strip()
   if empty and not admit_empty_document(log, path, number, doc_id, strict=strict):
     return doc_id, None
-  return doc_id, (title or "", text, metadata)
+  return doc_id, (title or "", text)
 
 
 def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
@@ -92,8 +79,8 @@ def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
       corpus.refuse(doc_id, path, number)
       continue
     first_line[doc_id] = number
-    title, text, metadata = entry
-    corpus.add(doc_id, text, title=title, metadata=metadata)
+    title, text = entry
+    corpus.add(doc_id, text, title=title)
   return corpus
 
 
@@ -136,8 +123,7 @@ class CorpusFile:
       read_corpus_jsonl(self.path, log, strict=self.strict)
       log.raise_if_any()
 
-  def _parse(self, number: int, raw: bytes,
-             log: ProblemLog) -> tuple[str, str, str, dict[str, Any]] | None:
+  def _parse(self, number: int, raw: bytes, log: ProblemLog) -> tuple[str, str, str] | None:
     text = lines.decode_line(self.path, number, raw, log)
     obj = None if text is None else lines.parse_json_object(self.path, number, text, log)
     if obj is None:
@@ -150,23 +136,15 @@ class CorpusFile:
 
   def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
     """(ids, texts as the encoders read them) of documents `rows` (a step-1 range)."""
-    entries = self._entries(rows)
-    return [e[0] for e in entries], [document_text(e[1], e[2]) for e in entries]
-
-  def read_metadata(self, rows: range) -> list[dict[str, Any]]:
-    """The `metadata` objects ({} where a line has none) of documents `rows`."""
-    return [e[3] for e in self._entries(rows)]
-
-  def _entries(self, rows: range) -> list[tuple[str, str, str, dict[str, Any]]]:
     if rows.step != 1 or rows.start < 0 or rows.stop > len(self):
       raise IndexError(f"rows {rows} are not a step-1 range within {len(self)} documents")
-    entries: list[tuple[str, str, str, dict[str, Any]]] = []
+    ids, texts = [], []
     if not rows:
-      return entries
+      return ids, texts
     log = ProblemLog()
     with open(self.path, "rb") as f:
       f.seek(int(self.starts[rows.start]))
-      while len(entries) < len(rows):
+      while len(ids) < len(rows):
         raw = f.readline()
         if not raw:
           raise fail(self.path, None, "the file became shorter after it was opened")
@@ -174,8 +152,9 @@ class CorpusFile:
         if log:
           raise fail(self.path, None, "the file changed after it was opened")
         if entry is not None:
-          entries.append(entry)
-    return entries
+          ids.append(entry[0])
+          texts.append(document_text(entry[1], entry[2]))
+    return ids, texts
 
 
 def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:

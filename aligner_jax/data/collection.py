@@ -49,8 +49,7 @@ def admit_empty_document(log: ProblemLog, path: str | os.PathLike, line: int | N
 
 @dataclasses.dataclass
 class Table:
-  """Ids with texts and metadata (a JSON object per row, {} when none), plus an id -> row
-  index map.
+  """Ids with texts (and, for queries, optional metadata), plus an id -> row index map.
 
   `refused` maps the id of a row a reader refused (e.g. an empty document in strict mode) to
   where it was (`file:line`), so a judgement naming it says so instead of calling the id
@@ -59,7 +58,7 @@ class Table:
   ids: list[str] = dataclasses.field(default_factory=list)
   texts: list[str] = dataclasses.field(default_factory=list)
   titles: list[str] | None = None  # documents only
-  metadata: list[dict[str, Any]] | None = None
+  metadata: list[dict[str, Any]] | None = None  # queries only
   index: dict[str, int] = dataclasses.field(default_factory=dict)
   refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -107,15 +106,9 @@ class Table:
     `beir.CorpusFile.read_rows`."""
     return [self.ids[r] for r in rows], [self.text(r) for r in rows]
 
-  def read_metadata(self, rows: range) -> list[dict[str, Any]]:
-    """The metadata of `rows` ({} each when the table keeps none); `beir.CorpusFile`'s twin."""
-    if self.metadata is None:
-      return [{} for _ in rows]
-    return [self.metadata[r] for r in rows]
-
 
 def new_corpus() -> Table:
-  return Table(titles=[], metadata=[])
+  return Table(titles=[])
 
 
 def new_queries() -> Table:

@@ -51,9 +51,6 @@ class DocumentSource(Protocol):
   def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
     """(ids, texts) of documents `rows`."""
 
-  def read_metadata(self, rows: range) -> list[dict[str, Any]]:
-    """The metadata objects of documents `rows` ({} for one without)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
@@ -181,8 +178,7 @@ def encode_corpus_shards(encoder: Encoder, vocabulary: Any, source: DocumentSour
       t = time.time()
       remove_leftovers(directory)  # what a killed run left; this process alone writes the shard
       store = encode_corpus(encoder, vocabulary, ids, texts, max_length=max_length,
-                            vector_dtype=vector_dtype,
-                            metadata=source.read_metadata(plan.rows(shard)))
+                            vector_dtype=vector_dtype)
       del texts
       counts = save_token_store(store, directory, **shard_config)["counts"]
       del store

@@ -27,7 +27,6 @@ from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import encode_vectors
 from aligner_jax.models.framing import kept_lengths
 from aligner_jax.retrieval.passages import Passages
-from aligner_jax.retrieval.passages import document_of
 from aligner_jax.retrieval.passages import split_documents
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 
@@ -181,21 +180,15 @@ def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
                   texts: Sequence[str], *, max_length: int = 256,
                   vector_dtype: str = "float16", keep_token_ids: bool = True,
                   progress: Callable[[str], None] | None = None,
-                  passages: Passages | None = None,
-                  metadata: Sequence[dict[str, Any]] | None = None) -> TokenStore:
+                  passages: Passages | None = None) -> TokenStore:
   """Documents -> a `TokenStore` of their real tokens (salience and pooled when present).
 
   Each batch is written straight into the final (quantised) arrays, so memory stays near the
   size of the store itself. With `passages`, a document longer than `max_length` is stored as
-  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut. `metadata` (one
-  object per document, e.g. BEIR's `metadata`) is kept with the documents (each passage gets
-  its document's) unless every object is empty.
+  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut.
   """
   if len(doc_ids) != len(texts):
     raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
-  if metadata is not None and len(metadata) != len(doc_ids):
-    raise ValueError(f"{len(doc_ids)} document ids but {len(metadata)} metadata objects")
-  kept = None if metadata is None or not any(metadata) else dict(zip(doc_ids, metadata))
   if passages is None:
     token_lists = tokenize(vocabulary, texts, max_length)
   else:
@@ -229,9 +222,6 @@ def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
   encoder.encode(token_lists, max_length, progress, sink=sink)
   if not arrays:
     raise ValueError("no documents to encode")
-  if kept is not None:
-    source = (lambda d: d) if passages is None else (lambda d: document_of(d)[0])  # noqa: E731
-    arrays["metadata"] = [kept[source(d)] for d in doc_ids]
   return TokenStore(doc_ids=list(doc_ids), offsets=offsets, **arrays)
 
 
