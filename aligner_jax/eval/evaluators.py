@@ -152,6 +152,17 @@ class TokenIndexEvaluator:
       return {}
     return {"leaves_to_search": self.leaves_to_search}
 
+  def encoder_record(self, inputs: EvalInputs) -> dict[str, Any] | None:
+    """The model's encoder record with this evaluation's alignment and first-stage settings
+    as the index's search defaults (None when the model has no record)."""
+    record = getattr(inputs.model, "record", None)
+    if record is None:
+      return None
+    search = dict(num_neighbors=self.num_neighbors, num_refine=self.num_refine,
+                  leaves_to_search=self.leaves_to_search,
+                  prune_query_ratio=self.prune_query_ratio)
+    return record.with_defaults(self.alignments[0], search).to_json()
+
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"retriever {self.backend!r}")
     if jax.process_count() > 1 and not self.index_dir:
@@ -164,7 +175,8 @@ class TokenIndexEvaluator:
     timings: dict[str, float] = {}
     index = obtain_index(self.index_dir, self.index_config, rebuild=self.rebuild_index,
                          log=data.log, verify=self.verify_index,
-                         corpus_fn=lambda: data.corpus_store(self.index_config.vector_dtype))
+                         corpus_fn=lambda: data.corpus_store(self.index_config.vector_dtype),
+                         encoder=self.encoder_record(data.inputs))
     queries = data.queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=self.num_neighbors,

@@ -67,6 +67,7 @@ INDEX_KIND = "token_index"
 # 2: PQ vectors, no per-token document map (derived from the offsets), ann_keep bit mask.
 VERSION = 2
 INDEX_JSON = "index.json"
+ENCODER_KEY = "encoder"
 BACKENDS = ("scann", "exact")
 REFINE_TOKENS = ("kept", "all")
 FIELDS = ("salience", "token_ids", "pooled")
@@ -426,8 +427,10 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
   return manifest
 
 
-def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, Any]:
-  """Writes every shard and `index.json` into `directory` atomically; returns index.json."""
+def save_index(index: TokenIndex, directory: str | pathlib.Path, *,
+               encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Writes every shard and `index.json` into `directory` atomically; returns index.json.
+  `encoder`: the record of the model that encoded the documents (see `index_info`)."""
   directory = pathlib.Path(directory)
   with atomic_dir(directory) as tmp:
     listing = []
@@ -435,7 +438,7 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, An
       name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
       listing.append(listing_entry(tmp, name))
-    info = index_info(tmp, listing, index.config)
+    info = index_info(tmp, listing, index.config, encoder=encoder)
     write_json(tmp / INDEX_JSON, info)
   return info
 
@@ -454,17 +457,44 @@ def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
 
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]],
-               config: IndexConfig) -> dict[str, Any]:
-  """`index.json`: the shard list and totals, including bytes per stored and original token."""
+               config: IndexConfig, *, encoder: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+  """`index.json`: the shard list and totals, including bytes per stored and original token;
+  with `encoder` (a JSON object: which model, vocabulary and lengths encoded the documents,
+  `retrieval.encoder_record`) also that record and its SHA-256 (`read_encoder`)."""
   total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
                     for e in listing)
   totals = {k: sum(e[k] for e in listing)
             for k in ("documents", "tokens", "ann_tokens", "original_tokens")}
-  return {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
+  info = {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
           "config": config.to_json(), "shards": listing, "counts": totals,
           "total_bytes": total_bytes,
           "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
           "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
+  if encoder is not None:
+    info[ENCODER_KEY] = encoder
+    info[ENCODER_KEY + "_sha256"] = files.json_sha256(encoder)
+  return info
+
+
+def read_encoder(directory: str | pathlib.Path) -> dict[str, Any] | None:
+  """The encoder record of the index in `directory` (see `index_info`), its SHA-256 checked;
+  None for an index built without one.
+
+  Raises:
+    IndexFileError: naming `index.json`, when it is unreadable or the record does not match
+      its checksum.
+  """
+  path = pathlib.Path(directory) / INDEX_JSON
+  info = files.read_json(path)
+  if not isinstance(info, dict) or info.get(ENCODER_KEY) is None:
+    return None
+  record = info[ENCODER_KEY]
+  if not isinstance(record, dict) or info.get(ENCODER_KEY + "_sha256") != files.json_sha256(
+      record):
+    raise files.IndexFileError(path, f"the {ENCODER_KEY!r} record does not match its SHA-256 "
+                               "(edited or corrupted)")
+  return record
 
 
 def index_exists(directory: str | pathlib.Path) -> bool:
