@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from aligner_jax.io import atomic_write
 from aligner_jax.io import write_json
+
+METADATA = "metadata.jsonl"
 
 FORMAT = "aligner_jax"
 MANIFEST = "manifest.json"
@@ -70,6 +73,37 @@ def json_sha256(obj: Any) -> str:
 
 def save_array(directory: pathlib.Path, name: str, array: np.ndarray) -> None:
   np.save(directory / name, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_metadata(directory: pathlib.Path, text: str) -> None:
+  """Writes documents' metadata (`token_store.metadata_jsonl`) as `metadata.jsonl`."""
+  atomic_write(directory / METADATA, text)
+
+
+def load_metadata(directory: pathlib.Path, count: int) -> list[dict[str, Any]]:
+  """The `count` JSON objects of `directory / metadata.jsonl`, one a line.
+
+  Raises:
+    IndexFileError: naming the file and line, for a line that is not a JSON object or
+      another number of lines.
+  """
+  path = directory / METADATA
+  if not path.is_file():
+    raise IndexFileError(path, "file not found")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise IndexFileError(f"{path}:{number}", f"not valid JSON ({e})") from None
+      if not isinstance(row, dict):
+        raise IndexFileError(f"{path}:{number}", f"expected a JSON object, got {row!r:.60}")
+      rows.append(row)
+  if len(rows) != count:
+    raise IndexFileError(path, f"holds {len(rows)} lines, expected one for each of the "
+                         f"{count} documents (mismatched file)")
+  return rows
 
 
 def list_files(directory: pathlib.Path) -> list[str]:

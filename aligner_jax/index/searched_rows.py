@@ -86,6 +86,11 @@ class SearchedRows:
     return cls(offsets, np.packbits(keep))
 
   @property
+  def doc_offsets(self) -> np.ndarray:
+    """[N + 1] int64: document i's searched rows are doc_offsets[i] … doc_offsets[i + 1] - 1."""
+    return self._doc_offsets
+
+  @property
   def nbytes(self) -> int:
     """Bytes held by the maps (offsets, mask, rank directory)."""
     held = [self.offsets, self._bits, self._block_rank,

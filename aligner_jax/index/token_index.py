@@ -40,13 +40,16 @@ import dataclasses
 import itertools
 import os
 import pathlib
-from typing import Any, Sequence
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from aligner_jax.index import files
+from aligner_jax.index import masked_search
 from aligner_jax.index import pruning
 from aligner_jax.index import shard_search
+from aligner_jax.index import tombstones
 from aligner_jax.index.backends import ExactSearcher
 from aligner_jax.index.backends import ScannSearcher
 from aligner_jax.index.backends import ScannSettings
@@ -56,6 +59,7 @@ from aligner_jax.index.searched_rows import SearchedRows
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store import content_sha256
+from aligner_jax.index.token_store import metadata_jsonl
 from aligner_jax.index.token_store import padded_buffers
 from aligner_jax.index.token_store_io import load_vector_arrays
 from aligner_jax.index.token_store_io import unit_norm_flag
@@ -68,6 +72,8 @@ INDEX_KIND = "token_index"
 VERSION = 2
 INDEX_JSON = "index.json"
 ENCODER_KEY = "encoder"
+_SEGMENT = re.compile(r"shard-g([0-9]{6})-[0-9]{5}")
+_LOAD_ATTEMPTS = 3
 BACKENDS = ("scann", "exact")
 REFINE_TOKENS = ("kept", "all")
 FIELDS = ("salience", "token_ids", "pooled")
@@ -221,10 +227,17 @@ def build_shard(store: TokenStore, config: IndexConfig, *,
   # Quantised after pruning, so a PQ codebook is trained on the tokens it will encode.
   refine = refine.with_vector_dtype(config.vector_dtype, pq_sample_size=config.pq_sample_size)
   refine = dataclasses.replace(refine, **{f: None for f in FIELDS if f not in config.fields})
-  searched = SearchedRows.from_rows(refine.offsets, ann_rows)
-  searcher = _make_searcher(config, refine, searched)
-  return IndexShard(refine, searched, searcher, original_tokens=store.num_tokens,
-                    source_sha256=source_sha256)
+  return index_rows(refine, SearchedRows.from_rows(refine.offsets, ann_rows), config,
+                    original_tokens=store.num_tokens, source_sha256=source_sha256)
+
+
+def index_rows(store: TokenStore, searched: SearchedRows, config: IndexConfig, *,
+               original_tokens: int, source_sha256: str | None = None) -> IndexShard:
+  """A shard over a refinement `store` (already pruned and quantised) whose `searched` rows
+  the MIPS backend of `config` indexes: the last step of `build_shard`, and what compaction
+  runs over the rows it keeps."""
+  return IndexShard(store, searched, _make_searcher(config, store, searched),
+                    original_tokens=original_tokens, source_sha256=source_sha256)
 
 
 def document_groups(lengths: np.ndarray, max_tokens: int | None,
@@ -257,7 +270,8 @@ def slice_documents(store: TokenStore, start: int, stop: int) -> TokenStore:
       store, doc_ids=store.doc_ids[start:stop], offsets=store.offsets[start:stop + 1] - lo,
       vectors=store.vectors[lo:hi], scales=cut(store.scales), salience=cut(store.salience),
       token_ids=cut(store.token_ids),
-      pooled=None if store.pooled is None else store.pooled[start:stop])
+      pooled=None if store.pooled is None else store.pooled[start:stop],
+      metadata=None if store.metadata is None else store.metadata[start:stop])
 
 
 def split_documents(store: TokenStore, max_tokens: int | None,
@@ -274,19 +288,33 @@ class TokenIndex:
 
   `search_threads` shards are searched at a time (None: one per core, at most one per
   shard; 1: one after another in the caller's thread); see `shard_search`.
+
+  `deleted` [N] bool marks documents that are deleted (or replaced by a later version,
+  `generations.py`): they keep their number, so numbers stay positions in shard order, but no
+  search returns them. `generation` is the `index.json` generation the index was loaded from.
   """
 
   def __init__(self, shards: Sequence[IndexShard], config: IndexConfig, *,
-               search_threads: int | None = None):
+               search_threads: int | None = None, deleted: np.ndarray | None = None,
+               generation: int = 0):
     if not shards:
       raise ValueError("an index needs at least one shard")
     self.shards = list(shards)
     self.config = config
+    self.generation = int(generation)
     self.doc_base = np.concatenate(
         [[0], np.cumsum([s.store.num_docs for s in self.shards])]).astype(np.int64)
     self.doc_ids: list[str] = list(itertools.chain.from_iterable(
         s.store.doc_ids for s in self.shards))
     self.doc_lengths = np.concatenate([s.store.lengths for s in self.shards])
+    self.searched_lengths = np.concatenate(
+        [masked_search.searched_lengths(s.searched) for s in self.shards])
+    n = int(self.doc_base[-1])
+    self.deleted = np.zeros(n, bool) if deleted is None else np.asarray(deleted, bool).copy()
+    if self.deleted.shape != (n,):
+      raise ValueError(f"deleted must be [{n}] bool, one per document, got "
+                       f"{self.deleted.shape}")
+    self.deleted.flags.writeable = False
     kinds = {(s.store.dim, s.store.padded_dtype(True).str, s.store.salience is None,
               s.store.token_ids is None) for s in self.shards}
     if len(kinds) != 1:
@@ -300,7 +328,49 @@ class TokenIndex:
 
   @property
   def num_docs(self) -> int:
+    """N, the number of document numbers (deleted documents included)."""
     return int(self.doc_base[-1])
+
+  @property
+  def live(self) -> np.ndarray:
+    """[N] bool: the documents that are not deleted."""
+    return ~self.deleted
+
+  @property
+  def num_live_docs(self) -> int:
+    return int(self.num_docs - self.deleted.sum())
+
+  def metadata(self, doc: int) -> dict[str, Any]:
+    """The metadata of global document `doc` ({} when it has none)."""
+    s = int(np.searchsorted(self.doc_base, doc, side="right") - 1)
+    rows = self.shards[s].store.metadata
+    return {} if rows is None else rows[doc - int(self.doc_base[s])]
+
+  def document_mask(self, ids: Iterable[str]) -> np.ndarray:
+    """[N] bool: the live documents whose id is in `ids` (ids not in the index are ignored)."""
+    wanted = set(ids)
+    mask = np.fromiter((d in wanted for d in self.doc_ids), bool, count=self.num_docs)
+    return mask & self.live
+
+  def metadata_mask(self, predicate: Callable[[dict[str, Any]], bool]) -> np.ndarray:
+    """[N] bool: the live documents whose metadata (see `metadata`) satisfies `predicate`."""
+    mask = np.zeros(self.num_docs, bool)
+    for s, shard in enumerate(self.shards):
+      rows = shard.store.metadata or [{}] * shard.store.num_docs
+      base = int(self.doc_base[s])
+      mask[base:base + len(rows)] = [bool(predicate(m)) for m in rows]
+    return mask & self.live
+
+  def searchable(self, allowed: np.ndarray | None = None) -> np.ndarray | None:
+    """[N] bool documents a search may return: live and `allowed` (None: all of them, when
+    nothing is deleted and no `allowed` is given)."""
+    if allowed is None:
+      return None if not self.deleted.any() else self.live
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.shape != (self.num_docs,):
+      raise ValueError(f"allowed must be a [{self.num_docs}] bool mask over the index's "
+                       f"documents, got {allowed.dtype}{list(allowed.shape)}")
+    return allowed & self.live
 
   @property
   def dim(self) -> int:
@@ -330,26 +400,40 @@ class TokenIndex:
           self.search_threads, thread_name_prefix="shard-search")
     return self._executor
 
-  def search_tokens(self, queries: np.ndarray, k: int,
+  def searchable_tokens(self, allowed: np.ndarray | None = None) -> int:
+    """Searched tokens of the documents `searchable(allowed)` admits."""
+    mask = self.searchable(allowed)
+    return self.num_ann_tokens if mask is None else int(self.searched_lengths[mask].sum())
+
+  def search_tokens(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                     **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Global document of each of the k nearest searched tokens over all shards.
+    """Global document of each of the k nearest searched tokens over all shards, among live
+    documents (and those `allowed` admits).
 
     Args:
       queries: [Q, h] float32 query token vectors.
-      k: K′, capped by the number of searched tokens; each shard returns at most k.
+      k: K′, capped by the number of searchable tokens; each shard returns at most k.
+      allowed: [N] bool documents that may be returned (None: every live one). Deleted and
+        disallowed documents are skipped inside each shard's search (`masked_search`), so
+        each query token still gets its k nearest allowed tokens.
       **kwargs: backend search options (ScaNN: leaves_to_search, reorder_factor).
 
     Returns:
       (docs [Q, k'] int64 with -1 for unfilled results, scores [Q, k'] float32), best first;
       equal scores in shard order, then in each shard's own order.
     """
-    k = min(int(k), self.num_ann_tokens)
+    mask = self.searchable(allowed)
+    k = min(int(k), self.searchable_tokens(allowed))
     queries = np.ascontiguousarray(queries, np.float32)
+    if k <= 0:
+      return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
 
     pool = self._pool()
 
     def one(s: int) -> tuple[np.ndarray, np.ndarray]:
-      d, scores = self.shards[s].search(queries, k, threaded=pool is not None, **kwargs)
+      part = None if mask is None else mask[self.doc_base[s]:self.doc_base[s + 1]]
+      d, scores = masked_search.search(self.shards[s], queries, k, part,
+                                       threaded=pool is not None, **kwargs)
       return np.where(d >= 0, d + self.doc_base[s], -1), scores
 
     results = shard_search.ordered_map(one, len(self.shards), pool, 2 * self.search_threads)
@@ -412,12 +496,15 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
         files.save_array(tmp, f"{name}.npy", getattr(s, name))
     if shard.searched.masked:
       files.save_array(tmp, "ann_keep.npy", shard.searched.packed_mask())
+    if s.metadata is not None:
+      files.save_metadata(tmp, metadata_jsonl(s.metadata))
     shard.searcher.save(tmp)
     manifest_config = {"index": config.to_json(), "vector_dtype": s.vector_dtype,
                        "pq_unit_norm": s.unit_norm,
                        "has_salience": s.salience is not None,
                        "has_token_ids": s.token_ids is not None,
                        "has_ann_keep": shard.searched.masked,
+                       "has_metadata": s.metadata is not None,
                        "backend": shard.searcher.kind,
                        "backend_settings": shard.searcher.settings()}
     if shard.source_sha256 is not None:
@@ -448,6 +535,17 @@ def shard_dir_name(position: int) -> str:
   return f"shard-{position:05d}"
 
 
+def segment_dir_name(generation: int, position: int) -> str:
+  """The directory of the `position`-th shard written by `generation` (add or compact)."""
+  return f"shard-g{generation:06d}-{position:05d}"
+
+
+def segment_generation(name: str) -> int | None:
+  """The generation that wrote shard directory `name` (None for a built shard)."""
+  match = _SEGMENT.fullmatch(name)
+  return int(match.group(1)) if match else None
+
+
 def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
   """The `index.json` entry of the saved shard `directory / name`: from its manifest."""
   manifest_path = directory / name / files.MANIFEST
@@ -456,19 +554,23 @@ def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
           **{key: counts[key] for key in _COUNT_KEYS}}
 
 
-def index_info(directory: pathlib.Path, listing: list[dict[str, Any]],
-               config: IndexConfig, *, encoder: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: IndexConfig, *,
+               generation: int = 0, retained: Sequence[str] = (),
+               encoder: dict[str, Any] | None = None) -> dict[str, Any]:
   """`index.json`: the shard list and totals, including bytes per stored and original token;
-  with `encoder` (a JSON object: which model, vocabulary and lengths encoded the documents,
-  `retrieval.encoder_record`) also that record and its SHA-256 (`read_encoder`)."""
+  `generation` and `retained` (files the previous generation lists and this one does not,
+  kept for its readers): see `generations.py`; with `encoder` (a JSON object: which model,
+  vocabulary and lengths encoded the documents, `eval.encoder_record`) also that record and
+  its SHA-256 (`read_encoder`), which every later generation carries over."""
   total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
                     for e in listing)
   totals = {k: sum(e[k] for e in listing)
             for k in ("documents", "tokens", "ann_tokens", "original_tokens")}
+  deleted = sum(e["tombstones"]["deleted"] for e in listing if "tombstones" in e)
   info = {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
           "config": config.to_json(), "shards": listing, "counts": totals,
-          "total_bytes": total_bytes,
+          "generation": int(generation), "deleted_documents": deleted,
+          "retained": sorted(retained), "total_bytes": total_bytes,
           "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
           "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
   if encoder is not None:
@@ -559,9 +661,10 @@ def _load_store(meta: _ShardMeta) -> TokenStore:
   token_ids = load("token_ids.npy", np.int32, (t,)) if mc.get("has_token_ids") else None
   pooled = (load("pooled.npy", np.float32, (n, meta.pooled_dim)) if meta.pooled_dim
             else None)
+  metadata = files.load_metadata(directory, n) if mc.get("has_metadata") else None
   # The PQ codebook (256 · h floats) is read: every decode looks into all of it.
   return TokenStore(doc_ids, offsets, vectors, scales, salience, token_ids, pooled,
-                    None if codebook is None else np.array(codebook), meta.unit_norm)
+                    None if codebook is None else np.array(codebook), meta.unit_norm, metadata)
 
 
 def _load_searched(meta: _ShardMeta, offsets: np.ndarray) -> SearchedRows:
@@ -617,18 +720,57 @@ def load_shard(directory: str | pathlib.Path, expect_config: IndexConfig | None 
     IndexFileError: naming the file, when anything is missing, mismatched or (with
       `verify`) corrupted.
   """
-  directory = pathlib.Path(directory)
-  manifest = files.verify_dir(directory, kind=SHARD_KIND, version=VERSION, checksums=verify)
-  meta = _shard_meta(directory, manifest, expect_config)
-  store = _load_store(meta)
-  searched = _load_searched(meta, store.offsets)
+  store, searched, meta = _open_rows(pathlib.Path(directory), expect_config, verify)
   searcher = _load_searcher(meta, store, searched)
   return IndexShard(store, searched, searcher, original_tokens=meta.original_tokens)
 
 
-def _read_listing(directory: pathlib.Path) -> tuple[IndexConfig, list[dict[str, Any]]]:
-  """The config and shard list of `index.json`."""
-  info_path = directory / INDEX_JSON
+def _open_rows(directory: pathlib.Path, expect_config: IndexConfig | None,
+               verify: bool) -> tuple[TokenStore, SearchedRows, _ShardMeta]:
+  manifest = files.verify_dir(directory, kind=SHARD_KIND, version=VERSION, checksums=verify)
+  meta = _shard_meta(directory, manifest, expect_config)
+  store = _load_store(meta)
+  return store, _load_searched(meta, store.offsets), meta
+
+
+def open_shard_rows(directory: str | pathlib.Path, expect_config: IndexConfig | None = None
+                    ) -> tuple[TokenStore, SearchedRows, int]:
+  """A saved shard's refinement store (mapped), its searched rows and its original token
+  count, checked as `load_shard` checks them, without loading its MIPS backend."""
+  store, searched, meta = _open_rows(pathlib.Path(directory), expect_config, False)
+  return store, searched, meta.original_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  """What an `index.json` says.
+
+  Attributes:
+    config: the index settings.
+    shards: the shard entries in document order (name, manifest_sha256, counts, and
+      "tombstones" when some of its documents are deleted).
+    generation: 0 for a built index, then one more for every published change.
+    retained: files (shard directories, tombstone files; relative to INDEX_DIR) that only
+      the previous generation lists, kept for its readers.
+  """
+  config: IndexConfig
+  shards: list[dict[str, Any]]
+  generation: int
+  retained: tuple[str, ...]
+
+  def files(self) -> set[str]:
+    """Every shard directory and tombstone file this generation lists."""
+    return ({e["name"] for e in self.shards} |
+            {e["tombstones"]["file"] for e in self.shards if "tombstones" in e})
+
+
+def read_listing(directory: str | pathlib.Path) -> Listing:
+  """INDEX_DIR's `index.json`, checked.
+
+  Raises:
+    IndexFileError: naming it, when it is missing, malformed or of another version.
+  """
+  info_path = pathlib.Path(directory) / INDEX_JSON
   info = files.read_json(info_path)
   if (not isinstance(info, dict) or info.get("format") != files.FORMAT or
       info.get("kind") != INDEX_KIND):
@@ -639,13 +781,17 @@ def _read_listing(directory: pathlib.Path) -> tuple[IndexConfig, list[dict[str, 
   try:
     config = IndexConfig.from_json(info["config"])
     listing = [dict(e) for e in info["shards"]]
+    generation = int(info.get("generation", 0))
+    retained = tuple(str(r) for r in info.get("retained", ()))
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(info_path, f"malformed index listing ({e})") from None
   for entry in listing:
     if not all(isinstance(entry.get(k), str) for k in ("name", "manifest_sha256")):
       raise files.IndexFileError(info_path, f"malformed index listing: shard entry {entry} "
                                  "lacks its name or manifest_sha256")
-  return config, listing
+    if "tombstones" in entry:
+      tombstones.check_entry(info_path, entry["name"], entry["tombstones"])
+  return Listing(config, listing, generation, retained)
 
 
 def _check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
@@ -664,34 +810,59 @@ def _check_listed_counts(directory: pathlib.Path, entry: dict[str, Any],
                                  "shard)")
 
 
+def _listed_generation(directory: pathlib.Path) -> int | None:
+  try:
+    return read_listing(directory).generation
+  except files.IndexFileError:
+    return None
+
+
 def load_index(directory: str | pathlib.Path, *, verify: bool = False,
                search_threads: int | None = None) -> TokenIndex:
-  """Loads an index written by `save_index`, its arrays mapped read-only (see `load_shard`;
-  `verify` compares every file's SHA-256 too). `search_threads`: see `TokenIndex`.
+  """Loads the current generation of an index written by `save_index` (and changed by
+  `generations.py`), its arrays mapped read-only (see `load_shard`; `verify` compares every
+  file's SHA-256 too), its deleted documents marked in `TokenIndex.deleted`.
+  `search_threads`: see `TokenIndex`.
+
+  `index.json` is read once, so the index is one generation whatever writers do meanwhile.
+  When a file of it disappears while loading because writers published two more generations
+  and removed it, the load starts again from the newer `index.json`.
 
   Raises:
     IndexFileError: naming the file, when anything is missing, mismatched or (with
       `verify`) corrupted.
   """
   directory = pathlib.Path(directory)
-  config, listing = _read_listing(directory)
-  shards = []
-  for entry in listing:
+  for attempt in range(_LOAD_ATTEMPTS):
+    listing = read_listing(directory)
+    try:
+      return _load_listing(directory, listing, verify=verify, search_threads=search_threads)
+    except files.IndexFileError:
+      if attempt + 1 < _LOAD_ATTEMPTS and _listed_generation(directory) != listing.generation:
+        continue
+      raise
+  raise AssertionError("unreachable")
+
+
+def _load_listing(directory: pathlib.Path, listing: Listing, *, verify: bool,
+                  search_threads: int | None) -> TokenIndex:
+  shards, deleted = [], []
+  for entry in listing.shards:
     _check_listed_manifest(directory, entry)
-    shard = load_shard(directory / entry["name"], expect_config=config, verify=verify)
+    shard = load_shard(directory / entry["name"], expect_config=listing.config, verify=verify)
     _check_listed_counts(directory, entry, _shard_counts(shard))
+    deleted.append(tombstones.read(directory, entry.get("tombstones"), shard.store.num_docs,
+                                   verify=verify))
     shards.append(shard)
-  return TokenIndex(shards, config, search_threads=search_threads)
+  return TokenIndex(shards, listing.config, search_threads=search_threads,
+                    deleted=np.concatenate(deleted), generation=listing.generation)
 
 
 def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexConfig) -> None:
   """Every check of `load_shard(verify=True)` on one listed shard, without loading ScaNN."""
   _check_listed_manifest(directory, entry)
   shard_dir = directory / entry["name"]
-  manifest = files.verify_dir(shard_dir, kind=SHARD_KIND, version=VERSION, checksums=True)
-  meta = _shard_meta(shard_dir, manifest, config)
-  store = _load_store(meta)
-  searched = _load_searched(meta, store.offsets)
+  store, searched, meta = _open_rows(shard_dir, config, True)
   if _backend(meta) == "scann":
     _scann_settings(meta)
     check_scann_files(shard_dir, searched.size)
@@ -699,28 +870,33 @@ def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexC
             "ann_tokens": searched.size, "original_tokens": meta.original_tokens,
             "dim": store.dim, "pooled_dim": meta.pooled_dim}
   _check_listed_counts(directory, entry, counts)
+  tombstones.read(directory, entry.get("tombstones"), store.num_docs, verify=True)
 
 
 def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
   """Checks every file of the index in `directory` against its manifest, SHA-256 included.
 
   Returns:
-    {shard name: None when it is sound, else the problem}, in `index.json`'s order, plus an
-    entry for each shard directory present but not listed.
+    {shard name: None when it is sound, else the problem}, in `index.json`'s order (a shard's
+    tombstones and metadata are checked with it), plus an entry for each shard directory
+    present but not listed, unless it is kept for readers of the previous generation or was
+    written by an unfinished change (a later generation, removed by the next writer).
 
   Raises:
     IndexFileError: when `index.json` itself is missing or unreadable.
   """
   directory = pathlib.Path(directory)
-  config, listing = _read_listing(directory)
+  listing = read_listing(directory)
   report: dict[str, str | None] = {}
-  for entry in listing:
+  for entry in listing.shards:
     try:
-      _verify_shard(directory, entry, config)
+      _verify_shard(directory, entry, listing.config)
       report[entry["name"]] = None
     except files.IndexFileError as e:
       report[entry["name"]] = str(e)
-  listed = {e["name"] for e in listing}
-  for extra in sorted(p.name for p in directory.glob("shard-*") if p.name not in listed):
+  known = listing.files() | set(listing.retained)
+  for extra in sorted(p.name for p in directory.glob("shard-*") if p.name not in known):
+    if (segment_generation(extra) or 0) > listing.generation:
+      continue
     report[extra] = f"{directory / extra}: shard directory not listed in {INDEX_JSON}"
   return report

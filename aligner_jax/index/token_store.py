@@ -3,7 +3,8 @@
 A `TokenStore` holds the token vectors of N documents back to back: document i owns rows
 `offsets[i]:offsets[i + 1]` of `vectors` (only valid tokens are stored, never padding). Next
 to each row it may keep the token's salience and vocabulary id, and next to each document its
-pooled vector (the dense path).
+pooled vector (the dense path) and its metadata (a JSON object, e.g. a BEIR corpus row's
+`metadata`, which filtered search reads).
 
 Vector formats (`VECTOR_DTYPES`, what encoding writes; any of them or "pq:M" in an index):
   "float32"  exact.
@@ -19,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -108,6 +109,7 @@ class TokenStore:
       `with_vector_dtype` sets it when every encoded vector has norm 1 ± 1e-3 (L2-normalised
       encoder outputs), which removes the radial part of the quantisation error at no cost
       in bytes (bench/README.md, storage, has the effect on nDCG@10).
+    metadata: N JSON objects (dicts), one per document, or None when there is none.
   """
   doc_ids: list[str]
   offsets: np.ndarray
@@ -118,6 +120,7 @@ class TokenStore:
   pooled: np.ndarray | None = None
   codebook: np.ndarray | None = None
   unit_norm: bool = False
+  metadata: list[dict[str, Any]] | None = None
 
   def __post_init__(self):
     self.offsets = np.asarray(self.offsets, np.int64)
@@ -148,6 +151,11 @@ class TokenStore:
         problems.append(f"{name} has shape {value.shape}, expected ({t},)")
     if self.pooled is not None and (self.pooled.ndim != 2 or self.pooled.shape[0] != n):
       problems.append(f"pooled has shape {self.pooled.shape}, expected ({n}, h)")
+    if self.metadata is not None:
+      self.metadata = list(self.metadata)
+      if len(self.metadata) != n or not all(isinstance(m, dict) for m in self.metadata):
+        problems.append(f"metadata must be {n} dicts, one per document, got "
+                        f"{len(self.metadata)} items")
     if problems:
       raise ValueError("inconsistent TokenStore: " + "; ".join(problems))
 
@@ -187,6 +195,20 @@ class TokenStore:
     if self.vectors.dtype == np.int8:
       return v.astype(np.float32) * self.scales[sel][..., None]
     return v.astype(np.float32)
+
+  def select_documents(self, docs: np.ndarray) -> "TokenStore":
+    """A store of documents `docs` [k] (sorted local numbers) with all their rows, in order."""
+    docs = np.asarray(docs, np.int64)
+    lengths = self.offsets[docs + 1] - self.offsets[docs]
+    rows = document_rows(self.offsets, docs)
+    pick = lambda a: None if a is None else a[rows]  # noqa: E731
+    return dataclasses.replace(
+        self, doc_ids=[self.doc_ids[d] for d in docs],
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        vectors=self.vectors[rows], scales=pick(self.scales), salience=pick(self.salience),
+        token_ids=pick(self.token_ids),
+        pooled=None if self.pooled is None else self.pooled[docs],
+        metadata=None if self.metadata is None else [self.metadata[d] for d in docs])
 
   def doc_of_rows(self, rows: np.ndarray) -> np.ndarray:
     """Document of each stored row `rows` [...] (int64, same shape), from the offsets."""
@@ -286,15 +308,25 @@ class TokenStore:
     return slice(int(self.offsets[doc]), int(self.offsets[doc + 1]))
 
 
+def document_rows(offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
+  """The rows of documents `docs` [k] (in that order) of ragged `offsets` [N + 1]: [Σ len]."""
+  docs = np.asarray(docs, np.int64)
+  starts, lengths = offsets[docs], offsets[docs + 1] - offsets[docs]
+  before = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+  return (np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))).astype(np.int64)
+
+
 _HASH_ROWS = 1 << 16  # rows hashed per update: memory-mapped stores are read a block at a time
 
 
 def content_sha256(store: TokenStore) -> str:
   """SHA-256 of everything a store holds (ids, offsets, every array's dtype, shape and bytes,
-  the unit-norm flag): the same documents give the same digest whether the store was loaded,
-  memory-mapped or built in memory."""
+  the unit-norm flag, the metadata when there is any): the same documents give the same
+  digest whether the store was loaded, memory-mapped or built in memory."""
   digest = hashlib.sha256(json.dumps(store.doc_ids).encode("utf-8"))
   digest.update(f"|unit_norm={store.unit_norm}".encode())
+  if store.metadata is not None:  # absent from digests of stores without metadata
+    digest.update(b"|metadata=" + metadata_jsonl(store.metadata).encode("utf-8"))
   for name in ("offsets", "vectors", "scales", "salience", "token_ids", "pooled", "codebook"):
     array = getattr(store, name)
     if array is None:
@@ -304,6 +336,12 @@ def content_sha256(store: TokenStore) -> str:
     for start in range(0, max(len(array), 1), _HASH_ROWS):
       digest.update(np.ascontiguousarray(array[start:start + _HASH_ROWS]).data)
   return digest.hexdigest()
+
+
+def metadata_jsonl(metadata: Sequence[dict[str, Any]]) -> str:
+  """Documents' metadata as JSON lines, one object per document (keys sorted)."""
+  return "".join(json.dumps(m, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+                 for m in metadata)
 
 
 def padded_buffers(count: int, length: int, dim: int, dtype: np.dtype, *, salience: bool,
@@ -371,6 +409,9 @@ def concatenate(stores: Sequence[TokenStore]) -> TokenStore:
   for s in stores:
     offsets.append(s.offsets[1:] + base)
     base += s.num_tokens
+  metadata = None
+  if any(s.metadata is not None for s in stores):
+    metadata = [m for s in stores for m in (s.metadata or [{}] * s.num_docs)]
   return TokenStore(sum((s.doc_ids for s in stores), []), np.concatenate(offsets),
                     cat("vectors"), cat("scales"), cat("salience"), cat("token_ids"),
-                    cat("pooled"), first.codebook, first.unit_norm)
+                    cat("pooled"), first.codebook, first.unit_norm, metadata)

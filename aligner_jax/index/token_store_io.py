@@ -7,6 +7,7 @@ A store directory (written atomically, verified on load; see `files.py`) holds
   vectors.npy     [T, h] float32 | float16 | int8 (+ scales.npy [T] float32 for int8), or
                   [T, M] uint8 PQ codes (+ codebook.npy [M, 256, h/M] float32)
   salience.npy    [T] float32, token_ids.npy [T] int32, pooled.npy [N, h'] float32 (if present)
+  metadata.jsonl  [N] JSON objects, the documents' metadata (if present)
 The encode job writes one such directory per corpus shard (`shard_name`,
 `retrieval.corpus_shards`).
 """
@@ -20,6 +21,7 @@ from aligner_jax.index import files
 from aligner_jax.index import pq
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
+from aligner_jax.index.token_store import metadata_jsonl
 from aligner_jax.index.token_store import pq_subspaces
 from aligner_jax.io import atomic_dir
 from aligner_jax.io import write_json
@@ -68,12 +70,15 @@ def save_token_store(store: TokenStore, directory: str | pathlib.Path,
     for name in _OPTIONAL:
       if getattr(store, name) is not None:
         files.save_array(tmp, f"{name}.npy", getattr(store, name))
+    if store.metadata is not None:
+      files.save_metadata(tmp, metadata_jsonl(store.metadata))
     counts = {"documents": store.num_docs, "tokens": store.num_tokens, "dim": store.dim,
               "pooled_dim": 0 if store.pooled is None else int(store.pooled.shape[1])}
     manifest = files.write_manifest(
         tmp, kind=KIND, version=VERSION, counts=counts,
         config={**config, "vector_dtype": store.vector_dtype, "pq_unit_norm": store.unit_norm,
-                "fields": [n for n in _OPTIONAL if getattr(store, n) is not None]})
+                "fields": [n for n in _OPTIONAL if getattr(store, n) is not None] +
+                          (["metadata"] if store.metadata is not None else [])})
   return manifest
 
 
@@ -106,5 +111,6 @@ def load_token_store(directory: str | pathlib.Path) -> TokenStore:
   extra = {name: load(f"{name}.npy", *shape) if name in fields else None
            for name, shape in shapes.items()}
   vectors, scales, codebook = load_vector_arrays(directory, dtype, t, h)
+  metadata = files.load_metadata(directory, n) if "metadata" in fields else None
   return TokenStore(ids, offsets, vectors, scales=scales, codebook=codebook,
-                    unit_norm=unit_norm, **extra)
+                    unit_norm=unit_norm, metadata=metadata, **extra)

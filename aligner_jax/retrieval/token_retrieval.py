@@ -95,8 +95,9 @@ class Candidates:
     docs: per query, [C_b] int64 sorted document numbers.
     num_neighbors: K′ used by the token search (capped by the index size).
     prune_query_ratio: β^q used.
-    scores: per query, [C_b] float64 first-stage (XTR) scores of `docs`, or None when every
-      retrieved document is kept (no first-stage ranking).
+    scores: per query, [C_b] float64 first-stage (XTR) scores of `docs` (-inf for every
+      allowed document given to a query no search filled, see `min_candidates`), or None
+      when every retrieved document is kept (no first-stage ranking).
     num_refine: R, the most documents kept per query by first-stage score, or None (all).
   """
   query_ids: list[str]
@@ -143,8 +144,15 @@ def _group_candidates(owner: np.ndarray, docs: np.ndarray, scores: np.ndarray,
 
 def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors: int = 4000,
                         prune_query_ratio: float = 1.0, num_refine: int | None = None,
+                        allowed: np.ndarray | None = None, min_candidates: int | None = None,
                         **search_kwargs) -> Candidates:
   """Steps 1-3 of the module docstring, with an optional cheap ranking of the candidates.
+
+  Deleted documents of the index are never candidates. The token search skips them (and those
+  `allowed` excludes) inside each shard, so every searched query token still gets its K′
+  nearest tokens of documents that may be returned (`index.masked_search`): the candidates
+  are those an index built over these documents alone would give (exactly so with the exact
+  backend), however many documents are deleted or filtered out.
 
   Args:
     index: the token index (any number of shards).
@@ -153,6 +161,11 @@ def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors
     prune_query_ratio: β^q, fraction of each query's tokens searched (by salience).
     num_refine: R: keep only the R documents with the best XTR first-stage score per query
       (`first_stage.xtr_scores`); None or 0 keeps every retrieved document.
+    allowed: [N] bool, the documents that may be candidates (a filter); None: every live one.
+    min_candidates: k: a query left with fewer than min(k, allowed documents) candidates is
+      searched again with 4 times K′ until it has them, or is given every allowed document once
+      K′ covers all their tokens; when no more than k documents are allowed at all, they are
+      every query's candidates without a search (a selective filter). None: no such top-up.
     **search_kwargs: the backend's search effort (ScaNN: leaves_to_search, reorder_factor).
   """
   if num_neighbors < 1:
@@ -160,9 +173,48 @@ def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors
   if num_refine is not None and num_refine < 0:
     raise ValueError(f"num_refine R must be positive (or 0 / None: refine all), got "
                      f"{num_refine}")
+  if min_candidates is not None and min_candidates < 1:
+    raise ValueError(f"min_candidates must be positive (or None), got {min_candidates}")
   if queries.vectors.shape[-1] != index.dim:
     raise ValueError(f"query vectors have dimension {queries.vectors.shape[-1]} but the index "
                      f"holds {index.dim}-dimensional tokens (encoded by another model?)")
+  mask = index.searchable(allowed)
+  searchable = index.searchable_tokens(allowed)
+  if min_candidates and mask is not None:
+    chosen = np.flatnonzero(mask)
+    if len(chosen) <= min_candidates:  # scored directly: every allowed document
+      return Candidates(list(queries.ids), [chosen] * len(queries),
+                        min(num_neighbors, searchable), prune_query_ratio)
+  docs, scores = _searched_candidates(index, queries, prune_query_ratio, num_neighbors,
+                                      num_refine, mask, search_kwargs)
+  if min_candidates:
+    want = min_candidates if mask is None else min(min_candidates, int(mask.sum()))
+    depth = num_neighbors
+    short = [b for b in range(len(queries)) if len(docs[b]) < want]
+    while short and depth < searchable:
+      depth = min(depth * 4, searchable)
+      more_docs, more_scores = _searched_candidates(
+          index, queries.select(short), prune_query_ratio, depth, num_refine, mask,
+          search_kwargs)
+      for i, b in enumerate(short):
+        docs[b] = more_docs[i]
+        if scores is not None:
+          scores[b] = more_scores[i]
+      short = [b for b in short if len(docs[b]) < want]
+    everything = np.flatnonzero(index.live if mask is None else mask)
+    for b in short:  # K′ covers every allowed token: the rest hold none a query token found
+      docs[b] = everything
+      if scores is not None:
+        scores[b] = np.full(len(everything), -np.inf)
+  return Candidates(list(queries.ids), docs, min(num_neighbors, searchable), prune_query_ratio,
+                    scores, num_refine or None)
+
+
+def _searched_candidates(index: TokenIndex, queries: QueryBatch, prune_query_ratio: float,
+                         num_neighbors: int, num_refine: int | None, mask: np.ndarray | None,
+                         search_kwargs: dict) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+  """Per query the candidate documents of one token search, and their first-stage scores
+  (None without `num_refine`)."""
   keep = search_mask(queries, prune_query_ratio)
   owner, tok = np.nonzero(keep)  # row-major: each query's tokens are consecutive
   per_query = np.bincount(owner, minlength=len(queries))
@@ -174,22 +226,24 @@ def candidate_documents(index: TokenIndex, queries: QueryBatch, *, num_neighbors
     if rows.start == rows.stop:
       continue
     docs, scores = index.search_tokens(queries.vectors[owner[rows], tok[rows]], num_neighbors,
-                                       **search_kwargs)
+                                       allowed=mask, **search_kwargs)
     query, doc, score = _group_candidates(owner[rows] - lo, docs, scores, hi - lo,
                                           index.num_docs, num_refine)
     parts.append((query + lo, doc, score))
   query = np.concatenate([p[0] for p in parts])
   split = lambda i: first_stage.split_by_query(  # noqa: E731
       query, np.concatenate([p[i] for p in parts]), len(queries))
-  return Candidates(list(queries.ids), split(1), min(num_neighbors, index.num_ann_tokens),
-                    prune_query_ratio, split(2) if num_refine else None, num_refine or None)
+  return split(1), split(2) if num_refine else None
 
 
-def all_documents(index: TokenIndex, queries: QueryBatch) -> Candidates:
-  """Every document as a candidate of every query (exhaustive refinement, the exact upper
-  bound of candidate generation)."""
-  every = np.arange(index.num_docs)
-  return Candidates(list(queries.ids), [every] * len(queries), index.num_ann_tokens, 1.0)
+def all_documents(index: TokenIndex, queries: QueryBatch,
+                  allowed: np.ndarray | None = None) -> Candidates:
+  """Every live document (that `allowed` [N] bool admits) as a candidate of every query
+  (exhaustive refinement, the exact upper bound of candidate generation)."""
+  mask = index.searchable(allowed)
+  every = np.arange(index.num_docs) if mask is None else np.flatnonzero(mask)
+  return Candidates(list(queries.ids), [every] * len(queries), index.searchable_tokens(allowed),
+                    1.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -424,12 +478,15 @@ def to_run(query_ids: Sequence[str], doc_ids: Sequence[str],
 def retrieve(index: TokenIndex, queries: QueryBatch, alignment: Alignment | str, *,
              num_neighbors: int = 4000, prune_query_ratio: float = 1.0,
              num_refine: int | None = None, top_n: int = 1000, use_salience: bool = True,
-             progress: Callable[[str], None] | None = None,
+             progress: Callable[[str], None] | None = None, allowed: np.ndarray | None = None,
+             min_candidates: int | None = None,
              **search_kwargs) -> tuple[dict[str, dict[str, float]], Candidates]:
-  """The whole token-index path; returns the run and the candidate sets (for reuse)."""
+  """The whole token-index path; returns the run and the candidate sets (for reuse).
+  `allowed`, `min_candidates`: see `candidate_documents`."""
   candidates = candidate_documents(index, queries, num_neighbors=num_neighbors,
                                    prune_query_ratio=prune_query_ratio,
-                                   num_refine=num_refine, **search_kwargs)
+                                   num_refine=num_refine, allowed=allowed,
+                                   min_candidates=min_candidates, **search_kwargs)
   if progress is not None:
     sizes = candidates.sizes()
     progress(f"candidates per query: mean {sizes.mean():.0f}, max {sizes.max()}")
