@@ -167,7 +167,8 @@ def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, do
       f"{'' if passages is None else ' a passage'})")
   return encode_corpus(model.documents, model.vocabulary, [corpus.ids[i] for i in index],
                        [corpus.text(i) for i in index], max_length=doc_length,
-                       vector_dtype=vector_dtype, progress=log, passages=passages)
+                       vector_dtype=vector_dtype, progress=log, passages=passages,
+                       metadata=[corpus.metadata_of(i) for i in index])
 
 
 def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:

@@ -237,15 +237,22 @@ class Searcher:
       self._snapshot = _Snapshot(index, int(getattr(index, "generation", 0)))
       return True
 
-  def encode_documents(self, documents: Iterable[Any]) -> tuple[TokenStore, list[dict]]:
-    """BEIR dicts or (id, text) pairs encoded as the index's documents were (its document
-    length and vector format), with their metadata dicts."""
-    docs = parse_documents(documents)
+  def encode_texts(self, doc_ids: Sequence[str], texts: Sequence[str],
+                   metadata: Sequence[dict[str, Any]] | None = None) -> TokenStore:
+    """Documents (texts as the encoder reads them) encoded as the index's documents were:
+    its document length and vector format (PQ codes are trained when a shard is built, so
+    those are held as float16 until then), with their metadata."""
     dtype = self.index.config.vector_dtype
-    store = encode_corpus(self.encoders.documents, self.encoders.vocabulary, docs.ids,
-                          docs.texts, max_length=self.record.doc_length,
-                          vector_dtype="float16" if dtype.startswith("pq:") else dtype)
-    return store, docs.metadata
+    return encode_corpus(self.encoders.documents, self.encoders.vocabulary, doc_ids, texts,
+                         max_length=self.record.doc_length,
+                         vector_dtype="float16" if dtype.startswith("pq:") else dtype,
+                         metadata=metadata)
+
+  def encode_documents(self, documents: Iterable[Any]) -> tuple[TokenStore, list[dict]]:
+    """BEIR dicts or (id, text) pairs (`documents.parse_documents`) encoded by `encode_texts`,
+    with their metadata dicts."""
+    docs = parse_documents(documents)
+    return self.encode_texts(docs.ids, docs.texts, docs.metadata), docs.metadata
 
   def add(self, documents: Iterable[Any]) -> int:
     """Encodes `documents` (BEIR dicts or (id, text) pairs) and adds them to the index as a new
