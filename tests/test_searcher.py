@@ -153,12 +153,10 @@ def test_another_encoder_is_refused(built):
   from aligner_jax.index.files import IndexFileError
   from aligner_jax.search import EncoderMismatchError
   from aligner_jax.search import Searcher
+  import jax
   module, params = minilm_model()
-  changed = dict(params)
-  changed["encoder"] = {**params["encoder"]}
-  emb = changed["encoder"]["embeddings"]
-  changed["encoder"]["embeddings"] = {**emb, "word_embeddings": {
-      "embedding": np.asarray(emb["word_embeddings"]["embedding"]) * 1.01}}
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  changed = jax.tree_util.tree_unflatten(tree, [np.asarray(leaves[0]) * 1.01, *leaves[1:]])
   with pytest.raises(EncoderMismatchError, match="params_sha256"):
     Searcher.open(built[1], model=(module, changed))
   # The same encoder, named by its directory, is accepted.
