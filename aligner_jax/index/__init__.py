@@ -10,10 +10,19 @@ Public API:
   verify_index                                every file against its SHA-256 (also
                                               `python -m aligner_jax.index verify INDEX_DIR`)
   IndexFileError                              raised for corrupted or mismatched files
+  add_documents, delete_documents, compact    a published index changed as new generations
+                                              (generations.py; also the `add`, `delete`,
+                                              `compact` verbs of `python -m aligner_jax.index`)
 """
 
 from aligner_jax.index import pq
 from aligner_jax.index.files import IndexFileError
+from aligner_jax.index.generations import IndexBusyError
+from aligner_jax.index.generations import UnknownDocumentsError
+from aligner_jax.index.generations import add_documents
+from aligner_jax.index.generations import compact
+from aligner_jax.index.generations import current_generation
+from aligner_jax.index.generations import delete_documents
 from aligner_jax.index.pruning import prune_budget
 from aligner_jax.index.pruning import prune_store
 from aligner_jax.index.pruning import top_salience_mask
@@ -29,7 +38,8 @@ from aligner_jax.index.token_store import concatenate
 from aligner_jax.index.token_store import from_padded
 
 __all__ = [
-    "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore", "build_token_index",
-    "concatenate", "from_padded", "index_exists", "load_index", "prune_budget", "prune_store",
-    "pq", "save_index", "top_salience_mask", "verify_index",
+    "IndexBusyError", "IndexConfig", "IndexFileError", "TokenIndex", "TokenStore",
+    "UnknownDocumentsError", "add_documents", "build_token_index", "compact", "concatenate",
+    "current_generation", "delete_documents", "from_padded", "index_exists", "load_index",
+    "prune_budget", "prune_store", "pq", "save_index", "top_salience_mask", "verify_index",
 ]

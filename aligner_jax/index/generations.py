@@ -147,13 +147,15 @@ def _publish(index_dir: pathlib.Path, previous: Listing, entries: list[dict[str,
   """Writes `index.json` of the next generation over `entries` (the commit point), then
   removes what neither it nor `previous` lists; returns the new generation."""
   generation = previous.generation + 1
-  new = Listing(previous.config, entries, generation, ())
+  new = Listing(previous.config, entries, generation)
   retained = previous.files() - new.files()
+  keep = new.files() | retained
+  removed = (previous.files() | set(previous.retained)) - keep
   # The encoder record never changes: every generation carries the first one's.
   info = index_info(index_dir, entries, previous.config, generation=generation,
-                    retained=retained, encoder=read_encoder(index_dir))
+                    retained=retained, removed=removed, encoder=read_encoder(index_dir))
   write_json(index_dir / INDEX_JSON, info)
-  _remove_unlisted(index_dir, new.files() | retained)
+  _remove_unlisted(index_dir, keep)
   log(f"{index_dir}: published generation {generation} ({what}): {len(entries)} shards, "
       f"{info['counts']['documents'] - info['deleted_documents']} live documents")
   return generation

@@ -556,12 +556,14 @@ def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: IndexConfig, *,
                generation: int = 0, retained: Sequence[str] = (),
-               encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+               removed: Sequence[str] = (), encoder: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
   """`index.json`: the shard list and totals, including bytes per stored and original token;
-  `generation` and `retained` (files the previous generation lists and this one does not,
-  kept for its readers): see `generations.py`; with `encoder` (a JSON object: which model,
-  vocabulary and lengths encoded the documents, `eval.encoder_record`) also that record and
-  its SHA-256 (`read_encoder`), which every later generation carries over."""
+  `generation`, `retained` (files the previous generation lists and this one does not, kept
+  for its readers) and `removed` (files its writer removes once it is published): see
+  `generations.py`; with `encoder` (a JSON object: which model, vocabulary and lengths
+  encoded the documents, `eval.encoder_record`) also that record and its SHA-256
+  (`read_encoder`), which every later generation carries over."""
   total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
                     for e in listing)
   totals = {k: sum(e[k] for e in listing)
@@ -570,7 +572,7 @@ def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: I
   info = {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
           "config": config.to_json(), "shards": listing, "counts": totals,
           "generation": int(generation), "deleted_documents": deleted,
-          "retained": sorted(retained), "total_bytes": total_bytes,
+          "retained": sorted(retained), "removed": sorted(removed), "total_bytes": total_bytes,
           "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
           "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
   if encoder is not None:
@@ -752,11 +754,14 @@ class Listing:
     generation: 0 for a built index, then one more for every published change.
     retained: files (shard directories, tombstone files; relative to INDEX_DIR) that only
       the previous generation lists, kept for its readers.
+    removed: files that the writer of this generation removes after publishing it (still
+      present when it was killed meanwhile; the next writer removes them).
   """
   config: IndexConfig
   shards: list[dict[str, Any]]
   generation: int
-  retained: tuple[str, ...]
+  retained: tuple[str, ...] = ()
+  removed: tuple[str, ...] = ()
 
   def files(self) -> set[str]:
     """Every shard directory and tombstone file this generation lists."""
@@ -783,6 +788,7 @@ def read_listing(directory: str | pathlib.Path) -> Listing:
     listing = [dict(e) for e in info["shards"]]
     generation = int(info.get("generation", 0))
     retained = tuple(str(r) for r in info.get("retained", ()))
+    removed = tuple(str(r) for r in info.get("removed", ()))
   except (KeyError, TypeError, ValueError) as e:
     raise files.IndexFileError(info_path, f"malformed index listing ({e})") from None
   for entry in listing:
@@ -791,7 +797,7 @@ def read_listing(directory: str | pathlib.Path) -> Listing:
                                  "lacks its name or manifest_sha256")
     if "tombstones" in entry:
       tombstones.check_entry(info_path, entry["name"], entry["tombstones"])
-  return Listing(config, listing, generation, retained)
+  return Listing(config, listing, generation, retained, removed)
 
 
 def _check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
@@ -879,8 +885,9 @@ def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
   Returns:
     {shard name: None when it is sound, else the problem}, in `index.json`'s order (a shard's
     tombstones and metadata are checked with it), plus an entry for each shard directory
-    present but not listed, unless it is kept for readers of the previous generation or was
-    written by an unfinished change (a later generation, removed by the next writer).
+    present but not listed, unless it is kept for readers of the previous generation, or is
+    what a change killed before or after publishing left (a later generation's shard, or
+    one `index.json` says its writer removes): the next writer removes those.
 
   Raises:
     IndexFileError: when `index.json` itself is missing or unreadable.
@@ -894,7 +901,7 @@ def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
       report[entry["name"]] = None
     except files.IndexFileError as e:
       report[entry["name"]] = str(e)
-  known = listing.files() | set(listing.retained)
+  known = listing.files() | set(listing.retained) | set(listing.removed)
   for extra in sorted(p.name for p in directory.glob("shard-*") if p.name not in known):
     if (segment_generation(extra) or 0) > listing.generation:
       continue
