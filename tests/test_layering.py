@@ -138,5 +138,21 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
   assert any("x.py:3" in p and "outside the library" in p for p in problems), problems
 
 
+def test_an_entry_point_imports_upward_only_inside_functions(tmp_path, monkeypatch):
+  """The index command line may reach the searcher lazily, never at module level."""
+  index = tmp_path / "aligner_jax" / "index"
+  index.mkdir(parents=True)
+  (tmp_path / "aligner_jax" / "search").mkdir()
+  (tmp_path / "aligner_jax" / "search" / "__init__.py").write_text("")
+  (index / "__init__.py").write_text("")
+  (index / "__main__.py").write_text(
+      "import aligner_jax.search\n\ndef f():\n  import aligner_jax.search\n")
+  monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+  monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "aligner_jax")
+  problems = upward_imports()
+  assert any("__main__.py:1" in p for p in problems), problems
+  assert not any("__main__.py:4" in p for p in problems), problems
+
+
 if __name__ == "__main__":
   pytest.main([__file__])
