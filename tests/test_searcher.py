@@ -148,12 +148,13 @@ def test_other_alignment_and_k(searcher, built):
 
 
 def test_another_encoder_is_refused(built):
+  import jax
+
   from aligner_jax import models
   from aligner_jax.eval.model_loading import ModelLoadError
   from aligner_jax.index.files import IndexFileError
   from aligner_jax.search import EncoderMismatchError
   from aligner_jax.search import Searcher
-  import jax
   module, params = minilm_model()
   leaves, tree = jax.tree_util.tree_flatten(params)
   changed = jax.tree_util.tree_unflatten(tree, [np.asarray(leaves[0]) * 1.01, *leaves[1:]])
@@ -272,10 +273,10 @@ def test_add_delete_and_readers_during_writes(built, tmp_path):
     searcher.add([("x", "a"), ("x", "b")])
 
 
-def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600, **kwargs)
+                        text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -322,3 +323,30 @@ def test_index_add_corpus_command_line(built, tmp_path):
   refused = _run(["-m", "aligner_jax.index", "add", str(index_dir), "--corpus", str(broken)])
   assert refused.returncode != 0 and f"{broken}:2" in refused.stderr
   assert Searcher.open(index_dir).generation == generation
+
+
+@pytest.mark.slow
+def test_searcher_gives_the_gin_evaluation_run_on_all_scifact_test_queries(tmp_path):
+  """The issue's acceptance: the gin eval job of gin/experiments/minilm_aligner_beir.gin on
+  SciFact (all 300 test queries, its fast first stage) and `Searcher` over the index it built,
+  given the query texts, give the same top 10 per query and the same nDCG@10."""
+  from conftest import shared_path
+
+  from aligner_jax.eval.ir_metrics import evaluate
+  from aligner_jax.search import Searcher
+  scifact = shared_path("beir", "scifact")
+  out, index_dir = tmp_path / "eval", tmp_path / "index"
+  job = _run(["-m", "aligner_jax.main", "--gin_file=gin/experiments/minilm_aligner_beir.gin",
+              f"--gin.BEIR_DIR='{scifact}'", f"--gin.OUTPUT_DIR='{out}'",
+              f"--gin.INDEX_DIR='{index_dir}'"], timeout=5400)
+  assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+  collection = read_beir(scifact, splits=["test"])
+  qids = collection.split_queries("test")
+  texts = [collection.queries.texts[collection.queries.index[q]] for q in qids]
+  searcher = Searcher.open(index_dir)
+  assert assert_same_run(read_trec_run(out / "run.trec"), qids, texts, searcher) == 1.0
+  found = searcher.search(texts, k=11)
+  run = {q: dict(_without_query_id(q, r, 10)) for q, r in zip(qids, found)}
+  mean, _ = evaluate(collection.qrels["test"], run)
+  metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+  assert mean["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-9)
