@@ -350,3 +350,31 @@ def test_searcher_gives_the_gin_evaluation_run_on_all_scifact_test_queries(tmp_p
   mean, _ = evaluate(collection.qrels["test"], run)
   metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
   assert mean["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_encode_and_index_jobs_record_the_encoder(built, tmp_path):
+  """The encode job writes ENCODED_DIR/encoder.json, the index job carries it (and each
+  document's metadata) into the index: the same searches as the evaluation's index."""
+  from aligner_jax.eval import retrieval_jobs
+  from aligner_jax.eval.index_build import build_index_from_shards
+  from aligner_jax.index import IndexConfig
+  from aligner_jax.search import Searcher
+  beir_dir, eval_index, _ = built
+  encoded, index_dir = tmp_path / "encoded", tmp_path / "index"
+  retrieval_jobs.encode_beir(model=minilm_model(), vocabulary="minilm", beir_dir=str(beir_dir),
+                             split="test", output_dir=str(encoded),
+                             doc_length=EVAL_SETTINGS["doc_length"],
+                             query_length=EVAL_SETTINGS["query_length"])
+  assert json.loads((encoded / "encoder.json").read_text())["vocabulary"] == "minilm"
+  build_index_from_shards(encoded, index_dir, IndexConfig(), log=lambda _: None)
+  first_stage = {k: EVAL_SETTINGS[k] for k in ("num_neighbors", "num_refine",
+                                               "leaves_to_search")}
+  searcher = Searcher.open(index_dir, **first_stage)
+  reference = Searcher.open(eval_index)
+  assert searcher.record.params_sha256 == reference.record.params_sha256
+  assert searcher.record.search == {}  # the encode job knows no search settings
+  _, texts = _queries(beir_dir)
+  assert searcher.search(texts[:6], k=10) == reference.search(texts[:6], k=10)
+  doc = searcher.search(texts[0], k=1)[0][0]
+  assert searcher.metadata(doc)["group"] in ("judged", "other")
