@@ -123,33 +123,33 @@ def test_every_layer_names_existing_modules():
       assert _is_module(name), name
 
 
-def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
-  """The check itself can fail: an index module importing evaluation is reported."""
-  bad = tmp_path / "aligner_jax" / "index"
-  bad.mkdir(parents=True)
-  (tmp_path / "aligner_jax" / "eval").mkdir()
-  (tmp_path / "aligner_jax" / "eval" / "__init__.py").write_text("")
-  (bad / "__init__.py").write_text("")
-  (bad / "x.py").write_text("def f():\n  from aligner_jax.eval import y\n  import repro.r1\n")
+def _fake_library(tmp_path, monkeypatch, files: dict[str, str]) -> list[str]:
+  """`upward_imports()` of a library made of `files` (path under aligner_jax -> source), each
+  package getting an empty __init__.py."""
+  for rel, text in files.items():
+    path = tmp_path / "aligner_jax" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "__init__.py").touch()
+    path.write_text(text)
   monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
   monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "aligner_jax")
-  problems = upward_imports()
+  return upward_imports()
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+  """The check itself can fail: an index module importing evaluation is reported."""
+  problems = _fake_library(tmp_path, monkeypatch, {
+      "eval/__init__.py": "",
+      "index/x.py": "def f():\n  from aligner_jax.eval import y\n  import repro.r1\n"})
   assert any("x.py:2" in p and "layer 3" in p and "layer 5" in p for p in problems), problems
   assert any("x.py:3" in p and "outside the library" in p for p in problems), problems
 
 
 def test_an_entry_point_imports_upward_only_inside_functions(tmp_path, monkeypatch):
   """The index command line may reach the searcher lazily, never at module level."""
-  index = tmp_path / "aligner_jax" / "index"
-  index.mkdir(parents=True)
-  (tmp_path / "aligner_jax" / "search").mkdir()
-  (tmp_path / "aligner_jax" / "search" / "__init__.py").write_text("")
-  (index / "__init__.py").write_text("")
-  (index / "__main__.py").write_text(
-      "import aligner_jax.search\n\ndef f():\n  import aligner_jax.search\n")
-  monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
-  monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "aligner_jax")
-  problems = upward_imports()
+  problems = _fake_library(tmp_path, monkeypatch, {
+      "search/__init__.py": "",
+      "index/__main__.py": "import aligner_jax.search\n\ndef f():\n  import aligner_jax.search\n"})
   assert any("__main__.py:1" in p for p in problems), problems
   assert not any("__main__.py:4" in p for p in problems), problems
 
