@@ -41,6 +41,7 @@ import itertools
 import os
 import pathlib
 import re
+import threading
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -325,6 +326,7 @@ class TokenIndex:
       raise ValueError(f"search_threads must be positive, got {search_threads}")
     self.search_threads = threads
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._executor_lock = threading.Lock()  # searches from several threads share one pool
 
   @property
   def num_docs(self) -> int:
@@ -395,10 +397,11 @@ class TokenIndex:
   def _pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
     if self.search_threads == 1 or len(self.shards) == 1:
       return None
-    if self._executor is None:
-      self._executor = concurrent.futures.ThreadPoolExecutor(
-          self.search_threads, thread_name_prefix="shard-search")
-    return self._executor
+    with self._executor_lock:
+      if self._executor is None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.search_threads, thread_name_prefix="shard-search")
+      return self._executor
 
   def searchable_tokens(self, allowed: np.ndarray | None = None) -> int:
     """Searched tokens of the documents `searchable(allowed)` admits."""
