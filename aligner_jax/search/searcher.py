@@ -82,8 +82,7 @@ def _load_params(module: Any, model: Model, record: EncoderRecord, index_dir: st
                  ) -> LoadedModel:
   """`model`'s parameters for the recorded module (None: the recorded source's)."""
   if isinstance(model, tuple):
-    given = model if isinstance(model, LoadedModel) else LoadedModel(*model, {"kind": "given"})
-    return given
+    return model if isinstance(model, LoadedModel) else LoadedModel(*model, {"kind": "given"})
   if model is None:
     source = record.params_source
     path, kind = source.get("path"), source.get("kind")
@@ -116,7 +115,7 @@ class Searcher:
     self.encoders = encoders
     self.search_settings = search_settings
     self._lock = threading.RLock()
-    self._snapshot = _Snapshot(index, int(getattr(index, "generation", 0)))
+    self._snapshot = _Snapshot(index, index.generation)
 
   @classmethod
   def open(cls, index_dir: str | pathlib.Path, model: Model = None, *,
@@ -228,13 +227,14 @@ class Searcher:
   # -- generations --------------------------------------------------------------------------
 
   def reload(self) -> bool:
-    """Loads the index's current generation when it is newer than the one searched; returns
-    whether it did."""
+    """Loads the index's current generation when it is another than the one searched (a
+    change published by any process); returns whether it did. An index rebuilt from scratch
+    starts again at generation 0: open it anew."""
     with self._lock:
       if current_generation(self.index_dir) == self._snapshot.generation:
         return False
       index = load_index(self.index_dir)
-      self._snapshot = _Snapshot(index, int(getattr(index, "generation", 0)))
+      self._snapshot = _Snapshot(index, index.generation)
       return True
 
   def encode_texts(self, doc_ids: Sequence[str], texts: Sequence[str],
