@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from aligner_jax.index import IndexBusyError
+from aligner_jax.index import IndexConfig
 from aligner_jax.index import IndexFileError
 from aligner_jax.index import UnknownDocumentsError
 from aligner_jax.index import add_documents
@@ -149,6 +150,31 @@ def test_updates_replace_the_old_version(tmp_path):
   own.mask[0] = np.arange(own.mask.shape[1]) < min(2, new.lengths[0])
   run = _run(load_index(directory), own)
   assert next(iter(run["q0"])) == "doc-3"
+
+
+@pytest.mark.parametrize("layout", ["plain", "pruned_all_tokens", "pq"])
+def test_compaction_keeps_results_of_every_shard_layout(tmp_path, layout):
+  """Shards whose searched rows are a subset of the stored ones (β^d < 1, every token
+  stored) and product-quantised shards (a codebook each) compact to the same results."""
+  config = {"plain": CONFIGS["exact"],
+            "pruned_all_tokens": IndexConfig(backend="exact", prune_doc_ratio=0.5,
+                                             refine_tokens="all"),
+            "pq": IndexConfig(backend="exact", vector_dtype="pq:4")}[layout]
+  directory = tmp_path / "index"
+  base, extra = corpus(100, seed=30), corpus(30, seed=31, first=100)
+  save_index(build_token_index(base, config), directory)
+  add_documents(directory, extra, log=quiet)
+  delete_documents(directory, [f"doc-{i}" for i in range(0, 130, 3)], log=quiet)
+  run = _run(load_index(directory))
+  if layout != "pq":  # (a fresh build trains other PQ codebooks)
+    survivors = concatenate([base, extra]).select_documents(
+        np.array([i for i in range(130) if i % 3]))
+    assert run == _run(build_token_index(survivors, config))
+  compact(directory, log=quiet)
+  index = load_index(directory)
+  assert not index.deleted.any() and index.num_docs == 86
+  assert _run(index) == run
+  _assert_sound(directory)
 
 
 def test_compaction_drops_deleted_rows_and_merges_small_shards(tmp_path):

@@ -243,6 +243,9 @@ class DenseEvaluator:
       index = load_index(self.index_dir,
                          verify=self.verify_index and jax.process_index() == 0)
       doc_ids, pooled = index.doc_ids, index.pooled()
+      if pooled is not None and index.deleted.any():  # a changed index: live documents only
+        live = np.flatnonzero(index.live)
+        doc_ids, pooled = [doc_ids[i] for i in live], pooled[live]
       data.log(f"pooled document vectors from the index in {self.index_dir}")
     else:
       if jax.process_count() > 1 and not data.inputs.encoded_dir:

@@ -29,10 +29,15 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
   pooled.npy      [N, h'] float32 pooled vectors for the dense path (when present and kept)
   ann_keep.npy    [⌈T / 8⌉] uint8 bit mask of the searched rows (only for refine_tokens="all"
                   with β^d < 1; otherwise every stored row is searched)
+  metadata.jsonl  [N] JSON objects, the documents' metadata (when they have any)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
 Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
 larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
-`index_staging.py`), into the same files.
+`index_staging.py`), into the same files. A published index changes in generations
+(`generations.py`): `index.json` then also names its generation, the shards added since the
+build (`shard-g<generation>-<i>`), each shard's deleted documents (`tombstones/`,
+`tombstones.py`) and the files kept for readers of the previous generation; `load_index`
+marks deleted documents in `TokenIndex.deleted` and searches skip them (`masked_search.py`).
 """
 
 import concurrent.futures
