@@ -160,6 +160,14 @@ def test_another_encoder_is_refused(built):
   changed = jax.tree_util.tree_unflatten(tree, [np.asarray(leaves[0]) * 1.01, *leaves[1:]])
   with pytest.raises(EncoderMismatchError, match="params_sha256"):
     Searcher.open(built[1], model=(module, changed))
+  # An evaluation with another model refuses the index too, before encoding any query.
+  from aligner_jax.eval import retrieval_jobs
+  from aligner_jax.eval.model_loading import LoadedModel
+  with pytest.raises(EncoderMismatchError, match="this evaluation's model"):
+    retrieval_jobs.eval_beir(beir_dir=str(built[0]), split="test",
+                             output_dir=str(built[1].parent / "other_eval"),
+                             model=LoadedModel(module, changed, {"kind": "given"}),
+                             vocabulary="minilm", index_dir=str(built[1]), **EVAL_SETTINGS)
   # The same encoder, named by its directory, is accepted.
   same = Searcher.open(built[1], model=models.minilm_model_dir())
   assert same.record.params_sha256 == same.record.params_sha256
