@@ -39,7 +39,9 @@ def _encoded_dir() -> pathlib.Path | None:
 
 
 @pytest.fixture(scope="module")
-def scifact_minilm(scifact_dir):
+def scifact_minilm():
+  from conftest import shared_path  # pylint: disable=g-import-not-at-top
+  scifact_dir = shared_path("beir", "scifact")
   encoded = _encoded_dir()
   if encoded is None:
     pytest.skip("no SciFact MiniLM encode cache ($ALIGNER_MINILM_ENCODED_DIR)")
