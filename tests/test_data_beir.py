@@ -145,3 +145,24 @@ def test_document_text():
   assert document_text("T", "body") == "T body"
   assert document_text("", "body") == "body"
   assert document_text(" T ", "  ") == "T"
+
+
+def test_document_metadata_is_kept_and_checked(tmp_path):
+  """A corpus row's `metadata` object is kept per document (in memory and read a range at a
+  time); one that is not an object is a problem at its line."""
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text('{"_id": "a", "text": "x", "metadata": {"year": 2020}}\n'
+                    '{"_id": "b", "text": "y"}\n', encoding="utf-8")
+  log = beir.ProblemLog()
+  table = beir.read_corpus_jsonl(corpus, log)
+  assert not log.total
+  assert [table.metadata_of(r) for r in range(2)] == [{"year": 2020}, {}]
+  assert table.read_rows(range(2), with_metadata=True)[2] == [{"year": 2020}, {}]
+  streamed = beir.CorpusFile(corpus)
+  assert streamed.read_rows(range(2), with_metadata=True) == table.read_rows(
+      range(2), with_metadata=True)
+  assert streamed.read_rows(range(1, 2)) == (["b"], ["y"])
+  corpus.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y", "metadata": [1]}\n',
+                    encoding="utf-8")
+  with pytest.raises(DataError, match=r"corpus.jsonl:2: `metadata` must be a JSON object"):
+    beir.CorpusFile(corpus)

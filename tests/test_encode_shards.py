@@ -143,11 +143,11 @@ class _CrashingSource:
   def __len__(self):
     return len(self.source)
 
-  def read_rows(self, rows):
+  def read_rows(self, rows, **kwargs):
     if self.reads == 0:
       raise _Crash("stopped")
     self.reads -= 1
-    return self.source.read_rows(rows)
+    return self.source.read_rows(rows, **kwargs)
 
 
 def test_resume_after_a_crash_is_byte_identical(tmp_path, tiny_encoders):

@@ -1,7 +1,8 @@
 """Reader for collections in BEIR layout, with the checks training and evaluation rely on.
 
 Layout of a BEIR directory:
-  corpus.jsonl       {"_id": str, "title": str (optional), "text": str, "metadata": {...}}
+  corpus.jsonl       {"_id": str, "title": str (optional), "text": str, "metadata": {...}
+                     (optional, kept per document: filtered search reads it)}
   queries.jsonl      {"_id": str, "text": str, "metadata": {...} (optional)}
   qrels/<split>.tsv  header `query-id<TAB>corpus-id<TAB>score`, then one judgement per row
                      (integer score; > 0 relevant)
@@ -44,19 +45,30 @@ from aligner_jax.data.errors import strict_mode
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
+def _metadata(path: str, number: int, obj: dict[str, Any], log: ProblemLog
+              ) -> dict[str, Any] | None:
+  """A line's optional `metadata` object ({} when absent); None (a problem) when it is not one."""
+  metadata = obj.get("metadata") or {}
+  if not isinstance(metadata, dict):
+    log.add(path, number, f"`metadata` must be a JSON object, got {type(metadata).__name__}")
+    return None
+  return metadata
+
+
 def _document(path: str, number: int, obj: dict[str, Any], log: ProblemLog, *,
-              strict: bool) -> tuple[str | None, tuple[str, str] | None]:
-  """(id or None, (title, text) or None when the line is refused) of one corpus line's object;
-  every problem or warning is reported to `log`."""
+              strict: bool) -> tuple[str | None, tuple[str, str, dict[str, Any]] | None]:
+  """(id or None, (title, text, metadata) or None when the line is refused) of one corpus
+  line's object; every problem or warning is reported to `log`."""
   doc_id = lines.get_string(path, number, obj, "_id", log, is_id=True)
   text = lines.get_string(path, number, obj, "text", log, allow_empty=True)
   title = lines.get_string(path, number, obj, "title", log, required=False, allow_empty=True)
-  if doc_id is None or text is None:
+  metadata = _metadata(path, number, obj, log)
+  if doc_id is None or text is None or metadata is None:
     return doc_id, None
   empty = not text.strip() and not (title or "").strip()
   if empty and not admit_empty_document(log, path, number, doc_id, strict=strict):
     return doc_id, None
-  return doc_id, (title or "", text)
+  return doc_id, (title or "", text, metadata)
 
 
 def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
@@ -79,8 +91,8 @@ def read_corpus_jsonl(path: str | os.PathLike, log: ProblemLog, *,
       corpus.refuse(doc_id, path, number)
       continue
     first_line[doc_id] = number
-    title, text = entry
-    corpus.add(doc_id, text, title=title)
+    title, text, metadata = entry
+    corpus.add(doc_id, text, title=title, metadata=metadata)
   return corpus
 
 
@@ -123,7 +135,8 @@ class CorpusFile:
       read_corpus_jsonl(self.path, log, strict=self.strict)
       log.raise_if_any()
 
-  def _parse(self, number: int, raw: bytes, log: ProblemLog) -> tuple[str, str, str] | None:
+  def _parse(self, number: int, raw: bytes, log: ProblemLog
+             ) -> tuple[str, str, str, dict[str, Any]] | None:
     text = lines.decode_line(self.path, number, raw, log)
     obj = None if text is None else lines.parse_json_object(self.path, number, text, log)
     if obj is None:
@@ -134,13 +147,15 @@ class CorpusFile:
   def __len__(self) -> int:
     return len(self.starts)
 
-  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
-    """(ids, texts as the encoders read them) of documents `rows` (a step-1 range)."""
+  def read_rows(self, rows: range, *, with_metadata: bool = False
+                ) -> tuple[list[str], list[str]] | tuple[list[str], list[str], list[dict]]:
+    """(ids, texts as the encoders read them) of documents `rows` (a step-1 range), and with
+    `with_metadata` their metadata objects ({} when a line has none)."""
     if rows.step != 1 or rows.start < 0 or rows.stop > len(self):
       raise IndexError(f"rows {rows} are not a step-1 range within {len(self)} documents")
-    ids, texts = [], []
+    ids, texts, metadata = [], [], []
     if not rows:
-      return ids, texts
+      return (ids, texts, metadata) if with_metadata else (ids, texts)
     log = ProblemLog()
     with open(self.path, "rb") as f:
       f.seek(int(self.starts[rows.start]))
@@ -154,7 +169,8 @@ class CorpusFile:
         if entry is not None:
           ids.append(entry[0])
           texts.append(document_text(entry[1], entry[2]))
-    return ids, texts
+          metadata.append(entry[3])
+    return (ids, texts, metadata) if with_metadata else (ids, texts)
 
 
 def read_queries_jsonl(path: str | os.PathLike, log: ProblemLog) -> Table:

@@ -59,6 +59,8 @@ class Table:
   texts: list[str] = dataclasses.field(default_factory=list)
   titles: list[str] | None = None  # documents only
   metadata: list[dict[str, Any]] | None = None  # queries only
+  # documents: row -> metadata, only for rows that have some (most corpora have none)
+  document_metadata: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
   index: dict[str, int] = dataclasses.field(default_factory=dict)
   refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -74,6 +76,8 @@ class Table:
       self.titles.append(title or "")
     if self.metadata is not None:
       self.metadata.append(metadata or {})
+    elif metadata:
+      self.document_metadata[row] = metadata
     self.index[id_] = row
     return row
 
@@ -101,10 +105,20 @@ class Table:
     """How many rows have no text at all (documents: neither title nor text)."""
     return sum(1 for row in range(len(self)) if not self.text(row))
 
-  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
-    """(ids, texts as the encoders read them) of `rows`; the in-memory twin of
-    `beir.CorpusFile.read_rows`."""
-    return [self.ids[r] for r in rows], [self.text(r) for r in rows]
+  def metadata_of(self, row: int) -> dict[str, Any]:
+    """The row's metadata object ({} when it has none)."""
+    if self.metadata is not None:
+      return self.metadata[row]
+    return self.document_metadata.get(row, {})
+
+  def read_rows(self, rows: range, *, with_metadata: bool = False
+                ) -> tuple[list[str], list[str]] | tuple[list[str], list[str], list[dict]]:
+    """(ids, texts as the encoders read them) of `rows`, and with `with_metadata` their
+    metadata; the in-memory twin of `beir.CorpusFile.read_rows`."""
+    ids, texts = [self.ids[r] for r in rows], [self.text(r) for r in rows]
+    if with_metadata:
+      return ids, texts, [self.metadata_of(r) for r in rows]
+    return ids, texts
 
 
 def new_corpus() -> Table:

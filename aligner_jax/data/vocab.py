@@ -400,6 +400,11 @@ def get_vocabulary(name_or_path: str | os.PathLike, extra_ids: int = 0) -> seqio
     extra_ids: sentinel ids appended after the vocabulary (T5X span corruption uses 100; the
       T5 v1.1 tokenizer.json already contains its 100 sentinels).
   """
+  return _vocabulary_for_path(vocabulary_path(name_or_path), extra_ids)
+
+
+def vocabulary_path(name_or_path: str | os.PathLike) -> str:
+  """The absolute path of the file behind a vocabulary name or path (see `get_vocabulary`)."""
   name = os.fspath(name_or_path)
   if name == "t5_1_1":
     path = t5_1_1_vocabulary_path()
@@ -409,7 +414,7 @@ def get_vocabulary(name_or_path: str | os.PathLike, extra_ids: int = 0) -> seqio
     path = name
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: vocabulary file not found")
-  return _vocabulary_for_path(os.path.abspath(path), extra_ids)
+  return os.path.abspath(path)
 
 
 class LazyVocabulary(SpecialTokensMixin, seqio.Vocabulary):

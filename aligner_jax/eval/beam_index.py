@@ -46,7 +46,7 @@ def _build(task: ShardTask, config: IndexConfig, staging: str) -> tuple[int, str
 
 
 def _publish(results: list[tuple[int, str, bool]], index_dir: str, names: list[str],
-             config: IndexConfig) -> dict[str, Any]:
+             config: IndexConfig, encoder: dict[str, Any] | None) -> dict[str, Any]:
   reported = sorted(results)
   if [name for _, name, _ in reported] != names:
     missing = sorted(set(names) - {name for _, name, _ in reported})
@@ -54,12 +54,13 @@ def _publish(results: list[tuple[int, str, bool]], index_dir: str, names: list[s
                        "not publishing")
   print(f"built {sum(b for _, _, b in reported)} shards, kept "
         f"{sum(not b for _, _, b in reported)} finished ones", flush=True)
-  return publish_index(index_dir, names, config)
+  return publish_index(index_dir, names, config, encoder=encoder)
 
 
 def run_pipeline(tasks: Sequence[ShardTask], config: IndexConfig, index_dir: str | pathlib.Path,
-                 options: Sequence[str] = ()) -> None:
-  """Builds `tasks` into INDEX_DIR's staging directory on Beam and publishes the index."""
+                 options: Sequence[str] = (), *, encoder: dict[str, Any] | None = None) -> None:
+  """Builds `tasks` into INDEX_DIR's staging directory on Beam and publishes the index (with
+  `encoder`, the record of the model that encoded the documents, in its `index.json`)."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   names = [task.name for task in tasks]
@@ -70,4 +71,4 @@ def run_pipeline(tasks: Sequence[ShardTask], config: IndexConfig, index_dir: str
          | "Spread" >> beam.Reshuffle()
          | "BuildShard" >> beam.Map(_build, config, staging)
          | "Collect" >> beam.combiners.ToList()
-         | "Publish" >> beam.Map(_publish, str(index_dir), names, config))
+         | "Publish" >> beam.Map(_publish, str(index_dir), names, config, encoder))

@@ -37,6 +37,8 @@ from aligner_jax.eval import ir_metrics
 from aligner_jax.eval import multihost
 from aligner_jax.eval import pruning_curve as pruning_curve_lib
 from aligner_jax.eval import results as results_lib
+from aligner_jax.eval.encoder_record import EncoderRecord
+from aligner_jax.eval.encoder_record import check_same_encoder
 from aligner_jax.eval.inputs import EvalInputs
 from aligner_jax.eval.inputs import Log
 from aligner_jax.eval.inputs import SplitData
@@ -46,6 +48,7 @@ from aligner_jax.index import IndexConfig
 from aligner_jax.index import TokenIndex
 from aligner_jax.index import index_exists
 from aligner_jax.index import load_index
+from aligner_jax.index.token_index import read_encoder
 from aligner_jax.retrieval import BM25
 from aligner_jax.retrieval import QueryBatch
 from aligner_jax.retrieval import alignment_pair_fn
@@ -152,6 +155,27 @@ class TokenIndexEvaluator:
       return {}
     return {"leaves_to_search": self.leaves_to_search}
 
+  def encoder_record(self, inputs: EvalInputs) -> dict[str, Any] | None:
+    """The model's encoder record with this evaluation's alignment and first-stage settings
+    as the index's search defaults (None when the model has no record)."""
+    record = getattr(inputs.model, "record", None)
+    if record is None:
+      return None
+    search = dict(num_neighbors=self.num_neighbors, num_refine=self.num_refine,
+                  leaves_to_search=self.leaves_to_search,
+                  prune_query_ratio=self.prune_query_ratio)
+    return record.with_defaults(self.alignments[0], search).to_json()
+
+  def check_index_encoder(self, inputs: EvalInputs) -> None:
+    """An index in INDEX_DIR that records its encoder must have been built by this model
+    (`encoder_record.EncoderMismatchError` otherwise): its documents and these queries are
+    compared in one vector space."""
+    record = getattr(inputs.model, "record", None)
+    found = read_encoder(self.index_dir) if self.index_dir and record is not None else None
+    if found is not None:
+      check_same_encoder(EncoderRecord.from_json(found, self.index_dir), record,
+                         index=self.index_dir, model="this evaluation's model")
+
   def check(self, inputs: EvalInputs) -> None:
     _needs_model(inputs, f"retriever {self.backend!r}")
     if jax.process_count() > 1 and not self.index_dir:
@@ -164,7 +188,9 @@ class TokenIndexEvaluator:
     timings: dict[str, float] = {}
     index = obtain_index(self.index_dir, self.index_config, rebuild=self.rebuild_index,
                          log=data.log, verify=self.verify_index,
-                         corpus_fn=lambda: data.corpus_store(self.index_config.vector_dtype))
+                         corpus_fn=lambda: data.corpus_store(self.index_config.vector_dtype),
+                         encoder=self.encoder_record(data.inputs))
+    self.check_index_encoder(data.inputs)
     queries = data.queries()
     t = time.time()
     cands = candidate_documents(index, queries, num_neighbors=self.num_neighbors,

@@ -7,7 +7,8 @@
              `eval/beam_index.py`: DirectRunner processes on one machine, or any Beam runner
              of a cluster)
   publish    `index.index_staging.publish_index`: `index.json` from the shard manifests,
-             written last, and the staging directory swapped in as INDEX_DIR
+             written last, and the staging directory swapped in as INDEX_DIR; it carries the
+             encode job's record of the encoder (ENCODED_DIR/encoder.json, `encoder_record`)
 
 Memory holds one task's shard at a time, never the corpus, whichever runner builds it. Both
 runners write the same bytes; a rerun after `kill -9` continues with the unfinished shards.
@@ -17,6 +18,7 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 from aligner_jax.eval import inputs as inputs_lib
+from aligner_jax.eval.encoder_record import read_encoded_record
 from aligner_jax.index.files import read_json
 from aligner_jax.index.index_staging import prepare_staging
 from aligner_jax.index.index_staging import publish_index
@@ -44,12 +46,13 @@ def build_index_from_shards(encoded_dir: str | pathlib.Path, index_dir: str | pa
   log(f"index plan: {len(tasks)} shards over {tasks[-1].first_document + tasks[-1].num_documents}"
       f" documents of {len({t.source for t in tasks})} encoded shards ({runner} runner)")
   staging = prepare_staging(index_dir, names, log)
+  encoder = read_encoded_record(encoded_dir)
   if runner == "beam":
     from aligner_jax.eval import beam_index  # pylint: disable=g-import-not-at-top
-    beam_index.run_pipeline(tasks, config, index_dir, beam_options)
+    beam_index.run_pipeline(tasks, config, index_dir, beam_options, encoder=encoder)
     return read_json(pathlib.Path(index_dir) / INDEX_JSON)
   built = 0
   for task in tasks:
     built += build_task(task, config, staging, log)["built"]
   log(f"built {built} shards, kept {len(tasks) - built} finished ones")
-  return publish_index(index_dir, names, config, log)
+  return publish_index(index_dir, names, config, log, encoder=encoder)

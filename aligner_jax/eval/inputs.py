@@ -55,6 +55,7 @@ class ModelEncoders:
   documents: Encoder
   lite: Callable[..., Any] | None = None
   lite_lengths: tuple[int, int] | None = None
+  record: Any = None  # its `encoder_record.EncoderRecord`, kept in the indexes built with it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +167,8 @@ def encode_collection_corpus(model: ModelEncoders, collection: Collection, *, do
       f"{'' if passages is None else ' a passage'})")
   return encode_corpus(model.documents, model.vocabulary, [corpus.ids[i] for i in index],
                        [corpus.text(i) for i in index], max_length=doc_length,
-                       vector_dtype=vector_dtype, progress=log, passages=passages)
+                       vector_dtype=vector_dtype, progress=log, passages=passages,
+                       metadata=[corpus.metadata_of(i) for i in index])
 
 
 def corpus_shards(encoded_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -265,7 +267,7 @@ def _load(index_dir: str, config: IndexConfig, *, verify: bool, log: Log) -> Tok
 
 
 def _build(index_dir: str | None, config: IndexConfig, corpus_fn: Callable[[], TokenStore],
-           log: Log) -> TokenIndex:
+           log: Log, encoder: dict[str, Any] | None) -> TokenIndex:
   store = corpus_fn()
   t = time.time()
   log(f"building {config.backend} index over {store.num_tokens} tokens (β^d = "
@@ -274,7 +276,7 @@ def _build(index_dir: str | None, config: IndexConfig, corpus_fn: Callable[[], T
   log(f"built {len(index.shards)} shard(s), {index.num_ann_tokens} searched tokens, in "
       f"{time.time() - t:.1f}s")
   if index_dir:
-    info = save_index(index, index_dir)
+    info = save_index(index, index_dir, encoder=encoder)
     log(f"saved {index_dir}: {info['total_bytes'] / 2**20:.1f} MiB, "
         f"{info['bytes_per_original_token']:.1f} bytes per original token")
   return index
@@ -282,10 +284,11 @@ def _build(index_dir: str | None, config: IndexConfig, corpus_fn: Callable[[], T
 
 def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
                  corpus_fn: Callable[[], TokenStore], log: Log = print_log,
-                 verify: bool = False) -> TokenIndex:
+                 verify: bool = False, encoder: dict[str, Any] | None = None) -> TokenIndex:
   """The index in `index_dir`, its shards memory-mapped after their files are checked against
   their manifests (`verify`: SHA-256 of every file too); or, when there is none (or
-  `rebuild`), the index built from `corpus_fn()` and saved there.
+  `rebuild`), the index built from `corpus_fn()` and saved there with the `encoder` record
+  (`encoder_record`) in its `index.json`.
 
   With several processes, process 0 decides whether to load or build, builds (and saves) or
   verifies alone, and the others then load what it saved, so `index_dir` is required.
@@ -298,7 +301,7 @@ def obtain_index(index_dir: str | None, config: IndexConfig, *, rebuild: bool,
                                       and not rebuild)
   if existing:
     return _load(index_dir, config, verify=verify and here == 0, log=log)
-  index = _build(index_dir, config, corpus_fn, log) if here == 0 else None
+  index = _build(index_dir, config, corpus_fn, log, encoder) if here == 0 else None
   multihost.barrier("aligner_jax_index_built")
   return index if index is not None else _load(index_dir, config, verify=False, log=log)
 

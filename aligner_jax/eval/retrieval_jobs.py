@@ -21,15 +21,19 @@ from typing import Any, Sequence
 
 import gin
 import jax
-import numpy as np
 
 from aligner_jax.eval import evaluators
 from aligner_jax.eval import inputs as inputs_lib
 from aligner_jax.eval.index_build import build_index_from_shards
+from aligner_jax.eval.model_loading import LoadedModel
+from aligner_jax.eval.model_loading import ModelLoadError  # noqa: F401 (its callers' error)
+from aligner_jax.eval.model_loading import load_model
+from aligner_jax.eval.model_loading import restore_trained_params  # noqa: F401
 from aligner_jax.eval.results import summary_table
 from aligner_jax.index import IndexConfig
 from aligner_jax.index.token_store_io import save_token_store
 from aligner_jax.io import remove_leftovers
+from aligner_jax.io import write_json
 from aligner_jax.retrieval.corpus_shards import ShardPlan
 from aligner_jax.retrieval.corpus_shards import encode_corpus_shards
 from aligner_jax.retrieval.corpus_shards import params_fingerprint
@@ -40,80 +44,6 @@ from aligner_jax.retrieval.encoding import make_encode_fn
 from aligner_jax.retrieval.passages import Passages
 
 _MODULE = "aligner_jax.eval"
-
-
-class ModelLoadError(ValueError):
-  """The model's parameters cannot be found or do not fit the configured module."""
-
-
-def _latest_step(checkpoints: pathlib.Path) -> int | None:
-  steps = [int(p.name) for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()
-           and (p / "state").is_dir()] if checkpoints.is_dir() else []
-  return max(steps) if steps else None
-
-
-def restore_trained_params(model_dir: str, step: int | None = None) -> Any:
-  """The `params` of trainer checkpoint `MODEL_DIR/checkpoints/<step>/state` as NumPy arrays
-  (the optimizer state is not read)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  checkpoints = pathlib.Path(model_dir) / "checkpoints"
-  step = _latest_step(checkpoints) if step is None else step
-  if step is None:
-    raise ModelLoadError(f"{checkpoints}: no trainer checkpoint found (train the model first "
-                         "or set the checkpoint path of a pretrained encoder)")
-  path = (checkpoints / str(step) / "state").absolute()
-  if not path.is_dir():
-    raise ModelLoadError(f"{path}: checkpoint step {step} not found")
-  tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
-  if "params" not in tree:
-    raise ModelLoadError(f"{path}: the checkpoint holds {sorted(tree)} but no 'params'")
-  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                tree["params"])
-  restored = ocp.PyTreeCheckpointer().restore(
-      path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
-                                        restore_args={"params": args}, partial_restore=True))
-  return restored["params"]
-
-
-def _abstract_params(module: Any) -> Any:
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
-  from aligner_jax.models import init_dual_encoder  # pylint: disable=g-import-not-at-top
-  return nn.unbox(jax.eval_shape(
-      lambda rng: init_dual_encoder(module, rng, query_length=8, doc_length=8),
-      jax.random.key(0)))
-
-
-def _fit_params(abstract: Any, params: Any, source: str, path: str = "") -> Any:
-  """`params` restricted to the tree of `abstract` (checkpoint parts the module does not use,
-  such as BERT's pooler, are dropped); a missing part or a wrong shape is an error."""
-  if isinstance(abstract, dict):
-    if not isinstance(params, dict):
-      raise ModelLoadError(f"{source}: expected a parameter group at {path or '/'}")
-    missing = sorted(set(abstract) - set(params))
-    if missing:
-      raise ModelLoadError(f"{source}: parameters do not fit the configured DualEncoder: "
-                           f"{path or '/'} lacks {missing} (the head settings of the model gin "
-                           "file must match the checkpoint)")
-    return {k: _fit_params(abstract[k], params[k], source, f"{path}/{k}") for k in abstract}
-  if tuple(np.shape(params)) != tuple(abstract.shape):
-    raise ModelLoadError(f"{source}: parameter {path} has shape {tuple(np.shape(params))}, the "
-                         f"configured model expects {tuple(abstract.shape)}")
-  return params
-
-
-def load_model(module: Any, *, model_dir: str | None = None,
-               checkpoint_path: str | None = None, step: int | None = None) -> tuple[Any, Any]:
-  """(module, params) for inference; see the module docstring."""
-  if model_dir and _latest_step(pathlib.Path(model_dir) / "checkpoints") is not None:
-    params = restore_trained_params(model_dir, step)
-    return module, _fit_params(_abstract_params(module), params, f"{model_dir}/checkpoints")
-  if not checkpoint_path:
-    raise ModelLoadError(f"no trained checkpoint under MODEL_DIR={model_dir!r} and no "
-                         "pretrained CHECKPOINT_PATH: nothing to evaluate")
-  from aligner_jax.models import load_pretrained_params  # pylint: disable=g-import-not-at-top
-  return module, _fit_params(_abstract_params(module), load_pretrained_params(checkpoint_path),
-                             checkpoint_path)
 
 
 def model_encoders(module: Any, params: Any, vocabulary: str, *, batch_size: int = 32,
@@ -153,6 +83,16 @@ def _encode_queries(enc: inputs_lib.ModelEncoders, beir_dir: str, split: str,
   save_token_store(store, directory, **config)
 
 
+def _record(model: Any, vocabulary: str, query_length: int, doc_length: int) -> Any:
+  """The `encoder_record.EncoderRecord` of a `LoadedModel` (None for a bare (module, params)
+  pair, whose parameters' origin is unknown)."""
+  if not isinstance(model, LoadedModel):
+    return None
+  from aligner_jax.eval import encoder_record  # pylint: disable=g-import-not-at-top
+  return encoder_record.make_record(model, vocabulary, query_length=query_length,
+                                    doc_length=doc_length)
+
+
 @gin.configurable(module=_MODULE)
 def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split: str,
                 output_dir: str, doc_length: int = 256, query_length: int = 64,
@@ -186,6 +126,10 @@ def encode_beir(*, model: tuple[Any, Any], vocabulary: str, beir_dir: str, split
   done = encode_corpus_shards(enc.documents, enc.vocabulary, documents, out, plan, shards=mine,
                               config=settings, max_length=doc_length,
                               vector_dtype=vector_dtype, log=inputs_lib.print_log)
+  record = _record(model, vocabulary, query_length, doc_length)
+  if process == 0 and record is not None:
+    from aligner_jax.eval import encoder_record  # pylint: disable=g-import-not-at-top
+    write_json(out / encoder_record.ENCODED_RECORD, record.to_json())
   print(f"process {process}/{processes}: encoded shards {done['encoded']}, skipped finished "
         f"shards {done['skipped']}; {done['documents']} documents, {done['tokens']} tokens",
         flush=True)
@@ -253,6 +197,7 @@ def eval_beir(*, beir_dir: str, split: str, output_dir: str, retriever: str = "s
       raise ValueError("eval_beir needs the model's VOCABULARY")
     encoders = model_encoders(model[0], model[1], vocabulary, batch_size=batch_size,
                               num_partitions=num_partitions, local=True)
+    encoders.record = _record(model, vocabulary, query_length, doc_length)
   passages = None if passage_overlap is None else Passages(passage_overlap, passage_scoring)
   inputs = inputs_lib.EvalInputs(beir_dir, split, encoders, encoded_dir, doc_length,
                                  query_length, ignore_identical_ids, strict_data, passages)

@@ -5,9 +5,11 @@ Verbs:
                      (after copying an index, or from time to time), tombstones and metadata
                      too; prints one line per shard, "OK" or the problem, and exits 1 when any
                      shard has a problem (2 when INDEX_DIR holds no readable index).
-  add INDEX_DIR --store ENCODED_STORE_DIR [--store ...]
-                     adds already encoded documents (token-store directories, e.g. an encode
-                     job's `corpus-<i>-of-<n>/`) as a new generation; an id already in the index
+  add INDEX_DIR --store ENCODED_STORE_DIR [--store ...] | --corpus CORPUS_JSONL
+                     adds documents as a new generation: already encoded ones (token-store
+                     directories, e.g. an encode job's `corpus-<i>-of-<n>/`), or a BEIR
+                     corpus.jsonl encoded with the encoder the index records (a bad line is
+                     reported as file:line and nothing is added); an id already in the index
                      is an update.
   delete INDEX_DIR --ids ID [ID ...] | --ids-file FILE
                      deletes documents by id (FILE: one id a line) as a new generation; an id
@@ -84,11 +86,24 @@ def _read_stores(args: argparse.Namespace) -> tuple[TokenStore, None]:
   return concatenate([load_token_store(path) for path in args.store]), None
 
 
+def _corpus_option(group: Any) -> None:
+  group.add_argument("--corpus", metavar="CORPUS_JSONL",
+                     help="a BEIR corpus.jsonl, encoded with the encoder the index records")
+
+
+def _read_corpus(args: argparse.Namespace) -> tuple[TokenStore, list[dict[str, Any]]]:
+  """The documents of --corpus encoded by the index's recorded encoder (`search.corpus_source`:
+  a command line may reach the searcher above this layer, and only this verb loads a model)."""
+  from aligner_jax.search.corpus_source import read_corpus  # pylint: disable=g-import-not-at-top
+  return read_corpus(args.index_dir, args.corpus)
+
+
 # option name -> (add the option to the group of sources, read (store, metadata | None))
 ADD_SOURCES: dict[str, tuple[Callable[[Any], None],
                              Callable[[argparse.Namespace],
                                       tuple[TokenStore, list[dict[str, Any]] | None]]]] = {
     "store": (_store_option, _read_stores),
+    "corpus": (_corpus_option, _read_corpus),
 }
 
 

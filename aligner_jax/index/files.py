@@ -64,6 +64,13 @@ def read_json(path: str | os.PathLike) -> Any:
     raise IndexFileError(f"{path}{where}", f"not valid JSON ({e})") from None
 
 
+def json_sha256(obj: Any) -> str:
+  """SHA-256 of `obj`'s canonical JSON (sorted keys, no spaces): the checksum of a record
+  kept inside another JSON file, whatever indentation that file is written with."""
+  text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save_array(directory: pathlib.Path, name: str, array: np.ndarray) -> None:
   np.save(directory / name, np.ascontiguousarray(array), allow_pickle=False)
 

@@ -55,6 +55,7 @@ from aligner_jax.index.token_index import index_info
 from aligner_jax.index.token_index import index_rows
 from aligner_jax.index.token_index import listing_entry
 from aligner_jax.index.token_index import open_shard_rows
+from aligner_jax.index.token_index import read_encoder
 from aligner_jax.index.token_index import read_listing
 from aligner_jax.index.token_index import save_shard
 from aligner_jax.index.token_index import segment_dir_name
@@ -150,8 +151,9 @@ def _publish(index_dir: pathlib.Path, previous: Listing, entries: list[dict[str,
   retained = previous.files() - new.files()
   keep = new.files() | retained
   removed = (previous.files() | set(previous.retained)) - keep
+  # The encoder record never changes: every generation carries the first one's.
   info = index_info(index_dir, entries, previous.config, generation=generation,
-                    retained=retained, removed=removed)
+                    retained=retained, removed=removed, encoder=read_encoder(index_dir))
   write_json(index_dir / INDEX_JSON, info)
   _remove_unlisted(index_dir, keep)
   log(f"{index_dir}: published generation {generation} ({what}): {len(entries)} shards, "

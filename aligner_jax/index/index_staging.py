@@ -124,16 +124,19 @@ def _remove_strays(staging: pathlib.Path, names: Sequence[str], log: Log) -> Non
 
 
 def publish_index(index_dir: str | pathlib.Path, names: Sequence[str], config: IndexConfig,
-                  log: Log = print) -> dict[str, Any]:
+                  log: Log = print, *, encoder: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
   """Writes `index.json` over the finished shards `names` (in document order) of the staging
-  directory and swaps it in as INDEX_DIR; returns `index.json`."""
+  directory and swaps it in as INDEX_DIR; returns `index.json`. `encoder`: the record of the
+  model that encoded the documents, kept in `index.json` (`token_index.index_info`)."""
   index_dir = pathlib.Path(index_dir)
   staging = staging_dir(index_dir)
   _published_listing(index_dir)  # still refuses a directory that is not an index
   for name in names:
     _check_shard(staging / name, config)
   _remove_strays(staging, names, log)
-  info = index_info(staging, [listing_entry(staging, name) for name in names], config)
+  info = index_info(staging, [listing_entry(staging, name) for name in names], config,
+                    encoder=encoder)
   write_json(staging / INDEX_JSON, info)
   publish_dir(staging, index_dir)
   log(f"published {index_dir}: {len(names)} shards, {info['counts']}")

@@ -46,6 +46,7 @@ import itertools
 import os
 import pathlib
 import re
+import threading
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -76,6 +77,7 @@ INDEX_KIND = "token_index"
 # 2: PQ vectors, no per-token document map (derived from the offsets), ann_keep bit mask.
 VERSION = 2
 INDEX_JSON = "index.json"
+ENCODER_KEY = "encoder"
 _SEGMENT = re.compile(r"shard-g([0-9]{6})-[0-9]{5}")
 _LOAD_ATTEMPTS = 3
 BACKENDS = ("scann", "exact")
@@ -329,6 +331,7 @@ class TokenIndex:
       raise ValueError(f"search_threads must be positive, got {search_threads}")
     self.search_threads = threads
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._executor_lock = threading.Lock()  # searches from several threads share one pool
 
   @property
   def num_docs(self) -> int:
@@ -399,10 +402,11 @@ class TokenIndex:
   def _pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
     if self.search_threads == 1 or len(self.shards) == 1:
       return None
-    if self._executor is None:
-      self._executor = concurrent.futures.ThreadPoolExecutor(
-          self.search_threads, thread_name_prefix="shard-search")
-    return self._executor
+    with self._executor_lock:
+      if self._executor is None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.search_threads, thread_name_prefix="shard-search")
+      return self._executor
 
   def searchable_tokens(self, allowed: np.ndarray | None = None) -> int:
     """Searched tokens of the documents `searchable(allowed)` admits."""
@@ -518,8 +522,10 @@ def save_shard(shard: IndexShard, directory: str | pathlib.Path,
   return manifest
 
 
-def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, Any]:
-  """Writes every shard and `index.json` into `directory` atomically; returns index.json."""
+def save_index(index: TokenIndex, directory: str | pathlib.Path, *,
+               encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Writes every shard and `index.json` into `directory` atomically; returns index.json.
+  `encoder`: the record of the model that encoded the documents (see `index_info`)."""
   directory = pathlib.Path(directory)
   with atomic_dir(directory) as tmp:
     listing = []
@@ -527,7 +533,7 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path) -> dict[str, An
       name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
       listing.append(listing_entry(tmp, name))
-    info = index_info(tmp, listing, index.config)
+    info = index_info(tmp, listing, index.config, encoder=encoder)
     write_json(tmp / INDEX_JSON, info)
   return info
 
@@ -558,22 +564,49 @@ def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: IndexConfig, *,
                generation: int = 0, retained: Sequence[str] = (),
-               removed: Sequence[str] = ()) -> dict[str, Any]:
+               removed: Sequence[str] = (), encoder: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
   """`index.json`: the shard list and totals, including bytes per stored and original token;
   `generation`, `retained` (files the previous generation lists and this one does not, kept
   for its readers) and `removed` (files its writer removes once it is published): see
-  `generations.py`."""
+  `generations.py`; with `encoder` (a JSON object: which model, vocabulary and lengths
+  encoded the documents, `eval.encoder_record`) also that record and its SHA-256
+  (`read_encoder`), which every later generation carries over."""
   total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
                     for e in listing)
   totals = {k: sum(e[k] for e in listing)
             for k in ("documents", "tokens", "ann_tokens", "original_tokens")}
   deleted = sum(e["tombstones"]["deleted"] for e in listing if "tombstones" in e)
-  return {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
+  info = {"format": files.FORMAT, "kind": INDEX_KIND, "version": VERSION,
           "config": config.to_json(), "shards": listing, "counts": totals,
           "generation": int(generation), "deleted_documents": deleted,
           "retained": sorted(retained), "removed": sorted(removed), "total_bytes": total_bytes,
           "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
           "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
+  if encoder is not None:
+    info[ENCODER_KEY] = encoder
+    info[ENCODER_KEY + "_sha256"] = files.json_sha256(encoder)
+  return info
+
+
+def read_encoder(directory: str | pathlib.Path) -> dict[str, Any] | None:
+  """The encoder record of the index in `directory` (see `index_info`), its SHA-256 checked;
+  None for an index built without one.
+
+  Raises:
+    IndexFileError: naming `index.json`, when it is unreadable or the record does not match
+      its checksum.
+  """
+  path = pathlib.Path(directory) / INDEX_JSON
+  info = files.read_json(path)
+  if not isinstance(info, dict) or info.get(ENCODER_KEY) is None:
+    return None
+  record = info[ENCODER_KEY]
+  if not isinstance(record, dict) or info.get(ENCODER_KEY + "_sha256") != files.json_sha256(
+      record):
+    raise files.IndexFileError(path, f"the {ENCODER_KEY!r} record does not match its SHA-256 "
+                               "(edited or corrupted)")
+  return record
 
 
 def index_exists(directory: str | pathlib.Path) -> bool:

@@ -48,8 +48,8 @@ class DocumentSource(Protocol):
   def __len__(self) -> int:
     ...
 
-  def read_rows(self, rows: range) -> tuple[list[str], list[str]]:
-    """(ids, texts) of documents `rows`."""
+  def read_rows(self, rows: range, *, with_metadata: bool = False) -> tuple[list, ...]:
+    """(ids, texts) of documents `rows`, and with `with_metadata` their metadata dicts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +170,7 @@ def encode_corpus_shards(encoder: Encoder, vocabulary: Any, source: DocumentSour
   for position, shard in enumerate(shards):
     directory = out_dir / plan.name(shard)
     shard_config = {**config, **plan.config(shard)}
-    ids, texts = source.read_rows(plan.rows(shard))
+    ids, texts, metadata = source.read_rows(plan.rows(shard), with_metadata=True)
     if store_is_current(directory, shard_config, ids, log):
       done["skipped"].append(shard)
       counts = files.read_json(directory / files.MANIFEST)["counts"]
@@ -178,8 +178,8 @@ def encode_corpus_shards(encoder: Encoder, vocabulary: Any, source: DocumentSour
       t = time.time()
       remove_leftovers(directory)  # what a killed run left; this process alone writes the shard
       store = encode_corpus(encoder, vocabulary, ids, texts, max_length=max_length,
-                            vector_dtype=vector_dtype)
-      del texts
+                            vector_dtype=vector_dtype, metadata=metadata)
+      del texts, metadata
       counts = save_token_store(store, directory, **shard_config)["counts"]
       del store
       done["encoded"].append(shard)

@@ -27,6 +27,7 @@ from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import encode_vectors
 from aligner_jax.models.framing import kept_lengths
 from aligner_jax.retrieval.passages import Passages
+from aligner_jax.retrieval.passages import document_of
 from aligner_jax.retrieval.passages import split_documents
 from aligner_jax.retrieval.token_retrieval import QueryBatch
 
@@ -180,20 +181,28 @@ def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
                   texts: Sequence[str], *, max_length: int = 256,
                   vector_dtype: str = "float16", keep_token_ids: bool = True,
                   progress: Callable[[str], None] | None = None,
-                  passages: Passages | None = None) -> TokenStore:
+                  passages: Passages | None = None,
+                  metadata: Sequence[dict[str, Any]] | None = None) -> TokenStore:
   """Documents -> a `TokenStore` of their real tokens (salience and pooled when present).
 
   Each batch is written straight into the final (quantised) arrays, so memory stays near the
   size of the store itself. With `passages`, a document longer than `max_length` is stored as
-  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut.
+  overlapping passages `<doc id>#<k>` (passages.py) instead of being cut. `metadata`: one
+  JSON object per document (a passage keeps its document's), stored when any is non-empty.
   """
   if len(doc_ids) != len(texts):
     raise ValueError(f"{len(doc_ids)} document ids but {len(texts)} texts")
+  if metadata is not None and len(metadata) != len(doc_ids):
+    raise ValueError(f"{len(doc_ids)} document ids but {len(metadata)} metadata objects")
+  kept = list(metadata) if metadata is not None and any(metadata) else None
   if passages is None:
     token_lists = tokenize(vocabulary, texts, max_length)
   else:
+    of_document = dict(zip(doc_ids, kept)) if kept is not None else None
     doc_ids, token_lists = split_documents(vocabulary, doc_ids, texts, max_length,
                                            passages.overlap)
+    if of_document is not None:
+      kept = [of_document[document_of(pid)[0]] for pid in doc_ids]
   lengths = encoder.output_lengths(token_lists, max_length)
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
   total = int(offsets[-1])
@@ -222,7 +231,7 @@ def encode_corpus(encoder: Encoder, vocabulary: Any, doc_ids: Sequence[str],
   encoder.encode(token_lists, max_length, progress, sink=sink)
   if not arrays:
     raise ValueError("no documents to encode")
-  return TokenStore(doc_ids=list(doc_ids), offsets=offsets, **arrays)
+  return TokenStore(doc_ids=list(doc_ids), offsets=offsets, metadata=kept, **arrays)
 
 
 def encode_queries(encoder: Encoder, vocabulary: Any, query_ids: Sequence[str],
