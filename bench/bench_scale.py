@@ -17,7 +17,9 @@ each step in a fresh process:
           the fast first stage (K′ = 64 from 20 ScaNN leaves per shard, the best R = 64 by XTR
           score refined with top_k:1) once untimed, then 3 timed passes (`scale_worker.py
           serve`): load seconds, resident memory after the load and after the queries,
-          ms/query (median pass), recall of the exact top-10 documents.
+          ms/query (median pass), recall of the exact top-10 documents; then the same with
+          20 leaves for the whole index, ⌈20 / shards⌉ per shard (path
+          "single_process_xtr_index_leaves").
 Every step records the 1-minute load average while it ran (the machine is shared: timings are
 taken under that load). Corpora, indexes and ground truths are kept in `--cache-dir` and
 reused; a size's row is written to bench/results/scale.json (rows of other sizes kept) as
@@ -45,7 +47,9 @@ RESULTS = harness.RESULTS_DIR / "scale.json"
 WORKER = pathlib.Path(__file__).resolve().parent / "scale_worker.py"
 SIZES = (1_000_000, 4_000_000, 16_000_000, 32_000_000)
 FIRST_STAGE = {"neighbors": 64, "leaves": 20, "refine": 64}
-PATH = "single_process_xtr"
+# Rows per size: the search effort of the first stage, `leaves` ScaNN leaves per shard or for
+# the whole index (⌈leaves / shards⌉ per shard); None / key: where the serve step reports it.
+PATHS = {"single_process_xtr": None, "single_process_xtr_index_leaves": "index_budget"}
 
 
 def _cached(path: pathlib.Path, compute) -> dict[str, Any]:
@@ -87,7 +91,8 @@ def corpus_name(family_size: int) -> str:
   return "independent" if family_size == 1 else f"families_of_{family_size}"
 
 
-def measure(tokens: int, cache: pathlib.Path, family_size: int) -> dict[str, Any]:
+def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str, Any]]:
+  """The rows of one size: the index's numbers with each first-stage search effort."""
   corpus = corpus_name(family_size)
   suffix = f"{tokens}" if family_size == 1 else f"{corpus}_{tokens}"
   encoded = cache / f"corpus_{suffix}"
@@ -100,8 +105,8 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> dict[str, Any
   exact = truth(encoded, truth_file)
   cold, warm = serve(index, truth_file)
   info = json.loads((index / "index.json").read_text())
-  return {
-      "n_tokens": tokens, "path": PATH, "corpus": corpus, "shards": built["shards"],
+  common = {
+      "n_tokens": tokens, "corpus": corpus, "shards": built["shards"],
       "build_peak_rss_bytes": built["build_peak_rss_bytes"],
       "build_seconds": built["build_seconds"],
       "serve_rss_bytes": warm["loaded"]["VmRSS"],
@@ -111,16 +116,22 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> dict[str, Any
       "load_seconds": round(cold["load_seconds"], 3),
       "load_seconds_warm": round(warm["load_seconds"], 3),
       "disk_bytes_per_token": round(info["total_bytes"] / tokens, 1),
-      "ms_per_query": round(warm["ms_per_query"], 2),
-      "ms_per_query_cold": round(cold["ms_per_query"], 2),
-      "search_ms_per_query": round(warm["search_ms_per_query"], 2),
-      "refine_ms_per_query": round(warm["refine_ms_per_query"], 2),
-      "recall_at_10": warm["recall_at_10"],
       "exact_top10_seconds": round(exact["seconds"], 1),
-      "source_in_exact_top10": exact["source_in_exact_top10"],
-      "load_average": {"corpus": load_before, "build": built["load_average"],
-                       "queries_cold": round(cold["load_average_queries"], 2),
-                       "queries_warm": round(warm["load_average_queries"], 2)}}
+      "source_in_exact_top10": exact["source_in_exact_top10"]}
+  rows = []
+  for path, key in PATHS.items():
+    w, c = (warm, cold) if key is None else (warm[key], cold[key])
+    rows.append({
+        **common, "path": path, "leaves_per_shard": w["leaves_per_shard"],
+        "ms_per_query": round(w["ms_per_query"], 2),
+        "ms_per_query_cold": round(c["ms_per_query"], 2),
+        "search_ms_per_query": round(w["search_ms_per_query"], 2),
+        "refine_ms_per_query": round(w["refine_ms_per_query"], 2),
+        "recall_at_10": w["recall_at_10"],
+        "load_average": {"corpus": load_before, "build": built["load_average"],
+                         "queries_cold": round(c["load_average_queries"], 2),
+                         "queries_warm": round(w["load_average_queries"], 2)}})
+  return rows
 
 
 def write(rows: list[dict[str, Any]]) -> None:
@@ -149,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
   cache = pathlib.Path(args.cache_dir)
   cache.mkdir(parents=True, exist_ok=True)
   for tokens in sorted(args.tokens):
-    row = measure(tokens, cache, args.family_size)
-    print(json.dumps(row), flush=True)
+    rows = measure(tokens, cache, args.family_size)
+    print(json.dumps(rows), flush=True)
+    new = {_key(r) for r in rows}
     old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
-    write([r for r in old if _key(r) != _key(row)] + [row])
+    write([r for r in old if _key(r) not in new] + rows)
   return 0
 
 

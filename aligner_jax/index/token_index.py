@@ -36,6 +36,7 @@ larger than memory is built one shard at a time from its encoded shards (`shard_
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -268,6 +269,15 @@ def split_documents(store: TokenStore, max_tokens: int | None,
           for a, b in document_groups(store.lengths, max_tokens, ratio)]
 
 
+def shard_threads(count: int, requested: int | None) -> int:
+  """Threads for work over `count` shards: `requested`, else one per core, at most one per
+  shard."""
+  threads = requested or min(count, os.cpu_count() or 1)
+  if threads < 1:
+    raise ValueError(f"search_threads must be positive, got {requested}")
+  return threads
+
+
 class TokenIndex:
   """All shards of an index; documents are numbered globally in shard order.
 
@@ -291,10 +301,7 @@ class TokenIndex:
     if len(kinds) != 1:
       raise ValueError(f"shards disagree on the vector dimension, format or stored fields: "
                        f"{sorted(kinds)}")
-    threads = search_threads or min(len(self.shards), os.cpu_count() or 1)
-    if threads < 1:
-      raise ValueError(f"search_threads must be positive, got {search_threads}")
-    self.search_threads = threads
+    self.search_threads = shard_threads(len(self.shards), search_threads)
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
   @property
@@ -637,7 +644,8 @@ def _check_listed_counts(directory: pathlib.Path, entry: dict[str, Any],
 def load_index(directory: str | pathlib.Path, *, verify: bool = False,
                search_threads: int | None = None) -> TokenIndex:
   """Loads an index written by `save_index`, its arrays mapped read-only (see `load_shard`;
-  `verify` compares every file's SHA-256 too). `search_threads`: see `TokenIndex`.
+  `verify` compares every file's SHA-256 too). `search_threads`: shards loaded, then
+  searched, at a time (see `TokenIndex`).
 
   Raises:
     IndexFileError: naming the file, when anything is missing, mismatched or (with
@@ -645,12 +653,20 @@ def load_index(directory: str | pathlib.Path, *, verify: bool = False,
   """
   directory = pathlib.Path(directory)
   config, listing = _read_listing(directory)
-  shards = []
-  for entry in listing:
+
+  def one(i: int) -> IndexShard:
+    entry = listing[i]
     _check_listed_manifest(directory, entry)
     shard = load_shard(directory / entry["name"], expect_config=config, verify=verify)
     _check_listed_counts(directory, entry, _shard_counts(shard))
-    shards.append(shard)
+    return shard
+
+  # Shards load in parallel: ScaNN spends a load building its per-leaf structures from its
+  # files, with the GIL released. Results (and the first error) come in listing order.
+  threads = shard_threads(len(listing), search_threads)
+  with (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="shard-load")
+        if threads > 1 else contextlib.nullcontext()) as pool:
+    shards = list(shard_search.ordered_map(one, len(listing), pool, threads))
   return TokenIndex(shards, config, search_threads=search_threads)
 
 
