@@ -10,6 +10,8 @@ the Beam DirectRunner with 2 worker processes ("beam_direct_2"). Recorded per ce
   build_tree_rss_bytes   the largest sum of the resident sets of all its processes at once
                          (sampled from /proc every 0.2 s): what the machine had to hold
   build_seconds          wall time, start-up included
+  build_cpu_seconds      user + system CPU time of the driver process and what it waited for
+                         (GNU time): the work, whatever else the machine was running
 Corpora are kept under ALIGNER_BENCH_CACHE (default ~/.cache/aligner_jax/bench) and reused.
 Results: bench/results/index_build_memory.json.
 
@@ -81,11 +83,14 @@ def run_cell(encoded: pathlib.Path, runner: str, workdir: pathlib.Path, *,
   if process.returncode:
     raise RuntimeError(f"{runner} build failed:\n{text[-3000:]}")
   peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+  cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", text).group(1))
+            for kind in ("User", "System"))
   info = json.loads((index / "index.json").read_text())
   if not keep:
     shutil.rmtree(index)
   return {"path": PATHS[runner], "build_peak_rss_bytes": peak_kb * 1024,
           "build_tree_rss_bytes": tree_peak, "build_seconds": round(seconds, 1),
+          "build_cpu_seconds": round(cpu, 1),
           "shards": len(info["shards"]), "index_bytes": info["total_bytes"],
           "load_average": {"mean": round(sum(loads) / max(1, len(loads)), 2),
                            "max": max(loads, default=None)}}

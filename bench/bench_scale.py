@@ -61,11 +61,13 @@ def _cached(path: pathlib.Path, compute) -> dict[str, Any]:
   return result
 
 
-def build(encoded: pathlib.Path, index: pathlib.Path, work: pathlib.Path) -> dict[str, Any]:
-  """The single-process index job over `encoded` into `index` (kept)."""
+def build(encoded: pathlib.Path, index: pathlib.Path) -> dict[str, Any]:
+  """The single-process index job over `encoded` into `index` (kept; its log beside it)."""
   def compute():
     if index.exists():  # a build killed before it recorded its numbers: measure it again
       shutil.rmtree(index)
+    work = index.with_name(index.name + ".build")
+    work.mkdir(exist_ok=True)
     return build_bench.run_cell(encoded, "local", work, index=index)
   return _cached(index.with_name(index.name + ".build.json"), compute)
 
@@ -100,7 +102,7 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str
   scale_corpus.write_corpus(encoded, tokens=tokens, shard_tokens=build_bench.ENCODED_SHARD,
                             family_size=family_size)
   index = cache / f"index_{suffix}"
-  built = build(encoded, index, cache)
+  built = build(encoded, index)
   truth_file = cache / f"truth_{suffix}.json"
   exact = truth(encoded, truth_file)
   cold, warm = serve(index, truth_file)
@@ -109,6 +111,7 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str
       "n_tokens": tokens, "corpus": corpus, "shards": built["shards"],
       "build_peak_rss_bytes": built["build_peak_rss_bytes"],
       "build_seconds": built["build_seconds"],
+      "build_cpu_seconds": built.get("build_cpu_seconds"),
       "serve_rss_bytes": warm["loaded"]["VmRSS"],
       "serve_anon_bytes": warm["loaded"]["RssAnon"],
       "serve_rss_after_queries_bytes": warm["searched"]["VmRSS"],
