@@ -10,6 +10,8 @@ the Beam DirectRunner with 2 worker processes ("beam_direct_2"). Recorded per ce
   build_tree_rss_bytes   the largest sum of the resident sets of all its processes at once
                          (sampled from /proc every 0.2 s): what the machine had to hold
   build_seconds          wall time, start-up included
+  build_cpu_seconds      user + system CPU time of the driver process and what it waited for
+                         (GNU time): the work, whatever else the machine was running
 Corpora are kept under ALIGNER_BENCH_CACHE (default ~/.cache/aligner_jax/bench) and reused.
 Results: bench/results/index_build_memory.json.
 
@@ -55,31 +57,43 @@ def _tree_rss(root_pid: int) -> int:
   return total
 
 
-def run_cell(encoded: pathlib.Path, runner: str, workdir: pathlib.Path) -> dict[str, Any]:
-  index = workdir / f"index-{runner}"
+def run_cell(encoded: pathlib.Path, runner: str, workdir: pathlib.Path, *,
+             index: pathlib.Path | None = None) -> dict[str, Any]:
+  """One build in a fresh process; the index goes to `index` and is kept when given (else it
+  is built in `workdir` and removed). `load_average`: the 1-minute load average sampled
+  during the build (mean and max), the conditions its time was taken under."""
+  keep = index is not None
+  index = index if keep else workdir / f"index-{runner}"
   flags = {"ENCODED_DIR": f"'{encoded}'", "INDEX_DIR": f"'{index}'",
            "MAX_SHARD_TOKENS": str(MAX_SHARD_TOKENS), "INDEX_RUNNER": f"'{runner}'"}
   command = ["/usr/bin/time", "-v", sys.executable, "-m", "aligner_jax.main",
              "--gin_file=gin/runs/index.gin", *[f"--gin.{k}={v}" for k, v in flags.items()]]
   log = workdir / f"{runner}.log"
-  start, tree_peak = time.time(), 0
+  start, tree_peak, loads = time.time(), 0, []
   with open(log, "wb") as out:
     process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONPATH": str(REPO)},
                                start_new_session=True)
     while process.poll() is None:
       tree_peak = max(tree_peak, _tree_rss(process.pid))
+      loads.append(os.getloadavg()[0])
       time.sleep(0.2)
   seconds = time.time() - start
   text = log.read_text(errors="replace")
   if process.returncode:
     raise RuntimeError(f"{runner} build failed:\n{text[-3000:]}")
   peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+  cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", text).group(1))
+            for kind in ("User", "System"))
   info = json.loads((index / "index.json").read_text())
-  shutil.rmtree(index)
+  if not keep:
+    shutil.rmtree(index)
   return {"path": PATHS[runner], "build_peak_rss_bytes": peak_kb * 1024,
           "build_tree_rss_bytes": tree_peak, "build_seconds": round(seconds, 1),
-          "shards": len(info["shards"]), "index_bytes": info["total_bytes"]}
+          "build_cpu_seconds": round(cpu, 1),
+          "shards": len(info["shards"]), "index_bytes": info["total_bytes"],
+          "load_average": {"mean": round(sum(loads) / max(1, len(loads)), 2),
+                           "max": max(loads, default=None)}}
 
 
 def main() -> None:

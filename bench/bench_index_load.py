@@ -50,10 +50,11 @@ WORKER = pathlib.Path(__file__).resolve().parent / "index_load_worker.py"
 MIB = 1 << 20
 
 
-def _run(repo: pathlib.Path, args: list[str], timeout: float = 3600) -> dict[str, Any]:
-  """Runs the worker with `repo`'s aligner_jax; its JSON result."""
+def run_worker(repo: pathlib.Path, args: list[str], timeout: float = 3600,
+         worker: pathlib.Path = WORKER) -> dict[str, Any]:
+  """Runs the worker script with `repo`'s aligner_jax; its JSON result (last stdout line)."""
   env = {**harness.worker_env(), "PYTHONPATH": str(repo)}
-  proc = subprocess.run([sys.executable, str(WORKER), *args], cwd=repo, env=env,
+  proc = subprocess.run([sys.executable, str(worker), *args], cwd=repo, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
   if proc.returncode:
     raise RuntimeError(f"worker {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -85,10 +86,10 @@ def _verify_seconds(repo: pathlib.Path, index: pathlib.Path) -> float:
 def _packed_loads(repo: pathlib.Path, index: pathlib.Path, n: int) -> dict[str, Any]:
   """The same index with its AH codes packed two per byte (the earlier layout), loaded by the
   same code: what unpacking into a temporary file at every load costs."""
-  packed = _run(repo, ["pack", "--index", str(index)])
+  packed = run_worker(repo, ["pack", "--index", str(index)])
   evict(index)
-  cold = _run(repo, ["load", "--index", str(index), "--config", "scann"])
-  warm = _run(repo, ["load", "--index", str(index), "--config", "scann"])
+  cold = run_worker(repo, ["load", "--index", str(index), "--config", "scann"])
+  warm = run_worker(repo, ["load", "--index", str(index), "--config", "scann"])
   return {"packed_scann_bytes_per_token": round(packed["scann_bytes"] / n, 1),
           "packed_load_s_cold": round(cold["load_seconds"], 3),
           "packed_load_s_warm": round(warm["load_seconds"], 3)}
@@ -112,11 +113,11 @@ def memory_columns(warm: dict[str, Any], n: int) -> dict[str, Any]:
 def run_cell(repo: pathlib.Path, revision: str, n: int, config: str,
              workdir: pathlib.Path) -> dict[str, Any]:
   index = workdir / f"{revision}-{n}-{config}"
-  built = _run(repo, ["build", "--index", str(index), "--tokens", str(n), "--config", config])
+  built = run_worker(repo, ["build", "--index", str(index), "--tokens", str(n), "--config", config])
   try:
     evict(index)
-    cold = _run(repo, ["load", "--index", str(index), "--config", config])
-    warm = _run(repo, ["load", "--index", str(index), "--config", config])
+    cold = run_worker(repo, ["load", "--index", str(index), "--config", config])
+    warm = run_worker(repo, ["load", "--index", str(index), "--config", config])
     verify = _verify_seconds(repo, index) if revision == "current" else None
     packed = (_packed_loads(repo, index, n) if revision == "current" and "scann" in config
               else dict.fromkeys(COLUMNS[-3:]))

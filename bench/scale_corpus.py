@@ -2,11 +2,18 @@
 
   python -m bench.scale_corpus --out DIR --tokens 4000000 [--dim 128] [--doc_tokens 64]
       [--shard_tokens 1000000] [--clusters 1024] [--noise 0.35] [--seed 0]
+      [--family_size 1] [--family_noise 0.2]
 
 Token vectors are clustered like an encoder's: each token is one of `clusters` random unit
 centres plus Gaussian noise (`noise` per dimension, relative to a unit vector's coordinates),
 L2-normalised and stored in float16, `doc_tokens` tokens per document, with a random salience
-per token (so β^d pruning has something to rank). Documents go into `corpus-<i>-of-<n>/` token
+per token (so β^d pruning has something to rank). With `family_size` F > 1, documents come in
+families of F consecutive ones, near-duplicates of a family prototype drawn as above: each
+member token is its prototype token plus Gaussian noise of `family_noise`, L2-normalised. A
+query drawn from one member then has its family as a clearly separated set of best documents
+(the relevant documents of a real collection), while with F = 1 no document is related to
+another and every document beyond a query's source ties with thousands of others up to noise.
+Documents go into `corpus-<i>-of-<n>/` token
 stores of `shard_tokens // doc_tokens` documents (`index.token_store_io.save_token_store`, the
 encode job's layout and manifest keys), so the index job reads them as it reads real ones.
 
@@ -38,18 +45,49 @@ def centres(num: int, dim: int, seed: int) -> np.ndarray:
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _clustered(rng: np.random.Generator, n: int, centre_vectors: np.ndarray,
+               noise: float) -> np.ndarray:
+  """[n, h] float32 unit vectors: random centres plus Gaussian noise of `noise`."""
+  dim = centre_vectors.shape[1]
+  x = centre_vectors[rng.integers(0, len(centre_vectors), n)]
+  x = x + (noise / math.sqrt(dim)) * rng.normal(size=(n, dim)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _family_members(rng: np.random.Generator, first_doc: int, num_docs: int, *,
+                    doc_tokens: int, centre_vectors: np.ndarray, noise: float,
+                    family_size: int, family_noise: float, seed: int) -> np.ndarray:
+  """[num_docs · doc_tokens, h] float32: documents as noisy copies of their family's
+  prototype; a prototype is drawn from its own generator (seed, family), so a family split
+  over two shards has one prototype."""
+  dim = centre_vectors.shape[1]
+  out = np.empty((num_docs * doc_tokens, dim), np.float32)
+  families = np.arange(first_doc, first_doc + num_docs) // family_size
+  for f in np.unique(families):
+    prototype = _clustered(np.random.default_rng([seed, 2, f]), doc_tokens, centre_vectors,
+                           noise)
+    for d in np.flatnonzero(families == f):
+      x = prototype + (family_noise / math.sqrt(dim)) * rng.normal(size=prototype.shape)
+      out[d * doc_tokens:(d + 1) * doc_tokens] = x / np.linalg.norm(x, axis=1, keepdims=True)
+  return out
+
+
 def draw_shard(first_doc: int, num_docs: int, *, doc_tokens: int, centre_vectors: np.ndarray,
-               noise: float, seed: int, shard: int) -> TokenStore:
+               noise: float, seed: int, shard: int, family_size: int = 1,
+               family_noise: float = 0.2) -> TokenStore:
   """The store of documents [first_doc, first_doc + num_docs), drawn a block at a time."""
   rng = np.random.default_rng([seed, shard])
   tokens = num_docs * doc_tokens
   dim = centre_vectors.shape[1]
   vectors = np.empty((tokens, dim), np.float16)
-  for start in range(0, tokens, _BLOCK):
-    n = min(_BLOCK, tokens - start)
-    x = centre_vectors[rng.integers(0, len(centre_vectors), n)]
-    x = x + (noise / math.sqrt(dim)) * rng.normal(size=(n, dim)).astype(np.float32)
-    vectors[start:start + n] = x / np.linalg.norm(x, axis=1, keepdims=True)
+  if family_size > 1:
+    vectors[:] = _family_members(rng, first_doc, num_docs, doc_tokens=doc_tokens,
+                                 centre_vectors=centre_vectors, noise=noise,
+                                 family_size=family_size, family_noise=family_noise, seed=seed)
+  else:
+    for start in range(0, tokens, _BLOCK):
+      n = min(_BLOCK, tokens - start)
+      vectors[start:start + n] = _clustered(rng, n, centre_vectors, noise)
   offsets = np.arange(num_docs + 1, dtype=np.int64) * doc_tokens
   salience = rng.random(tokens, dtype=np.float32)
   ids = [f"doc-{first_doc + i}" for i in range(num_docs)]
@@ -68,7 +106,8 @@ def _is_written(directory: pathlib.Path, config: dict[str, Any]) -> bool:
 
 def write_corpus(out: str | pathlib.Path, *, tokens: int, dim: int = 128, doc_tokens: int = 64,
                  shard_tokens: int = 1_000_000, clusters: int = 1024, noise: float = 0.35,
-                 seed: int = 0, log=print) -> list[pathlib.Path]:
+                 seed: int = 0, family_size: int = 1, family_noise: float = 0.2,
+                 log=print) -> list[pathlib.Path]:
   """Writes (or completes) the corpus in `out`; returns its shard directories in order."""
   out = pathlib.Path(out)
   num_docs = max(1, tokens // doc_tokens)
@@ -77,6 +116,8 @@ def write_corpus(out: str | pathlib.Path, *, tokens: int, dim: int = 128, doc_to
   centre_vectors = centres(clusters, dim, seed)
   settings = {"dataset": "synthetic-clustered", "dim": dim, "doc_length": doc_tokens,
               "clusters": clusters, "noise": noise, "seed": seed, "vector_dtype": "float16"}
+  if family_size > 1:  # (corpora of independent documents keep their settings and files)
+    settings |= {"family_size": family_size, "family_noise": family_noise}
   written = []
   for shard in range(num_shards):
     first = shard * shard_docs
@@ -86,7 +127,8 @@ def write_corpus(out: str | pathlib.Path, *, tokens: int, dim: int = 128, doc_to
               "first_document": first}
     if not _is_written(directory, config):
       store = draw_shard(first, count, doc_tokens=doc_tokens, centre_vectors=centre_vectors,
-                         noise=noise, seed=seed, shard=shard)
+                         noise=noise, seed=seed, shard=shard, family_size=family_size,
+                         family_noise=family_noise)
       save_token_store(store, directory, **config)
       del store
       log(f"wrote {directory.name}: {count} documents, {count * doc_tokens} tokens")
@@ -104,10 +146,12 @@ def main() -> None:
   parser.add_argument("--clusters", type=int, default=1024)
   parser.add_argument("--noise", type=float, default=0.35)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--family_size", type=int, default=1)
+  parser.add_argument("--family_noise", type=float, default=0.2)
   args = parser.parse_args()
   write_corpus(args.out, tokens=args.tokens, dim=args.dim, doc_tokens=args.doc_tokens,
                shard_tokens=args.shard_tokens, clusters=args.clusters, noise=args.noise,
-               seed=args.seed)
+               seed=args.seed, family_size=args.family_size, family_noise=args.family_noise)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from aligner_jax.index import IndexConfig
+from aligner_jax.index import IndexFileError
 from aligner_jax.index import build_token_index
 from aligner_jax.index import from_padded
 from aligner_jax.index import load_index
@@ -199,3 +200,20 @@ def test_verify_command_prints_each_shard_and_fails_on_a_problem(tmp_path):
   assert lines[-1].endswith("; 1 with a problem")
   missing = _verify(tmp_path / "nothing")
   assert missing.returncode == 2 and "not a readable index" in missing.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_shards_load_in_parallel_and_the_first_broken_one_is_named(tmp_path, threads):
+  store = make_store(num_docs=400, seed=3)
+  config = IndexConfig(backend="scann", vector_dtype="float16", max_shard_tokens=600,
+                       expected_k=100)
+  save_index(build_token_index(store, config), tmp_path / "idx")
+  shards = sorted((tmp_path / "idx").glob("shard-*"))
+  assert len(shards) > 4
+  loaded = load_index(tmp_path / "idx", search_threads=threads)
+  assert loaded.doc_ids == store.doc_ids  # shards in listing order
+  for shard in (shards[3], shards[1]):
+    (shard / "offsets.npy").unlink()
+  with pytest.raises(IndexFileError, match="missing") as err:
+    load_index(tmp_path / "idx", search_threads=threads)
+  assert f"{shards[1].name}/offsets.npy" in str(err.value)

@@ -41,6 +41,7 @@ marks deleted documents in `TokenIndex.deleted` and searches skip them (`masked_
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -289,6 +290,15 @@ def split_documents(store: TokenStore, max_tokens: int | None,
           for a, b in document_groups(store.lengths, max_tokens, ratio)]
 
 
+def shard_threads(count: int, requested: int | None) -> int:
+  """Threads for work over `count` shards: `requested`, else one per core, at most one per
+  shard."""
+  threads = requested or min(count, os.cpu_count() or 1)
+  if threads < 1:
+    raise ValueError(f"search_threads must be positive, got {requested}")
+  return threads
+
+
 class TokenIndex:
   """All shards of an index; documents are numbered globally in shard order.
 
@@ -326,10 +336,7 @@ class TokenIndex:
     if len(kinds) != 1:
       raise ValueError(f"shards disagree on the vector dimension, format or stored fields: "
                        f"{sorted(kinds)}")
-    threads = search_threads or min(len(self.shards), os.cpu_count() or 1)
-    if threads < 1:
-      raise ValueError(f"search_threads must be positive, got {search_threads}")
-    self.search_threads = threads
+    self.search_threads = shard_threads(len(self.shards), search_threads)
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self._executor_lock = threading.Lock()  # searches from several threads share one pool
 
@@ -836,7 +843,7 @@ def load_index(directory: str | pathlib.Path, *, verify: bool = False,
   """Loads the current generation of an index written by `save_index` (and changed by
   `generations.py`), its arrays mapped read-only (see `load_shard`; `verify` compares every
   file's SHA-256 too), its deleted documents marked in `TokenIndex.deleted`.
-  `search_threads`: see `TokenIndex`.
+  `search_threads`: shards loaded, then searched, at a time (see `TokenIndex`).
 
   `index.json` is read once, so the index is one generation whatever writers do meanwhile.
   When a file of it disappears while loading because writers published two more generations
@@ -860,16 +867,27 @@ def load_index(directory: str | pathlib.Path, *, verify: bool = False,
 
 def _load_listing(directory: pathlib.Path, listing: Listing, *, verify: bool,
                   search_threads: int | None) -> TokenIndex:
-  shards, deleted = [], []
-  for entry in listing.shards:
+  entries = listing.shards
+
+  def one(i: int) -> tuple[IndexShard, np.ndarray]:
+    entry = entries[i]
     _check_listed_manifest(directory, entry)
     shard = load_shard(directory / entry["name"], expect_config=listing.config, verify=verify)
     _check_listed_counts(directory, entry, _shard_counts(shard))
-    deleted.append(tombstones.read(directory, entry.get("tombstones"), shard.store.num_docs,
-                                   verify=verify))
-    shards.append(shard)
-  return TokenIndex(shards, listing.config, search_threads=search_threads,
-                    deleted=np.concatenate(deleted), generation=listing.generation)
+    deleted = tombstones.read(directory, entry.get("tombstones"), shard.store.num_docs,
+                              verify=verify)
+    return shard, deleted
+
+  # Shards load in parallel: ScaNN spends a load building its per-leaf structures from its
+  # files, with the GIL released. Results (and the first error) come in listing order.
+  threads = shard_threads(len(entries), search_threads)
+  with (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="shard-load")
+        if threads > 1 else contextlib.nullcontext()) as pool:
+    loaded = list(shard_search.ordered_map(one, len(entries), pool, threads))
+  return TokenIndex([shard for shard, _ in loaded], listing.config,
+                    search_threads=search_threads,
+                    deleted=np.concatenate([deleted for _, deleted in loaded]),
+                    generation=listing.generation)
 
 
 def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexConfig) -> None:
