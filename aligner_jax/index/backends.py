@@ -220,7 +220,7 @@ class ScannSearcher:
 
   @classmethod
   def build(cls, vectors: np.ndarray, settings: ScannSettings, vectors_fn: VectorsFn, *,
-            training_threads: int = 0) -> "ScannSearcher":
+            training_threads: int = 1) -> "ScannSearcher":
     """Trains and builds the index over `vectors` [n, h] float32 (the dequantised store)."""
     scann = _scann_numpy()
     vectors = np.ascontiguousarray(vectors, np.float32)

@@ -106,7 +106,11 @@ class IndexConfig:
     num_leaves, leaves_to_search, search_fraction, scan_factor, expected_k, dims_per_block,
     anisotropic_threshold, reorder, reorder_factor, training_sample_size: ScaNN settings,
       see `backends.scann_settings`.
-    training_threads: ScaNN training threads (0: all cores).
+    training_threads: ScaNN training threads. 1 (default) makes a shard's saved bytes a function
+      of its input: with several threads ScaNN's AH codebook training and the order of each
+      leaf's members vary from run to run (seen from about 1M tokens a shard). 0 uses every
+      core, faster for one large shard, not byte-reproducible. Shard tasks (Beam workers)
+      give the parallelism of a large build either way.
   """
   backend: str = "scann"
   vector_dtype: str = "float16"
@@ -125,7 +129,7 @@ class IndexConfig:
   reorder: str = "int8"
   reorder_factor: float = 2.0
   training_sample_size: int = 100_000
-  training_threads: int = 0
+  training_threads: int = 1
 
   def __post_init__(self):
     if self.backend not in BACKENDS:
