@@ -1,8 +1,14 @@
-"""The demo paraphrase diagnostic's statistics on vectors whose answer is known."""
+"""The demo paraphrase diagnostic: its statistics on vectors whose answer is known, and the gin
+job on a demo model trained for 2 steps."""
+
+import json
 
 import numpy as np
+import pytest
+import train_testlib as lib
 
 from aligner_jax.data import demo_collection
+from aligner_jax.eval.paraphrases import OUTPUT_FILE
 from aligner_jax.eval.paraphrases import concept_surfaces
 from aligner_jax.eval.paraphrases import synonym_statistics
 
@@ -38,3 +44,20 @@ def test_concept_surfaces_lists_every_surface_with_its_concept():
   t, c = concepts[5]
   assert words[5] in lexicon["themes"][t][c]
   assert len(words) == len(concepts) == sum(len(s) for theme in lexicon["themes"] for s in theme)
+
+
+@pytest.mark.slow
+def test_the_gin_job_reads_a_trained_demo_model_and_writes_both_towers(tmp_path):
+  model_dir = tmp_path / "model"
+  bindings = [f"MODEL_DIR = '{model_dir}'", *lib.TINY_DEMO_BINDINGS, "TRAIN_STEPS = 2"]
+  lib.run_main(["gin/experiments/demo.gin"], bindings)
+  result = lib.run_main(["gin/experiments/demo_paraphrases.gin"],
+                        [f"MODEL_DIR = '{model_dir}'", "DualEncoder.projection_dim = 16"])
+  assert json.loads((model_dir / OUTPUT_FILE).read_text()) == result
+  words, _ = concept_surfaces(demo_collection.generate(0).lexicon)
+  for side in ("query", "doc"):
+    stats = result[side]
+    assert 0.0 <= stats["nn_is_synonym"] <= 1.0
+    # Every surface was encoded: a share of N surfaces is a multiple of 1 / N.
+    hits = stats["nn_is_synonym"] * len(words)
+    assert abs(hits - round(hits)) < 1e-6
