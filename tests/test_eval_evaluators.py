@@ -1,10 +1,14 @@
 """The evaluation pipeline and its gin jobs end to end on a tiny BEIR directory and a tiny
 random T5 dual encoder: encode -> index (saved, verified, reused) -> retrieve -> metrics,
-adaptation, report; BM25 and re-ranking; model loading from trainer checkpoints."""
+adaptation, report (also in headless Chromium); BM25 and re-ranking; model loading from trainer
+checkpoints."""
 
 import dataclasses
 import json
 import pathlib
+import re
+import shutil
+import subprocess
 
 import flax.linen as nn
 import gin
@@ -159,6 +163,55 @@ def test_token_index_pipeline_end_to_end(beir_dir, encoders, tmp_path):
       rebuild_index=True, num_neighbors=20, prune_query_ratio=0.5, top_n=15, doc_length=64,
       query_length=16, log=logs.append)
   assert rebuilt["ndcg@10"] == result["ndcg@10"]
+
+
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+# Added to a copy of the page: after the load event, each image's source and whether it decoded.
+_IMAGE_CHECKER = """<script>
+window.addEventListener('load', () => {
+  const images = Array.from(document.images).map(
+      i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);
+  document.body.setAttribute('data-images', JSON.stringify(images));
+});
+</script></body>"""
+
+
+def _headless_chromium(*args: str) -> str:
+  """Runs a headless Chromium (skips the test when none is on PATH); returns its stdout."""
+  browser = next(filter(None, map(shutil.which, _BROWSERS)), None)
+  if browser is None:
+    pytest.skip("no Chromium binary on PATH (Debian: apt-get install chromium)")
+  return subprocess.run(
+      [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+       "--allow-file-access-from-files", "--virtual-time-budget=10000", *args],
+      capture_output=True, text=True, timeout=180, check=True).stdout
+
+
+@pytest.mark.slow
+def test_report_loads_with_its_images_in_headless_chromium(beir_dir, encoders, tmp_path):
+  out = tmp_path / "out"
+  run_eval(beir_dir=str(beir_dir), split="test", output_dir=str(out), retriever="exact",
+           model=encoders, index_dir=str(tmp_path / "index"),
+           index_config=IndexConfig(prune_doc_ratio=0.5), alignments=["top_k:1", "top_k:2"],
+           num_neighbors=20, top_n=15, doc_length=64, query_length=16, adaptation=True,
+           num_pictures=2, pruning_curve=[1.0, 0.5])
+  page = (out / "report.html").read_text()
+  sources = re.findall(r'<img src="([^"]+)"', page)
+  assert sources[0] == "pruning.png" and sum(s.startswith("pictures/") for s in sources) == 2
+  # The page as Chromium loaded it (a copy beside it, so relative image paths resolve).
+  checked = out / "report.checked.html"
+  checked.write_text(page.replace("</body>", _IMAGE_CHECKER, 1))
+  dom = _headless_chromium("--dump-dom", checked.as_uri())
+  found = re.search(r'data-images="([^"]*)"', dom)
+  assert found, f"the page did not finish loading:\n{dom[:2000]}"
+  images = json.loads(found.group(1).replace("&quot;", '"'))
+  assert [src for src, _ in images] == sources
+  assert all(decoded for _, decoded in images), f"images that did not decode: {images}"
+  # And a screenshot of the page itself.
+  shot = tmp_path / "report.png"
+  _headless_chromium(f"--screenshot={shot}", "--window-size=1200,2400",
+                     (out / "report.html").as_uri())
+  assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 
 def test_best_r_candidates_are_refined_and_the_alignment_still_decides(beir_dir, encoders,

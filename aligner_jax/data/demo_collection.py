@@ -8,8 +8,12 @@ writes, in BEIR layout, `corpus.jsonl`, `queries.jsonl`, `qrels/{train,dev,test}
 lists, for analysis). The same seed gives byte-identical files; no third-party text is used.
 
 Generative model (all words are pronounceable pseudo-words built from syllables):
-  * Lexicon. 24 themes x 30 concepts; every concept is a synonym group of 3 surface words
-    (paraphrases). 20 attributes (relations), also groups of 3 synonyms. 300 entities (proper
+  * Lexicon. 8 themes x 12 concepts; every concept is a synonym group of 3 surface words
+    (paraphrases). Few concepts, each recurring often, so that the paraphrases can be learned
+    from the training queries: a training broad query links all three surfaces of its four
+    concepts (its own and the two its document uses), and with 8 x 12 concepts a concept is
+    named by about 15 training broad queries (24 x 30 gave 2.3, too few to learn from;
+    docs/demo.md). 20 attributes (relations), also groups of 3 synonyms. 300 entities (proper
     names). 20 one-syllable filler words that carry no information.
   * Facts are (entity, attribute, value) triples, written `Entity attribute value .`; each
     (entity, attribute) pair occurs in exactly one document. The value is a concept of the
@@ -19,7 +23,7 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
                facts about it, three concepts of the theme mentioned once;
       focused  (600): four concepts of one theme, each discussed in depth (3 mentions using 2 of
                its 3 surfaces), plus two facts about other entities (named once each);
-      survey   (288, 12 per theme): the union of the concepts of three focused documents of
+      survey   (288, 36 per theme): the union of the concepts of three focused documents of
                the same theme, each mentioned once, plus two facts.
   * Queries (1,500), marked `metadata.family`:
       factoid  (900): "what is <attribute> of <Entity>" in pseudo-words -- a paraphrase of the
@@ -39,11 +43,13 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
   * Splits: queries are split 60 / 10 / 30 % into train / dev / test within each family.
     Hard negatives of a training query: for factoid, the entity's profile document, other
     documents naming the entity and documents with the same attribute; for broad, the
-    survey documents sharing its concepts and focused documents of the same theme.
+    focused documents of the same theme sharing most of its concepts. Not the survey
+    documents: they mention the query's own surface as often as a synonym, so as negatives
+    they teach that a word does not match itself (the test still has them as distractors).
 
 With ideal token embeddings (synonyms share a vector; tests/test_data_demo.py) the test split of
-seed 0 gives MRR: factoid top-1 0.90 vs top-4 0.50; broad top-1 0.56 vs top-4 1.00; with filler
-tokens kept, factoid top-1 drops to 0.61; exact word matching reaches 0.25 / 0.005.
+seed 0 gives MRR: factoid top-1 0.92 vs top-4 0.47; broad top-1 0.15 vs top-4 0.95; with filler
+tokens kept, factoid top-1 drops to 0.61; exact word matching reaches 0.23 / 0.004.
 """
 
 import argparse
@@ -66,15 +72,15 @@ DEFAULT_SEED = 0
 HARD_NEGATIVES_FILE = "hard_negatives.train.jsonl"
 LEXICON_FILE = "lexicon.json"
 
-NUM_THEMES = 24
-CONCEPTS_PER_THEME = 30
+NUM_THEMES = 8
+CONCEPTS_PER_THEME = 12
 SURFACES = 3
 NUM_ATTRIBUTES = 20
 NUM_ENTITIES = 300
 NUM_FILLER = 20
-FOCUSED_PER_THEME = 25  # 600 focused documents
+FOCUSED_PER_THEME = 75  # 600 focused documents
 ASPECTS_PER_FOCUSED = 4
-SURVEYS_PER_THEME = 12  # 288 survey documents over 3 focused documents each
+SURVEYS_PER_THEME = 36  # 288 survey documents over 3 focused documents each
 FACTS_PER_PROFILE = 2
 FACTS_PER_OTHER = 2
 NUM_FACTOID_QUERIES = 900
@@ -318,11 +324,10 @@ def _hard_negatives(query: dict[str, Any], docs: list[dict[str, Any]],
     third = sorted({f["doc"] for f in facts if f["attribute"] == attribute})
   else:
     aspects = set(query["aspects"])
-    same_theme = [i for i, d in enumerate(docs) if d["theme"] == query["theme"]]
-    first = [i for i in same_theme if docs[i]["kind"] == "survey"
-             and aspects <= set(docs[i]["aspects"])]
-    second = sorted(same_theme, key=lambda i: (-len(aspects & set(docs[i]["aspects"])), i))
-    third = []
+    focused = [i for i, d in enumerate(docs)
+               if d["theme"] == query["theme"] and d["kind"] == "focused"]
+    first = sorted(focused, key=lambda i: (-len(aspects & set(docs[i]["aspects"])), i))
+    second, third = [], []
   out: list[int] = []
   for i in first + second + third:
     if i != target and i not in out:

@@ -489,9 +489,8 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
     pruning_curve_lib.write_pruning_curve(out, evaluation.pruning)
   if num_pictures:
     from aligner_jax.eval import report  # pylint: disable=g-import-not-at-top  (matplotlib)
-    primary = next(iter(evaluation.runs))
-    report.write_report(out, data.collection, inputs.split, evaluation.runs[primary],
-                        evaluation.index, evaluation.queries, inputs.model, alignment=primary,
+    report.write_report(out, data.collection, inputs.split, evaluation.runs,
+                        evaluation.index, evaluation.queries, inputs.model,
                         num_pictures=num_pictures, metrics=result,
                         adaptation_reports=reports, pruning=evaluation.pruning)
   return result

@@ -1,5 +1,7 @@
-"""report.html: an evaluation's metrics and adaptation tables, and alignment pictures of
-relevant query-document pairs, one per query family in turn (`aligner_jax.eval.visualize`)."""
+"""report.html: the claims first (per query family: top-1, the best fixed strategy, the 8-shot
+adapted one; the cost of pruning), then the per-family, adaptation, pruning and metrics tables,
+and alignment pictures of relevant query-document pairs, one per query family in turn, each
+family drawn under its best fixed alignment (`aligner_jax.eval.visualize`)."""
 
 import html
 import pathlib
@@ -56,6 +58,54 @@ def _family_table(metrics: Mapping[str, Any], metric: str = "ndcg@10") -> str:
   return "".join(parts)
 
 
+def best_alignment_per_family(metrics: Mapping[str, Any], alignments: Sequence[str],
+                               metric: str = "ndcg@10") -> dict[str, str]:
+  """Family -> the alignment of `alignments` with the best `metric` on it (earlier ones win
+  ties); empty when the queries carry no family."""
+  by_family = metrics.get("by_family") or {}
+  best: dict[str, tuple[float, str]] = {}
+  for name in alignments:
+    for family, row in by_family.get(name, {}).items():
+      if family not in best or row[metric] > best[family][0]:
+        best[family] = (row[metric], name)
+  return {f: name for f, (_, name) in best.items()}
+
+
+def _claims_section(adaptation_reports: Sequence[Mapping[str, Any]],
+                    pruning: Mapping[str, Any] | None) -> str:
+  """One row per adaptation report (all queries, then each family): nDCG@10 of top-1, of the
+  best fixed strategy and of the 8-shot adapted one; then what pruning to the evaluation's
+  β^d cost against searching every token."""
+  parts = []
+  if adaptation_reports:
+    rows = []
+    for r in adaptation_reports:
+      scores = r["ndcg@10"]
+      best = max(r["strategies"], key=lambda s: scores[s])  # first maximum wins ties
+      top1 = scores.get("top_k:1")
+      adapted = r["adapted"]["mean"]
+      rows.append(f"<tr><td>{html.escape(r.get('dataset') or '-')}</td>"
+                  f"<td>{'' if top1 is None else f'{top1:.3f}'}</td>"
+                  f"<td><code>{html.escape(best)}</code> {scores[best]:.3f}</td>"
+                  f"<td>{adapted:.3f} ± {r['adapted']['std']:.3f}</td>"
+                  f"<td>{adapted - scores[best]:+.3f}</td></tr>")
+    parts.append("<h2>Claims: the best alignment depends on the task</h2>"
+                 "<table border=1 cellpadding=4><tr><th>queries</th><th>top-1</th>"
+                 "<th>best fixed strategy</th><th>adapted (8-shot)</th>"
+                 "<th>adapted − best fixed</th></tr>" + "".join(rows) + "</table>")
+  if pruning:
+    by_ratio = {p["prune_doc_ratio"]: p for p in pruning["points"]}
+    if 1.0 in by_ratio and len(by_ratio) > 1:
+      full = by_ratio[1.0]
+      items = "".join(
+          f"<li>β<sup>d</sup> = {ratio}: {p['searched_tokens']:,} of "
+          f"{full['searched_tokens']:,} tokens searched, nDCG@10 {p['ndcg@10']:.3f} against "
+          f"{full['ndcg@10']:.3f} unpruned ({p['ndcg@10'] - full['ndcg@10']:+.3f})</li>"
+          for ratio, p in sorted(by_ratio.items(), reverse=True) if ratio != 1.0)
+      parts.append("<h2>Claims: salience pruning</h2><ul>" + items + "</ul>")
+  return "".join(parts)
+
+
 def _pruning_section(pruning: Mapping[str, Any]) -> str:
   """The pruning curve: pruning.png and its numbers."""
   points = sorted(pruning["points"], key=lambda p: -p["prune_doc_ratio"])
@@ -99,17 +149,21 @@ def _picture(out: pathlib.Path, collection: Collection, split: str, qid: str, do
 
 def picture_pairs(run: runs_lib.Run, qrels: Mapping[str, Mapping[str, int]],
                   query_ids: Sequence[str], family_of: Mapping[str, str],
-                  num_pictures: int) -> list[tuple[str, str, int]]:
+                  num_pictures: int, *,
+                  family_runs: Mapping[str, runs_lib.Run] | None = None,
+                  ) -> list[tuple[str, str, int]]:
   """(query id, relevant document id, its rank) pairs to draw, at most `num_pictures`.
 
   Families take turns (in order of first appearance), so every family gets a picture before
   any gets a second. Within a family, queries whose relevant document the run ranks first come
   first, then the others by that document's rank; queries without a relevant document in the
-  run are never drawn, so every picture shows a relevant pair.
+  run are never drawn, so every picture shows a relevant pair. A family in `family_runs` is
+  ranked by its own run there (its best alignment's), the others by `run`.
   """
   by_family: dict[str, list[tuple[int, int, str, str]]] = {}
   for position, qid in enumerate(query_ids):
-    ranks = {d: r for r, (d, _) in enumerate(runs_lib.ranked(run.get(qid, {})), start=1)}
+    ranking = (family_runs or {}).get(family_of.get(qid, ""), run).get(qid, {})
+    ranks = {d: r for r, (d, _) in enumerate(runs_lib.ranked(ranking), start=1)}
     relevant = [(ranks[d], d) for d, g in qrels.get(qid, {}).items() if g > 0 and d in ranks]
     family = by_family.setdefault(family_of.get(qid, ""), [])
     if relevant:
@@ -125,18 +179,17 @@ def picture_pairs(run: runs_lib.Run, qrels: Mapping[str, Mapping[str, int]],
   return out
 
 
-def write_report(out: pathlib.Path, collection: Collection, split: str, run: runs_lib.Run,
-                 index: TokenIndex, queries: QueryBatch, model: ModelEncoders, *,
-                 alignment: str, num_pictures: int, metrics: Mapping[str, Any],
+def write_report(out: pathlib.Path, collection: Collection, split: str,
+                 runs: Mapping[str, runs_lib.Run], index: TokenIndex, queries: QueryBatch,
+                 model: ModelEncoders, *, num_pictures: int, metrics: Mapping[str, Any],
                  adaptation_reports: Sequence[dict[str, Any]] = (),
                  pruning: Mapping[str, Any] | None = None) -> pathlib.Path:
-  """report.html: nDCG@10 per query family and alignment (when queries have families), the
-  adaptation table (overall and per family), the pruning curve (when given), the metrics table
-  and `num_pictures` alignment
-  pictures of relevant query-document pairs, one query family after the other
-  (`picture_pairs`)."""
+  """report.html (see the module docstring). `runs`: alignment -> run, the first one the
+  evaluation's own; a query family's pictures use its best alignment among them (by nDCG@10),
+  queries without a family the first."""
+  alignment = next(iter(runs))
   parts = [f"<h1>{html.escape(collection.name)} / {html.escape(split)}</h1>",
-           _family_table(metrics)]
+           _claims_section(adaptation_reports, pruning), _family_table(metrics)]
   if adaptation_reports:
     parts.append("<h2>Few-shot alignment adaptation (nDCG@10 x 100; best fixed strategy in "
                  "bold)</h2><pre>" +
@@ -144,15 +197,19 @@ def write_report(out: pathlib.Path, collection: Collection, split: str, run: run
   if pruning:
     parts.append(_pruning_section(pruning))
   parts.append(_metrics_table(metrics))
-  parts.append(f"<h2>Alignments ({html.escape(alignment)})</h2>")
+  best = best_alignment_per_family(metrics, list(runs))
+  drawn = ", ".join(f"{f}: {a}" for f, a in sorted(best.items())) or alignment
+  parts.append(f"<h2>Alignments ({html.escape(drawn)})</h2>")
   row_of_doc = {d: i for i, d in enumerate(index.doc_ids)}
   row_of_query = {q: b for b, q in enumerate(queries.ids)}
   family_of = {q: f or "" for q, f in results_lib.query_families(collection).items()}
-  pairs = picture_pairs(run, collection.qrels[split], queries.ids, family_of, num_pictures)
+  pairs = picture_pairs(runs[alignment], collection.qrels[split], queries.ids, family_of,
+                        num_pictures, family_runs={f: runs[a] for f, a in best.items()})
   for qid, doc_id, rank in pairs:
+    family = family_of.get(qid, "")
     picture = _picture(out, collection, split, qid, doc_id, row_of_doc[doc_id], index, queries,
-                       row_of_query[qid], model, alignment, rank=rank,
-                       family=family_of.get(qid, ""))
+                       row_of_query[qid], model, best.get(family, alignment), rank=rank,
+                       family=family)
     if picture is None:
       break
     parts.append(picture)
