@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
       "corpus grows with it"])
   if not args.no_report:
     report.write_plot(record, results / "encode_memory.png")
-    report.update_readme(harness.BENCH_DIR / "README.md")
+    report.update_bench_readme()
   return 0
 
 

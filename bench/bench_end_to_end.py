@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if not args.no_report:
     from bench import report  # pylint: disable=g-import-not-at-top
     report.write_plot(record, pathlib.Path(args.results_dir) / "end_to_end.png")
-    report.update_readme(harness.BENCH_DIR / "README.md", pathlib.Path(args.results_dir))
+    report.update_bench_readme(pathlib.Path(args.results_dir))
   return record
 
 

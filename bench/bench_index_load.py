@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
       f"{args.baseline_repo or '-'}"])
   if not args.no_report:
     report.write_plot(record, results / "index_load.png")
-    report.update_readme(harness.BENCH_DIR / "README.md")
+    report.update_bench_readme()
   return 0
 
 

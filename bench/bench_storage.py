@@ -336,7 +336,7 @@ def main(argv=None) -> int:
   if not args.no_report:
     from bench import report
     report.write_plot(result, results_dir / f"{args.name}.png")
-    report.update_readme(harness.BENCH_DIR / "README.md", results_dir)
+    report.update_bench_readme(results_dir)
   return 0
 
 

@@ -675,5 +675,5 @@ def main(build: Callable[[bool], Benchmark], argv: Sequence[str] | None = None,
   if not args.no_report:
     from bench import report  # matplotlib only in the parent, only when plotting
     report.write_plot(result, pathlib.Path(args.results_dir) / f"{bench.name}.png")
-    report.update_readme(BENCH_DIR / "README.md", pathlib.Path(args.results_dir))
+    report.update_bench_readme(pathlib.Path(args.results_dir))
   return result

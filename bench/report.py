@@ -303,15 +303,33 @@ def generated_section(results_dir: pathlib.Path) -> str:
   return "\n".join(lines) + "\n"
 
 
+def results_root(results_dir: pathlib.Path) -> pathlib.Path:
+  """The results root a results directory belongs to (its quick/ directory names the root)."""
+  results_dir = pathlib.Path(results_dir)
+  if results_dir.name == harness.QUICK_RESULTS_DIR.name:
+    return results_dir.parent
+  return results_dir
+
+
+def update_bench_readme(results_dir: pathlib.Path = harness.RESULTS_DIR) -> bool:
+  """`update_readme` of bench/README.md, only for the repository's own results: a run written
+  elsewhere (`--results-dir`) would otherwise replace the block with that directory's few
+  results. Returns whether the README was rewritten."""
+  if results_root(results_dir).resolve() != harness.RESULTS_DIR.resolve():
+    print(f"results in {results_dir}, outside {harness.RESULTS_DIR}: bench/README.md left as "
+          f"it is", flush=True)
+    return False
+  update_readme(harness.BENCH_DIR / "README.md", results_dir)
+  return True
+
+
 def update_readme(readme: pathlib.Path, results_dir: pathlib.Path = harness.RESULTS_DIR) -> None:
   """Replaces the generated block of `readme` (appends one if absent); written atomically.
 
   `results_dir` is the results root (or its quick/ directory, which means the same root): the
   block always shows both the full and the quick results.
   """
-  results_dir = pathlib.Path(results_dir)
-  if results_dir.name == harness.QUICK_RESULTS_DIR.name:
-    results_dir = results_dir.parent
+  results_dir = results_root(results_dir)
   text = readme.read_text() if readme.exists() else "# Benchmarks\n\n"
   block = generated_section(results_dir)
   begin, end = text.find(GENERATED_BEGIN), text.find(GENERATED_END)

@@ -199,3 +199,13 @@ def test_readme_block_leaves_out_records_without_a_schema(result):
   finally:
     sweep.unlink(missing_ok=True)
     bad.unlink(missing_ok=True)
+
+
+def test_results_written_elsewhere_leave_the_bench_readme_alone(result, tmp_path):
+  _, out_dir = result
+  readme = harness.BENCH_DIR / "README.md"
+  before = readme.read_bytes()
+  assert report.update_bench_readme(out_dir) is False
+  assert report.update_bench_readme(tmp_path / "quick") is False
+  assert readme.read_bytes() == before
+  assert report.results_root(tmp_path / "quick") == tmp_path
