@@ -147,3 +147,20 @@ def get_string(path: str, number: int, obj: dict[str, Any], key: str, log: Probl
     log.add(path, number, f"empty {what}")
     return None
   return value
+
+
+def read_id_lines(path: str | os.PathLike) -> list[str]:
+  """The lines of a file of ids, one a line: surrounding white space and blank lines dropped.
+
+  Raises:
+    ValueError: naming the file (and the line, for text that is not UTF-8) when it cannot be
+      read.
+  """
+  try:
+    text = open(path, "rb").read().decode("utf-8")
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read the ids file ({e.strerror})") from None
+  except UnicodeDecodeError as e:
+    line = e.object[:e.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not valid UTF-8") from None
+  return [line.strip() for line in text.splitlines() if line.strip()]

@@ -28,10 +28,10 @@ None)); another source (e.g. texts encoded by a model) is one more entry.
 """
 
 import argparse
-import pathlib
 import sys
 from typing import Any, Callable, Sequence
 
+from aligner_jax.data.lines import read_id_lines
 from aligner_jax.index import generations
 from aligner_jax.index.files import IndexFileError
 from aligner_jax.index.token_index import verify_index
@@ -141,14 +141,7 @@ def read_ids_file(path: str) -> list[str]:
   Raises:
     ValueError: naming the file (and line) when it cannot be read or holds no id.
   """
-  try:
-    text = pathlib.Path(path).read_bytes().decode("utf-8")
-  except OSError as e:
-    raise ValueError(f"{path}: cannot read the ids file ({e.strerror})") from None
-  except UnicodeDecodeError as e:
-    line = e.object[:e.start].count(b"\n") + 1
-    raise ValueError(f"{path}:{line}: not valid UTF-8") from None
-  ids = [line.strip() for line in text.splitlines() if line.strip()]
+  ids = read_id_lines(path)
   if not ids:
     raise ValueError(f"{path}: holds no id")
   return ids

@@ -19,6 +19,8 @@ from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
+from aligner_jax.data.lines import read_id_lines
+
 Filter = Collection[str] | Callable[[dict[str, Any]], bool] | None
 _ID_COLLECTIONS = (set, frozenset, list, tuple)
 
@@ -60,12 +62,12 @@ def _equals(key: str, value: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _read_ids(path: pathlib.Path) -> set[str]:
+  """The ids of an `ids:FILE` filter: one a line, `#` lines are comments."""
   try:
-    text = path.read_text(encoding="utf-8")
-  except (OSError, UnicodeDecodeError) as e:
-    raise FilterError(f"{path}: cannot read the id file ({e})") from None
-  ids = {line.strip() for line in text.splitlines()}
-  return {i for i in ids if i and not i.startswith("#")}
+    lines = read_id_lines(path)
+  except ValueError as e:
+    raise FilterError(str(e)) from None
+  return {line for line in lines if not line.startswith("#")}
 
 
 def parse_filters(specs: Sequence[str]) -> Filter:
