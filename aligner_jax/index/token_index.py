@@ -3,10 +3,10 @@ vectors that refinement scores (ALIGNER §2.1, §3.2, §4.1).
 
 Building (`build_token_index`): each input `TokenStore` (e.g. one encoding shard) is split into
 shards of whole documents; each document keeps its top-β^d tokens by salience
-(`prune_doc_ratio`), which are what the MIPS backend ("scann" or "exact") searches. Refinement
-reads each shard's stored vectors: by default the kept tokens (`refine_tokens="kept"`, the
-storage saving the paper reports), or every token (`"all"`, the paper's "full model with all
-token vectors" at the cost of storage).
+(`prune_doc_ratio`), which are what the MIPS backend ("scann", "ivf" or "exact") searches.
+Refinement reads each shard's stored vectors: by default the kept tokens
+(`refine_tokens="kept"`, the storage saving the paper reports), or every token (`"all"`, the
+paper's "full model with all token vectors" at the cost of storage).
 
 Refinement vectors are float32 / float16 / int8 or product-quantised ("pq:M": M bytes per
 token plus a codebook per shard, trained on the shard's stored tokens). The "exact" backend
@@ -31,6 +31,8 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
                   with β^d < 1; otherwise every stored row is searched)
   metadata.jsonl  [N] JSON objects, the documents' metadata (when they have any)
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
+  ivf/            cell centroids and lists of residual codes, for the IVF backend (`ivf.py`;
+                  the cells of all IVF shards are searched together)
 Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
 larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
 `index_staging.py`), into the same files. A published index changes in generations
@@ -53,6 +55,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from aligner_jax.index import files
+from aligner_jax.index import ivf
 from aligner_jax.index import masked_search
 from aligner_jax.index import pruning
 from aligner_jax.index import shard_search
@@ -81,7 +84,7 @@ INDEX_JSON = "index.json"
 ENCODER_KEY = "encoder"
 _SEGMENT = re.compile(r"shard-g([0-9]{6})-[0-9]{5}")
 _LOAD_ATTEMPTS = 3
-BACKENDS = ("scann", "exact")
+BACKENDS = ("scann", "ivf", "exact")
 REFINE_TOKENS = ("kept", "all")
 FIELDS = ("salience", "token_ids", "pooled")
 _DEQUANTIZE_BLOCK = 1 << 16  # rows converted to float32 at a time for ScaNN
@@ -92,8 +95,9 @@ class IndexConfig:
   """How a token index is built. ScaNN fields left None are scaled with the shard size.
 
   Attributes:
-    backend: "scann" (tree + AH + reorder) or "exact" (brute force over the stored vectors,
-      PQ codes included).
+    backend: "scann" (tree + AH + reorder), "ivf" (k-means cells of int8 residual codes,
+      memory-mapped, the cells of all shards searched together: `ivf.py`) or "exact" (brute
+      force over the stored vectors, PQ codes included).
     vector_dtype: refinement vector format: "float16" (default), "int8", "float32" or "pq:M"
       (M one-byte sub-space codes per token; M must divide h).
     prune_doc_ratio: β^d in (0, 1]: fraction of each document's tokens searched (by salience).
@@ -105,7 +109,10 @@ class IndexConfig:
       (whole documents; None: one shard per input store).
     num_leaves, leaves_to_search, search_fraction, scan_factor, expected_k, dims_per_block,
     anisotropic_threshold, reorder, reorder_factor, training_sample_size: ScaNN settings,
-      see `backends.scann_settings`.
+      see `backends.scann_settings`. The IVF backend reads num_leaves as its number of cells
+      per shard and leaves_to_search as the cells probed per query token over the whole
+      index (`ivf.ivf_settings`; None: their defaults) and training_sample_size as the least
+      k-means sample.
     training_threads: ScaNN training threads. 1 (default) makes a shard's saved bytes a function
       of its input: with several threads ScaNN's AH codebook training and the order of each
       leaf's members vary from run to run (seen from about 1M tokens a shard). 0 uses every
@@ -161,7 +168,7 @@ class IndexShard:
   """One shard: its refinement store, the searched tokens and their MIPS searcher."""
 
   def __init__(self, store: TokenStore, searched: SearchedRows,
-               searcher: ExactSearcher | ScannSearcher, original_tokens: int,
+               searcher: ExactSearcher | ScannSearcher | ivf.IvfSearcher, original_tokens: int,
                source_sha256: str | None = None):
     self.store = store
     self.searched = searched
@@ -196,11 +203,17 @@ def _ann_vectors_fn(store: TokenStore, searched: SearchedRows):
 
 
 def _make_searcher(config: IndexConfig, store: TokenStore,
-                   searched: SearchedRows) -> ExactSearcher | ScannSearcher:
+                   searched: SearchedRows) -> ExactSearcher | ScannSearcher | ivf.IvfSearcher:
   size = searched.size
   vectors_fn = _ann_vectors_fn(store, searched)
   if config.backend == "exact":
     return ExactSearcher(size, vectors_fn)
+  if config.backend == "ivf":
+    settings = ivf.ivf_settings(size, num_cells=config.num_leaves,
+                                cells_to_search=config.leaves_to_search,
+                                training_sample_size=config.training_sample_size)
+    return ivf.IvfSearcher.build(_float32_rows(vectors_fn, size),
+                                 searched.documents(np.arange(size)), settings, vectors_fn)
   settings = scann_settings(
       size, num_leaves=config.num_leaves, leaves_to_search=config.leaves_to_search,
       search_fraction=config.search_fraction, scan_factor=config.scan_factor,
@@ -340,7 +353,12 @@ class TokenIndex:
     if len(kinds) != 1:
       raise ValueError(f"shards disagree on the vector dimension, format or stored fields: "
                        f"{sorted(kinds)}")
-    self.search_threads = shard_threads(len(self.shards), search_threads)
+    # IVF shards are searched as one set of cells (`ivf.IvfIndex`), in chunks of query
+    # tokens spread over the threads rather than shard by shard.
+    self._ivf = (ivf.IvfIndex([s.searcher.lists for s in self.shards], self.doc_base[:-1])
+                 if all(s.searcher.kind == "ivf" for s in self.shards) else None)
+    self.search_threads = shard_threads(
+        len(self.shards) if self._ivf is None else os.cpu_count() or 1, search_threads)
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self._executor_lock = threading.Lock()  # searches from several threads share one pool
 
@@ -411,7 +429,7 @@ class TokenIndex:
     return self.shards[0].store.token_ids is not None
 
   def _pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
-    if self.search_threads == 1 or len(self.shards) == 1:
+    if self.search_threads == 1 or (len(self.shards) == 1 and self._ivf is None):
       return None
     with self._executor_lock:
       if self._executor is None:
@@ -435,11 +453,15 @@ class TokenIndex:
       allowed: [N] bool documents that may be returned (None: every live one). Deleted and
         disallowed documents are skipped inside each shard's search (`masked_search`), so
         each query token still gets its k nearest allowed tokens.
-      **kwargs: backend search options (ScaNN: leaves_to_search, reorder_factor).
+      **kwargs: backend search options (ScaNN: leaves_to_search, reorder_factor; IVF:
+        leaves_to_search, the cells probed per query token).
 
     Returns:
       (docs [Q, k'] int64 with -1 for unfilled results, scores [Q, k'] float32), best first;
-      equal scores in shard order, then in each shard's own order.
+      equal scores in shard order, then in each shard's own order (IVF: in the order the
+      cells were chosen). IVF indexes search the cells of every shard together; with a mask
+      admitting at most `masked_search.DIRECT_FRACTION` of the tokens they scan the allowed
+      documents shard by shard instead.
     """
     mask = self.searchable(allowed)
     k = min(int(k), self.searchable_tokens(allowed))
@@ -448,6 +470,10 @@ class TokenIndex:
       return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
 
     pool = self._pool()
+    if self._ivf is not None and (mask is None or self.searchable_tokens(allowed) >
+                                  masked_search.DIRECT_FRACTION * self.num_ann_tokens):
+      cells = kwargs.get("leaves_to_search") or self.shards[0].searcher.settings_.cells_to_search
+      return self._ivf.search(queries, k, cells_to_search=cells, allowed=mask, executor=pool)
 
     def one(s: int) -> tuple[np.ndarray, np.ndarray]:
       part = None if mask is None else mask[self.doc_base[s]:self.doc_base[s + 1]]
@@ -723,11 +749,21 @@ def _scann_settings(meta: _ShardMeta) -> ScannSettings:
     raise files.IndexFileError(meta.manifest_path, f"ScaNN settings are malformed ({e})") from None
 
 
+def _ivf_settings(meta: _ShardMeta) -> ivf.IvfSettings:
+  try:
+    return ivf.IvfSettings(**meta.config["backend_settings"])
+  except (KeyError, TypeError) as e:
+    raise files.IndexFileError(meta.manifest_path, f"IVF settings are malformed ({e})") from None
+
+
 def _load_searcher(meta: _ShardMeta, store: TokenStore,
-                   searched: SearchedRows) -> ExactSearcher | ScannSearcher:
+                   searched: SearchedRows) -> ExactSearcher | ScannSearcher | ivf.IvfSearcher:
   vectors_fn = _ann_vectors_fn(store, searched)
   if _backend(meta) == "scann":
     return ScannSearcher.load(meta.directory, _scann_settings(meta), searched.size, vectors_fn)
+  if _backend(meta) == "ivf":
+    return ivf.IvfSearcher.load(meta.directory, _ivf_settings(meta), searched.size, meta.dim,
+                                vectors_fn)
   return ExactSearcher(searched.size, vectors_fn)
 
 
@@ -902,6 +938,8 @@ def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexC
   if _backend(meta) == "scann":
     _scann_settings(meta)
     check_scann_files(shard_dir, searched.size)
+  elif _backend(meta) == "ivf":
+    ivf.load_lists(shard_dir, _ivf_settings(meta), searched.size, store.dim)
   counts = {"documents": store.num_docs, "tokens": store.num_tokens,
             "ann_tokens": searched.size, "original_tokens": meta.original_tokens,
             "dim": store.dim, "pooled_dim": meta.pooled_dim}
