@@ -14,10 +14,20 @@ cache, so encoding is excluded (it is measured by bench_encoder.py and reported 
   aligner_jax_index_xtr  the same index with the fast first stage: `--num-neighbors` K′,
                        `--leaves-to-search`, candidates ranked by their XTR score from the
                        search results and only the best `--num-refine` R refined (top_k:1)
+  aligner_jax_ivf_xtr  the fast first stage over the project's IVF index (`index/ivf.py`:
+                       k-means cells of int8 residual codes, memory-mapped) instead of
+                       ScaNN: `--ivf-cells` cells probed per query token, K′ and R as above
   aligner_jax_exact    exact search with the same alignment: every document refined (top_k:1)
   plaid                PLAID: a fast-plaid index built from the same vectors with PyLate's
                        PLAID settings, top-100 (PyLate's `indexes.PLAID` builds it in one
-                       batch, which the shared machine's memory did not hold)
+                       batch, which the shared machine's memory did not hold), searched with
+                       PyLate's settings (8,192 documents fully scored per query)
+  plaid_fast           the same index searched with fast-plaid's own defaults (4,096 fully
+                       scored), plaid_faster with 1,024: fast-plaid computes in float16, which
+                       this machine's CPU has no matrix instructions for, so its search time
+                       follows the documents it fully scores
+PLAID pipelines are timed on the first `--plaid-timed-queries` queries (a pass over all 300
+with PyLate's settings takes minutes).
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
@@ -39,6 +49,7 @@ row records exactly why.
 """
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -59,11 +70,14 @@ from aligner_jax.io import write_json
 from bench import harness
 
 PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
-             "aligner_jax_index_xtr", "aligner_jax_exact", "plaid")
+             "aligner_jax_index_xtr", "aligner_jax_ivf_xtr", "aligner_jax_exact", "plaid",
+             "plaid_fast", "plaid_faster")
 FRAMEWORK = {"bm25": "numpy", "aligner_jax_rerank": "jax", "pylate_rerank": "torch",
              "aligner_jax_index": "jax", "aligner_jax_index_xtr": "jax",
-             "aligner_jax_exact": "jax", "plaid": "torch"}
-PEER_PIPELINES = ("pylate_rerank", "plaid")  # run by the peer virtualenv's python
+             "aligner_jax_ivf_xtr": "jax", "aligner_jax_exact": "jax", "plaid": "torch",
+             "plaid_fast": "torch", "plaid_faster": "torch"}
+# Run by the peer virtualenv's python.
+PEER_PIPELINES = ("pylate_rerank", "plaid", "plaid_fast", "plaid_faster")
 DEPTH = 100  # BM25 candidates re-ranked, and documents PyLate's PLAID returns
 TOP_N = 1000  # documents the token index returns (R@1000 in the project README)
 LENGTH = 256  # tokens per document and query in the encode cache
@@ -76,10 +90,15 @@ FAST_NEIGHBORS = 64
 FAST_LEAVES = 20
 FAST_REFINE = 64
 OLD_NEIGHBORS = 256  # K′ of the token index path before the fast first stage
+IVF_CELLS = 32  # IVF cells probed per query token by the fast first stage
 PEER_THREADS = 2  # torch threads of the peers: the machine's two cores, as XLA uses them
 # PyLate 1.6's `indexes.PLAID` defaults, passed to fast-plaid itself.
 PLAID_BUILD = {"nbits": 4, "kmeans_niters": 4, "max_points_per_centroid": 256, "seed": 42}
 PLAID_SEARCH = {"n_ivf_probe": 8, "n_full_scores": 8192}
+# The PLAID pipelines' search settings: PyLate's, fast-plaid's own defaults, fewer full scores.
+PLAID_SETTINGS = {"plaid": PLAID_SEARCH, "plaid_fast": {"n_ivf_probe": 8, "n_full_scores": 4096},
+                  "plaid_faster": {"n_ivf_probe": 8, "n_full_scores": 1024}}
+PLAID_TIMED_QUERIES = 64
 PLAID_BUILD_BATCH = 1000
 # Documents whose tokens train PLAID's 16,384 centroids. fast-plaid's default on SciFact is all
 # 5,183 (1.24M tokens): that k-means ran for over 20 minutes on the shared machine and was
@@ -235,19 +254,20 @@ def _pylate_rerank(spec: dict[str, Any]) -> dict[str, Any]:
                   "einsum); float16 vectors converted to float32 tensors in the timed pass"}
 
 
-def _load_index_and_queries(spec: dict[str, Any]):
-  """The ScaNN token index over the encode cache (built once, then loaded) and the queries."""
+def load_index_and_queries(spec: dict[str, Any], backend: str = "scann"):
+  """The token index of `backend` over the encode cache (built once in the work directory,
+  then loaded), the queries and the first build's seconds."""
   from aligner_jax.eval import inputs  # pylint: disable=g-import-not-at-top
   from aligner_jax.index import IndexConfig  # pylint: disable=g-import-not-at-top
   from aligner_jax.index import index_exists  # pylint: disable=g-import-not-at-top
   from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
   encoded = pathlib.Path(spec["encoded_dir"])
-  index_dir = pathlib.Path(spec["work_dir"]) / "scann_index"
-  build_file = pathlib.Path(spec["work_dir"]) / "scann_index.build.json"
+  index_dir = pathlib.Path(spec["work_dir"]) / f"{backend}_index"
+  build_file = pathlib.Path(spec["work_dir"]) / f"{backend}_index.build.json"
   built_now = not index_exists(index_dir)
   t = time.perf_counter()
   index = inputs.obtain_index(
-      str(index_dir), IndexConfig(backend="scann"), rebuild=False, log=lambda m: None,
+      str(index_dir), IndexConfig(backend=backend), rebuild=False, log=lambda m: None,
       corpus_fn=lambda: load_token_store(inputs.corpus_shards(encoded)[0]))
   if built_now:
     write_json(build_file, {"build_s": time.perf_counter() - t})
@@ -257,12 +277,13 @@ def _load_index_and_queries(spec: dict[str, Any]):
   return index, queries, build_s
 
 
-def _index_worker(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def _index_worker(spec: dict[str, Any], settings: dict[str, Any],
+                  backend: str = "scann") -> dict[str, Any]:
   """The token index path with `settings` (num_neighbors, leaves_to_search, num_refine)."""
   from aligner_jax.retrieval import candidate_documents  # noqa
   from aligner_jax.retrieval import refine  # noqa
   from aligner_jax.retrieval import to_run  # noqa
-  index, queries, build_s = _load_index_and_queries(spec)
+  index, queries, build_s = load_index_and_queries(spec, backend)
   search_options = ({} if settings["leaves_to_search"] is None
                     else {"leaves_to_search": settings["leaves_to_search"]})
 
@@ -275,13 +296,18 @@ def _index_worker(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, A
   run = to_run(queries.ids, index.doc_ids, results)
   timed = queries.select(slice(0, spec["timed_queries"]))
   search(timed)  # the timed block's shapes, compiled before timing
-  leaves = settings["leaves_to_search"] or index.shards[0].searcher.settings()["leaves_to_search"]
+  own = index.shards[0].searcher.settings()
+  if backend == "ivf":
+    effort = (f"IVF, {settings['leaves_to_search'] or own['cells_to_search']} of "
+              f"{sum(s.searcher.settings()['num_cells'] for s in index.shards)} cells searched")
+  else:
+    effort = (f"ScaNN, {settings['leaves_to_search'] or own['leaves_to_search']} of "
+              f"{own['num_leaves']} leaves searched")
   refined = (f"the best R = {settings['num_refine']} by XTR score refined"
              if settings["num_refine"] else "every candidate refined")
   return {"run": run, "build_s": build_s, "times_s": timed_passes(
       lambda: search(timed), spec["runs"]),
-          "note": f"ScaNN, {leaves} of {index.shards[0].searcher.settings()['num_leaves']} "
-                  f"leaves searched, K′ = {settings['num_neighbors']} per query token, mean "
+          "note": f"{effort}, K′ = {settings['num_neighbors']} per query token, mean "
                   f"{cands.sizes().mean():.0f} candidate documents per query, {refined} "
                   "(all-pairs align_scores); build_s from the first build"}
 
@@ -295,11 +321,15 @@ def _aligner_jax_index_xtr(spec: dict[str, Any]) -> dict[str, Any]:
   return _index_worker(spec, spec["xtr"])
 
 
+def _aligner_jax_ivf_xtr(spec: dict[str, Any]) -> dict[str, Any]:
+  return _index_worker(spec, spec["ivf"], backend="ivf")
+
+
 def _aligner_jax_exact(spec: dict[str, Any]) -> dict[str, Any]:
   from aligner_jax.retrieval import all_documents  # noqa
   from aligner_jax.retrieval import refine  # noqa
   from aligner_jax.retrieval import to_run  # noqa
-  index, queries, _ = _load_index_and_queries(spec)
+  index, queries, _ = load_index_and_queries(spec)
 
   def search(batch):
     return refine(index, batch, all_documents(index, batch), ALIGNMENT, top_n=TOP_N)
@@ -313,48 +343,67 @@ def _aligner_jax_exact(spec: dict[str, Any]) -> dict[str, Any]:
                   f"index path); timed on the first {len(timed)} queries"}
 
 
-def _plaid(spec: dict[str, Any]) -> dict[str, Any]:
-  """PLAID through fast-plaid directly, with PyLate's PLAID settings.
+def _plaid_index(spec: dict[str, Any], doc_ids, doc_off, doc_vec):
+  """fast-plaid's index of the corpus with PyLate's PLAID build settings, built once in the
+  work directory (its build seconds recorded beside it) and loaded by later runs.
 
   PyLate's `indexes.PLAID` hands the whole corpus to fast-plaid's build in one batch; on the
   shared 24 GiB machine that build (4.8 GB resident) was killed by the OOM killer, so the
   index is built here in batches of `PLAID_BUILD_BATCH` documents (same index otherwise).
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(PEER_THREADS)
   from fast_plaid import search as fast_plaid  # pylint: disable=g-import-not-at-top
-  (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
-  q_row = {q: i for i, q in enumerate(q_ids)}
   folder = pathlib.Path(spec["work_dir"]) / "fast_plaid"
-  shutil.rmtree(folder, ignore_errors=True)  # fast-plaid's own files; rebuilt every run
+  record = folder.with_name("fast_plaid.build.json")
+  settings = {**PLAID_BUILD, "batch_size": PLAID_BUILD_BATCH,
+              "n_samples_kmeans": PLAID_KMEANS_DOCS, "documents": len(doc_ids)}
+  if record.exists() and json.loads(record.read_text())["settings"] == settings:
+    return fast_plaid.FastPlaid(index=str(folder), device="cpu"), json.loads(
+        record.read_text())["build_s"]
+  record.unlink(missing_ok=True)
+  shutil.rmtree(folder, ignore_errors=True)  # fast-plaid's own files: a partial build
   t = time.perf_counter()
   index = fast_plaid.FastPlaid(index=str(folder), device="cpu")
   # The stored float16 vectors, read in place: fast-plaid computes in float16 anyway.
   index.create(documents_embeddings=_torch_vectors(doc_vec, doc_off, range(len(doc_ids)), None),
                batch_size=PLAID_BUILD_BATCH, n_samples_kmeans=PLAID_KMEANS_DOCS, **PLAID_BUILD)
   build_s = time.perf_counter() - t
+  write_json(record, {"settings": settings, "build_s": build_s})
+  return index, build_s
+
+
+def _plaid_worker(spec: dict[str, Any], name: str) -> dict[str, Any]:
+  """PLAID through fast-plaid directly: PyLate's build settings, `PLAID_SETTINGS[name]`'s
+  search settings; timed on the first `plaid_timed_queries` queries."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(PEER_THREADS)
+  (doc_ids, doc_off, doc_vec), (q_ids, q_off, q_vec) = _read_corpus_and_queries(spec)
+  q_row = {q: i for i, q in enumerate(q_ids)}
+  index, build_s = _plaid_index(spec, doc_ids, doc_off, doc_vec)
+  settings = PLAID_SETTINGS[name]
 
   def search(qids):
     out = index.search(
         queries_embeddings=_torch_vectors(q_vec, q_off, [q_row[q] for q in qids]), top_k=DEPTH,
-        show_progress=False, n_processes=PEER_THREADS, **PLAID_SEARCH)
+        show_progress=False, n_processes=PEER_THREADS, **settings)
     return {q: {doc_ids[d]: float(score) for d, score in res} for q, res in zip(qids, out)}
 
   run = search(spec["queries"])
-  timed = spec["queries"][:spec["timed_queries"]]
-  return {"run": run, "build_s": build_s,
+  timed = spec["queries"][:spec["plaid_timed_queries"]]
+  return {"run": run, "build_s": build_s, "timed_queries": len(timed),
           "times_s": timed_passes(lambda: search(timed), spec["runs"]),
           "note": f"fast-plaid {importlib.metadata.version('fast-plaid')} (torch "
-                  f"{torch.__version__}, {PEER_THREADS} threads) with PyLate 1.6's PLAID "
-                  f"settings {PLAID_BUILD | PLAID_SEARCH}, top {DEPTH}; built in batches of "
+                  f"{torch.__version__}, {PEER_THREADS} threads), PyLate 1.6's PLAID build "
+                  f"settings {PLAID_BUILD}, search {settings}, top {DEPTH}; built in batches of "
                   f"{PLAID_BUILD_BATCH} documents, centroids trained on {PLAID_KMEANS_DOCS} "
-                  "sampled documents"}
+                  f"sampled documents; timed on the first {len(timed)} queries"}
 
 
 WORKERS = {"bm25": _bm25, "aligner_jax_rerank": _aligner_jax_rerank,
            "pylate_rerank": _pylate_rerank, "aligner_jax_index": _aligner_jax_index,
            "aligner_jax_index_xtr": _aligner_jax_index_xtr,
-           "aligner_jax_exact": _aligner_jax_exact, "plaid": _plaid}
+           "aligner_jax_ivf_xtr": _aligner_jax_ivf_xtr,
+           "aligner_jax_exact": _aligner_jax_exact,
+           **{name: functools.partial(_plaid_worker, name=name) for name in PLAID_SETTINGS}}
 
 
 def worker_main(name: str, spec_path: str) -> int:
@@ -436,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="evaluate only the first N judged queries (0: all)")
   parser.add_argument("--timed-queries", type=int, default=0, help="0: all evaluated")
   parser.add_argument("--exact-timed-queries", type=int, default=32)
+  parser.add_argument("--plaid-timed-queries", type=int, default=PLAID_TIMED_QUERIES)
   parser.add_argument("--runs", type=int, default=harness.MIN_RUNS)
   parser.add_argument("--num-neighbors", type=int, default=FAST_NEIGHBORS,
                       help="K′ of the fast first stage")
@@ -443,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="ScaNN leaves searched per query token by the fast first stage")
   parser.add_argument("--num-refine", type=int, default=FAST_REFINE,
                       help="R, candidates refined per query by the fast first stage")
+  parser.add_argument("--ivf-cells", type=int, default=IVF_CELLS,
+                      help="IVF cells searched per query token (aligner_jax_ivf_xtr)")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
   harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
@@ -474,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   spec = {"encoded_dir": str(encoded), "beir_dir": args.beir_dir, "work_dir": str(work),
           "queries": queries, "runs": args.runs, "timed_queries": timed_queries,
           "exact_timed_queries": min(args.exact_timed_queries, timed_queries), "xtr": xtr,
+          "plaid_timed_queries": min(args.plaid_timed_queries, timed_queries),
+          "ivf": {**xtr, "leaves_to_search": args.ivf_cells},
           "first_stage": str(work / "bm25.result.run.json")}
   if any(p.endswith("rerank") for p in names) and "bm25" not in names:
     names.insert(0, "bm25")
@@ -483,8 +537,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "token vectors "
       f"(384-d, float16, cached; encoding excluded). ms/query: median of {args.runs} timed "
       f"passes over the first {spec['timed_queries']} queries (exact search: the first "
-      f"{spec['exact_timed_queries']}) after an untimed pass over all (which also gives the "
-      "metrics, pytrec_eval); first_stage_ms is BM25's, total adds it.",
+      f"{spec['exact_timed_queries']}, PLAID: the first {spec['plaid_timed_queries']}) after "
+      "an untimed pass over all (which also gives the metrics, pytrec_eval); first_stage_ms "
+      "is BM25's, total adds it.",
       COLUMNS, mode="quick" if args.quick else "full",
       plot={"x": "ms_per_query", "y": "ndcg@10", "series": "pipeline", "kind": "line",
             "logx": True, "logy": False})
@@ -499,8 +554,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      f"{xtr['leaves_to_search']} leaves) → XTR first-stage "
                                      f"score → MaxSim refinement of the best "
                                      f"{xtr['num_refine']}",
+            "aligner_jax_ivf_xtr": f"IVF tokens (K′ = {xtr['num_neighbors']}, "
+                                   f"{args.ivf_cells} cells) → XTR first-stage score → MaxSim "
+                                   f"refinement of the best {xtr['num_refine']}",
             "aligner_jax_exact": "MaxSim refinement of every document",
-            "plaid": "PLAID (fast-plaid) → MaxSim"}
+            **{name: f"PLAID (fast-plaid, {s['n_full_scores']} documents fully scored)"
+               for name, s in PLAID_SETTINGS.items()}}
   first_ms = None
   details = {}
   if args.keep_other_rows:

@@ -58,14 +58,15 @@ def _tree_rss(root_pid: int) -> int:
 
 
 def run_cell(encoded: pathlib.Path, runner: str, workdir: pathlib.Path, *,
-             index: pathlib.Path | None = None) -> dict[str, Any]:
+             index: pathlib.Path | None = None, backend: str = "scann") -> dict[str, Any]:
   """One build in a fresh process; the index goes to `index` and is kept when given (else it
   is built in `workdir` and removed). `load_average`: the 1-minute load average sampled
   during the build (mean and max), the conditions its time was taken under."""
   keep = index is not None
   index = index if keep else workdir / f"index-{runner}"
   flags = {"ENCODED_DIR": f"'{encoded}'", "INDEX_DIR": f"'{index}'",
-           "MAX_SHARD_TOKENS": str(MAX_SHARD_TOKENS), "INDEX_RUNNER": f"'{runner}'"}
+           "MAX_SHARD_TOKENS": str(MAX_SHARD_TOKENS), "INDEX_RUNNER": f"'{runner}'",
+           "RETRIEVER": f"'{backend}'"}
   command = ["/usr/bin/time", "-v", sys.executable, "-m", "aligner_jax.main",
              "--gin_file=gin/runs/index.gin", *[f"--gin.{k}={v}" for k, v in flags.items()]]
   log = workdir / f"{runner}.log"

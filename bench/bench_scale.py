@@ -20,12 +20,15 @@ each step in a fresh process:
           ms/query (median pass), recall of the exact top-10 documents; then the same with
           20 leaves for the whole index, ⌈20 / shards⌉ per shard (path
           "single_process_xtr_index_leaves").
+`--backend ivf` builds the IVF index instead (`aligner_jax/index/ivf.py`) and serves it with
+32 cells per query token over the whole index (path "single_process_ivf_xtr").
 Every step records the 1-minute load average while it ran (the machine is shared: timings are
 taken under that load). Corpora, indexes and ground truths are kept in `--cache-dir` and
 reused; a size's row is written to bench/results/scale.json (rows of other sizes kept) as
 soon as it is complete, so an interrupted run keeps what it measured.
 
   nice -n 5 python -m bench.bench_scale [--tokens 1000000 4000000 ...] [--cache-dir DIR]
+      [--backend scann|ivf]
 """
 
 import argparse
@@ -46,10 +49,13 @@ from bench.minilm_vectors import cache_root
 RESULTS = harness.RESULTS_DIR / "scale.json"
 WORKER = pathlib.Path(__file__).resolve().parent / "scale_worker.py"
 SIZES = (1_000_000, 4_000_000, 16_000_000, 32_000_000)
-FIRST_STAGE = {"neighbors": 64, "leaves": 20, "refine": 64}
-# Rows per size: the search effort of the first stage, `leaves` ScaNN leaves per shard or for
-# the whole index (⌈leaves / shards⌉ per shard); None / key: where the serve step reports it.
-PATHS = {"single_process_xtr": None, "single_process_xtr_index_leaves": "index_budget"}
+FIRST_STAGE = {"scann": {"neighbors": 64, "leaves": 20, "refine": 64},
+               "ivf": {"neighbors": 64, "leaves": 32, "refine": 64}}
+# Rows per size and backend: the search effort of the first stage; ScaNN: `leaves` ScaNN
+# leaves per shard or for the whole index (⌈leaves / shards⌉ per shard); IVF: `leaves` cells
+# per query token over the whole index. None / key: where the serve step reports it.
+PATHS = {"scann": {"single_process_xtr": None, "single_process_xtr_index_leaves": "index_budget"},
+         "ivf": {"single_process_ivf_xtr": None}}
 
 
 def _cached(path: pathlib.Path, compute) -> dict[str, Any]:
@@ -61,14 +67,14 @@ def _cached(path: pathlib.Path, compute) -> dict[str, Any]:
   return result
 
 
-def build(encoded: pathlib.Path, index: pathlib.Path) -> dict[str, Any]:
+def build(encoded: pathlib.Path, index: pathlib.Path, backend: str) -> dict[str, Any]:
   """The single-process index job over `encoded` into `index` (kept; its log beside it)."""
   def compute():
     if index.exists():  # a build killed before it recorded its numbers: measure it again
       shutil.rmtree(index)
     work = index.with_name(index.name + ".build")
     work.mkdir(exist_ok=True)
-    return build_bench.run_cell(encoded, "local", work, index=index)
+    return build_bench.run_cell(encoded, "local", work, index=index, backend=backend)
   return _cached(index.with_name(index.name + ".build.json"), compute)
 
 
@@ -79,10 +85,10 @@ def truth(encoded: pathlib.Path, out: pathlib.Path) -> dict[str, Any]:
   return _cached(out.with_name(out.name + ".log.json"), compute)
 
 
-def serve(index: pathlib.Path, truth_file: pathlib.Path) -> tuple[dict, dict]:
+def serve(index: pathlib.Path, truth_file: pathlib.Path, backend: str) -> tuple[dict, dict]:
   """(cold, warm) serving measurements of `index`."""
   args = ["serve", "--index", str(index), "--truth", str(truth_file),
-          *[f"--{k}={v}" for k, v in FIRST_STAGE.items()]]
+          *[f"--{k}={v}" for k, v in FIRST_STAGE[backend].items()]]
   load_bench.evict(index)
   cold = load_bench.run_worker(harness.REPO_ROOT, args, worker=WORKER)
   warm = load_bench.run_worker(harness.REPO_ROOT, args, worker=WORKER)
@@ -93,7 +99,8 @@ def corpus_name(family_size: int) -> str:
   return "independent" if family_size == 1 else f"families_of_{family_size}"
 
 
-def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str, Any]]:
+def measure(tokens: int, cache: pathlib.Path, family_size: int,
+            backend: str = "scann") -> list[dict[str, Any]]:
   """The rows of one size: the index's numbers with each first-stage search effort."""
   corpus = corpus_name(family_size)
   suffix = f"{tokens}" if family_size == 1 else f"{corpus}_{tokens}"
@@ -101,14 +108,14 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str
   load_before = os.getloadavg()[0]
   scale_corpus.write_corpus(encoded, tokens=tokens, shard_tokens=build_bench.ENCODED_SHARD,
                             family_size=family_size)
-  index = cache / f"index_{suffix}"
-  built = build(encoded, index)
+  index = cache / (f"index_{suffix}" if backend == "scann" else f"{backend}_index_{suffix}")
+  built = build(encoded, index, backend)
   truth_file = cache / f"truth_{suffix}.json"
   exact = truth(encoded, truth_file)
-  cold, warm = serve(index, truth_file)
+  cold, warm = serve(index, truth_file, backend)
   info = json.loads((index / "index.json").read_text())
   common = {
-      "n_tokens": tokens, "corpus": corpus, "shards": built["shards"],
+      "n_tokens": tokens, "corpus": corpus, "backend": backend, "shards": built["shards"],
       "build_peak_rss_bytes": built["build_peak_rss_bytes"],
       "build_seconds": built["build_seconds"],
       "build_cpu_seconds": built.get("build_cpu_seconds"),
@@ -122,7 +129,7 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int) -> list[dict[str
       "exact_top10_seconds": round(exact["seconds"], 1),
       "source_in_exact_top10": exact["source_in_exact_top10"]}
   rows = []
-  for path, key in PATHS.items():
+  for path, key in PATHS[backend].items():
     w, c = (warm, cold) if key is None else (warm[key], cold[key])
     rows.append({
         **common, "path": path, "leaves_per_shard": w["leaves_per_shard"],
@@ -142,9 +149,9 @@ def write(rows: list[dict[str, Any]]) -> None:
       "description": __doc__.split("\n\n")[0].replace("\n", " "),
       "settings": {"dim": 128, "doc_tokens": 64, "vector_dtype": "float16",
                    "encoded_shard_tokens": build_bench.ENCODED_SHARD,
-                   "max_shard_tokens": build_bench.MAX_SHARD_TOKENS, "backend": "scann",
+                   "max_shard_tokens": build_bench.MAX_SHARD_TOKENS,
                    "family_noise": 0.2, "queries": 50, "query_tokens": 32,
-                   "alignment": "top_k:1", **FIRST_STAGE},
+                   "alignment": "top_k:1", "first_stage": FIRST_STAGE},
       "machine": harness.machine_info(),
       "rows": sorted(rows, key=_key)})
 
@@ -159,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--cache-dir", default=str(cache_root() / "scale"))
   parser.add_argument("--family-size", type=int, default=10,
                       help="documents per family of near-duplicates (1: independent documents)")
+  parser.add_argument("--backend", default="scann", choices=tuple(FIRST_STAGE),
+                      help="the index backend built and searched")
   args = parser.parse_args(argv)
   cache = pathlib.Path(args.cache_dir)
   cache.mkdir(parents=True, exist_ok=True)
   for tokens in sorted(args.tokens):
-    rows = measure(tokens, cache, args.family_size)
+    rows = measure(tokens, cache, args.family_size, args.backend)
     print(json.dumps(rows), flush=True)
     new = {_key(r) for r in rows}
     old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []

@@ -144,8 +144,10 @@ def serve(args: argparse.Namespace) -> dict:
 
   per_shard = passes(args.leaves)
   searched = memory()
-  # The same total effort spread over the shards: `leaves` for the whole index.
-  budget = passes(max(1, -(-args.leaves // len(index.shards))))
+  # ScaNN: the same total effort spread over the shards, `leaves` for the whole index (IVF
+  # cells are counted over the whole index already).
+  budget = (None if index.config.backend == "ivf"
+            else passes(max(1, -(-args.leaves // len(index.shards)))))
   return {"load_seconds": load_seconds, "before": before, "loaded": loaded,
           "searched": searched, "shards": len(index.shards), **per_shard,
           "index_budget": budget}

@@ -29,18 +29,6 @@ from bench import bench_end_to_end as e2e
 from bench import harness
 
 
-def _load(encoded: pathlib.Path, work: pathlib.Path, queries: list[str]):
-  from aligner_jax.eval import inputs  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index import IndexConfig  # pylint: disable=g-import-not-at-top
-  from aligner_jax.index.token_store_io import load_token_store  # pylint: disable=g-import-not-at-top
-  index = inputs.obtain_index(
-      str(work / "scann_index"), IndexConfig(backend="scann"), rebuild=False, log=print,
-      corpus_fn=lambda: load_token_store(inputs.corpus_shards(encoded)[0]))
-  batch = inputs.load_encoded_queries(encoded / "queries-test", queries,
-                                      query_length=e2e.LENGTH)
-  return index, batch
-
-
 def exact_run(index, batch, alignment: str, path: pathlib.Path) -> dict[str, dict[str, float]]:
   """Every document refined with `alignment` (cached in `path`: minutes of CPU)."""
   from aligner_jax.retrieval import all_documents  # pylint: disable=g-import-not-at-top
@@ -99,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--leaves", default="20,40,80")
   parser.add_argument("--refine", default="0,32,64,128")
   parser.add_argument("--alignment", default=e2e.ALIGNMENT)
+  parser.add_argument("--backend", default="scann", choices=("scann", "ivf"),
+                      help="the token index searched (leaves: ScaNN leaves or IVF cells)")
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--out", default=str(harness.RESULTS_DIR / "first_stage_sweep.json"))
   parser.add_argument("--append", action="store_true",
@@ -110,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
   work.mkdir(parents=True, exist_ok=True)
   qids = e2e.judged_queries(pathlib.Path(args.beir_dir))
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
-  index, batch = _load(pathlib.Path(args.encoded_dir), work, qids)
+  index, batch, _ = e2e.load_index_and_queries(
+      {"encoded_dir": args.encoded_dir, "work_dir": str(work), "queries": qids}, args.backend)
   exact = exact_run(index, batch, args.alignment,
                     work / f"exact.{args.alignment.replace(':', '-')}.run.json")
   exact_ndcg = ir_metrics.evaluate(qrels, exact)[0]["ndcg@10"]
@@ -131,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(row), flush=True)
     rows.append({**row, "loadavg": list(os.getloadavg())})
     # Rewritten (atomically) after every setting: a killed sweep keeps what it measured.
-    write_json(args.out, {"alignment": args.alignment, "queries": len(qids),
+    write_json(args.out, {"alignment": args.alignment, "backend": args.backend,
+                          "queries": len(qids),
                           "exact_ndcg@10": exact_ndcg, "machine": harness.machine_info(),
                           "rows": rows})
 

@@ -62,7 +62,9 @@ from aligner_jax.retrieval.runs import Run
 from aligner_jax.retrieval.token_retrieval import refine_many
 from aligner_jax.scoring import Alignment
 
-RETRIEVERS = ("scann", "exact", "dense", "bm25")
+TOKEN_INDEX_RETRIEVERS = ("scann", "ivf", "exact")
+RETRIEVERS = TOKEN_INDEX_RETRIEVERS + ("dense", "bm25")
+_TOKEN_INDEX_NAMES = "RETRIEVER 'scann', 'ivf' or 'exact'"
 RERANK_WITH = ("alignment", "lite")
 
 
@@ -133,15 +135,16 @@ class TokenIndexEvaluator:
   leaves_to_search: int | None = None
 
   def __post_init__(self):
-    if self.backend not in ("scann", "exact"):
-      raise ValueError(f"the token index backend is 'scann' or 'exact', got {self.backend!r}")
+    if self.backend not in TOKEN_INDEX_RETRIEVERS:
+      raise ValueError(f"the token index backend is one of {TOKEN_INDEX_RETRIEVERS}, got "
+                       f"{self.backend!r}")
     if self.num_refine is not None and self.num_refine < 0:
       raise ValueError(f"NUM_REFINE must be positive (0 or None: refine every candidate), got "
                        f"{self.num_refine}")
-    if self.leaves_to_search is not None and (self.backend != "scann" or
+    if self.leaves_to_search is not None and (self.backend == "exact" or
                                               self.leaves_to_search < 1):
-      raise ValueError(f"LEAVES_TO_SEARCH = {self.leaves_to_search} needs the 'scann' backend "
-                       "and a positive number (None: the index's own setting)")
+      raise ValueError(f"LEAVES_TO_SEARCH = {self.leaves_to_search} needs the 'scann' or 'ivf' "
+                       "backend and a positive number (None: the index's own setting)")
     self.alignments = _parse_alignments(self.alignments)
     self.index_config = dataclasses.replace(self.index_config, backend=self.backend)
 
@@ -150,7 +153,8 @@ class TokenIndexEvaluator:
     return self.backend
 
   def search_options(self) -> dict[str, Any]:
-    """The backend's search effort overrides (ScaNN leaves searched per query token)."""
+    """The backend's search effort overrides (ScaNN leaves or IVF cells searched per query
+    token)."""
     if self.leaves_to_search is None:
       return {}
     return {"leaves_to_search": self.leaves_to_search}
@@ -357,12 +361,12 @@ def make_evaluator(retriever: str, *, alignments: Sequence[str] = ("top_k:1",),
   before using it (otherwise sizes, counts and array headers only)."""
   if retriever not in RETRIEVERS:
     raise ValueError(f"RETRIEVER must be one of {RETRIEVERS}, got {retriever!r}")
-  if adaptation and (rerank_depth or retriever not in ("scann", "exact")):
-    raise ValueError("few-shot adaptation needs the token index (RETRIEVER 'scann' or 'exact', "
+  if adaptation and (rerank_depth or retriever not in TOKEN_INDEX_RETRIEVERS):
+    raise ValueError(f"few-shot adaptation needs the token index ({_TOKEN_INDEX_NAMES}, "
                      "RERANK_DEPTH 0): it re-refines the index's candidates")
-  if pruning_curve and (rerank_depth or retriever not in ("scann", "exact")):
-    raise ValueError("a pruning curve (PRUNING_CURVE) needs the token index (RETRIEVER 'scann' "
-                     "or 'exact', RERANK_DEPTH 0): it rebuilds the index at each β^d")
+  if pruning_curve and (rerank_depth or retriever not in TOKEN_INDEX_RETRIEVERS):
+    raise ValueError(f"a pruning curve (PRUNING_CURVE) needs the token index "
+                     f"({_TOKEN_INDEX_NAMES}, RERANK_DEPTH 0): it rebuilds the index at each β^d")
   if rerank_depth:
     return RerankEvaluator(rerank_depth, rerank_with, alignments)
   if retriever == "bm25":
@@ -433,8 +437,8 @@ def _check_passages(evaluator: Evaluator, inputs: EvalInputs, num_pictures: int)
     return
   if (isinstance(evaluator, (RerankEvaluator, BM25Evaluator)) or num_pictures
       or getattr(evaluator, "adaptation", False) or getattr(evaluator, "pruning_curve", None)):
-    raise ValueError("passages (PASSAGE_OVERLAP) work with RETRIEVER 'scann', 'exact' or "
-                     "'dense' without RERANK_DEPTH, ADAPTATION, PRUNING_CURVE or NUM_PICTURES")
+    raise ValueError(f"passages (PASSAGE_OVERLAP) work with {_TOKEN_INDEX_NAMES} or 'dense' "
+                     "without RERANK_DEPTH, ADAPTATION, PRUNING_CURVE or NUM_PICTURES")
 
 
 def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
@@ -454,8 +458,8 @@ def evaluate_beir(evaluator: Evaluator, inputs: EvalInputs, output_dir: str, *,
     The content of metrics.json.
   """
   if num_pictures and not isinstance(evaluator, TokenIndexEvaluator):
-    raise ValueError("alignment pictures (NUM_PICTURES > 0) need the token index "
-                     "(RETRIEVER 'scann' or 'exact')")
+    raise ValueError(f"alignment pictures (NUM_PICTURES > 0) need the token index "
+                     f"({_TOKEN_INDEX_NAMES})")
   if num_pictures:
     _one_process("alignment pictures (NUM_PICTURES > 0)")
   evaluator.check(inputs)
