@@ -33,6 +33,7 @@ INSTALL_REQUIRES = [
     "PyStemmer==3.1.0",  # the Snowball stemmer of the BM25 baseline
     "clu==0.0.12",
     "matplotlib==3.11.2",
+    "threadpoolctl==3.8.0",  # one BLAS thread inside the IVF search's own threads
 ]
 
 EXTRAS_REQUIRE = {

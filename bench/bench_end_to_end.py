@@ -23,7 +23,8 @@ cache, so encoding is excluded (it is measured by bench_encoder.py and reported 
                        batch, which the shared machine's memory did not hold), searched with
                        PyLate's settings (8,192 documents fully scored per query)
   plaid_fast           the same index searched with fast-plaid's own defaults (4,096 fully
-                       scored), plaid_faster with 1,024: fast-plaid computes in float16, which
+                       scored), plaid_faster with 1,024, plaid_fastest with 256 from 4
+                       probed centroids per query token: fast-plaid computes in float16, which
                        this machine's CPU has no matrix instructions for, so its search time
                        follows the documents it fully scores
 PLAID pipelines are timed on the first `--plaid-timed-queries` queries (a pass over all 300
@@ -71,13 +72,13 @@ from bench import harness
 
 PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
              "aligner_jax_index_xtr", "aligner_jax_ivf_xtr", "aligner_jax_exact", "plaid",
-             "plaid_fast", "plaid_faster")
+             "plaid_fast", "plaid_faster", "plaid_fastest")
 FRAMEWORK = {"bm25": "numpy", "aligner_jax_rerank": "jax", "pylate_rerank": "torch",
              "aligner_jax_index": "jax", "aligner_jax_index_xtr": "jax",
              "aligner_jax_ivf_xtr": "jax", "aligner_jax_exact": "jax", "plaid": "torch",
-             "plaid_fast": "torch", "plaid_faster": "torch"}
+             "plaid_fast": "torch", "plaid_faster": "torch", "plaid_fastest": "torch"}
 # Run by the peer virtualenv's python.
-PEER_PIPELINES = ("pylate_rerank", "plaid", "plaid_fast", "plaid_faster")
+PEER_PIPELINES = ("pylate_rerank", "plaid", "plaid_fast", "plaid_faster", "plaid_fastest")
 DEPTH = 100  # BM25 candidates re-ranked, and documents PyLate's PLAID returns
 TOP_N = 1000  # documents the token index returns (R@1000 in the project README)
 LENGTH = 256  # tokens per document and query in the encode cache
@@ -90,14 +91,15 @@ FAST_NEIGHBORS = 64
 FAST_LEAVES = 20
 FAST_REFINE = 64
 OLD_NEIGHBORS = 256  # K′ of the token index path before the fast first stage
-IVF_CELLS = 32  # IVF cells probed per query token by the fast first stage
+IVF_CELLS = 8  # IVF cells probed per query token by the fast first stage
 PEER_THREADS = 2  # torch threads of the peers: the machine's two cores, as XLA uses them
 # PyLate 1.6's `indexes.PLAID` defaults, passed to fast-plaid itself.
 PLAID_BUILD = {"nbits": 4, "kmeans_niters": 4, "max_points_per_centroid": 256, "seed": 42}
 PLAID_SEARCH = {"n_ivf_probe": 8, "n_full_scores": 8192}
 # The PLAID pipelines' search settings: PyLate's, fast-plaid's own defaults, fewer full scores.
 PLAID_SETTINGS = {"plaid": PLAID_SEARCH, "plaid_fast": {"n_ivf_probe": 8, "n_full_scores": 4096},
-                  "plaid_faster": {"n_ivf_probe": 8, "n_full_scores": 1024}}
+                  "plaid_faster": {"n_ivf_probe": 8, "n_full_scores": 1024},
+                  "plaid_fastest": {"n_ivf_probe": 4, "n_full_scores": 256}}
 PLAID_TIMED_QUERIES = 64
 PLAID_BUILD_BATCH = 1000
 # Documents whose tokens train PLAID's 16,384 centroids. fast-plaid's default on SciFact is all

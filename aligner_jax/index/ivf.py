@@ -36,6 +36,7 @@ import pathlib
 from typing import Any, Sequence
 
 import numpy as np
+import threadpoolctl
 
 from aligner_jax.index import files
 from aligner_jax.index import shard_search
@@ -52,9 +53,23 @@ COARSE_MIN = 8192
 GROUPS_TO_SEARCH = 24
 _SEED = 0
 _BLOCK = 8192  # rows scored against the centroids at a time (bounds memory)
-_TOKEN_CHUNK = 512  # query tokens searched at a time
+# Query tokens searched at a time: the more tokens share a cell, the fewer times each cell's
+# codes are converted and multiplied (the flat scores of a chunk take
+# _TOKEN_CHUNK · cells_to_search · CELL_SIZE floats).
+_TOKEN_CHUNK = 2048
 _SELECT_CHUNK = 128  # query tokens whose candidates are padded into one matrix at a time
 _CODE_QUANTILE = 0.9999  # residual magnitude the int8 range covers (larger ones clip)
+_BLAS = None  # threadpoolctl's view of the BLAS NumPy calls, found at the first search
+
+
+def _one_blas_thread():
+  """A context in which NumPy's BLAS runs each product in its calling thread: the search
+  multiplies many small matrices from its own threads, where BLAS's threads would only
+  contend for the same cores."""
+  global _BLAS
+  if _BLAS is None:
+    _BLAS = threadpoolctl.ThreadpoolController()
+  return _BLAS.limit(limits=1, user_api="blas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +197,10 @@ def load_lists(directory: pathlib.Path, settings: IvfSettings, size: int, dim: i
                   load("documents.npy", np.int32, (size,)), settings.scale)
 
 
-def _segment_top_k(scores: np.ndarray, labels: np.ndarray, seg_start: np.ndarray,
-                   seg_len: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per segment [seg_start, seg_start + seg_len) of the flat `scores` / `labels`, its k best
-  (score desc, then flat position), padded with label -1 / -inf: ([S, k], [S, k])."""
+def _segment_top_k(scores: np.ndarray, seg_start: np.ndarray, seg_len: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per segment [seg_start, seg_start + seg_len) of the flat `scores`, the flat positions of
+  its k best (score desc, then position), padded with -1 / -inf: ([S, k], [S, k])."""
   out_labels = np.full((len(seg_start), k), -1, np.int64)
   out_scores = np.full((len(seg_start), k), -np.inf, np.float32)
   for lo in range(0, len(seg_start), _SELECT_CHUNK):
@@ -210,17 +225,19 @@ def _segment_top_k(scores: np.ndarray, labels: np.ndarray, seg_start: np.ndarray
     found = np.take_along_axis(pos, part, 1)
     ok = np.isfinite(best)
     out_scores[lo:lo + len(start), :kk] = np.where(ok, best, -np.inf)
-    out_labels[lo:lo + len(start), :kk] = np.where(ok, labels[found], -1)
+    out_labels[lo:lo + len(start), :kk] = np.where(ok, found, -1)
   return out_labels, out_scores
 
 
 def _pair_scores(queries: np.ndarray, tok: np.ndarray, item: np.ndarray, sizes: np.ndarray,
-                 block) -> tuple[np.ndarray, np.ndarray]:
+                 block, scale: np.ndarray | None = None,
+                 bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Scores of every row of each (query token `tok`, `item`) pair, pair after pair.
 
   `sizes` [P]: rows of each pair's item (0: the pair scores nothing); `block(u)` gives item
-  u's rows as float32 [size_u, h]. Each distinct item is scored once against all the query
-  tokens that chose it: one matrix product per item, never per row.
+  u's rows as float32 [size_u, h]. A row's score is scale[item] · (row · query) + bias[pair]
+  (no scale / bias: the inner product). Each distinct item is scored once against all the
+  query tokens that chose it: one matrix product per item, never per row.
   Returns (flat scores [Σ sizes] float32, pair_start [P] int64).
   """
   pair_start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -231,18 +248,22 @@ def _pair_scores(queries: np.ndarray, tok: np.ndarray, item: np.ndarray, sizes: 
   for pairs in np.split(by_item, bounds):
     if not len(pairs):
       continue
-    size = int(sizes[pairs[0]])
-    s = block(int(item[pairs[0]])) @ queries[tok[pairs]].T  # [size, m]
+    u, size = int(item[pairs[0]]), int(sizes[pairs[0]])
+    s = block(u) @ queries[tok[pairs]].T  # [size, m]
+    if scale is not None:
+      s *= scale[u]
+    if bias is not None:
+      s += bias[pairs][None, :]
     flat[pair_start[pairs][None, :] + np.arange(size)[:, None]] = s
   return flat, pair_start
 
 
-def _expand(pair_start: np.ndarray, item_start: np.ndarray, item: np.ndarray,
-            total: int) -> np.ndarray:
-  """[total] global row of each flat entry: the item's first row + the entry's place in it."""
-  shift = item_start[item] - pair_start
-  sizes = np.diff(np.append(pair_start, total))
-  return np.repeat(shift, sizes) + np.arange(total)
+def _flat_rows(found: np.ndarray, pair_start: np.ndarray, item_start: np.ndarray,
+               item: np.ndarray) -> np.ndarray:
+  """Global rows of flat entries `found` (any shape, ≥ 0): the row of their pair's item plus
+  their place in it (a pair scoring no rows shares its start with the next one)."""
+  pair = np.searchsorted(pair_start, found, side="right") - 1
+  return item_start[item[pair]] + (found - pair_start[pair])
 
 
 def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
@@ -277,11 +298,11 @@ class _Coarse:
     size = np.diff(self.start)
     flat, pair_start = _pair_scores(queries, tok, item, size[item],
                                     lambda u: self.members[self.start[u]:self.start[u + 1]])
-    rows = _expand(pair_start, self.start[:-1], item, len(flat))
     seg_len = size[groups].sum(1)
     seg_start = pair_start[::groups.shape[1]]
-    found, scores = _segment_top_k(flat, rows, seg_start, seg_len, count)
-    return np.where(found >= 0, self.order[np.maximum(found, 0)], -1), scores
+    found, scores = _segment_top_k(flat, seg_start, seg_len, count)
+    rows = _flat_rows(np.maximum(found, 0), pair_start, self.start[:-1], item)
+    return np.where(found >= 0, self.order[rows], -1), scores
 
 
 class IvfIndex:
@@ -305,6 +326,7 @@ class IvfIndex:
     part_base = np.concatenate([[0], np.cumsum([x.size for x in self.lists])])
     self.part_base = part_base.astype(np.int64)
     self.cell_start = self.cell_local_start + self.part_base[self.cell_part]
+    self.cell_scale = np.array([x.scale for x in self.lists], np.float32)[self.cell_part]
     self.size = int(part_base[-1])
     self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
 
@@ -350,20 +372,17 @@ class IvfIndex:
     item = np.maximum(cells.ravel(), 0)
     # Pairs without a cell (fewer cells than asked) score no rows.
     size = np.where(chosen, self.cell_size[item], 0)
-    flat, pair_start = _pair_scores(queries, tok, item, size, self._block)
-    scales = np.array([x.scale for x in self.lists], np.float32)
-    flat *= np.repeat(scales[self.cell_part[item]], size)
-    flat += np.repeat(centre_scores.ravel(), size)
-    positions = _expand(pair_start, self.cell_start, item, len(flat))
+    flat, pair_start = _pair_scores(queries, tok, item, size, self._block, self.cell_scale,
+                                    centre_scores.ravel())
     if allowed is not None:
-      labels = self._labels(positions)
-      flat[~allowed[labels]] = -np.inf
+      every = _flat_rows(np.arange(len(flat)), pair_start, self.cell_start, item)
+      flat[~allowed[self._labels(every)]] = -np.inf
     seg_len = size.reshape(t, p).sum(1)
     seg_start = pair_start[::p]
-    found, scores = _segment_top_k(flat, positions, seg_start, seg_len, k)
+    found, scores = _segment_top_k(flat, seg_start, seg_len, k)
     labels = np.full(found.shape, -1, np.int64)
     ok = found >= 0
-    labels[ok] = self._labels(found[ok])
+    labels[ok] = self._labels(_flat_rows(found[ok], pair_start, self.cell_start, item))
     return labels, scores
 
   def search(self, queries: np.ndarray, k: int, *, cells_to_search: int,
@@ -388,13 +407,14 @@ class IvfIndex:
     """
     queries = np.ascontiguousarray(queries, np.float32)
     cells = max(1, min(int(cells_to_search), self.num_cells))
-    labels, scores = self._search_rows(queries, int(k), cells, allowed, executor)
-    short = np.flatnonzero((labels < 0).any(axis=1))
-    while len(short) and cells < self.num_cells:
-      cells = min(self.num_cells, 4 * cells)
-      lab, sc = self._search_rows(queries[short], int(k), cells, allowed, executor)
-      labels[short], scores[short] = lab, sc
-      short = short[(lab < 0).any(axis=1)]
+    with _one_blas_thread():
+      labels, scores = self._search_rows(queries, int(k), cells, allowed, executor)
+      short = np.flatnonzero((labels < 0).any(axis=1))
+      while len(short) and cells < self.num_cells:
+        cells = min(self.num_cells, 4 * cells)
+        lab, sc = self._search_rows(queries[short], int(k), cells, allowed, executor)
+        labels[short], scores[short] = lab, sc
+        short = short[(lab < 0).any(axis=1)]
     return labels, scores
 
   def _search_rows(self, queries: np.ndarray, k: int, cells: int, allowed: np.ndarray | None,
