@@ -445,3 +445,21 @@ def test_lite_rerank_without_a_lite_head_is_refused_before_reading(encoders, tmp
   with pytest.raises(ValueError, match="LITE"):
     run_eval(beir_dir=str(tmp_path / "absent"), split="test", output_dir=str(tmp_path / "o"),
              retriever="bm25", model=encoders, rerank_depth=5, rerank_with="lite")
+
+
+def test_ivf_retriever_matches_exact_search_when_every_cell_is_searched(beir_dir, encoders,
+                                                                        tmp_path):
+  common = dict(beir_dir=str(beir_dir), split="test", model=encoders, num_neighbors=20,
+                top_n=15, doc_length=64, query_length=16, log=lambda m: None)
+  exact = run_eval(output_dir=str(tmp_path / "exact"), retriever="exact",
+                   index_dir=str(tmp_path / "exact_index"), **common)
+  ivf = run_eval(output_dir=str(tmp_path / "ivf"), retriever="ivf",
+                 index_dir=str(tmp_path / "ivf_index"), leaves_to_search=10**6, **common)
+  # Candidates from int8 residual codes, refined with the stored vectors: the same ranking up
+  # to the few candidates the quantisation changes.
+  assert ivf["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=0.02)
+  index = json.loads((tmp_path / "ivf_index" / "index.json").read_text())
+  assert index["config"]["backend"] == "ivf"
+  with pytest.raises(ValueError, match="LEAVES_TO_SEARCH"):
+    run_eval(output_dir=str(tmp_path / "bad"), retriever="exact", leaves_to_search=4,
+             index_dir=str(tmp_path / "bad_index"), **common)
