@@ -21,7 +21,7 @@ each step in a fresh process:
           20 leaves for the whole index, ⌈20 / shards⌉ per shard (path
           "single_process_xtr_index_leaves").
 `--backend ivf` builds the IVF index instead (`aligner_jax/index/ivf.py`) and serves it with
-32 cells per query token over the whole index (path "single_process_ivf_xtr").
+8 cells per query token over the whole index (path "single_process_ivf_xtr").
 Every step records the 1-minute load average while it ran (the machine is shared: timings are
 taken under that load). Corpora, indexes and ground truths are kept in `--cache-dir` and
 reused; a size's row is written to bench/results/scale.json (rows of other sizes kept) as
@@ -50,7 +50,7 @@ RESULTS = harness.RESULTS_DIR / "scale.json"
 WORKER = pathlib.Path(__file__).resolve().parent / "scale_worker.py"
 SIZES = (1_000_000, 4_000_000, 16_000_000, 32_000_000)
 FIRST_STAGE = {"scann": {"neighbors": 64, "leaves": 20, "refine": 64},
-               "ivf": {"neighbors": 64, "leaves": 32, "refine": 64}}
+               "ivf": {"neighbors": 64, "leaves": 8, "refine": 64}}
 # Rows per size and backend: the search effort of the first stage; ScaNN: `leaves` ScaNN
 # leaves per shard or for the whole index (⌈leaves / shards⌉ per shard); IVF: `leaves` cells
 # per query token over the whole index. None / key: where the serve step reports it.

@@ -74,8 +74,11 @@ def test_lists_hold_every_row_once_and_decode_within_half_a_step(n, dim, cells, 
 
 
 @pytest.mark.parametrize("coarse_min", [10**9, 8])
-def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatch, coarse_min):
+@pytest.mark.parametrize("shared", [1, 10**9])  # every chunk cell by cell / token by token
+def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatch, coarse_min,
+                                                                      shared):
   monkeypatch.setattr(ivf, "COARSE_MIN", coarse_min)
+  monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", shared)
   parts, bases, labels, vectors = [], [], [], []
   base = 0
   for seed, n in ((1, 700), (2, 500), (3, 300)):
@@ -104,13 +107,19 @@ def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatc
   assert allowed[got].all()
 
 
-def test_few_cells_find_most_of_the_exact_neighbours_and_fill_k():
+def test_few_cells_find_most_of_the_exact_neighbours_and_fill_k(monkeypatch):
   x = _clustered(20_000, 32, 4, clusters=200)
   lists = ivf.build_lists(x, np.arange(len(x)), ivf.ivf_settings(len(x)))
   index = ivf.IvfIndex([lists], label="rows")
   rng = np.random.default_rng(5)
   q = _unit(x[rng.integers(0, len(x), 100)] + 0.2 * rng.normal(size=(100, 32)))
-  rows, _ = index.search(q, 50, cells_to_search=8)
+  rows, scores = index.search(q, 50, cells_to_search=8)
+  # Both ways of scoring a chunk give the same results.
+  for shared in (1, 10**9):
+    monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", shared)
+    again, again_scores = index.search(q, 50, cells_to_search=8)
+    np.testing.assert_allclose(again_scores, scores, atol=1e-5)
+    assert np.mean(again == rows) >= 0.99
   exact = np.argsort(-(q @ x.T), axis=1)[:, :50]
   recall = np.mean([len(set(r) & set(e)) / 50 for r, e in zip(rows, exact)])
   assert recall >= 0.9, recall

@@ -18,11 +18,14 @@ memory is the centroids plus the list pages the queries touch.
 
 A query token's score with a stored token is q · c + scale · (q · code): the centroid score
 computed once per probed cell plus the residual's. The search probes the `cells_to_search`
-cells of highest q · c among the cells of *all* shards together (`IvfLists`), so its cost is
+cells of highest q · c among the cells of *all* shards together (`IvfIndex`), so its cost is
 set by that absolute number of cells and the cell size, not by the number of shards or
-tokens. With many cells in all (more than `COARSE_MIN`), the centroids are themselves grouped
-by k-means at load time into about √C groups and a query token scores only the centroids of
-its `GROUPS_TO_SEARCH` best groups, so choosing the cells stays sub-linear too.
+tokens. Where the query tokens of a chunk share cells (a small index, a large batch), each
+distinct cell is scored once against all its tokens; otherwise each token's cells are gathered
+and scored by one matrix-vector product. With many cells in all (more than `COARSE_MIN`), the
+centroids are themselves grouped by k-means at load time into about √C groups and a query
+token scores only the centroids of its `GROUPS_TO_SEARCH` best groups, so choosing the cells
+stays sub-linear too.
 
 Builds are deterministic: the k-means sample and the initial centres come from a fixed seed,
 so a shard's files are a function of its tokens and settings (up to the floating-point
@@ -43,7 +46,7 @@ from aligner_jax.index import shard_search
 
 SUBDIR = "ivf"
 CELL_SIZE = 256  # tokens per cell when num_cells is not given
-CELLS_TO_SEARCH = 32  # cells probed per query token over the whole index, by default
+CELLS_TO_SEARCH = 8  # cells probed per query token over the whole index, by default
 TRAINING_ITERATIONS = 8
 # The k-means sample: at least this many tokens, and at least SAMPLE_PER_CELL per cell.
 TRAINING_SAMPLE_SIZE = 100_000
@@ -51,6 +54,9 @@ SAMPLE_PER_CELL = 32
 # Above this many cells in all, the cells are chosen through a coarse level of groups.
 COARSE_MIN = 8192
 GROUPS_TO_SEARCH = 24
+# A chunk whose query tokens choose each cell this many times on average is scored cell by
+# cell (each cell's codes converted once for all its tokens), otherwise token by token.
+SHARED_CELL_TOKENS = 2
 _SEED = 0
 _BLOCK = 8192  # rows scored against the centroids at a time (bounds memory)
 # Query tokens searched at a time: the more tokens share a cell, the fewer times each cell's
@@ -266,6 +272,16 @@ def _flat_rows(found: np.ndarray, pair_start: np.ndarray, item_start: np.ndarray
   return item_start[item[pair]] + (found - pair_start[pair])
 
 
+def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
+  """Positions of the k highest of `scores` [n], best first, lower position first among
+  equal scores (as `_segment_top_k` orders them)."""
+  if k < len(scores):
+    part = np.sort(np.argpartition(-scores, k - 1)[:k])
+  else:
+    part = np.arange(len(scores))
+  return part[np.argsort(-scores[part], kind="stable")]
+
+
 def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
   """[t, min(k, n)] column indices of each row's k highest `scores` [t, n], unordered."""
   k = min(k, scores.shape[1])
@@ -327,6 +343,8 @@ class IvfIndex:
     self.part_base = part_base.astype(np.int64)
     self.cell_start = self.cell_local_start + self.part_base[self.cell_part]
     self.cell_scale = np.array([x.scale for x in self.lists], np.float32)[self.cell_part]
+    # Plain views of the mapped codes: slicing a np.memmap costs a Python object of its own.
+    self._codes = [np.asarray(x.codes) for x in self.lists]
     self.size = int(part_base[-1])
     self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
 
@@ -347,6 +365,10 @@ class IvfIndex:
 
   def _labels(self, flat_rows: np.ndarray) -> np.ndarray:
     """Label of global list positions `flat_rows` (one gather per part, not per row)."""
+    if len(self.lists) == 1:
+      x = self.lists[0]
+      return (x.rows if self.label == "rows" else x.documents)[flat_rows].astype(np.int64) + (
+          0 if self.label == "rows" else self.doc_base[0])
     out = np.empty(len(flat_rows), np.int64)
     part = np.searchsorted(self.part_base, flat_rows, side="right") - 1
     for p in np.unique(part):
@@ -359,13 +381,49 @@ class IvfIndex:
     return out
 
   def _block(self, cell: int) -> np.ndarray:
-    x = self.lists[self.cell_part[cell]]
     start = self.cell_local_start[cell]
-    return x.codes[start:start + self.cell_size[cell]].astype(np.float32)
+    return self._codes[self.cell_part[cell]][start:start + self.cell_size[cell]].astype(
+        np.float32)
 
   def _search_chunk(self, queries: np.ndarray, k: int, cells_to_search: int,
                     allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     cells, centre_scores = self._choose_cells(queries, cells_to_search)
+    chosen = cells[cells >= 0]
+    if len(np.unique(chosen)) * SHARED_CELL_TOKENS > len(chosen):
+      return self._search_by_token(queries, cells, centre_scores, k, allowed)
+    return self._search_by_cell(queries, cells, centre_scores, k, allowed)
+
+  def _search_by_token(self, queries: np.ndarray, cells: np.ndarray,
+                       centre_scores: np.ndarray, k: int,
+                       allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each query token's chosen cells gathered and scored by one matrix-vector product:
+    the path when few tokens share a cell, whose cost does not grow with the cells in all."""
+    labels = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    for t in range(len(queries)):
+      mine = cells[t] >= 0
+      c, bias = cells[t][mine], centre_scores[t][mine]
+      if not len(c):
+        continue
+      size = self.cell_size[c]
+      codes = np.concatenate([self._codes[part][start:start + n] for part, start, n in
+                              zip(self.cell_part[c].tolist(), self.cell_local_start[c].tolist(),
+                                  size.tolist())])
+      flat = (codes.astype(np.float32) @ queries[t]) * np.repeat(self.cell_scale[c], size)
+      flat += np.repeat(bias, size)
+      rows = np.repeat(self.cell_start[c] - np.cumsum(size) + size, size) + np.arange(len(flat))
+      if allowed is not None:
+        flat[~allowed[self._labels(rows)]] = -np.inf
+      best = _top_positions(flat, k)
+      best = best[np.isfinite(flat[best])]
+      scores[t, :len(best)] = flat[best]
+      labels[t, :len(best)] = self._labels(rows[best])
+    return labels, scores
+
+  def _search_by_cell(self, queries: np.ndarray, cells: np.ndarray, centre_scores: np.ndarray,
+                      k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct chosen cell scored once against every query token that chose it: the
+    path when many tokens share cells (small indexes, large batches)."""
     t, p = cells.shape
     chosen = cells.ravel() >= 0
     tok = np.repeat(np.arange(t), p)
