@@ -13,7 +13,8 @@ from aligner_jax.index import from_padded
 
 DIM = 16
 CONFIGS = {"exact": IndexConfig(backend="exact"),
-           "scann": IndexConfig(backend="scann", reorder="float32")}
+           "scann": IndexConfig(backend="scann", reorder="float32"),
+           "ivf": IndexConfig(backend="ivf")}
 
 
 def _clustered(rng, count: int, max_len: int, centres: np.ndarray):

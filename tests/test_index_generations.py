@@ -65,7 +65,7 @@ def _assert_sound(directory):
       verify_index(directory)
 
 
-@pytest.mark.parametrize("backend", ["exact", "scann"])
+@pytest.mark.parametrize("backend", ["exact", "scann", "ivf"])
 def test_build_then_add_equals_a_build_of_the_union(tmp_path, backend):
   a, b = corpus(150, seed=1), corpus(150, seed=2, first=150)
   directory = _built(tmp_path, a, backend)
@@ -86,7 +86,7 @@ def test_build_then_add_equals_a_build_of_the_union(tmp_path, backend):
   _assert_sound(directory)
 
 
-@pytest.mark.parametrize("backend", ["exact", "scann"])
+@pytest.mark.parametrize("backend", ["exact", "scann", "ivf"])
 def test_deleted_documents_never_come_back_and_k_results_remain(tmp_path, backend):
   store = corpus(300, seed=3)
   directory = _built(tmp_path, store, backend)
@@ -106,7 +106,7 @@ def test_deleted_documents_never_come_back_and_k_results_remain(tmp_path, backen
   _assert_sound(directory)
 
 
-@pytest.mark.parametrize("backend", ["exact", "scann"])
+@pytest.mark.parametrize("backend", ["exact", "scann", "ivf"])
 def test_filters_return_only_matching_documents_and_k_of_them(tmp_path, backend):
   store = corpus(300, seed=4)
   directory = _built(tmp_path, store, backend)
