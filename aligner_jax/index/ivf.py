@@ -343,8 +343,15 @@ class IvfIndex:
     self.part_base = part_base.astype(np.int64)
     self.cell_start = self.cell_local_start + self.part_base[self.cell_part]
     self.cell_scale = np.array([x.scale for x in self.lists], np.float32)[self.cell_part]
-    # Plain views of the mapped codes: slicing a np.memmap costs a Python object of its own.
+    # Plain views of the mapped arrays (slicing a np.memmap costs a Python object of its
+    # own) and Python lists of the cells' places, for the token-by-token path.
     self._codes = [np.asarray(x.codes) for x in self.lists]
+    self._own_labels = [np.asarray(x.rows if label == "rows" else x.documents)
+                        for x in self.lists]
+    self._label_base = (np.zeros(len(self.lists), np.int64) if label == "rows"
+                        else self.doc_base)
+    self._cell_lists = (self.cell_part.tolist(), self.cell_local_start.tolist(),
+                        self.cell_size.tolist())
     self.size = int(part_base[-1])
     self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
 
@@ -366,18 +373,13 @@ class IvfIndex:
   def _labels(self, flat_rows: np.ndarray) -> np.ndarray:
     """Label of global list positions `flat_rows` (one gather per part, not per row)."""
     if len(self.lists) == 1:
-      x = self.lists[0]
-      return (x.rows if self.label == "rows" else x.documents)[flat_rows].astype(np.int64) + (
-          0 if self.label == "rows" else self.doc_base[0])
+      return self._own_labels[0][flat_rows].astype(np.int64) + self._label_base[0]
     out = np.empty(len(flat_rows), np.int64)
     part = np.searchsorted(self.part_base, flat_rows, side="right") - 1
     for p in np.unique(part):
       at = np.flatnonzero(part == p)
       local = flat_rows[at] - self.part_base[p]
-      if self.label == "rows":
-        out[at] = self.lists[p].rows[local]
-      else:
-        out[at] = self.lists[p].documents[local].astype(np.int64) + self.doc_base[p]
+      out[at] = self._own_labels[p][local].astype(np.int64) + self._label_base[p]
     return out
 
   def _block(self, cell: int) -> np.ndarray:
@@ -400,24 +402,25 @@ class IvfIndex:
     the path when few tokens share a cell, whose cost does not grow with the cells in all."""
     labels = np.full((len(queries), k), -1, np.int64)
     scores = np.full((len(queries), k), -np.inf, np.float32)
+    part_of, start_of, size_of = self._cell_lists
     for t in range(len(queries)):
       mine = cells[t] >= 0
       c, bias = cells[t][mine], centre_scores[t][mine]
       if not len(c):
         continue
+      spans = [(part_of[x], start_of[x], start_of[x] + size_of[x]) for x in c.tolist()]
       size = self.cell_size[c]
-      codes = np.concatenate([self._codes[part][start:start + n] for part, start, n in
-                              zip(self.cell_part[c].tolist(), self.cell_local_start[c].tolist(),
-                                  size.tolist())])
+      codes = np.concatenate([self._codes[p][a:b] for p, a, b in spans])
       flat = (codes.astype(np.float32) @ queries[t]) * np.repeat(self.cell_scale[c], size)
       flat += np.repeat(bias, size)
-      rows = np.repeat(self.cell_start[c] - np.cumsum(size) + size, size) + np.arange(len(flat))
+      own = np.concatenate([self._own_labels[p][a:b] for p, a, b in spans]).astype(np.int64)
+      own += np.repeat(self._label_base[self.cell_part[c]], size)
       if allowed is not None:
-        flat[~allowed[self._labels(rows)]] = -np.inf
+        flat[~allowed[own]] = -np.inf
       best = _top_positions(flat, k)
       best = best[np.isfinite(flat[best])]
       scores[t, :len(best)] = flat[best]
-      labels[t, :len(best)] = self._labels(rows[best])
+      labels[t, :len(best)] = own[best]
     return labels, scores
 
   def _search_by_cell(self, queries: np.ndarray, cells: np.ndarray, centre_scores: np.ndarray,
