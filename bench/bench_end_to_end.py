@@ -31,9 +31,9 @@ with PyLate's settings takes minutes).
 With `--head PATH.npz` (`--head-kind`, `--head-dim`) every pipeline that reads vectors runs on
 the cached vectors mapped through a trained frozen-encoder head instead (R4's 128-d ColBERT
 projection of docs/reproduction.md by default): `bench.head_vectors` writes them once as an
-encode cache of their own under `<work-dir>/head-<head file stem>/` (with the
-indexes and runs built on them), and the rows are named with a suffix saying so (`plaid_colbert128`, ...;
-BM25 reads no vectors and keeps its name).
+encode cache of their own under `<work-dir>/head-<head file stem>/` (with the indexes and runs
+built on them), and the rows are named with a suffix saying so (`plaid_colbert128`, ...; BM25
+reads no vectors and keeps its name).
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
