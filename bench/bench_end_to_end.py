@@ -29,6 +29,12 @@ cache, so encoding is excluded (it is measured by bench_encoder.py and reported 
                        follows the documents it fully scores
 PLAID pipelines are timed on the first `--plaid-timed-queries` queries (a pass over all 300
 with PyLate's settings takes minutes).
+With `--head PATH.npz` (`--head-kind`, `--head-dim`) every pipeline that reads vectors runs on
+the cached vectors mapped through a trained frozen-encoder head instead (R4's 128-d ColBERT
+projection of docs/reproduction.md by default): `bench.head_vectors` writes them once as an
+encode cache of their own under `<work-dir>/head-<head file stem>/` (with the indexes and runs
+built on them), and the rows are named with a suffix saying so (`plaid_colbert128`, ...; BM25
+reads no vectors and keeps its name).
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
@@ -47,6 +53,7 @@ row records exactly why.
   python -m bench.bench_end_to_end [--quick] [--encoded-dir /work/cache/minilm/scifact]
       [--pipelines bm25,aligner_jax_rerank,...] [--max-queries 0] [--timed-queries 300]
       [--num-neighbors 128] [--leaves-to-search 40] [--num-refine 64] [--runs 5]
+      [--head runs/frozen/heads/colbert-seed0-<key>.npz --keep-other-rows]
 """
 
 import argparse
@@ -69,6 +76,7 @@ import numpy as np
 from aligner_jax.io import atomic_write
 from aligner_jax.io import write_json
 from bench import harness
+from bench import head_vectors
 
 PIPELINES = ("bm25", "aligner_jax_rerank", "pylate_rerank", "aligner_jax_index",
              "aligner_jax_index_xtr", "aligner_jax_ivf_xtr", "aligner_jax_exact", "plaid",
@@ -79,6 +87,7 @@ FRAMEWORK = {"bm25": "numpy", "aligner_jax_rerank": "jax", "pylate_rerank": "tor
              "plaid_fast": "torch", "plaid_faster": "torch", "plaid_fastest": "torch"}
 # Run by the peer virtualenv's python.
 PEER_PIPELINES = ("pylate_rerank", "plaid", "plaid_fast", "plaid_faster", "plaid_fastest")
+VECTOR_FREE = ("bm25",)  # pipelines that read no token vectors (named alike with --head)
 DEPTH = 100  # BM25 candidates re-ranked, and documents PyLate's PLAID returns
 TOP_N = 1000  # documents the token index returns (R@1000 in the project README)
 LENGTH = 256  # tokens per document and query in the encode cache
@@ -455,6 +464,12 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   return result
 
 
+def row_name(pipeline: str, suffix: str) -> str:
+  """The result row's name of `pipeline` run on vectors named by `suffix` ("" for MiniLM's
+  own, `head_vectors.head_suffix` for a head's)."""
+  return pipeline if pipeline in VECTOR_FREE else f"{pipeline}{suffix}"
+
+
 def _keep_rows(table: harness.TableRun, path: pathlib.Path, rerun: list[str]) -> None:
   """Copies into `table` the rows of `path` whose pipeline is not in `rerun`, noting their
   run's start time (a table written by an earlier invocation with other pipelines)."""
@@ -498,6 +513,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--ivf-cells", type=int, default=IVF_CELLS,
                       help="IVF cells searched per query token (aligner_jax_ivf_xtr)")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
+  head_vectors.add_head_args(
+      parser, "the pipelines run on the mapped vectors (written once under the work dir) and "
+              "their rows are named <pipeline>_<kind><dim>")
   harness.add_results_dir_arg(parser)
   parser.add_argument("--no-report", action="store_true")
   parser.add_argument("--keep-other-rows", action="store_true",
@@ -517,6 +535,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "with manifest.json); regenerate it with the encode command in "
                    "bench/README.md")
   work = pathlib.Path(args.work_dir)
+  suffix = ""
+  if args.head:
+    # The head's own work dir: its ScaNN index, runs and logs never mix with MiniLM's.
+    work = work / f"head-{pathlib.Path(args.head).stem}"
+    encoded = head_vectors.write_head_cache(
+        encoded, args.head, args.head_kind, args.head_dim, work / "vectors",
+        log=lambda m: print(f"[end_to_end] {m}", file=sys.stderr, flush=True))
+    suffix = head_vectors.head_suffix(args.head_kind, args.head_dim)
   work.mkdir(parents=True, exist_ok=True)
   queries = judged_queries(pathlib.Path(args.beir_dir))
   max_queries = args.max_queries or (64 if args.quick else 0)
@@ -537,7 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "end_to_end",
       f"BEIR SciFact test (the first {len(queries)} judged queries), all-MiniLM-L6-v2 "
       "token vectors "
-      f"(384-d, float16, cached; encoding excluded). ms/query: median of {args.runs} timed "
+      "(384-d, float16, cached; encoding excluded); pipelines named <pipeline>_<kind><dim> "
+      "run on the same vectors mapped through a head trained on them (their notes name it: "
+      f"R4's 128-d ColBERT projection for _colbert128). ms/query: median of {args.runs} timed "
       f"passes over the first {spec['timed_queries']} queries (exact search: the first "
       f"{spec['exact_timed_queries']}, PLAID: the first {spec['plaid_timed_queries']}) after "
       "an untimed pass over all (which also gives the metrics, pytrec_eval); first_stage_ms "
@@ -564,18 +592,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                for name, s in PLAID_SETTINGS.items()}}
   first_ms = None
   details = {}
+  vectors_note = (f"vectors: {pathlib.Path(args.head).name} ({args.head_kind} head, "
+                  f"{args.head_dim}-d) over the cached MiniLM vectors; " if args.head else "")
   if args.keep_other_rows:
-    _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json", names)
+    _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json",
+               [row_name(n, suffix) for n in names])
   for name in names:
     print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
     python = args.peer_python if name in PEER_PIPELINES else sys.executable
     res = _spawn(name, spec, work, args.timeout, python)
     row = {c: None for c in COLUMNS}
     timed = res.get("timed_queries", spec["timed_queries"])
-    row.update(pipeline=name, framework=FRAMEWORK[name], stages=stages[name],
-               status=res["status"], timed_queries=timed, runs=args.runs,
-               num_queries=len(queries), note=res.get("note") or res.get("error"),
-               build_s=res.get("build_s"))
+    note = res.get("note") or res.get("error")
+    row.update(pipeline=row_name(name, suffix), framework=FRAMEWORK[name],
+               stages=stages[name], status=res["status"], timed_queries=timed, runs=args.runs,
+               num_queries=len(queries), build_s=res.get("build_s"),
+               note=note if name in VECTOR_FREE else f"{vectors_note}{note}")
     if res["status"] == "ok":
       stats = harness.summarize(res["times_s"])
       per_q = 1e3 / timed
@@ -592,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["total_ms_per_query"] = first_ms + row["ms_per_query"]
       else:
         row["total_ms_per_query"] = row["ms_per_query"]
-    details[name] = res
+    details[row_name(name, suffix)] = res
     table.add(row)
   write_run(work / "details.json", details)  # every timing and worker record, outside the repo
   record = table.write(pathlib.Path(args.results_dir), notes=[
@@ -602,7 +634,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "PyLate and PLAID run in their own bench-only virtualenv (torch 2.11.0, fast-plaid "
       f"1.7.0.2110, pylate 1.6.0; {args.peer_python}), {PEER_THREADS} torch threads, never "
       "mixed with JAX"],
-      extra={"encoded_dir": str(encoded), "fast first stage": xtr})
+      extra={"encoded_dir": str(encoded), "fast first stage": xtr,
+             **({"head": str(args.head)} if args.head else {})})
   if not args.no_report:
     from bench import report  # pylint: disable=g-import-not-at-top
     report.write_plot(record, pathlib.Path(args.results_dir) / "end_to_end.png")

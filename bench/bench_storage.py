@@ -54,6 +54,7 @@ import time
 import numpy as np
 
 from bench import harness
+from bench import head_vectors
 from bench import minilm_vectors
 
 DEFAULT_ENCODED_DIR = "/work/cache/minilm/scifact"
@@ -160,26 +161,6 @@ def load_inputs(args) -> tuple:
   return corpus, queries, qrels, label, pool
 
 
-def apply_head(npz_path: str, kind: str, dim: int, corpus, queries) -> tuple:
-  """The corpus and queries mapped through a head trained on the frozen vectors
-  (`repro.frozen`, e.g. R4's ColBERT projection or R2's ALIGNER head): [T, dim] float16
-  token vectors, with the head's saliences when it has them. Token ids are kept (IDF proxy)."""
-  from repro.frozen import head_eval as frozen_eval
-  from repro.frozen import heads
-  from repro.frozen import trained_heads as store
-  npz = pathlib.Path(npz_path)
-  loaded = store.load_head(npz, npz.with_suffix(".json"))
-  if loaded is None:
-    raise SystemExit(f"{npz}: no trained head there (the .npz and its .json history are both "
-                     "needed; heads are written by the gin/experiments/repro_r* jobs)")
-  params, _ = loaded
-  config = heads.HeadConfig(kind=kind, projection_dim=dim)
-  module = heads.build_module(config)
-  mapped = frozen_eval.head_store(module, params, corpus, doc_length=ENCODED_LENGTH)
-  mapped = dataclasses.replace(mapped, token_ids=corpus.token_ids)
-  return mapped, frozen_eval.head_queries(module, params, queries)
-
-
 def measure(corpus, queries, qrels, pool, fmt: str, ratio: float, *,
             pq_sample_size: int = 16_384) -> tuple[dict, bool]:
   """Builds, saves and evaluates one configuration; returns its table row (bytes per token)
@@ -233,11 +214,7 @@ def main(argv=None) -> int:
   parser.add_argument("--exhaustive", action="store_true",
                       help="refine every document (default: the BM25 ∪ dense top-100 pool)")
   parser.add_argument("--name", default="storage", help="result name (storage*.json)")
-  parser.add_argument("--head", default=None,
-                      help="a trained frozen-encoder head (.npz with its .json beside it) that "
-                           "maps the cached vectors first; the candidate pool stays MiniLM's")
-  parser.add_argument("--head-kind", default="colbert", choices=("colbert", "aligner"))
-  parser.add_argument("--head-dim", type=int, default=128, help="the head's projection width")
+  head_vectors.add_head_args(parser, "the candidate pool stays MiniLM's")
   parser.add_argument("--pq-sample-size", type=int, default=16_384,
                       help="kept tokens sampled to train each PQ codebook")
   parser.add_argument("--resume", action="store_true",
@@ -257,7 +234,8 @@ def main(argv=None) -> int:
   corpus, queries, qrels, label, pool = load_inputs(args)
   vectors_from = "all-MiniLM-L6-v2 token vectors"
   if args.head:
-    corpus, queries = apply_head(args.head, args.head_kind, args.head_dim, corpus, queries)
+    corpus, queries = head_vectors.apply_head(args.head, args.head_kind, args.head_dim, corpus,
+                                              queries, doc_length=ENCODED_LENGTH)
     vectors_from = (f"all-MiniLM-L6-v2 token vectors through the trained {args.head_kind} head "
                     f"{pathlib.Path(args.head).name}")
   pruned_by = "the head's saliences"
