@@ -686,8 +686,12 @@ def test_auto_picks_the_cpu_kernel_where_it_computes_the_call(built_kernel):
       "align_scores", spec, *a, None, None, "auto", lead=1)[1]
   assert prepare("top_k:1", *args) == dispatch.NATIVE
   assert prepare("top_p:0.5", *args) == dispatch.NATIVE
-  for spec in ("da:k=2,eps=0.1", "cls", "me_bert:2", "top_k:33"):
+  for spec in ("da:k=2,eps=0.1", "cls", "me_bert:2"):
     assert prepare(spec, *args) == "fast", spec
+  assert prepare("top_k:33", *args) == dispatch.NATIVE  # 5 tokens: at most 5 per row
+  long = make_case(25, 2, 3, 3, 40)
+  long_args = (long["q"], long["q_mask"], long["d"], long["d_mask"])
+  assert prepare("top_k:33", *long_args) == "fast"
   with jax.enable_x64(True):
     wide = tuple(np.asarray(x, np.float64) if x.dtype == np.float32 else x for x in args)
     assert prepare("top_k:1", *wide) == "fast"
@@ -696,7 +700,7 @@ def test_auto_picks_the_cpu_kernel_where_it_computes_the_call(built_kernel):
   with pytest.raises(ValueError, match="does not compute alignment da"):
     alignment_lib.align_scores(*args, "da:k=2,eps=0.1", method="native")
   with pytest.raises(ValueError, match="more than 32 entries"):
-    alignment_lib.align_scores(*args, "top_k:33", method="native")
+    alignment_lib.align_scores(*long_args, "top_k:33", method="native")
 
 
 def test_missing_kernel_falls_back_once_or_fails_when_asked_for(monkeypatch, tmp_path):
