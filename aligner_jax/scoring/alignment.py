@@ -32,8 +32,10 @@ import re
 import jax
 import jax.numpy as jnp
 
+from aligner_jax.scoring import cpu_align
 from aligner_jax.scoring import dispatch
 from aligner_jax.scoring import fast_align
+from aligner_jax.scoring import native
 from aligner_jax.scoring import pallas_align
 from aligner_jax.scoring import salience as salience_lib
 from aligner_jax.scoring import selection
@@ -206,7 +208,7 @@ def pair_score_dense(q, q_mask, d, d_mask, alignment, *, q_salience=None, d_sali
   return similarity.sparse_alignment_score(s, a)
 
 
-METHODS = ("fast", "dense", "pallas")
+METHODS = ("fast", "dense", "pallas", dispatch.NATIVE)
 
 
 def _check_shapes(name, q, q_mask, d, d_mask, lead):
@@ -224,8 +226,15 @@ def _prepare(name, alignment, q, q_mask, d, d_mask, q_ids, d_ids, method, lead):
   alignment = Alignment.parse(alignment)
   _check_ids(alignment, q_ids, d_ids)
   _check_shapes(name, q, q_mask, d, d_mask, lead)
+  cpu_problem = cpu_align.unsupported(alignment, d.shape[-2], q, d)
   method = dispatch.resolve(method, xla="fast", allowed=METHODS,
-                            backends=dispatch.ALIGN_BACKENDS, name=name)
+                            backends=dispatch.ALIGN_BACKENDS, name=name,
+                            cpu_kernel=cpu_problem is None)
+  if method == dispatch.NATIVE:  # asked for explicitly, or "auto" found it built
+    if cpu_problem:
+      raise ValueError(f"{name}: method={method!r}: the CPU kernel does not compute "
+                       f"{cpu_problem}")
+    native.require()
   if method == "pallas" and similarity.score_dtype(q, d) == jnp.float64 and not (
       dispatch.interpret(dispatch.ALIGN_BACKENDS)):
     method = "fast"  # accelerators' kernels have no float64
@@ -233,7 +242,10 @@ def _prepare(name, alignment, q, q_mask, d, d_mask, q_ids, d_ids, method, lead):
 
 
 def _grouped(method, q, q_mask, u_q, d, d_mask, u_d, alignment, q_ids, d_ids, chunk_size):
-  """The fast XLA path or the Pallas kernel over groups (see `fast_align.grouped_scores`)."""
+  """The fast XLA path, the Pallas kernel or the CPU kernel over groups (see
+  `fast_align.grouped_scores`)."""
+  if method == dispatch.NATIVE:
+    return cpu_align.grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment)
   if method == "pallas":
     return pallas_align.grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment,
                                        q_ids=q_ids, d_ids=d_ids)
@@ -279,9 +291,11 @@ def align_scores(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Arra
     d_salience: [C, m] u^d, or None.
     q_ids: [B, n] int token ids (coil only).
     d_ids: [C, m] int token ids (coil only).
-    method: "auto" (the Pallas kernel on TPU / GPU without a multi-device mesh, else "fast";
-      `dispatch.resolve`), "fast" (chunked XLA, no Ã materialised for hard alignments), "pallas"
-      (`pallas_align`; interpret mode on CPU) or "dense" (explicit S, Ã, A; the reference).
+    method: "auto" (without a multi-device mesh: the Pallas kernel on TPU / GPU, the CPU kernel
+      on the CPU for the calls it computes when it is built, else "fast"; `dispatch.resolve`),
+      "fast" (chunked XLA, no Ã materialised for hard alignments), "pallas" (`pallas_align`;
+      interpret mode on CPU), "native" (`cpu_align`: top_k / top_p on the CPU) or "dense"
+      (explicit S, Ã, A; the reference).
     chunk_size: documents per chunk of the fast path (None = sized for ~1 MiB blocks).
   Returns:
     [B, C] float32 (float64 for float64 inputs), `[b, c]` = score of query b against document c.

@@ -1,19 +1,28 @@
-"""The one switch between the Pallas kernels and the XLA paths of the scorers.
+"""The one switch between the kernels and the XLA paths of the scorers.
 
-`method="auto"` (every scorer's default) resolves here, once, outside any jit: the Pallas kernels
-(`pallas_align.py`, `pallas_lite.py`) run when the default backend is one they are written for
-and no multi-device mesh is active (the kernels are not wrapped for sharded inputs, so under a
-mesh the XLA path keeps its partitioning); otherwise the XLA path runs. Asking for "pallas" on
-a backend without Pallas lowering (this project's CPU tests) runs the kernels in Pallas
-interpret mode, which is how they are tested against the NumPy references.
+`method="auto"` (every scorer's default) resolves here, once, outside any jit, when no
+multi-device mesh is active (the kernels are not wrapped for sharded inputs, so under a mesh the
+XLA path keeps its partitioning):
+  * the Pallas kernels (`pallas_align.py`, `pallas_lite.py`) when the default backend is one they
+    are written for;
+  * the compiled CPU kernel (`cpu_align.py`, "native") on the CPU backend, for the calls it
+    computes, when `make install` built it (`native.available()`; otherwise the XLA path runs
+    and the log says so once);
+  * the XLA path otherwise.
+An explicit method always runs that method. Asking for "pallas" on a backend without Pallas
+lowering (this project's CPU tests) runs the kernels in Pallas interpret mode, which is how they
+are tested against the NumPy references; asking for "native" without the built kernel, or for a
+call it does not compute, is an error.
 """
 
 import jax
 
 from aligner_jax import sharding
+from aligner_jax.scoring import native
 
 AUTO = "auto"
 PALLAS = "pallas"
+NATIVE = "native"
 # Backends each kernel is written for: the alignment kernel lowers through Mosaic (TPU) and
 # Triton (GPU); separable LITE's hidden widths (e.g. 2400) are not powers of two, which Triton
 # blocks must be, so it is TPU only.
@@ -22,21 +31,29 @@ LITE_BACKENDS = ("tpu",)
 
 
 def resolve(method: str, *, xla: str, allowed: tuple[str, ...], backends: tuple[str, ...],
-            name: str) -> str:
-  """The concrete method for `method`: "auto" becomes "pallas" or `xla` (see the docstring).
+            name: str, cpu_kernel: bool = False) -> str:
+  """The concrete method for `method`: "auto" becomes "pallas", "native" or `xla` (see the
+  docstring).
 
   Args:
     method: what the caller asked for.
     xla: the XLA method "auto" falls back to.
     allowed: the concrete methods the scorer has (including "pallas").
-    backends: default backends the scorer's kernel is written for.
+    backends: default backends the scorer's Pallas kernel is written for.
     name: the scorer's name, for the error message.
+    cpu_kernel: whether the CPU kernel computes this call (the scorer has one and supports the
+      call's alignment and dtypes).
   Returns:
     One of `allowed`.
   """
   if method == AUTO:
-    if jax.default_backend() in backends and sharding.active_mesh_size() <= 1:
+    if sharding.active_mesh_size() > 1:
+      return xla
+    backend = jax.default_backend()
+    if backend in backends:
       return PALLAS
+    if backend == "cpu" and cpu_kernel and NATIVE in allowed and native.available():
+      return NATIVE
     return xla
   if method not in allowed:
     raise ValueError(f"{name}: method must be one of {(AUTO,) + allowed}, got {method!r}")

@@ -30,6 +30,8 @@ per query (so candidates need no `vmap`, which would turn the rare-tie `lax.cond
     bounded by one chunk as well.
 """
 
+import functools
+
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -298,3 +300,31 @@ def grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None, d_i
   num, den = _map_chunks(block, chunk, num_d, {
       "d": d, "mask": d_mask, "u": u_d, "ids": d_ids if alignment.needs_token_ids else None})
   return jnp.transpose(similarity.safe_ratio(num, den), (1, 2, 0))
+
+
+def with_fast_gradients(forward):
+  """A kernel's `forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids)` -> [G, Bq, C]
+  with the gradients of this path: the backward pass recomputes the scores with
+  `grouped_scores` (rematerialised per chunk) and differentiates that, so a kernel's gradients
+  are those of the reference selection. `alignment` is static; masks and ids get no gradient.
+  """
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def scores(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
+    return forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids)
+
+  def scores_fwd(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
+    args = (q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids)
+    return forward(alignment, *args), args
+
+  def scores_bwd(alignment, args, grad):
+    q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids = args
+
+    def xla(q, u_q, d, u_d):
+      return grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, q_ids=q_ids, d_ids=d_ids)
+
+    _, vjp = jax.vjp(xla, q, u_q, d, u_d)
+    return vjp(grad) + (None, None, None, None)
+
+  scores.defvjp(scores_fwd, scores_bwd)
+  return scores

@@ -220,28 +220,7 @@ def _forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
   return out[:, :num_q, :num_d]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scores(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
-  return _forward(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids)
-
-
-def _scores_fwd(alignment, q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids):
-  args = (q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids)
-  return _forward(alignment, *args), args
-
-
-def _scores_bwd(alignment, args, grad):
-  q, u_q, d, u_d, q_mask, d_mask, q_ids, d_ids = args
-
-  def xla(q, u_q, d, u_d):
-    return fast_align.grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment,
-                                     q_ids=q_ids, d_ids=d_ids)
-
-  _, vjp = jax.vjp(xla, q, u_q, d, u_d)
-  return vjp(grad) + (None, None, None, None)
-
-
-_scores.defvjp(_scores_fwd, _scores_bwd)
+_scores = fast_align.with_fast_gradients(_forward)
 
 
 def grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment, *, q_ids=None,

@@ -1,7 +1,9 @@
 """aligner_jax's own scorers, called the way the library's retrieval and training code calls them.
 
-  align_candidates  `align_scores_candidates` (the chunked fast path) with the variant's spec;
+  align_candidates  `align_scores_candidates` with the variant's spec and method "auto" (on the
+                    CPU: the compiled kernel when it is built, else the chunked XLA path);
                     "salience" is top_k:1 with query and document saliences.
+  align_candidates_xla  the same through the chunked XLA path (method "fast"), to compare.
   lite              `similarity_for_lite` then the separable `LiteScorer` (LITE Eq. 3-4).
   knrm              `similarity_for_lite` then `knrm` (LITE App. A.5).
   align_candidates_direct  the same, called as the README shows it, without a `jax.jit` of
@@ -27,17 +29,23 @@ def _put(inputs: dict[str, np.ndarray], *names: str) -> list[jax.Array]:
   return [jax.device_put(inputs[name]) for name in names]
 
 
-def align_candidates(params: dict[str, Any], inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+def align_candidates(params: dict[str, Any], inputs: dict[str, np.ndarray],
+                     method: str = "auto") -> Callable[[], Any]:
   variant = params["variant"]
   spec = "top_k:1" if variant == "salience" else variant
   q, q_mask, d, d_mask = _put(inputs, "q", "q_mask", "d", "d_mask")
   if variant == "salience":
     q_sal, d_sal = _put(inputs, "q_sal", "d_sal")
     fn = jax.jit(lambda q, qm, d, dm, qs, ds: align_scores_candidates(
-        q, qm, d, dm, spec, q_salience=qs, d_salience=ds))
+        q, qm, d, dm, spec, q_salience=qs, d_salience=ds, method=method))
     return lambda: fn(q, q_mask, d, d_mask, q_sal, d_sal).block_until_ready()
-  fn = jax.jit(lambda q, qm, d, dm: align_scores_candidates(q, qm, d, dm, spec))
+  fn = jax.jit(lambda q, qm, d, dm: align_scores_candidates(q, qm, d, dm, spec, method=method))
   return lambda: fn(q, q_mask, d, d_mask).block_until_ready()
+
+
+def align_candidates_xla(params: dict[str, Any],
+                         inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+  return align_candidates(params, inputs, method="fast")
 
 
 def _similarity(q, q_mask, d, d_mask):
