@@ -10,8 +10,8 @@ lists, for analysis). The same seed gives byte-identical files; no third-party t
 Generative model (all words are pronounceable pseudo-words built from syllables):
   * Lexicon. 8 themes x 12 concepts; every concept is a synonym group of 3 surface words
     (paraphrases). Few concepts, each recurring often, so that the paraphrases can be learned
-    from the training queries: the relevant document of a training broad query names all
-    three surfaces of each of its four concepts, and with 8 x 12 concepts a concept is
+    from the training queries: a training broad query and its relevant document together
+    name two surfaces of each of its four concepts, and with 8 x 12 concepts a concept is
     named by about 15 training broad queries (24 x 30 gave 2.3, too few to learn from;
     docs/demo.md). 20 attributes (relations), also groups of 3 synonyms. 300 entities (proper
     names). 20 one-syllable filler words that carry no information.
@@ -21,8 +21,9 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
   * Documents (1,500), three kinds, each with filler words between content words:
       profile  (300, one per entity): the entity is named in every sentence (6-7 times), two
                facts about it, three concepts of the theme mentioned once;
-      focused  (600): four concepts of one theme, each discussed in depth (3 mentions, one in
-               each of its 3 surfaces), plus two facts about other entities (named once each);
+      focused  (600): four concepts of one theme, each discussed in depth (3 mentions: twice
+               in the surface its broad query uses, once in a synonym), plus two facts about
+               other entities (named once each);
       survey   (600, one led by each focused document): the leading document's four concepts,
                each named once in the surface its broad query uses, plus the concepts of two
                other focused documents of the theme (once, in a random surface), plus one fact.
@@ -32,13 +33,13 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
                document holding that fact. One strong match per query term decides it (top-1
                alignment); the entity's profile document names the entity many times and is
                the trap for aggregating many alignments (larger top-k) and for BM25.
-      broad    (600): the four concepts of a focused document, each in one of its surfaces.
-               Relevant: that focused document. The survey it leads names every query word
-               exactly once, as the focused document does, so the two tie under top-1 (and
-               under any exact term matching); other surveys name the concepts through
-               synonyms. Only a model that has learned the paraphrases sees the focused
-               document's two other mentions of each concept, and only aggregating several
-               alignments per query term (larger top-k / top-p) counts them.
+      broad    (600): the four concepts of a focused document, each in the surface the
+               document repeats. Relevant: that focused document. The survey it leads names
+               every query word once, so under top-1 (one match per query term) the two tie;
+               other surveys name the same concepts through synonyms and tie as well for a
+               model that has learned the paraphrases. Only aggregating several alignments
+               per query term (larger top-k / top-p) counts the focused document's repeated
+               mentions and ranks it first.
     Filler words make up about 40 % of the document words (like function words in real text);
     they match everything equally and are what query/document salience should learn to prune.
     Documents are 60-160 T5 tokens, queries under 40.
@@ -51,9 +52,9 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
     through the number of matches (the test still has them as distractors).
 
 With ideal token embeddings (synonyms share a vector; tests/test_data_demo.py) the test split of
-seed 0 gives MRR: factoid top-1 0.95 vs top-4 0.53; broad top-1 0.09 vs top-2 0.94; with filler
-tokens kept, factoid top-1 drops to 0.62; exact word matching reaches factoid 0.22 and broad
-0.56 with top-1 and 0.55 with top-4 (the leading survey ties: exact matching cannot see depth).
+seed 0 gives MRR: factoid top-1 0.95 vs top-4 0.51; broad top-1 0.09 vs top-2 0.94; with filler
+tokens kept, factoid top-1 drops to 0.63; exact word matching reaches factoid 0.23, and broad
+0.59 with top-1 (the leading survey ties) against 0.99 with top-4 (it counts the repeats).
 """
 
 import argparse
@@ -165,16 +166,19 @@ class _Writer:
 
 def _plan_documents(rng: random.Random) -> list[tuple[Any, ...]]:
   """(kind, theme, aspects, extra) per document: focused documents cover 4 concepts in depth,
-  each once in every one of its 3 surfaces, and fix the surface their broad query will use
-  per concept; each survey is led by one focused document, whose concepts it names once in
-  that query's surfaces, and adds the concepts of two other focused documents of the theme
-  (once, in a random surface); profiles describe one entity."""
+  each twice in the surface their broad query will use and once in a synonym; each survey is
+  led by one focused document, whose concepts it names once in that query's surfaces, and adds
+  the concepts of two other focused documents of the theme (once, in a random surface);
+  profiles describe one entity."""
   plans = []
   for theme in range(NUM_THEMES):
     for _ in range(FOCUSED_PER_THEME):
       aspects = rng.sample(range(CONCEPTS_PER_THEME), ASPECTS_PER_FOCUSED)
-      used = {a: rng.sample(range(SURFACES), SURFACES) for a in aspects}
       query = {a: rng.randrange(SURFACES) for a in aspects}
+      used = {}
+      for a in aspects:
+        other = rng.choice([s for s in range(SURFACES) if s != query[a]])
+        used[a] = rng.sample([query[a], query[a], other], 3)
       plans.append(("focused", theme, aspects, {"used": used, "query": query}))
   for theme in range(NUM_THEMES):
     members = [i for i, p in enumerate(plans) if p[0] == "focused" and p[1] == theme]
