@@ -83,7 +83,7 @@ def test_size_families_and_consistency(seed0):
 def test_command_prints_what_it_wrote(tmp_path, capsys):
   assert demo_lib.main(["--out", str(tmp_path / "d"), "--seed", "3"]) == 0
   out = capsys.readouterr().out
-  assert out.startswith(f"wrote {tmp_path / 'd'}: 1188 documents, ")
+  assert out.startswith(f"wrote {tmp_path / 'd'}: 1500 documents, ")
   assert "1500 queries (broad 600, factoid 900)" in out
 
 
@@ -195,6 +195,10 @@ def test_the_papers_ideas_matter_on_the_demo_collection(seed0):
   # Filler tokens blur everything: pruning them (salience) matters.
   with_filler = oracle.mrr(c, "test", 1)
   assert with_filler["factoid"] < top1["factoid"] - 0.2
-  # Exact term matching cannot bridge the paraphrases.
+  # Exact term matching cannot bridge the paraphrases (factoid). On broad queries one exact
+  # match per query term cannot see depth (the survey a focused document leads names each
+  # query word once, the document twice), counting several can.
   exact = oracle.mrr(c, "test", 1, drop_filler=True, exact=True)
-  assert exact["factoid"] < top1["factoid"] - 0.4 and exact["broad"] < 0.2
+  exact4 = oracle.mrr(c, "test", 4, drop_filler=True, exact=True)
+  assert exact["factoid"] < top1["factoid"] - 0.4
+  assert exact["broad"] < 0.7 and exact4["broad"] > exact["broad"] + 0.25

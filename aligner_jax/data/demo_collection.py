@@ -10,33 +10,36 @@ lists, for analysis). The same seed gives byte-identical files; no third-party t
 Generative model (all words are pronounceable pseudo-words built from syllables):
   * Lexicon. 8 themes x 12 concepts; every concept is a synonym group of 3 surface words
     (paraphrases). Few concepts, each recurring often, so that the paraphrases can be learned
-    from the training queries: a training broad query links all three surfaces of its four
-    concepts (its own and the two its document uses), and with 8 x 12 concepts a concept is
+    from the training queries: a training broad query and its relevant document together
+    name two surfaces of each of its four concepts, and with 8 x 12 concepts a concept is
     named by about 15 training broad queries (24 x 30 gave 2.3, too few to learn from;
     docs/demo.md). 20 attributes (relations), also groups of 3 synonyms. 300 entities (proper
     names). 20 one-syllable filler words that carry no information.
   * Facts are (entity, attribute, value) triples, written `Entity attribute value .`; each
     (entity, attribute) pair occurs in exactly one document. The value is a concept of the
     document's theme.
-  * Documents (1,188), three kinds, each with filler words between content words:
+  * Documents (1,500), three kinds, each with filler words between content words:
       profile  (300, one per entity): the entity is named in every sentence (6-7 times), two
                facts about it, three concepts of the theme mentioned once;
-      focused  (600): four concepts of one theme, each discussed in depth (3 mentions using 2 of
-               its 3 surfaces), plus two facts about other entities (named once each);
-      survey   (288, 36 per theme): the union of the concepts of three focused documents of
-               the same theme, each mentioned once, plus two facts.
+      focused  (600): four concepts of one theme, each discussed in depth (3 mentions: twice
+               in the surface its broad query uses, once in a synonym), plus two facts about
+               other entities (named once each);
+      survey   (600, one led by each focused document): the leading document's four concepts,
+               each named once in the surface its broad query uses, plus the concepts of two
+               other focused documents of the theme (once, in a random surface), plus one fact.
   * Queries (1,500), marked `metadata.family`:
       factoid  (900): "what is <attribute> of <Entity>" in pseudo-words -- a paraphrase of the
                attribute (another surface 80 % of the time) and the entity. Relevant: the one
                document holding that fact. One strong match per query term decides it (top-1
                alignment); the entity's profile document names the entity many times and is
                the trap for aggregating many alignments (larger top-k) and for BM25.
-      broad    (600): the four concepts of a focused document, each as a surface the document
-               does not use when one is left. Relevant: that focused document. The survey
-               documents containing the same concepts once tie with it under top-1; only
-               aggregating several alignments per query term (larger top-k / top-p) rewards the
-               document that discusses every aspect in depth. Exact term match is rarely
-               possible, so paraphrases must be learned from training data.
+      broad    (600): the four concepts of a focused document, each in the surface the
+               document repeats. Relevant: that focused document. The survey it leads names
+               every query word once, so under top-1 (one match per query term) the two tie;
+               other surveys name the same concepts through synonyms and tie as well for a
+               model that has learned the paraphrases. Only aggregating several alignments
+               per query term (larger top-k / top-p) counts the focused document's repeated
+               mentions and ranks it first.
     Filler words make up about 40 % of the document words (like function words in real text);
     they match everything equally and are what query/document salience should learn to prune.
     Documents are 60-160 T5 tokens, queries under 40.
@@ -44,12 +47,14 @@ Generative model (all words are pronounceable pseudo-words built from syllables)
     Hard negatives of a training query: for factoid, the entity's profile document, other
     documents naming the entity and documents with the same attribute; for broad, the
     focused documents of the same theme sharing most of its concepts. Not the survey
-    documents: they mention the query's own surface as often as a synonym, so as negatives
-    they teach that a word does not match itself (the test still has them as distractors).
+    documents: the leading one ties with the relevant document under top-1 by design, and as
+    a negative it would teach the encoder to tell them apart through context rather than
+    through the number of matches (the test still has them as distractors).
 
 With ideal token embeddings (synonyms share a vector; tests/test_data_demo.py) the test split of
-seed 0 gives MRR: factoid top-1 0.92 vs top-4 0.47; broad top-1 0.15 vs top-4 0.95; with filler
-tokens kept, factoid top-1 drops to 0.61; exact word matching reaches 0.23 / 0.004.
+seed 0 gives MRR: factoid top-1 0.95 vs top-4 0.51; broad top-1 0.09 vs top-2 0.94; with filler
+tokens kept, factoid top-1 drops to 0.63; exact word matching reaches factoid 0.23, and broad
+0.59 with top-1 (the leading survey ties) against 0.99 with top-4 (it counts the repeats).
 """
 
 import argparse
@@ -80,9 +85,10 @@ NUM_ENTITIES = 300
 NUM_FILLER = 20
 FOCUSED_PER_THEME = 75  # 600 focused documents
 ASPECTS_PER_FOCUSED = 4
-SURVEYS_PER_THEME = 36  # 288 survey documents over 3 focused documents each
+SURVEY_OTHERS = 2  # a survey: one leading focused document's concepts + two others'
 FACTS_PER_PROFILE = 2
-FACTS_PER_OTHER = 2
+FACTS_PER_FOCUSED = 2
+FACTS_PER_SURVEY = 1
 NUM_FACTOID_QUERIES = 900
 PARAPHRASE_PROB = 0.8
 FILLER_RATE = 0.35  # chance of (another) filler word before each content word
@@ -159,21 +165,31 @@ class _Writer:
 
 
 def _plan_documents(rng: random.Random) -> list[tuple[Any, ...]]:
-  """(kind, theme, aspects, extra) per document: focused documents cover 4 concepts in depth
-  with 2 of their 3 surfaces; surveys the union of three focused documents' concepts, once
-  each; profiles describe one entity."""
+  """(kind, theme, aspects, extra) per document: focused documents cover 4 concepts in depth,
+  each twice in the surface their broad query will use and once in a synonym; each survey is
+  led by one focused document, whose concepts it names once in that query's surfaces, and adds
+  the concepts of two other focused documents of the theme (once, in a random surface);
+  profiles describe one entity."""
   plans = []
   for theme in range(NUM_THEMES):
     for _ in range(FOCUSED_PER_THEME):
       aspects = rng.sample(range(CONCEPTS_PER_THEME), ASPECTS_PER_FOCUSED)
-      used = {a: rng.sample(range(SURFACES), 2) for a in aspects}
-      plans.append(("focused", theme, aspects, used))
+      query = {a: rng.randrange(SURFACES) for a in aspects}
+      used = {}
+      for a in aspects:
+        other = rng.choice([s for s in range(SURFACES) if s != query[a]])
+        used[a] = rng.sample([query[a], query[a], other], 3)
+      plans.append(("focused", theme, aspects, {"used": used, "query": query}))
   for theme in range(NUM_THEMES):
     members = [i for i, p in enumerate(plans) if p[0] == "focused" and p[1] == theme]
-    for s in range(SURVEYS_PER_THEME):
-      group = [members[(3 * s + j) % len(members)] for j in range(3)]
-      aspects = sorted({a for g in group for a in plans[g][2]})
-      plans.append(("survey", theme, aspects, {a: [rng.randrange(SURFACES)] for a in aspects}))
+    for lead in members:
+      others = rng.sample([m for m in members if m != lead], SURVEY_OTHERS)
+      surface = dict(plans[lead][3]["query"])
+      for m in others:
+        for a in plans[m][2]:
+          surface.setdefault(a, rng.randrange(SURFACES))
+      aspects = sorted(surface)
+      plans.append(("survey", theme, aspects, {a: [surface[a]] for a in aspects}))
   entity_theme = [rng.randrange(NUM_THEMES) for _ in range(NUM_ENTITIES)]
   for entity in range(NUM_ENTITIES):
     theme = entity_theme[entity]
@@ -211,7 +227,7 @@ class _DocumentWriter:
     rng, themes, entities = self.rng, self.lex["themes"], self.lex["entities"]
     order = list(range(len(plans)))
     rng.shuffle(order)
-    other_entities = list(range(NUM_ENTITIES)) * 6
+    other_entities = list(range(NUM_ENTITIES)) * 6  # 600 x 2 + 600 x 1 fact slots
     rng.shuffle(other_entities)
     for plan_index in order:
       kind, theme, aspects, extra = plans[plan_index]
@@ -227,14 +243,14 @@ class _DocumentWriter:
           sentences.append(self.writer.sentence([entities[entity]]))
         self.add(kind, theme, sentences, {"entity": entity, "aspects": aspects})
         continue
-      mentions = 3 if kind == "focused" else 1
+      surfaces = extra["used"] if kind == "focused" else extra
       for a in aspects:
-        surfaces = extra[a]
-        for m in range(mentions):
-          sentences.append(self.writer.sentence([themes[theme][a][surfaces[m % len(surfaces)]]]))
-      for _ in range(FACTS_PER_OTHER):
+        for s in surfaces[a]:
+          sentences.append(self.writer.sentence([themes[theme][a][s]]))
+      facts = FACTS_PER_FOCUSED if kind == "focused" else FACTS_PER_SURVEY
+      for _ in range(facts):
         sentences.append(self.fact(other_entities.pop(), theme, doc_index))
-      info = {"aspects": aspects, "surfaces": {a: extra[a] for a in aspects}}
+      info = {"aspects": aspects, "surfaces": {a: surfaces[a] for a in aspects}}
       if kind == "focused":
         info["plan"] = plan_index
       self.add(kind, theme, sentences, info)
@@ -257,11 +273,8 @@ def _make_queries(rng: random.Random, lex: dict[str, Any], writer: _Writer,
   for plan_index, plan in enumerate(plans):
     if plan[0] != "focused":
       continue
-    _, theme, aspects, used = plan
-    content = []
-    for a in rng.sample(aspects, len(aspects)):
-      unused = [s for s in range(SURFACES) if s not in used[a]]
-      content.append(themes[theme][a][rng.choice(unused or list(range(SURFACES)))])
+    _, theme, aspects, extra = plan
+    content = [themes[theme][a][extra["query"][a]] for a in rng.sample(aspects, len(aspects))]
     queries.append({"family": "broad", "text": writer.sentence(content).rstrip(" ."),
                     "doc": plan_to_doc[plan_index], "aspects": aspects, "theme": theme})
   rng.shuffle(queries)
