@@ -65,15 +65,20 @@ def repro_r1_frozen_head(*, data: FrozenData, head_name: str, head: HeadConfig,
                          sweep: Mapping[str, Sequence[Any]], head_cache: str,
                          dataset: r1_job.R1Dataset, output_json: str, figures_dir: str,
                          work_dir: str, retriever: str = "exact",
-                         figure_prefix: str = "r1_head") -> dict[str, Any]:
-  """R1 over the trained head's vectors -> `output_json` (+ .md) and two figures."""
+                         figure_prefix: str = "r1_head", seed: int = 0) -> dict[str, Any]:
+  """R1 over the trained head's vectors -> `output_json` (+ .md) and two figures.
+
+  The setting is chosen over `sweep` on seed 0's dev nDCG@10, as R4 chooses it; the head
+  evaluated is then trained (or read back) with `seed`.
+  """
   config = dataclasses.replace(train, objective="group", temperature=temperature)
   config, _ = experiments.select_on_dev(data, head_name, head, config, sweep, 0)
-  module, params, history = experiments.train_or_load(data, head_name, head, config, 0)
+  module, params, history = experiments.train_or_load(data, head_name, head, config, seed)
   export_head_cache(module, params, data, head_cache, split=dataset.split, key=history["key"])
   return r1_job.repro_r1(datasets=[dataclasses.replace(dataset, encoded_dir=head_cache)],
                          output_json=output_json, figures_dir=figures_dir, work_dir=work_dir,
                          retriever=retriever, figure_prefix=figure_prefix,
                          extra_setup={"head": dataclasses.asdict(head), "head_name": head_name,
+                                      "head_seed": seed,
                                       "head_training": dataclasses.asdict(config),
                                       "head_dev_ndcg@10": history.get("dev_ndcg@10")})
