@@ -71,7 +71,7 @@ _QUERY_CHUNK = 256
 VectorsFn = Callable[[np.ndarray], np.ndarray]  # rows [...] -> float32 [..., h]
 
 
-def _top_k_sorted(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_sorted(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Per query row: the k best (score desc, row asc) of candidate `rows` with `scores` [Q, C]."""
   k = min(k, scores.shape[1])
   if k < scores.shape[1]:
@@ -105,10 +105,10 @@ class ExactSearcher:
         block = self.vectors_fn(np.arange(start, stop))
         scores = q @ block.T  # [Qc, block]
         rows = np.broadcast_to(np.arange(start, stop), scores.shape)
-        r, s = _top_k_sorted(scores, rows, k)
+        r, s = top_k_sorted(scores, rows, k)
         best_rows.append(r)
         best_scores.append(s)
-      r, s = _top_k_sorted(np.concatenate(best_scores, 1), np.concatenate(best_rows, 1), k)
+      r, s = top_k_sorted(np.concatenate(best_scores, 1), np.concatenate(best_rows, 1), k)
       out_rows.append(r)
       out_scores.append(s)
     return np.concatenate(out_rows).astype(np.int64), np.concatenate(out_scores)
@@ -313,7 +313,7 @@ class ScannSearcher:
       vecs = self.vectors_fn(np.where(valid, r, 0))  # [c, pool, h]
       scores = np.einsum("cph,ch->cp", vecs, queries[i:i + 16])
       scores = np.where(valid, scores, -np.inf).astype(np.float32)
-      rr, ss = _top_k_sorted(scores, np.where(valid, r, -1), k)
+      rr, ss = top_k_sorted(scores, np.where(valid, r, -1), k)
       out_rows.append(rr)
       out_scores.append(ss)
     return _drop_missing(np.concatenate(out_rows), np.concatenate(out_scores))

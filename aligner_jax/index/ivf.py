@@ -43,6 +43,7 @@ import threadpoolctl
 
 from aligner_jax.index import files
 from aligner_jax.index import shard_search
+from aligner_jax.index.backends import top_k_sorted
 
 SUBDIR = "ivf"
 CELL_SIZE = 256  # tokens per cell when num_cells is not given
@@ -217,21 +218,10 @@ def _segment_top_k(scores: np.ndarray, seg_start: np.ndarray, seg_len: np.ndarra
     cols = np.arange(width)
     valid = cols[None, :] < length[:, None]
     pos = np.where(valid, start[:, None] + cols[None, :], 0)
-    s = np.where(valid, scores[pos], -np.inf)
-    kk = min(k, width)
-    if kk < width:
-      part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-      part.sort(axis=1)  # flat order among the kept, for the stable sort below
-    else:
-      part = np.broadcast_to(cols, s.shape)
-    best = np.take_along_axis(s, part, 1)
-    order = np.argsort(-best, axis=1, kind="stable")
-    part = np.take_along_axis(part, order, 1)
-    best = np.take_along_axis(best, order, 1)
-    found = np.take_along_axis(pos, part, 1)
+    found, best = top_k_sorted(np.where(valid, scores[pos], -np.inf), pos, k)
     ok = np.isfinite(best)
-    out_scores[lo:lo + len(start), :kk] = np.where(ok, best, -np.inf)
-    out_labels[lo:lo + len(start), :kk] = np.where(ok, found, -1)
+    out_scores[lo:lo + len(start), :found.shape[1]] = np.where(ok, best, -np.inf)
+    out_labels[lo:lo + len(start), :found.shape[1]] = np.where(ok, found, -1)
   return out_labels, out_scores
 
 
@@ -270,16 +260,6 @@ def _flat_rows(found: np.ndarray, pair_start: np.ndarray, item_start: np.ndarray
   their place in it (a pair scoring no rows shares its start with the next one)."""
   pair = np.searchsorted(pair_start, found, side="right") - 1
   return item_start[item[pair]] + (found - pair_start[pair])
-
-
-def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
-  """Positions of the k highest of `scores` [n], best first, lower position first among
-  equal scores (as `_segment_top_k` orders them)."""
-  if k < len(scores):
-    part = np.sort(np.argpartition(-scores, k - 1)[:k])
-  else:
-    part = np.arange(len(scores))
-  return part[np.argsort(-scores[part], kind="stable")]
 
 
 def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
@@ -331,7 +311,6 @@ class IvfIndex:
   def __init__(self, lists: Sequence[IvfLists], doc_base: Sequence[int] | None = None, *,
                label: str = "documents"):
     self.lists = list(lists)
-    self.label = label
     self.doc_base = np.asarray(doc_base if doc_base is not None else [0] * len(self.lists),
                                np.int64)
     self.centroids = np.concatenate([x.centroids for x in self.lists])
@@ -417,8 +396,8 @@ class IvfIndex:
       own += np.repeat(self._label_base[self.cell_part[c]], size)
       if allowed is not None:
         flat[~allowed[own]] = -np.inf
-      best = _top_positions(flat, k)
-      best = best[np.isfinite(flat[best])]
+      best, best_scores = top_k_sorted(flat[None], np.arange(len(flat))[None], k)
+      best = best[0][np.isfinite(best_scores[0])]
       scores[t, :len(best)] = flat[best]
       labels[t, :len(best)] = own[best]
     return labels, scores
