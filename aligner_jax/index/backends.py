@@ -48,6 +48,7 @@ import pathlib
 import re
 import sys
 import tempfile
+import threading
 import types
 from typing import Any, Callable, Iterator
 import zipfile
@@ -58,6 +59,7 @@ from aligner_jax import native_logs
 from aligner_jax.index import files
 
 REORDER_MODES = ("stored", "float32", "bfloat16", "int8", "none")
+_SCANN_IMPORT = threading.Lock()
 # Shards with fewer searched tokens are scanned exactly by ScaNN (the tail of a split can be
 # a handful of tokens, fewer than AH's 16 centres per block need).
 MIN_HASHED_POINTS = 64
@@ -186,6 +188,11 @@ def _scann_numpy():
   names that `__init__` binds apart from the TensorFlow ops (`ReorderType`, `ScannBuilder`,
   `scann_ops_pybind`); `import scann` elsewhere in the process then finds that module.
   """
+  with _SCANN_IMPORT:  # shards load in threads; the first import must happen once
+    return _scann_numpy_locked()
+
+
+def _scann_numpy_locked():
   if "scann" not in sys.modules:
     spec = importlib.util.find_spec("scann")
     if spec is None or not spec.submodule_search_locations:
