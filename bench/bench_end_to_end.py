@@ -34,7 +34,9 @@ the cached vectors mapped through a trained frozen-encoder head instead (R4's 12
 projection of docs/reproduction.md by default): `bench.head_vectors` writes them once as an
 encode cache of their own under `<work-dir>/head-<head file stem>/` (with the indexes and runs
 built on them), and the rows are named with a suffix saying so (`plaid_colbert128`, ...; BM25
-reads no vectors and keeps its name).
+reads no vectors and keeps its name). With `--alignment SPEC` (default top_k:1, MaxSim) the
+project's pipelines refine with that ALIGNER alignment instead (rows `<pipeline>_top_k2`, ...);
+the peers' rows keep their names (they only compute MaxSim).
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
@@ -54,6 +56,7 @@ row records exactly why.
       [--pipelines bm25,aligner_jax_rerank,...] [--max-queries 0] [--timed-queries 300]
       [--num-neighbors 128] [--leaves-to-search 40] [--num-refine 64] [--runs 5]
       [--head runs/frozen/heads/colbert-seed0-<key>.npz --keep-other-rows]
+      [--alignment top_k:2 --keep-other-rows]
 """
 
 import argparse
@@ -94,7 +97,7 @@ LENGTH = 256  # tokens per document and query in the encode cache
 DEFAULT_ENCODED = "/work/cache/minilm/scifact"
 DEFAULT_WORK = "/work/cache/bench_end_to_end"
 DEFAULT_PEER_PYTHON = os.environ.get("ALIGNER_BENCH_PEER_PYTHON", "/work/plaid-venv/bin/python")
-ALIGNMENT = "top_k:1"
+ALIGNMENT = "top_k:1"  # the default refinement alignment (`--alignment`): MaxSim
 # The fast first stage's settings, measured on SciFact (bench/sweep_first_stage.py).
 FAST_NEIGHBORS = 64
 FAST_LEAVES = 20
@@ -203,13 +206,14 @@ def _aligner_jax_rerank(spec: dict[str, Any]) -> dict[str, Any]:
   queries = inputs.load_encoded_queries(encoded / "queries-test", spec["queries"],
                                       query_length=LENGTH)
   first = read_run(pathlib.Path(spec["first_stage"]))
-  scorer = token_scorer(queries, store, alignment_pair_fn(ALIGNMENT))
+  scorer = token_scorer(queries, store, alignment_pair_fn(spec["alignment"]))
   run = rerank(first, scorer, depth=DEPTH)  # also compiles every shape the timed passes use
   timed = {q: first[q] for q in spec["queries"][:spec["timed_queries"]]}
   return {"run": run, "build_s": 0.0, "times_s": timed_passes(
       lambda: rerank(timed, scorer, depth=DEPTH), spec["runs"]),
-          "note": f"{ALIGNMENT} via align_scores_candidates, documents padded to multiples "
-                  "of 32 tokens; one jit per padded shape, compiled in the untimed pass"}
+          "note": f"{spec['alignment']} via align_scores_candidates, documents padded to "
+                  "multiples of 32 tokens; one jit per padded shape, compiled in the untimed "
+                  "pass"}
 
 
 def _pylate_import(spec: dict[str, Any]):
@@ -301,7 +305,7 @@ def _index_worker(spec: dict[str, Any], settings: dict[str, Any],
   def search(batch):
     cands = candidate_documents(index, batch, num_neighbors=settings["num_neighbors"],
                                 num_refine=settings["num_refine"], **search_options)
-    return cands, refine(index, batch, cands, ALIGNMENT, top_n=TOP_N)
+    return cands, refine(index, batch, cands, spec["alignment"], top_n=TOP_N)
 
   cands, results = search(queries)
   run = to_run(queries.ids, index.doc_ids, results)
@@ -343,15 +347,15 @@ def _aligner_jax_exact(spec: dict[str, Any]) -> dict[str, Any]:
   index, queries, _ = load_index_and_queries(spec)
 
   def search(batch):
-    return refine(index, batch, all_documents(index, batch), ALIGNMENT, top_n=TOP_N)
+    return refine(index, batch, all_documents(index, batch), spec["alignment"], top_n=TOP_N)
 
   run = to_run(queries.ids, index.doc_ids, search(queries))
   timed = queries.select(slice(0, spec["exact_timed_queries"]))
   search(timed)
   return {"run": run, "build_s": 0.0, "timed_queries": len(timed),
           "times_s": timed_passes(lambda: search(timed), spec["runs"]),
-          "note": f"every document refined with {ALIGNMENT} (the exact result of the token "
-                  f"index path); timed on the first {len(timed)} queries"}
+          "note": f"every document refined with {spec['alignment']} (the exact result of the "
+                  f"token index path); timed on the first {len(timed)} queries"}
 
 
 def _plaid_index(spec: dict[str, Any], doc_ids, doc_off, doc_vec):
@@ -464,10 +468,15 @@ def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float
   return result
 
 
-def row_name(pipeline: str, suffix: str) -> str:
+def row_name(pipeline: str, suffix: str, alignment: str = ALIGNMENT) -> str:
   """The result row's name of `pipeline` run on vectors named by `suffix` ("" for MiniLM's
-  own, `head_vectors.head_suffix` for a head's)."""
-  return pipeline if pipeline in VECTOR_FREE else f"{pipeline}{suffix}"
+  own, `head_vectors.head_suffix` for a head's); the project's pipelines scoring with another
+  `alignment` than MaxSim end in it too (`_top_k2` for "top_k:2", `_top_p0.015`)."""
+  if pipeline in VECTOR_FREE:
+    return pipeline
+  if alignment != ALIGNMENT and pipeline not in PEER_PIPELINES:
+    suffix += "_" + alignment.replace(":", "")
+  return f"{pipeline}{suffix}"
 
 
 def _keep_rows(table: harness.TableRun, path: pathlib.Path, rerun: list[str]) -> None:
@@ -512,6 +521,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="R, candidates refined per query by the fast first stage")
   parser.add_argument("--ivf-cells", type=int, default=IVF_CELLS,
                       help="IVF cells searched per query token (aligner_jax_ivf_xtr)")
+  parser.add_argument("--alignment", default=ALIGNMENT,
+                      help="the project's pipelines score with this alignment (rows of another "
+                           "than top_k:1 are named <pipeline>_<alignment>, e.g. _top_k2)")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
   head_vectors.add_head_args(
       parser, "the pipelines run on the mapped vectors (written once under the work dir) and "
@@ -543,6 +555,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoded, args.head, args.head_kind, args.head_dim, work / "vectors",
         log=lambda m: print(f"[end_to_end] {m}", file=sys.stderr, flush=True))
     suffix = head_vectors.head_suffix(args.head_kind, args.head_dim)
+  from aligner_jax.scoring.alignment import Alignment  # pylint: disable=g-import-not-at-top
+  alignment = str(Alignment.parse(args.alignment))
+  name_of = lambda pipeline: row_name(pipeline, suffix, alignment)  # noqa: E731
   work.mkdir(parents=True, exist_ok=True)
   queries = judged_queries(pathlib.Path(args.beir_dir))
   max_queries = args.max_queries or (64 if args.quick else 0)
@@ -555,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "queries": queries, "runs": args.runs, "timed_queries": timed_queries,
           "exact_timed_queries": min(args.exact_timed_queries, timed_queries), "xtr": xtr,
           "plaid_timed_queries": min(args.plaid_timed_queries, timed_queries),
-          "ivf": {**xtr, "leaves_to_search": args.ivf_cells},
+          "ivf": {**xtr, "leaves_to_search": args.ivf_cells}, "alignment": alignment,
           "first_stage": str(work / "bm25.result.run.json")}
   if any(p.endswith("rerank") for p in names) and "bm25" not in names:
     names.insert(0, "bm25")
@@ -576,18 +591,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
   from aligner_jax.eval import ir_metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
-  stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": "BM25 top-100 → MaxSim",
+  scoring = "MaxSim" if alignment == ALIGNMENT else alignment
+  stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": f"BM25 top-100 → {scoring}",
             "pylate_rerank": "BM25 top-100 → MaxSim",
-            "aligner_jax_index": f"ScaNN tokens (K′ = {OLD_NEIGHBORS}) → MaxSim refinement of "
+            "aligner_jax_index": f"ScaNN tokens (K′ = {OLD_NEIGHBORS}) → {scoring} refinement of "
                                  "every candidate",
             "aligner_jax_index_xtr": f"ScaNN tokens (K′ = {xtr['num_neighbors']}, "
                                      f"{xtr['leaves_to_search']} leaves) → XTR first-stage "
-                                     f"score → MaxSim refinement of the best "
+                                     f"score → {scoring} refinement of the best "
                                      f"{xtr['num_refine']}",
             "aligner_jax_ivf_xtr": f"IVF tokens (K′ = {xtr['num_neighbors']}, "
-                                   f"{args.ivf_cells} cells) → XTR first-stage score → MaxSim "
+                                   f"{args.ivf_cells} cells) → XTR first-stage score → {scoring} "
                                    f"refinement of the best {xtr['num_refine']}",
-            "aligner_jax_exact": "MaxSim refinement of every document",
+            "aligner_jax_exact": f"{scoring} refinement of every document",
             **{name: f"PLAID (fast-plaid, {s['n_full_scores']} documents fully scored)"
                for name, s in PLAID_SETTINGS.items()}}
   first_ms = None
@@ -596,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{args.head_dim}-d) over the cached MiniLM vectors; " if args.head else "")
   if args.keep_other_rows:
     _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json",
-               [row_name(n, suffix) for n in names])
+               [name_of(n) for n in names])
   for name in names:
     print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
     python = args.peer_python if name in PEER_PIPELINES else sys.executable
@@ -604,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row = {c: None for c in COLUMNS}
     timed = res.get("timed_queries", spec["timed_queries"])
     note = res.get("note") or res.get("error")
-    row.update(pipeline=row_name(name, suffix), framework=FRAMEWORK[name],
+    row.update(pipeline=name_of(name), framework=FRAMEWORK[name],
                stages=stages[name], status=res["status"], timed_queries=timed, runs=args.runs,
                num_queries=len(queries), build_s=res.get("build_s"),
                note=note if name in VECTOR_FREE else f"{vectors_note}{note}")
@@ -624,7 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["total_ms_per_query"] = first_ms + row["ms_per_query"]
       else:
         row["total_ms_per_query"] = row["ms_per_query"]
-    details[row_name(name, suffix)] = res
+    details[name_of(name)] = res
     table.add(row)
   write_run(work / "details.json", details)  # every timing and worker record, outside the repo
   record = table.write(pathlib.Path(args.results_dir), notes=[

@@ -128,6 +128,12 @@ def test_rows_on_head_vectors_are_named_for_them():
   assert e2e.row_name("aligner_jax_index_xtr", suffix) == "aligner_jax_index_xtr_colbert128"
   assert e2e.row_name("bm25", suffix) == "bm25"  # reads no vectors
   assert e2e.row_name("aligner_jax_exact", "") == "aligner_jax_exact"
+  # Another alignment names the project's rows only: the peers compute MaxSim whatever it is.
+  assert e2e.row_name("aligner_jax_exact", "", "top_k:2") == "aligner_jax_exact_top_k2"
+  assert e2e.row_name("aligner_jax_index_xtr", suffix, "top_p:0.015") == (
+      "aligner_jax_index_xtr_colbert128_top_p0.015")
+  assert e2e.row_name("plaid_fastest", "", "top_k:2") == "plaid_fastest"
+  assert e2e.row_name("bm25", "", "top_k:2") == "bm25"
 
 
 def test_keeping_other_rows_keeps_the_minilm_rows_of_a_rerun_pipeline(tmp_path):

@@ -12,6 +12,7 @@ from aligner_jax.index import build_token_index
 from aligner_jax.index import from_padded
 from aligner_jax.index import ivf
 from aligner_jax.index import load_index
+from aligner_jax.index import native
 from aligner_jax.index import save_index
 from aligner_jax.index import verify_index
 from tests.index_build_testlib import tree
@@ -73,12 +74,22 @@ def test_lists_hold_every_row_once_and_decode_within_half_a_step(n, dim, cells, 
   assert np.mean(residual > 127.5 * lists.scale) <= 0.01
 
 
+def _token_path(monkeypatch, how: str) -> None:
+  """Chunks searched cell by cell ("cell"), or token by token through the compiled scan
+  ("scan") or NumPy ("numpy")."""
+  monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", 1 if how == "cell" else 10**9)
+  if how == "numpy":
+    monkeypatch.setattr(native, "ivf_scan", lambda rows: None)
+  elif how == "scan" and native.ivf_scan() is None:
+    pytest.skip(f"{native.LIBRARY} is not built here ({native.BUILD_HINT})")
+
+
 @pytest.mark.parametrize("coarse_min", [10**9, 8])
-@pytest.mark.parametrize("shared", [1, 10**9])  # every chunk cell by cell / token by token
+@pytest.mark.parametrize("how", ["cell", "scan", "numpy"])
 def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatch, coarse_min,
-                                                                      shared):
+                                                                      how):
   monkeypatch.setattr(ivf, "COARSE_MIN", coarse_min)
-  monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", shared)
+  _token_path(monkeypatch, how)
   parts, bases, labels, vectors = [], [], [], []
   base = 0
   for seed, n in ((1, 700), (2, 500), (3, 300)):
@@ -107,6 +118,31 @@ def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatc
   assert allowed[got].all()
 
 
+@pytest.mark.parametrize("how", ["scan", "numpy"])
+def test_the_coarse_level_chooses_the_best_cells_of_the_groups_it_searches(monkeypatch, how):
+  _token_path(monkeypatch, how)
+  centroids = _clustered(3000, 16, 11, clusters=60)
+  coarse = ivf._Coarse(centroids)
+  groups = len(coarse.centres)
+  q = _clustered(50, 16, 12, clusters=60)
+  exact = q @ centroids.T
+  # Every group searched: the exact best cells by centroid score, best first.
+  cells, scores = coarse.cells(q, 7, groups)
+  want, want_scores = brute_force(exact, np.arange(len(centroids)), 7)
+  np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+  assert np.mean(cells == want) >= 0.99
+  # Some groups: the best cells among the members of each token's best groups only.
+  cells, scores = coarse.cells(q, 7, 3)
+  best_groups = np.argsort(-(q @ coarse.centres.T), axis=1)[:, :3]
+  group_of = np.empty(len(centroids), np.int64)
+  group_of[coarse.order] = np.repeat(np.arange(groups), np.diff(coarse.start))
+  for t in range(len(q)):
+    members = np.flatnonzero(np.isin(group_of, best_groups[t]))
+    order = np.argsort(-exact[t, members], kind="stable")[:7]
+    np.testing.assert_allclose(scores[t], exact[t, members[order]], atol=1e-5)
+    assert np.isin(cells[t], members).all()
+
+
 def test_few_cells_find_most_of_the_exact_neighbours_and_fill_k(monkeypatch):
   x = _clustered(20_000, 32, 4, clusters=200)
   lists = ivf.build_lists(x, np.arange(len(x)), ivf.ivf_settings(len(x)))
@@ -114,10 +150,11 @@ def test_few_cells_find_most_of_the_exact_neighbours_and_fill_k(monkeypatch):
   rng = np.random.default_rng(5)
   q = _unit(x[rng.integers(0, len(x), 100)] + 0.2 * rng.normal(size=(100, 32)))
   rows, scores = index.search(q, 50, cells_to_search=8)
-  # Both ways of scoring a chunk give the same results.
-  for shared in (1, 10**9):
-    monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", shared)
-    again, again_scores = index.search(q, 50, cells_to_search=8)
+  # Every way of scoring a chunk gives the same results.
+  for how in ("cell", "numpy", "scan")[:3 if native.ivf_scan() else 2]:
+    with monkeypatch.context() as patch:
+      _token_path(patch, how)
+      again, again_scores = index.search(q, 50, cells_to_search=8)
     np.testing.assert_allclose(again_scores, scores, atol=1e-5)
     assert np.mean(again == rows) >= 0.99
   exact = np.argsort(-(q @ x.T), axis=1)[:, :50]

@@ -24,8 +24,8 @@ tokens. Where the query tokens of a chunk share cells (a small index, a large ba
 distinct cell is scored once against all its tokens; otherwise each token's cells are gathered
 and scored by one matrix-vector product. With many cells in all (more than `COARSE_MIN`), the
 centroids are themselves grouped by k-means at load time into about √C groups and a query
-token scores only the centroids of its `GROUPS_TO_SEARCH` best groups, so choosing the cells
-stays sub-linear too.
+token scores the centroids of its best groups, as many as hold about `COARSE_MEMBERS` cells,
+so choosing the cells costs a fixed amount of work plus the √C group centres.
 
 Builds are deterministic: the k-means sample and the initial centres come from a fixed seed,
 so a shard's files are a function of its tokens and settings (up to the floating-point
@@ -42,6 +42,7 @@ import numpy as np
 import threadpoolctl
 
 from aligner_jax.index import files
+from aligner_jax.index import native
 from aligner_jax.index import shard_search
 from aligner_jax.index.backends import top_k_sorted
 
@@ -54,7 +55,10 @@ TRAINING_SAMPLE_SIZE = 100_000
 SAMPLE_PER_CELL = 32
 # Above this many cells in all, the cells are chosen through a coarse level of groups.
 COARSE_MIN = 8192
-GROUPS_TO_SEARCH = 24
+# Members (cells) of the best groups scored per query token: the groups searched are as many
+# as hold about this many cells (and at least 4 · cells_to_search), so the work of choosing
+# the cells stays the same as the index grows; only the √C group centres grow.
+COARSE_MEMBERS = 2048
 # A chunk whose query tokens choose each cell this many times on average is scored cell by
 # cell (each cell's codes converted once for all its tokens), otherwise token by token.
 SHARED_CELL_TOKENS = 2
@@ -270,6 +274,30 @@ def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
   return np.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
+def _scan(scan, queries: np.ndarray, cells: np.ndarray, centre_scores: np.ndarray, k: int,
+          allowed: np.ndarray | None, cell_arrays: tuple, part_arrays: tuple
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """The compiled scan (`native/ivf_scan.cc`): per query token [t, h] the k best rows of its
+  chosen cells [t, p] (labels [t, k] int64, -1 where fewer; scores [t, k], best first).
+  `cell_arrays`: each cell's (part int32, start int64, size int64, scale float32) [C];
+  `part_arrays`: the parts' (row pointers, label pointers, label base int64)."""
+  t, p = cells.shape
+  labels = np.empty((t, k), np.int64)
+  scores = np.empty((t, k), np.float32)
+  queries = np.ascontiguousarray(queries, np.float32)
+  cells = np.ascontiguousarray(cells, np.int64)
+  centre_scores = np.ascontiguousarray(centre_scores, np.float32)
+  mask = None if allowed is None else np.ascontiguousarray(allowed, bool).view(np.uint8)
+  ptr = native.pointer
+  num_cells = len(cell_arrays[0])
+  failed = scan(t, queries.shape[1], p, k, ptr(queries), ptr(cells), ptr(centre_scores),
+                num_cells, *map(ptr, cell_arrays), *map(ptr, part_arrays), ptr(mask),
+                ptr(labels), ptr(scores))
+  if failed:
+    raise ValueError(f"chosen cells outside the {num_cells} cells searched")
+  return labels, scores
+
+
 class _Coarse:
   """The centroids of all shards grouped by k-means (√C groups), to choose cells without
   scoring every centroid."""
@@ -282,12 +310,22 @@ class _Coarse:
     self.members = centroids[self.order]
     self.start = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=groups))])
     self.centres = centres
+    # The groups as the compiled scan reads them: one part (the members), scale 1.
+    self._scan_cells = (np.zeros(groups, np.int32), self.start[:-1].astype(np.int64),
+                        np.diff(self.start).astype(np.int64), np.ones(groups, np.float32))
+    self._labels = self.order.astype(np.int32)
+    self._scan_parts = (native.pointer_table([self.members]),
+                        native.pointer_table([self._labels]), np.zeros(1, np.int64))
 
   def cells(self, queries: np.ndarray, count: int,
             groups_to_search: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query token the `count` cells of highest score among its best groups' members:
     (cells [t, count] int64, -1 where fewer; scores [t, count])."""
     groups = _top_items(queries @ self.centres.T, groups_to_search)
+    scan = native.ivf_scan("float32")
+    if scan is not None:
+      return _scan(scan, queries, groups, np.zeros(groups.shape, np.float32), count, None,
+                   self._scan_cells, self._scan_parts)
     t = len(queries)
     tok = np.repeat(np.arange(t), groups.shape[1])
     item = groups.ravel()
@@ -324,15 +362,20 @@ class IvfIndex:
     self.cell_scale = np.array([x.scale for x in self.lists], np.float32)[self.cell_part]
     # Plain views of the mapped arrays (slicing a np.memmap costs a Python object of its
     # own) and Python lists of the cells' places, for the token-by-token path.
-    self._codes = [np.asarray(x.codes) for x in self.lists]
-    self._own_labels = [np.asarray(x.rows if label == "rows" else x.documents)
-                        for x in self.lists]
+    self._codes = [np.ascontiguousarray(x.codes, np.int8) for x in self.lists]
+    self._own_labels = [np.ascontiguousarray(x.rows if label == "rows" else x.documents,
+                                             np.int32) for x in self.lists]
     self._label_base = (np.zeros(len(self.lists), np.int64) if label == "rows"
                         else self.doc_base)
     self._cell_lists = (self.cell_part.tolist(), self.cell_local_start.tolist(),
                         self.cell_size.tolist())
     self.size = int(part_base[-1])
     self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
+    # What the compiled scan reads: the cells' places and the parts' mapped arrays in place.
+    self._scan_cells = (self.cell_part.astype(np.int32), self.cell_local_start.astype(np.int64),
+                        self.cell_size.astype(np.int64), self.cell_scale)
+    self._scan_parts = (native.pointer_table(self._codes),
+                        native.pointer_table(self._own_labels), self._label_base)
 
   @property
   def num_cells(self) -> int:
@@ -343,7 +386,8 @@ class IvfIndex:
     where the coarse level offered fewer; their scores [t, count])."""
     if self.coarse is not None and count < self.num_cells:
       groups = len(self.coarse.centres)
-      wanted = max(GROUPS_TO_SEARCH, math.ceil(4 * count * groups / self.num_cells))
+      members = max(COARSE_MEMBERS, 4 * count)
+      wanted = math.ceil(members * groups / self.num_cells)
       return self.coarse.cells(queries, count, min(groups, wanted))
     scores = queries @ self.centroids.T
     cells = _top_items(scores, count)
@@ -377,8 +421,13 @@ class IvfIndex:
   def _search_by_token(self, queries: np.ndarray, cells: np.ndarray,
                        centre_scores: np.ndarray, k: int,
                        allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each query token's chosen cells gathered and scored by one matrix-vector product:
+    """Each query token's chosen cells scored row by row where they are stored (the compiled
+    scan, `native/ivf_scan.cc`; without it, gathered and scored by one matrix-vector product):
     the path when few tokens share a cell, whose cost does not grow with the cells in all."""
+    scan = native.ivf_scan("int8")
+    if scan is not None:
+      return _scan(scan, queries, cells, centre_scores, k, allowed, self._scan_cells,
+                   self._scan_parts)
     labels = np.full((len(queries), k), -1, np.int64)
     scores = np.full((len(queries), k), -np.inf, np.float32)
     part_of, start_of, size_of = self._cell_lists

@@ -31,22 +31,32 @@ def _cpu_flags() -> set[str]:
   return set()
 
 
-@functools.cache
-def load() -> str | None:
-  """Registers the kernel with XLA once; returns None, or why the kernel cannot run here."""
-  if not os.path.exists(LIBRARY):
-    return f"the CPU alignment kernel {LIBRARY} is not built; {BUILD_HINT}"
+def open_library(path: str, what: str, hint: str) -> tuple[ctypes.CDLL | None, str | None]:
+  """(the library at `path`, None) once it loads and this CPU has every instruction-set
+  extension it was built for (its `aligner_required_isa()`, isa.h), else (None, why not);
+  `what` names it and `hint` says how to build it in that message."""
+  if not os.path.exists(path):
+    return None, f"{what} {path} is not built; {hint}"
   try:
-    lib = ctypes.cdll.LoadLibrary(LIBRARY)
+    lib = ctypes.cdll.LoadLibrary(path)
   except OSError as err:
-    return f"the CPU alignment kernel {LIBRARY} does not load ({err}); {BUILD_HINT}"
+    return None, f"{what} {path} does not load ({err}); {hint}"
   lib.aligner_required_isa.restype = ctypes.c_char_p
   needed = set(lib.aligner_required_isa().decode().split())
   flags = _cpu_flags()
   missing = sorted(needed - flags) if flags else []
   if missing:
-    return (f"the CPU alignment kernel {LIBRARY} was built for CPU features this CPU lacks "
-            f"({', '.join(missing)}); {BUILD_HINT} on this machine")
+    return None, (f"{what} {path} was built for CPU features this CPU lacks "
+                  f"({', '.join(missing)}); {hint} on this machine")
+  return lib, None
+
+
+@functools.cache
+def load() -> str | None:
+  """Registers the kernel with XLA once; returns None, or why the kernel cannot run here."""
+  lib, problem = open_library(LIBRARY, "the CPU alignment kernel", BUILD_HINT)
+  if lib is None:
+    return problem
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.AlignScoresCpu), platform="cpu")
   return None
 

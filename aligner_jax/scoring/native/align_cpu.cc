@@ -36,6 +36,8 @@
 #include <thread>
 #include <vector>
 
+#include "isa.h"
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -445,34 +447,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlignScoresCpu, AlignScoresImpl,
 
 // The instruction-set extensions this build was compiled for, checked against the running
 // CPU before the kernel is registered (a build copied to an older CPU would fault otherwise).
-extern "C" const char* aligner_required_isa() {
-  return ""
-#ifdef __AVX512F__
-         "avx512f "
-#endif
-#ifdef __AVX512BW__
-         "avx512bw "
-#endif
-#ifdef __AVX512VL__
-         "avx512vl "
-#endif
-#ifdef __AVX512DQ__
-         "avx512dq "
-#endif
-#ifdef __AVX512FP16__
-         "avx512_fp16 "
-#endif
-#ifdef __AVX2__
-         "avx2 "
-#endif
-#ifdef __FMA__
-         "fma "
-#endif
-#ifdef __BMI2__
-         "bmi2 "
-#endif
-#ifdef __F16C__
-         "f16c "
-#endif
-      ;
-}
+extern "C" const char* aligner_required_isa() { return ALIGNER_REQUIRED_ISA; }

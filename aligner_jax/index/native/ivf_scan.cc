@@ -1,0 +1,126 @@
+// The IVF index's token-by-token scan (aligner_jax/index/ivf.py, `_search_by_token`) in one
+// call per chunk of query tokens, called through ctypes (which releases the GIL, so the
+// search's threads run it in parallel).
+//
+// For each query token t and each of its chosen cells c (cells[t, j] >= 0), every stored token
+// of the cell scores
+//     scale[c] * (code · q_t) + centre[t, j]
+// (its int8 residual code read in place from the cell's part, a memory-mapped array); the k
+// best of the token's cells, by score descending then by position in the cells' concatenation
+// (cell after cell in j order, rows in list order), are written with their labels
+// (labels[part][row] + label_base[part]). Tokens whose label `allowed` rejects are skipped.
+// Fewer than k results: label -1, score -inf. Nothing is allocated per row: one buffer per call.
+//
+// Built by `make install` with -O3 -march=native; `aligner_required_isa` (isa.h) lets the
+// loader refuse a build made for another CPU.
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../../scoring/native/isa.h"
+
+namespace {
+
+// Inner product of a stored row (int8 code or float) with a float query, in 16 independent
+// partial sums so the compiler vectorises it without reassociating one serial sum.
+template <typename Row>
+inline float DotRow(const Row* code, const float* q, int64_t h) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= h; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += q[i + j] * static_cast<float>(code[i + j]);
+  }
+  float s = 0;
+  for (; i < h; ++i) s += q[i] * static_cast<float>(code[i]);
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+template <typename Row>
+int Scan(
+    int64_t num_tokens, int64_t h, int64_t cells_per_token, int64_t k,
+    const float* queries,          // [num_tokens, h]
+    const int64_t* cells,          // [num_tokens, cells_per_token], -1: none
+    const float* centre,           // [num_tokens, cells_per_token]
+    int64_t num_cells,
+    const int32_t* cell_part,      // [num_cells]
+    const int64_t* cell_start,     // [num_cells] first list position in its part
+    const int64_t* cell_size,      // [num_cells]
+    const float* cell_scale,       // [num_cells]
+    const Row* const* part_codes,  // [parts] -> [part size, h]
+    const int32_t* const* part_labels,  // [parts] -> [part size]
+    const int64_t* label_base,     // [parts]
+    const uint8_t* allowed,        // [labels] or null
+    int64_t* out_labels,           // [num_tokens, k]
+    float* out_scores) {           // [num_tokens, k]
+  std::vector<float> score;
+  std::vector<int64_t> label;
+  std::vector<int64_t> order;
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const float* q = queries + t * h;
+    score.clear();
+    label.clear();
+    for (int64_t j = 0; j < cells_per_token; ++j) {
+      const int64_t c = cells[t * cells_per_token + j];
+      if (c < 0) continue;
+      if (c >= num_cells) return 1;
+      const int32_t part = cell_part[c];
+      const Row* codes = part_codes[part] + cell_start[c] * h;
+      const int32_t* labels = part_labels[part] + cell_start[c];
+      const float scale = cell_scale[c];
+      const float bias = centre[t * cells_per_token + j];
+      for (int64_t r = 0; r < cell_size[c]; ++r) {
+        const int64_t l = labels[r] + label_base[part];
+        if (allowed != nullptr && !allowed[l]) continue;
+        score.push_back(scale * DotRow(codes + r * h, q, h) + bias);
+        label.push_back(l);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(score.size());
+    const int64_t keep = std::min(k, n);
+    order.resize(n);
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    auto better = [&](int64_t a, int64_t b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
+    };
+    if (keep < n) {
+      std::nth_element(order.begin(), order.begin() + keep, order.end(), better);
+    }
+    std::sort(order.begin(), order.begin() + keep, better);
+    for (int64_t i = 0; i < k; ++i) {
+      out_labels[t * k + i] = i < keep ? label[order[i]] : -1;
+      out_scores[t * k + i] =
+          i < keep ? score[order[i]] : -std::numeric_limits<float>::infinity();
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" const char* aligner_required_isa() { return ALIGNER_REQUIRED_ISA; }
+
+// The scan over int8 residual codes (the cells' lists) and over float32 rows (the coarse
+// level's groups of centroids, scale 1 and centre score 0). Return 0, or 1 when a chosen cell
+// lies outside [0, num_cells).
+#define ALIGNER_IVF_SCAN_ARGS(Row)                                                          \
+  int64_t num_tokens, int64_t h, int64_t cells_per_token, int64_t k, const float *queries, \
+      const int64_t *cells, const float *centre, int64_t num_cells, const int32_t *cell_part, \
+      const int64_t *cell_start, const int64_t *cell_size, const float *cell_scale,          \
+      const Row *const *part_codes, const int32_t *const *part_labels,                     \
+      const int64_t *label_base, const uint8_t *allowed, int64_t *out_labels,              \
+      float *out_scores
+#define ALIGNER_IVF_SCAN_CALL                                                              \
+  num_tokens, h, cells_per_token, k, queries, cells, centre, num_cells, cell_part,         \
+      cell_start, cell_size, cell_scale, part_codes, part_labels, label_base, allowed,     \
+      out_labels, out_scores
+
+extern "C" int aligner_ivf_scan(ALIGNER_IVF_SCAN_ARGS(int8_t)) {
+  return Scan<int8_t>(ALIGNER_IVF_SCAN_CALL);
+}
+
+extern "C" int aligner_ivf_scan_f32(ALIGNER_IVF_SCAN_ARGS(float)) {
+  return Scan<float>(ALIGNER_IVF_SCAN_CALL);
+}
