@@ -260,9 +260,11 @@ def test_pruned_index_searches_only_kept_tokens_but_refines_per_config():
     assert index.num_original_tokens == mask.sum()
 
 
-def test_shards_merge_to_the_global_top_k():
+@pytest.mark.parametrize("with_salience", [True, False])  # per-shard path / one pass
+def test_shards_merge_to_the_global_top_k(with_salience):
   vectors, mask, salience = clustered_tokens(200, 12, 16, seed=7)
-  store = from_padded([str(i) for i in range(200)], vectors, mask, salience=salience)
+  store = from_padded([str(i) for i in range(200)], vectors, mask,
+                      salience=salience if with_salience else None)
   one = build_token_index(store, IndexConfig(backend="exact", vector_dtype="float32"))
   many = build_token_index(store, IndexConfig(backend="exact", vector_dtype="float32",
                                               max_shard_tokens=300))
@@ -273,7 +275,19 @@ def test_shards_merge_to_the_global_top_k():
   d2, s2 = many.search_tokens(q, 40)
   np.testing.assert_allclose(s1, s2, rtol=1e-6)
   np.testing.assert_array_equal(d1, d2)
-  g1, g2 = one.gather_padded(np.array([5, 150, -1, 199]), 12), many.gather_padded(
-      np.array([5, 150, -1, 199]), 12)
-  for key in g1:
-    np.testing.assert_array_equal(g1[key], g2[key])
+  docs = np.array([5, 150, -1, 199, 150, 0])
+  for native_dtype in (False, True):
+    g1 = one.gather_padded(docs, 12, native_dtype=native_dtype)
+    g2 = many.gather_padded(docs, 12, native_dtype=native_dtype)
+    assert set(g1) == set(g2) == {"vectors", "mask"} | ({"salience"} if with_salience else set())
+    for key in g1:
+      np.testing.assert_array_equal(g1[key], g2[key])
+    # Each document's own tokens, zeros after them and in the padding slot.
+    for slot, doc in enumerate(docs):
+      n = 0 if doc < 0 else int(mask[doc].sum())
+      np.testing.assert_array_equal(g2["mask"][slot], np.arange(12) < n)
+      if n:
+        np.testing.assert_array_equal(g2["vectors"][slot, :n], vectors[doc][mask[doc]])
+      assert not g2["vectors"][slot, n:].any()
+  with pytest.raises(ValueError, match="does not fit"):
+    many.gather_padded(docs, 2)

@@ -69,6 +69,7 @@ from aligner_jax.index.searched_rows import SearchedRows
 from aligner_jax.index.token_store import TokenStore
 from aligner_jax.index.token_store import check_vector_format
 from aligner_jax.index.token_store import content_sha256
+from aligner_jax.index.token_store import copy_documents
 from aligner_jax.index.token_store import metadata_jsonl
 from aligner_jax.index.token_store import padded_buffers
 from aligner_jax.index.token_store_io import load_vector_arrays
@@ -353,6 +354,13 @@ class TokenIndex:
     if len(kinds) != 1:
       raise ValueError(f"shards disagree on the vector dimension, format or stored fields: "
                        f"{sorted(kinds)}")
+    # Float vectors and nothing else stored per token: refinement gathers each document with
+    # one slice of its shard's vectors (`gather_padded`), from its start within the shard.
+    self._plain_float_vectors = all(
+        s.store.codebook is None and s.store.vectors.dtype != np.int8
+        and s.store.salience is None and s.store.token_ids is None for s in self.shards)
+    self._doc_start = np.concatenate([s.store.offsets[:-1] for s in self.shards]).astype(
+        np.int64)
     # IVF shards are searched as one set of cells (`ivf.IvfIndex`), in chunks of query
     # tokens spread over the threads rather than shard by shard.
     self._ivf = (ivf.IvfIndex([s.searcher.lists for s in self.shards], self.doc_base[:-1])
@@ -492,6 +500,15 @@ class TokenIndex:
     out = padded_buffers(len(docs), length, self.dim, first.padded_dtype(native_dtype),
                          salience=self.has_salience, token_ids=self.has_token_ids)
     shard_of = np.searchsorted(self.doc_base, docs, side="right") - 1
+    if self._plain_float_vectors:  # one pass over the documents, however many shards
+      slots = np.flatnonzero(docs >= 0)
+      lens = self.doc_lengths[docs[slots]]
+      if lens.size and lens.max() > length:
+        raise ValueError(f"document of {lens.max()} tokens does not fit padded length {length}")
+      copy_documents(out["vectors"], slots, shard_of[slots], self._doc_start[docs[slots]],
+                     lens, [s.store.vectors for s in self.shards])
+      out["mask"][slots] = np.arange(length)[None, :] < lens[:, None]
+      return out
     for s in np.unique(shard_of[docs >= 0]):
       slots = np.flatnonzero((shard_of == s) & (docs >= 0))
       self.shards[s].store.fill_padded(out, slots, docs[slots] - self.doc_base[s])

@@ -287,16 +287,13 @@ class TokenStore:
       raise ValueError(f"document of {lens.max()} tokens does not fit padded length {length}")
     vectors = out["vectors"]
     floats = self.codebook is None and self.vectors.dtype != np.int8
-    # One contiguous slice per document (documents are stored back to back) for float
-    # vectors, cast by the assignment itself: a memcpy each (gathering all rows in one NumPy
-    # call copies row by row, which is slower). Decoding int8 / PQ has a fixed cost per call:
-    # one call decodes every document's rows.
+    # Float vectors: one contiguous slice per document (`copy_documents`). Decoding int8 / PQ
+    # has a fixed cost per call: one call decodes every document's rows.
     which, pos = np.nonzero(np.arange(length)[None, :] < lens[:, None])
     rows = starts[which] + pos
     if floats:
-      for i in np.flatnonzero(lens):
-        slot, start, n = slots[i], starts[i], lens[i]
-        vectors[slot, :n] = self.vectors[int(start):int(start + n)]
+      copy_documents(vectors, slots, np.zeros(len(slots), np.int64), starts, lens,
+                     [self.vectors])
     elif len(rows):
       vectors[slots[which], pos] = self.dequantize(rows)
     out["mask"][slots[which], pos] = True
@@ -306,6 +303,18 @@ class TokenStore:
 
   def doc_tokens(self, doc: int) -> slice:
     return slice(int(self.offsets[doc]), int(self.offsets[doc + 1]))
+
+
+def copy_documents(out: np.ndarray, slots: np.ndarray, parts: np.ndarray, starts: np.ndarray,
+                   lengths: np.ndarray, stored: Sequence[np.ndarray]) -> None:
+  """out[slots[i], :lengths[i]] = stored[parts[i]][starts[i]:starts[i] + lengths[i]] for each
+  document i: one contiguous slice each (documents are stored back to back), cast by the
+  assignment itself — a memcpy per document, cheaper than gathering their rows one by one."""
+  plain = [np.asarray(x) for x in stored]  # slicing a np.memmap builds an object per slice
+  for slot, part, start, n in zip(slots.tolist(), parts.tolist(), starts.tolist(),
+                                  lengths.tolist()):
+    if n:
+      out[slot, :n] = plain[part][start:start + n]
 
 
 def document_rows(offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
