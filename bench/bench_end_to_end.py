@@ -34,9 +34,10 @@ the cached vectors mapped through a trained frozen-encoder head instead (R4's 12
 projection of docs/reproduction.md by default): `bench.head_vectors` writes them once as an
 encode cache of their own under `<work-dir>/head-<head file stem>/` (with the indexes and runs
 built on them), and the rows are named with a suffix saying so (`plaid_colbert128`, ...; BM25
-reads no vectors and keeps its name). With `--alignment SPEC` (default top_k:1, MaxSim) the
-project's pipelines refine with that ALIGNER alignment instead (rows `<pipeline>_top_k2`, ...);
-the peers' rows keep their names (they only compute MaxSim).
+reads no vectors and keeps its name). With `--alignment top_k:1,top_k:2` (default top_k:1,
+MaxSim) each of the project's pipelines runs once per ALIGNER alignment listed, in the same
+run (rows of another alignment than MaxSim named `<pipeline>_top_k2`, ...); the peers run once
+(they only compute MaxSim).
 Per pipeline: set-up (index build) is timed once and reported as build_s; one untimed pass over
 the judged test queries (all, or the first `--max-queries`) gives the run (nDCG@10 etc. by
 pytrec_eval, `eval.ir_metrics`); then `--runs` (≥ 5) timed passes over the first
@@ -56,7 +57,7 @@ row records exactly why.
       [--pipelines bm25,aligner_jax_rerank,...] [--max-queries 0] [--timed-queries 300]
       [--num-neighbors 128] [--leaves-to-search 40] [--num-refine 64] [--runs 5]
       [--head runs/frozen/heads/colbert-seed0-<key>.npz --keep-other-rows]
-      [--alignment top_k:2 --keep-other-rows]
+      [--alignment top_k:1,top_k:2]
 """
 
 import argparse
@@ -443,12 +444,15 @@ def worker_main(name: str, spec_path: str) -> int:
 
 
 def _spawn(name: str, spec: dict[str, Any], work: pathlib.Path, timeout_s: float,
-           python: str) -> dict[str, Any]:
-  spec_path = work / f"{name}.spec.json"
-  spec = {**spec, "out": str(work / f"{name}.result.json")}
+           python: str, tag: str | None = None) -> dict[str, Any]:
+  """Runs worker `name` on `spec` in a fresh process; its files are named by `tag` (default
+  the name): `<tag>.spec.json`, `.result.json`, `.result.run.json`, `.log`."""
+  tag = tag or name
+  spec_path = work / f"{tag}.spec.json"
+  spec = {**spec, "out": str(work / f"{tag}.result.json")}
   atomic_write(spec_path, json.dumps(spec))
   pathlib.Path(spec["out"]).unlink(missing_ok=True)
-  log_path = work / f"{name}.log"
+  log_path = work / f"{tag}.log"
   start = time.perf_counter()
   with open(log_path, "w") as log:
     try:
@@ -522,8 +526,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--ivf-cells", type=int, default=IVF_CELLS,
                       help="IVF cells searched per query token (aligner_jax_ivf_xtr)")
   parser.add_argument("--alignment", default=ALIGNMENT,
-                      help="the project's pipelines score with this alignment (rows of another "
-                           "than top_k:1 are named <pipeline>_<alignment>, e.g. _top_k2)")
+                      help="comma-separated alignments the project's pipelines score with, each "
+                           "a row of its own (rows of another than top_k:1 are named "
+                           "<pipeline>_<alignment>, e.g. _top_k2)")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
   head_vectors.add_head_args(
       parser, "the pipelines run on the mapped vectors (written once under the work dir) and "
@@ -556,8 +561,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log=lambda m: print(f"[end_to_end] {m}", file=sys.stderr, flush=True))
     suffix = head_vectors.head_suffix(args.head_kind, args.head_dim)
   from aligner_jax.scoring.alignment import Alignment  # pylint: disable=g-import-not-at-top
-  alignment = str(Alignment.parse(args.alignment))
-  name_of = lambda pipeline: row_name(pipeline, suffix, alignment)  # noqa: E731
+  alignments = list(dict.fromkeys(str(Alignment.parse(a)) for a in args.alignment.split(",")))
+  name_of = lambda pipeline, alignment: row_name(pipeline, suffix, alignment)  # noqa: E731
+  jobs = [(name, a) for name in names
+          for a in ((ALIGNMENT,) if name in PEER_PIPELINES + VECTOR_FREE else alignments)]
   work.mkdir(parents=True, exist_ok=True)
   queries = judged_queries(pathlib.Path(args.beir_dir))
   max_queries = args.max_queries or (64 if args.quick else 0)
@@ -570,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "queries": queries, "runs": args.runs, "timed_queries": timed_queries,
           "exact_timed_queries": min(args.exact_timed_queries, timed_queries), "xtr": xtr,
           "plaid_timed_queries": min(args.plaid_timed_queries, timed_queries),
-          "ivf": {**xtr, "leaves_to_search": args.ivf_cells}, "alignment": alignment,
+          "ivf": {**xtr, "leaves_to_search": args.ivf_cells},
           "first_stage": str(work / "bm25.result.run.json")}
   if any(p.endswith("rerank") for p in names) and "bm25" not in names:
     names.insert(0, "bm25")
@@ -591,37 +598,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
   from aligner_jax.eval import ir_metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   qrels = read_beir(args.beir_dir, splits=["test"]).qrels["test"]
-  scoring = "MaxSim" if alignment == ALIGNMENT else alignment
-  stages = {"bm25": "BM25 top-100", "aligner_jax_rerank": f"BM25 top-100 → {scoring}",
-            "pylate_rerank": "BM25 top-100 → MaxSim",
-            "aligner_jax_index": f"ScaNN tokens (K′ = {OLD_NEIGHBORS}) → {scoring} refinement of "
-                                 "every candidate",
-            "aligner_jax_index_xtr": f"ScaNN tokens (K′ = {xtr['num_neighbors']}, "
-                                     f"{xtr['leaves_to_search']} leaves) → XTR first-stage "
-                                     f"score → {scoring} refinement of the best "
-                                     f"{xtr['num_refine']}",
-            "aligner_jax_ivf_xtr": f"IVF tokens (K′ = {xtr['num_neighbors']}, "
-                                   f"{args.ivf_cells} cells) → XTR first-stage score → {scoring} "
-                                   f"refinement of the best {xtr['num_refine']}",
-            "aligner_jax_exact": f"{scoring} refinement of every document",
-            **{name: f"PLAID (fast-plaid, {s['n_full_scores']} documents fully scored)"
-               for name, s in PLAID_SETTINGS.items()}}
+
+  def stages(name: str, alignment: str) -> str:
+    """What pipeline `name` does, scoring with `alignment`."""
+    scoring = "MaxSim" if alignment == ALIGNMENT else alignment
+    plaid = {p: f"PLAID (fast-plaid, {s['n_full_scores']} documents fully scored)"
+             for p, s in PLAID_SETTINGS.items()}
+    return {
+        "bm25": "BM25 top-100", "aligner_jax_rerank": f"BM25 top-100 → {scoring}",
+        "pylate_rerank": "BM25 top-100 → MaxSim",
+        "aligner_jax_index": f"ScaNN tokens (K′ = {OLD_NEIGHBORS}) → {scoring} refinement of "
+                             "every candidate",
+        "aligner_jax_index_xtr": f"ScaNN tokens (K′ = {xtr['num_neighbors']}, "
+                                 f"{xtr['leaves_to_search']} leaves) → XTR first-stage score → "
+                                 f"{scoring} refinement of the best {xtr['num_refine']}",
+        "aligner_jax_ivf_xtr": f"IVF tokens (K′ = {xtr['num_neighbors']}, {args.ivf_cells} "
+                               f"cells) → XTR first-stage score → {scoring} refinement of the "
+                               f"best {xtr['num_refine']}",
+        "aligner_jax_exact": f"{scoring} refinement of every document", **plaid}[name]
+
   first_ms = None
   details = {}
   vectors_note = (f"vectors: {pathlib.Path(args.head).name} ({args.head_kind} head, "
                   f"{args.head_dim}-d) over the cached MiniLM vectors; " if args.head else "")
   if args.keep_other_rows:
     _keep_rows(table, pathlib.Path(args.results_dir) / "end_to_end.json",
-               [name_of(n) for n in names])
-  for name in names:
-    print(f"[end_to_end] {name} ...", file=sys.stderr, flush=True)
+               [name_of(n, a) for n, a in jobs])
+  for name, alignment in jobs:
+    tag = name_of(name, alignment)
+    print(f"[end_to_end] {tag} ...", file=sys.stderr, flush=True)
     python = args.peer_python if name in PEER_PIPELINES else sys.executable
-    res = _spawn(name, spec, work, args.timeout, python)
+    res = _spawn(name, {**spec, "alignment": alignment}, work, args.timeout, python, tag)
     row = {c: None for c in COLUMNS}
     timed = res.get("timed_queries", spec["timed_queries"])
     note = res.get("note") or res.get("error")
-    row.update(pipeline=name_of(name), framework=FRAMEWORK[name],
-               stages=stages[name], status=res["status"], timed_queries=timed, runs=args.runs,
+    row.update(pipeline=tag, framework=FRAMEWORK[name],
+               stages=stages(name, alignment), status=res["status"], timed_queries=timed,
+               runs=args.runs,
                num_queries=len(queries), build_s=res.get("build_s"),
                note=note if name in VECTOR_FREE else f"{vectors_note}{note}")
     if res["status"] == "ok":
@@ -629,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       per_q = 1e3 / timed
       row["ms_per_query"] = stats["median_s"] * per_q
       row["ms_iqr"] = stats["iqr_s"] * per_q
-      run = read_run(work / f"{name}.result.run.json")
+      run = read_run(work / f"{tag}.result.run.json")
       mean, _ = metrics_lib.evaluate({q: qrels[q] for q in queries}, run)
       row.update({"ndcg@10": mean["ndcg@10"], "mrr@10": mean["mrr@10"],
                   "recall@100": mean["recall@100"]})
@@ -640,7 +653,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["total_ms_per_query"] = first_ms + row["ms_per_query"]
       else:
         row["total_ms_per_query"] = row["ms_per_query"]
-    details[name_of(name)] = res
+    details[tag] = res
     table.add(row)
   write_run(work / "details.json", details)  # every timing and worker record, outside the repo
   record = table.write(pathlib.Path(args.results_dir), notes=[
