@@ -9,9 +9,10 @@
 // Layout. Work is G independent groups, each Bq queries of n tokens against C documents of m
 // tokens (width h); leading batch dimensions (vmap) fold into G.
 //   * Query rows: per group, the rows with a non-zero weight u_q (padding and zero-salience rows
-//     contribute nothing) are packed once, transposed, into panels of up to NV·L rows (NV up to
-//     kMaxPanelVectors): panel[k][v*L + lane] = q[row v*L + lane][k], zero beyond the last row
-//     or width.
+//     contribute nothing) are packed once, transposed, into panels of NV·L rows:
+//     panel[k][v*L + lane] = q[row v*L + lane][k], zero beyond the last row or width. NV is
+//     kMaxPanelVectors except for the last panel, which has the fewest vectors that hold the
+//     remaining rows.
 //   * Documents: only valid tokens are visited, in index order, NT at a time, each through a
 //     pointer to its row of h float32 values: a float32 document whose width is a multiple of
 //     L is read in place; other documents (bfloat16, float16, or a ragged width) are first
@@ -21,7 +22,7 @@
 //     accumulators, NV panel vectors and one broadcast fit the register file (AVX2: 6 tokens x
 //     16 rows, the 6x16 shape of BLAS's Haswell / Zen SGEMM kernels, or 12 tokens x 8 rows).
 //     Each query panel runs over all of a document's blocks before the next panel (the panel
-//     stays in L1), and the next document is prefetched into L2 meanwhile.
+//     stays in L1), and the next document's valid rows are prefetched into L2 meanwhile.
 //   * Selection runs on the accumulators, per query row, in the L lanes of a vector: the
 //     KM largest values so far (KM >= max_count), kept sorted by an insertion network. Tokens
 //     arrive in increasing index and a value only moves above a strictly smaller one, so equal
@@ -255,14 +256,15 @@ __attribute__((noinline)) void Block(const float* const* rows, int hv, int nt,
 struct Group {
   std::vector<int32_t> query;  // owner query of each kept row
   std::vector<float> weight;   // u_q of each kept row
-  std::vector<float> panels;   // [num_panels][hv·L][NV·L]
-  int num_panels = 0;
+  std::vector<float> panels;   // panel after panel, each [hv·L][nv·L]
+  std::vector<int> panel_nv;   // vectors of L rows of each panel
+  std::vector<int64_t> panel_offset;  // first float of each panel in `panels`
+  std::vector<int64_t> panel_row;     // first kept row of each panel
 };
 
 struct Problem {
   int64_t groups, num_q, n, h, num_d, m;
   int64_t hv;  // h in vectors of L, rounded up
-  int nv;      // vectors of L rows per panel (the same for every panel of the call)
   int max_count;
   bool weighted;
   const float* q;
@@ -276,6 +278,8 @@ struct Problem {
   std::vector<Group> group;
 };
 
+// Panels of kMaxPanelVectors vectors while more rows remain than one holds, then one panel of
+// the fewest vectors that hold the rest (24 rows with AVX2: 16 + 8, not 16 + 16).
 Group PackGroup(const Problem& p, int64_t g) {
   Group grp;
   for (int64_t b = 0; b < p.num_q; ++b)
@@ -287,16 +291,112 @@ Group PackGroup(const Problem& p, int64_t g) {
       }
     }
   const int64_t rows = static_cast<int64_t>(grp.query.size());
-  const int64_t width = p.nv * kLanes;
-  grp.num_panels = static_cast<int>((rows + width - 1) / width);
-  grp.panels.assign(grp.num_panels * p.hv * kLanes * width, 0.0f);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* src = p.q + (g * p.num_q * p.n + grp.query[r]) * p.h;
-    float* dst = grp.panels.data() + (r / width) * p.hv * kLanes * width + r % width;
-    for (int64_t k = 0; k < p.h; ++k) dst[k * width] = src[k];
+  int64_t size = 0;
+  for (int64_t row = 0; row < rows;) {
+    const int nv = static_cast<int>(
+        std::min<int64_t>(kMaxPanelVectors, (rows - row + kLanes - 1) / kLanes));
+    grp.panel_nv.push_back(nv);
+    grp.panel_offset.push_back(size);
+    grp.panel_row.push_back(row);
+    size += p.hv * kLanes * nv * kLanes;
+    row += nv * kLanes;
+  }
+  grp.panels.assign(size, 0.0f);
+  for (size_t panel = 0; panel < grp.panel_nv.size(); ++panel) {
+    const int64_t width = grp.panel_nv[panel] * kLanes;
+    const int64_t row0 = grp.panel_row[panel];
+    for (int64_t r = row0; r < std::min(rows, row0 + width); ++r) {
+      const float* src = p.q + (g * p.num_q * p.n + grp.query[r]) * p.h;
+      float* dst = grp.panels.data() + grp.panel_offset[panel] + (r - row0);
+      for (int64_t k = 0; k < p.h; ++k) dst[k * width] = src[k];
+    }
   }
   for (int32_t& row : grp.query) row /= static_cast<int32_t>(p.n);  // row -> its query
   return grp;
+}
+
+// Fetches a document's valid rows into L2 a slice at a time (`Step` after each block of the
+// current document), instead of the first panel's loads reading them from DRAM with the FMA
+// units waiting.
+class Prefetcher {
+ public:
+  // `rows`: the next document's valid rows, `row_bytes` long each; `steps`: calls to Step.
+  void Start(std::vector<const char*>* rows, int num_rows, int64_t row_bytes, int64_t steps) {
+    rows_ = rows;
+    lines_per_row_ = (row_bytes + 63) / 64;
+    total_ = num_rows * lines_per_row_;
+    per_step_ = (total_ + steps - 1) / std::max<int64_t>(steps, 1);
+    done_ = 0;
+  }
+  void Step() {
+    const int64_t stop = std::min(total_, done_ + per_step_);
+    for (; done_ < stop; ++done_)
+      __builtin_prefetch((*rows_)[done_ / lines_per_row_] + 64 * (done_ % lines_per_row_), 0,
+                         2);
+  }
+
+ private:
+  std::vector<const char*>* rows_ = nullptr;
+  int64_t lines_per_row_ = 0, total_ = 0, per_step_ = 0, done_ = 0;
+};
+
+// One panel of NV vectors over all `nvalid` rows of a document (blocks of NT); adds
+// Σ u_q·num and Σ u_q·den of its rows to their queries.
+template <int NV, int KM, bool WEIGHTED>
+void RunPanel(const Group& grp, int panel, int64_t hv, const float* const* rows, int nvalid,
+              const float* weights, int count, Prefetcher& prefetch, float* num_q,
+              float* den_q) {
+  constexpr int NT = TokensPerBlock(NV);
+  constexpr int64_t width = NV * kLanes;
+  State<NV, KM> s;
+  s.Reset();
+  const float* panel_data = grp.panels.data() + grp.panel_offset[panel];
+  for (int t0 = 0; t0 < nvalid; t0 += NT) {
+    Block<NV, KM, WEIGHTED>(rows + t0, static_cast<int>(hv), std::min(NT, nvalid - t0),
+                            panel_data, weights + t0, s);
+    prefetch.Step();
+  }
+  alignas(64) float num_row[width];
+  alignas(64) float den_row[width];
+  for (int v = 0; v < NV; ++v) {
+    vf num = splat(0.0f), den = splat(0.0f);
+    for (int l = 0; l < count && l < KM; ++l) {
+      num += WEIGHTED ? s.w[l][v] * s.top[l][v] : s.top[l][v];
+      if (WEIGHTED) den += s.w[l][v];
+    }
+    if (!WEIGHTED) den = splat(static_cast<float>(count));
+    store(num_row + v * kLanes, num);
+    store(den_row + v * kLanes, den);
+  }
+  const int64_t base = grp.panel_row[panel];
+  const int64_t rows_kept = static_cast<int64_t>(grp.query.size());
+  for (int64_t r = 0; r < width && base + r < rows_kept; ++r) {
+    const float u = grp.weight[base + r];
+    num_q[grp.query[base + r]] += u * num_row[r];
+    den_q[grp.query[base + r]] += u * den_row[r];
+  }
+}
+
+template <int KM, bool WEIGHTED, int NV = 1>
+void DispatchPanel(int nv, const Group& grp, int panel, int64_t hv, const float* const* rows,
+                   int nvalid, const float* weights, int count, Prefetcher& prefetch,
+                   float* num_q, float* den_q) {
+  if constexpr (NV < kMaxPanelVectors) {
+    if (nv > NV)
+      return DispatchPanel<KM, WEIGHTED, NV + 1>(nv, grp, panel, hv, rows, nvalid, weights,
+                                                 count, prefetch, num_q, den_q);
+  }
+  RunPanel<NV, KM, WEIGHTED>(grp, panel, hv, rows, nvalid, weights, count, prefetch, num_q,
+                             den_q);
+}
+
+// The valid tokens of document `item`: their indices into `valid`, returns how many.
+int ValidTokens(const Problem& p, int64_t item, std::vector<int32_t>& valid) {
+  const uint8_t* mask = p.d_mask + item * p.m;
+  int nvalid = 0;
+  for (int64_t j = 0; j < p.m; ++j)
+    if (mask[j]) valid[nvalid++] = static_cast<int32_t>(j);
+  return nvalid;
 }
 
 // Scores of documents [first, last) of the flattened (group, document) order; `after` is the
@@ -305,25 +405,26 @@ Group PackGroup(const Problem& p, int64_t g) {
 // (no copy when h is a multiple of L); other documents are converted once into rows. Each query
 // panel then runs over every block of the document: the panel being read stays in L1 however
 // many panels the group has, and its selection state is a local.
-template <int NV, int KM, bool WEIGHTED>
+template <int KM, bool WEIGHTED>
 void ScoreDocs(const Problem& p, int64_t first, int64_t last, int64_t after,
                std::vector<float>& scratch) {
-  constexpr int NT = TokensPerBlock(NV);
+  constexpr int kMaxTokens = TokensPerBlock(1);  // the longest block
   const int64_t hv = p.hv;
-  const int64_t width = NV * kLanes;
   const int64_t row_size = hv * kLanes;
   const bool in_place = p.doc_type == DocType::kF32 && p.h == row_size;
-  scratch.assign((in_place ? 0 : p.m * row_size) + row_size + p.m + NT + 2 * p.num_q, 0.0f);
+  const int64_t converted_size = in_place ? 0 : p.m * row_size;
+  scratch.assign(converted_size + row_size + p.m + kMaxTokens + 2 * p.num_q, 0.0f);
   float* converted = scratch.data();
-  const float* zeros = converted + (in_place ? 0 : p.m * row_size);  // the rows past nt
-  float* weights = scratch.data() + (in_place ? 0 : p.m * row_size) + row_size;
-  float* num_q = weights + p.m + NT;  // weights: of the valid tokens, in order
+  const float* zeros = converted + converted_size;  // the rows past the last valid token
+  float* weights = converted + converted_size + row_size;  // of the valid tokens, in order
+  float* num_q = weights + p.m + kMaxTokens;
   float* den_q = num_q + p.num_q;
-  std::vector<int32_t> valid(p.m);
-  std::vector<const float*> rows(p.m + NT, zeros);
-  alignas(64) float num_row[NV * kLanes];
-  alignas(64) float den_row[NV * kLanes];
   const int64_t elem = p.doc_type == DocType::kF32 ? 4 : 2;
+  std::vector<int32_t> valid(p.m), next_valid(p.m);
+  std::vector<const float*> rows(p.m + kMaxTokens, zeros);
+  std::vector<const char*> next_rows(p.m);
+  Prefetcher prefetch;
+  int nvalid = first < last ? ValidTokens(p, first, valid) : 0;
   for (int64_t item = first; item < last; ++item) {
     const int64_t g = item / p.num_d;
     const Group& grp = p.group[g];
@@ -331,11 +432,12 @@ void ScoreDocs(const Problem& p, int64_t first, int64_t last, int64_t after,
     std::fill(num_q, num_q + p.num_q, 0.0f);
     std::fill(den_q, den_q + p.num_q, 0.0f);
     const int count = p.count[item];
-    const uint8_t* mask = p.d_mask + item * p.m;
-    int nvalid = 0;
-    for (int64_t j = 0; j < p.m; ++j)
-      if (mask[j]) valid[nvalid++] = static_cast<int32_t>(j);
-    if (count > 0 && nvalid > 0 && grp.num_panels > 0) {
+    const int64_t following = item + 1 < last ? item + 1 : after;
+    const int next_nvalid = following >= 0 ? ValidTokens(p, following, next_valid) : 0;
+    for (int t = 0; t < next_nvalid; ++t)
+      next_rows[t] = static_cast<const char*>(p.d) + (following * p.m + next_valid[t]) * p.h * elem;
+    const int num_panels = static_cast<int>(grp.panel_nv.size());
+    if (count > 0 && nvalid > 0 && num_panels > 0) {
       if (WEIGHTED)
         for (int t = 0; t < nvalid; ++t) weights[t] = p.u_d[item * p.m + valid[t]];
       const char* doc = static_cast<const char*>(p.d) + item * p.m * p.h * elem;
@@ -346,77 +448,35 @@ void ScoreDocs(const Problem& p, int64_t first, int64_t last, int64_t after,
         ConvertRows(doc, p.doc_type, valid.data(), nvalid, p.h, hv, converted);
         for (int t = 0; t < nvalid; ++t) rows[t] = converted + t * row_size;
       }
-      for (int t = nvalid; t < nvalid + NT; ++t) rows[t] = zeros;
-      const int blocks = (nvalid + NT - 1) / NT;
-      // The next document is fetched into L2 a slice per block while this one is computed,
-      // instead of from DRAM by the first panel's loads with the FMA units waiting.
-      const int64_t following = item + 1 < last ? item + 1 : after;
-      const char* next = following < 0 ? nullptr
-                         : static_cast<const char*>(p.d) + following * p.m * p.h * elem;
-      const int64_t next_bytes = p.m * p.h * elem;
-      const int64_t steps = static_cast<int64_t>(grp.num_panels) * blocks;
-      const int64_t per_step = ((next_bytes + steps - 1) / steps + 63) & ~int64_t{63};
-      int64_t fetched = 0;
-      const int64_t rows_kept = static_cast<int64_t>(grp.query.size());
-      for (int panel = 0; panel < grp.num_panels; ++panel) {
-        State<NV, KM> s;
-        s.Reset();
-        const float* panel_data = grp.panels.data() + panel * hv * kLanes * width;
-        for (int blk = 0; blk < blocks; ++blk) {
-          Block<NV, KM, WEIGHTED>(rows.data() + blk * NT, static_cast<int>(hv),
-                                  std::min(NT, nvalid - blk * NT), panel_data,
-                                  weights + blk * NT, s);
-          if (next) {
-            const int64_t stop = std::min(next_bytes, fetched + per_step);
-            for (; fetched < stop; fetched += 64) __builtin_prefetch(next + fetched, 0, 2);
-          }
-        }
-        for (int v = 0; v < NV; ++v) {
-          vf num = splat(0.0f), den = splat(0.0f);
-          for (int l = 0; l < count && l < KM; ++l) {
-            num += WEIGHTED ? s.w[l][v] * s.top[l][v] : s.top[l][v];
-            if (WEIGHTED) den += s.w[l][v];
-          }
-          if (!WEIGHTED) den = splat(static_cast<float>(count));
-          store(num_row + v * kLanes, num);
-          store(den_row + v * kLanes, den);
-        }
-        const int64_t base = panel * width;
-        for (int64_t r = 0; r < width && base + r < rows_kept; ++r) {
-          const float u = grp.weight[base + r];
-          num_q[grp.query[base + r]] += u * num_row[r];
-          den_q[grp.query[base + r]] += u * den_row[r];
-        }
-      }
+      for (int t = nvalid; t < nvalid + kMaxTokens; ++t) rows[t] = zeros;
+      int64_t steps = 0;
+      for (int nv : grp.panel_nv) steps += (nvalid + TokensPerBlock(nv) - 1) / TokensPerBlock(nv);
+      prefetch.Start(&next_rows, next_nvalid, p.h * elem, steps);
+      for (int panel = 0; panel < num_panels; ++panel)
+        DispatchPanel<KM, WEIGHTED>(grp.panel_nv[panel], grp, panel, hv, rows.data(), nvalid,
+                                    weights, count, prefetch, num_q, den_q);
     }
     for (int64_t b = 0; b < p.num_q; ++b)
       out[b * p.num_d] = den_q[b] > 0.0f ? num_q[b] / den_q[b] : 0.0f;
+    std::swap(valid, next_valid);
+    nvalid = next_nvalid;
   }
 }
 
 using ScoreFn = void (*)(const Problem&, int64_t, int64_t, int64_t, std::vector<float>&);
 
-template <int NV, int KM>
+template <int KM>
 ScoreFn PickWeighted(bool weighted) {
-  return weighted ? &ScoreDocs<NV, KM, true> : &ScoreDocs<NV, KM, false>;
+  return weighted ? &ScoreDocs<KM, true> : &ScoreDocs<KM, false>;
 }
 
-template <int NV>
-ScoreFn PickCount(int max_count, bool weighted) {
-  if (max_count <= 1) return PickWeighted<NV, 1>(weighted);
-  if (max_count <= 2) return PickWeighted<NV, 2>(weighted);
-  if (max_count <= 4) return PickWeighted<NV, 4>(weighted);
-  if (max_count <= 8) return PickWeighted<NV, 8>(weighted);
-  if (max_count <= 16) return PickWeighted<NV, 16>(weighted);
-  return PickWeighted<NV, 32>(weighted);
-}
-
-template <int NV>
-ScoreFn Pick(int nv, int max_count, bool weighted) {
-  if constexpr (NV < kMaxPanelVectors) {
-    if (nv > NV) return Pick<NV + 1>(nv, max_count, weighted);
-  }
-  return PickCount<NV>(max_count, weighted);
+ScoreFn Pick(int max_count, bool weighted) {
+  if (max_count <= 1) return PickWeighted<1>(weighted);
+  if (max_count <= 2) return PickWeighted<2>(weighted);
+  if (max_count <= 4) return PickWeighted<4>(weighted);
+  if (max_count <= 8) return PickWeighted<8>(weighted);
+  if (max_count <= 16) return PickWeighted<16>(weighted);
+  return PickWeighted<32>(weighted);
 }
 
 // Work shared by the calling thread and up to `extra` pool tasks. Tasks that start after all
@@ -494,19 +554,10 @@ ffi::Error AlignScoresImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   p.count = count.typed_data();
   p.out = out->typed_data();
 
-  // One panel width for the call: the fewest vectors that hold every group's kept rows.
-  int64_t most_rows = 0;
-  for (int64_t g = 0; g < p.groups; ++g) {
-    int64_t rows = 0;
-    for (int64_t r = 0; r < p.num_q * p.n; ++r) rows += p.u_q[g * p.num_q * p.n + r] != 0.0f;
-    most_rows = std::max(most_rows, rows);
-  }
-  p.nv = static_cast<int>(std::clamp<int64_t>((most_rows + kLanes - 1) / kLanes, 1,
-                                              kMaxPanelVectors));
   p.group.reserve(p.groups);
   for (int64_t g = 0; g < p.groups; ++g) p.group.push_back(PackGroup(p, g));
   shared->total = p.groups * p.num_d;
-  shared->fn = Pick<1>(p.nv, p.max_count, p.weighted);
+  shared->fn = Pick(p.max_count, p.weighted);
 
   const int64_t chunks = (shared->total + kDocsPerClaim - 1) / kDocsPerClaim;
   // No more workers than cores: XLA's pool may hold more threads than the machine has.
