@@ -606,15 +606,17 @@ def built_kernel():
 @pytest.mark.parametrize("spec", NATIVE_SPECS)
 @pytest.mark.parametrize("ties,saliences", [(False, False), (True, True), (True, False)])
 def test_native_matches_loops(spec, ties, saliences, built_kernel):
-  # 27 tokens: blocks of 12 or 24 valid tokens and a partial last one; an empty document.
+  # 27 tokens: blocks of 6, 12 or 24 valid tokens (by vector width and panel size) and a
+  # partial last one; an empty document.
   case = make_case(20, 3, 6, 5, 27, ties=ties, saliences=saliences)
   np.testing.assert_allclose(scores(case, spec, method="native"), ref_of(case, spec), atol=1e-5)
 
 
 @pytest.mark.parametrize("num_q,n,h", [(5, 20, 37), (1, 70, 16), (3, 11, 16)])
 def test_native_query_panels_and_widths(num_q, n, h, built_kernel):
-  # 100 kept rows -> two panels of 64 rows; 70 rows of one query across two panels; widths
-  # that are and are not multiples of 16.
+  # 100 kept rows -> several panels (of 16 rows with AVX2, 64 with AVX-512) and a partial
+  # last one; 70 rows of one query across panels; widths that are and are not multiples of the
+  # vector width (converted rows, and float32 rows read in place).
   case = make_case(21, num_q, 4, n, 30, h=h, ties=True, saliences=True)
   for spec in ("top_k:1", "top_k:3"):
     np.testing.assert_allclose(scores(case, spec, method="native"), ref_of(case, spec),
