@@ -79,7 +79,7 @@ def _token_path(monkeypatch, how: str) -> None:
   ("scan") or NumPy ("numpy")."""
   monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", 1 if how == "cell" else 10**9)
   if how == "numpy":
-    monkeypatch.setattr(native, "ivf_scan", lambda rows: None)
+    monkeypatch.setattr(native, "ivf_scan", lambda: None)
   elif how == "scan" and native.ivf_scan() is None:
     pytest.skip(f"{native.LIBRARY} is not built here ({native.BUILD_HINT})")
 
@@ -126,21 +126,27 @@ def test_the_coarse_level_chooses_the_best_cells_of_the_groups_it_searches(monke
   groups = len(coarse.centres)
   q = _clustered(50, 16, 12, clusters=60)
   exact = q @ centroids.T
-  # Every group searched: the exact best cells by centroid score, best first.
+  # Every group searched: the best cells by centroid score, best first, with their exact
+  # scores (the compiled scan ranks members by their int8 codes: near-ties may swap).
   cells, scores = coarse.cells(q, 7, groups)
   want, want_scores = brute_force(exact, np.arange(len(centroids)), 7)
-  np.testing.assert_allclose(scores, want_scores, atol=1e-5)
-  assert np.mean(cells == want) >= 0.99
+  np.testing.assert_allclose(scores, np.take_along_axis(exact, cells, 1), atol=1e-5)
+  assert (np.diff(scores, axis=1) <= 0).all()
+  same = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(cells, want)])
+  assert same >= (0.95 if how == "scan" else 0.99), same
   # Some groups: the best cells among the members of each token's best groups only.
   cells, scores = coarse.cells(q, 7, 3)
   best_groups = np.argsort(-(q @ coarse.centres.T), axis=1)[:, :3]
   group_of = np.empty(len(centroids), np.int64)
   group_of[coarse.order] = np.repeat(np.arange(groups), np.diff(coarse.start))
+  found = []
   for t in range(len(q)):
     members = np.flatnonzero(np.isin(group_of, best_groups[t]))
-    order = np.argsort(-exact[t, members], kind="stable")[:7]
-    np.testing.assert_allclose(scores[t], exact[t, members[order]], atol=1e-5)
+    best = members[np.argsort(-exact[t, members], kind="stable")[:7]]
     assert np.isin(cells[t], members).all()
+    np.testing.assert_allclose(scores[t], exact[t, cells[t]], atol=1e-5)
+    found.append(len(set(cells[t]) & set(best)) / 7)
+  assert np.mean(found) >= (0.95 if how == "scan" else 0.99), np.mean(found)
 
 
 def test_few_cells_find_most_of_the_exact_neighbours_and_fill_k(monkeypatch):

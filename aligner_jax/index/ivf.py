@@ -163,6 +163,23 @@ class IvfLists:
     return len(self.rows)
 
 
+def _residual_scale(residual: np.ndarray) -> float:
+  """The int8 code step that covers `residual`'s magnitudes up to `_CODE_QUANTILE`."""
+  return float(np.quantile(np.abs(residual), _CODE_QUANTILE)) / 127.0 or 1.0
+
+
+def _residual_codes(vectors: np.ndarray, centres: np.ndarray, assign: np.ndarray,
+                    order: np.ndarray, scale: float) -> np.ndarray:
+  """[len(order), h] int8: the codes of vectors[order] − centres[assign[order]] in steps of
+  `scale` (clipped to ±127), computed `_BLOCK` rows at a time."""
+  codes = np.empty((len(order), vectors.shape[1]), np.int8)
+  for start in range(0, len(order), _BLOCK):
+    rows = order[start:start + _BLOCK]
+    residual = vectors[rows] - centres[assign[rows]]
+    codes[start:start + len(rows)] = np.clip(np.rint(residual / scale), -127, 127)
+  return codes
+
+
 def build_lists(vectors: np.ndarray, documents: np.ndarray, settings: IvfSettings) -> IvfLists:
   """Clusters `vectors` [n, h] float32 (searched row order) and writes their codes in list
   order; `documents` [n]: the local document of each searched row."""
@@ -174,13 +191,8 @@ def build_lists(vectors: np.ndarray, documents: np.ndarray, settings: IvfSetting
   assign = nearest_centroid(vectors, centroids)
   order = np.argsort(assign, kind="stable")
   offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=len(centroids)))])
-  sample_residual = vectors[sample_rows] - centroids[assign[sample_rows]]
-  scale = float(np.quantile(np.abs(sample_residual), _CODE_QUANTILE)) / 127.0 or 1.0
-  codes = np.empty(vectors.shape, np.int8)
-  for start in range(0, n, _BLOCK):
-    rows = order[start:start + _BLOCK]
-    residual = vectors[rows] - centroids[assign[rows]]
-    codes[start:start + len(rows)] = np.clip(np.rint(residual / scale), -127, 127)
+  scale = _residual_scale(vectors[sample_rows] - centroids[assign[sample_rows]])
+  codes = _residual_codes(vectors, centroids, assign, order, scale)
   return IvfLists(centroids, offsets.astype(np.int64), codes, order.astype(np.int32),
                   np.asarray(documents)[order].astype(np.int32), scale)
 
@@ -300,32 +312,44 @@ def _scan(scan, queries: np.ndarray, cells: np.ndarray, centre_scores: np.ndarra
 
 class _Coarse:
   """The centroids of all shards grouped by k-means (√C groups), to choose cells without
-  scoring every centroid."""
+  scoring every centroid. The compiled scan reads the groups' members as int8 codes of their
+  residuals from the group centre, like the cells' lists: a quarter of the float32 bytes, so
+  the members a query token scores stay in the CPU's caches longer as the index grows; the
+  chosen cells' scores are then recomputed from their float32 centroids."""
 
   def __init__(self, centroids: np.ndarray):
     groups = max(2, int(round(math.sqrt(len(centroids)))))
     centres = spherical_kmeans(centroids, groups, 4)
     assign = nearest_centroid(centroids, centres)
     self.order = np.argsort(assign, kind="stable")  # cells in group order
+    self.centroids = centroids
     self.members = centroids[self.order]
     self.start = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=groups))])
     self.centres = centres
-    # The groups as the compiled scan reads them: one part (the members), scale 1.
+    # The groups as the compiled scan reads them: one part (the members' codes).
+    scale = _residual_scale(centroids - centres[assign])
+    self._codes = _residual_codes(centroids, centres, assign, self.order, scale)
     self._scan_cells = (np.zeros(groups, np.int32), self.start[:-1].astype(np.int64),
-                        np.diff(self.start).astype(np.int64), np.ones(groups, np.float32))
+                        np.diff(self.start).astype(np.int64), np.full(groups, scale, np.float32))
     self._labels = self.order.astype(np.int32)
-    self._scan_parts = (native.pointer_table([self.members]),
+    self._scan_parts = (native.pointer_table([self._codes]),
                         native.pointer_table([self._labels]), np.zeros(1, np.int64))
 
   def cells(self, queries: np.ndarray, count: int,
             groups_to_search: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query token the `count` cells of highest score among its best groups' members:
-    (cells [t, count] int64, -1 where fewer; scores [t, count])."""
-    groups = _top_items(queries @ self.centres.T, groups_to_search)
-    scan = native.ivf_scan("float32")
+    (cells [t, count] int64, -1 where fewer; scores [t, count]), best first. Through the
+    compiled scan the members are ranked by their codes (exact up to the codes' rounding)
+    and the chosen cells' scores are exact."""
+    group_scores = queries @ self.centres.T
+    groups = _top_items(group_scores, groups_to_search)
+    scan = native.ivf_scan()
     if scan is not None:
-      return _scan(scan, queries, groups, np.zeros(groups.shape, np.float32), count, None,
-                   self._scan_cells, self._scan_parts)
+      cells, _ = _scan(scan, queries, groups, np.take_along_axis(group_scores, groups, 1),
+                       count, None, self._scan_cells, self._scan_parts)
+      exact = np.einsum("th,tch->tc", queries, self.centroids[np.maximum(cells, 0)])
+      cells, scores = top_k_sorted(np.where(cells >= 0, exact, -np.inf), cells, count)
+      return np.where(np.isfinite(scores), cells, -1), scores
     t = len(queries)
     tok = np.repeat(np.arange(t), groups.shape[1])
     item = groups.ravel()
@@ -424,7 +448,7 @@ class IvfIndex:
     """Each query token's chosen cells scored row by row where they are stored (the compiled
     scan, `native/ivf_scan.cc`; without it, gathered and scored by one matrix-vector product):
     the path when few tokens share a cell, whose cost does not grow with the cells in all."""
-    scan = native.ivf_scan("int8")
+    scan = native.ivf_scan()
     if scan is not None:
       return _scan(scan, queries, cells, centre_scores, k, allowed, self._scan_cells,
                    self._scan_parts)

@@ -1,8 +1,8 @@
 """The IVF scan compiled for this CPU (`ivf_scan.cc`), called through ctypes.
 
 `make install` compiles `ivf_scan.cc` into `_ivf_scan.so` beside it (never committed);
-`ivf_scan(rows)` returns the library's scan over int8 codes or float32 rows once it loads on
-this CPU, or None (the NumPy path of `index.ivf` runs then; the reason is logged once).
+`ivf_scan()` returns the library's scan over int8 residual codes once it loads on this CPU,
+or None (the NumPy path of `index.ivf` runs then; the reason is logged once).
 """
 
 import ctypes
@@ -27,20 +27,17 @@ def _library() -> ctypes.CDLL | None:
   if lib is None:
     logging.warning("%s; IVF searches use the NumPy path.", problem)
     return None
-  for fn in (lib.aligner_ivf_scan, lib.aligner_ivf_scan_f32):
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P,
-                   _P, _P]
+  fn = lib.aligner_ivf_scan
+  fn.restype = ctypes.c_int
+  fn.argtypes = [_I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
+                 _P]
   return lib
 
 
-def ivf_scan(rows: str = "int8"):
-  """The compiled scan over stored rows of `rows` dtype ("int8" codes or "float32"), or None
-  where the library cannot run here."""
+def ivf_scan():
+  """The compiled scan over int8 residual codes, or None where the library cannot run here."""
   lib = _library()
-  if lib is None:
-    return None
-  return {"int8": lib.aligner_ivf_scan, "float32": lib.aligner_ivf_scan_f32}[rows]
+  return None if lib is None else lib.aligner_ivf_scan
 
 
 def pointer(array: np.ndarray | None) -> int | None:

@@ -28,8 +28,8 @@
 
 namespace {
 
-// Inner product of a stored row (int8 code or float) with a float query, in 16 independent
-// partial sums so the compiler vectorises it without reassociating one serial sum.
+// Inner product of a stored row with a float query, in 16 independent partial sums so the
+// compiler vectorises it without reassociating one serial sum (the portable path).
 template <typename Row>
 inline float DotRow(const Row* code, const float* q, int64_t h) {
   float acc[16] = {0};
@@ -65,33 +65,11 @@ inline float DotRow<int8_t>(const int8_t* code, const float* q, int64_t h) {
   return s;
 }
 
-// float rows with AVX2: two 8-float accumulators.
-template <>
-inline float DotRow<float>(const float* row, const float* q, int64_t h) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= h; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(q + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(q + i + 8), a1);
-  }
-  const __m256 a = _mm256_add_ps(a0, a1);
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  float s = _mm_cvtss_f32(r);
-  for (; i < h; ++i) s += q[i] * row[i];
-  return s;
-}
-
-// Row i's 16 values from `p` as two 8-float vectors.
+// 16 codes from `p` as two 8-float vectors.
 inline void Load16(const int8_t* p, __m256* lo, __m256* hi) {
   const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   *lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c));
   *hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8)));
-}
-inline void Load16(const float* p, __m256* lo, __m256* hi) {
-  *lo = _mm256_loadu_ps(p);
-  *hi = _mm256_loadu_ps(p + 8);
 }
 
 // Four consecutive rows at once (h a multiple of 16): the query read once per step for all
@@ -206,25 +184,16 @@ int Scan(
 
 extern "C" const char* aligner_required_isa() { return ALIGNER_REQUIRED_ISA; }
 
-// The scan over int8 residual codes (the cells' lists) and over float32 rows (the coarse
-// level's groups of centroids, scale 1 and centre score 0). Return 0, or 1 when a chosen cell
-// lies outside [0, num_cells).
-#define ALIGNER_IVF_SCAN_ARGS(Row)                                                          \
-  int64_t num_tokens, int64_t h, int64_t cells_per_token, int64_t k, const float *queries, \
-      const int64_t *cells, const float *centre, int64_t num_cells, const int32_t *cell_part, \
-      const int64_t *cell_start, const int64_t *cell_size, const float *cell_scale,          \
-      const Row *const *part_codes, const int32_t *const *part_labels,                     \
-      const int64_t *label_base, const uint8_t *allowed, int64_t *out_labels,              \
-      float *out_scores
-#define ALIGNER_IVF_SCAN_CALL                                                              \
-  num_tokens, h, cells_per_token, k, queries, cells, centre, num_cells, cell_part,         \
-      cell_start, cell_size, cell_scale, part_codes, part_labels, label_base, allowed,     \
-      out_labels, out_scores
-
-extern "C" int aligner_ivf_scan(ALIGNER_IVF_SCAN_ARGS(int8_t)) {
-  return Scan<int8_t>(ALIGNER_IVF_SCAN_CALL);
-}
-
-extern "C" int aligner_ivf_scan_f32(ALIGNER_IVF_SCAN_ARGS(float)) {
-  return Scan<float>(ALIGNER_IVF_SCAN_CALL);
+// The scan over the cells' int8 residual codes. Returns 0, or 1 when a chosen cell lies
+// outside [0, num_cells).
+extern "C" int aligner_ivf_scan(
+    int64_t num_tokens, int64_t h, int64_t cells_per_token, int64_t k, const float* queries,
+    const int64_t* cells, const float* centre, int64_t num_cells, const int32_t* cell_part,
+    const int64_t* cell_start, const int64_t* cell_size, const float* cell_scale,
+    const int8_t* const* part_codes, const int32_t* const* part_labels,
+    const int64_t* label_base, const uint8_t* allowed, int64_t* out_labels,
+    float* out_scores) {
+  return Scan<int8_t>(num_tokens, h, cells_per_token, k, queries, cells, centre, num_cells,
+                      cell_part, cell_start, cell_size, cell_scale, part_codes, part_labels,
+                      label_base, allowed, out_labels, out_scores);
 }
