@@ -8,7 +8,8 @@ chunked XLA path (method "fast") run in one process on the same inputs, round by
 rotating order, so the machine's drift hits them alike; the GEMM peak (a square 1024³ GEMM in
 NumPy and JAX) is timed the same way. PyTorch is left out (it may not share a process with JAX,
 and it was never the fastest peer of these cells). Every output is checked against NumPy's
-before timing.
+before timing. OpenBLAS's threads sleep as soon as a call is done (`BLAS_ENV`),
+so that none spins on a core the next implementation needs.
 
 Reported per cell: median and minimum ms of each implementation, the project's speed-up over the
 fastest peer, top_k:4 / top_k:1 of the project (its MaxSim timed in the same rounds of the
@@ -38,6 +39,14 @@ from bench.impls import project_scorers
 from bench.impls import scorer_inputs
 
 OUT = harness.RESULTS_DIR / "interleaved_scorers.json"
+# OpenBLAS's worker threads busy-wait for 2^28 cycles (about 0.1 s) after each call by default;
+# in one process with the other implementations that spinning thread takes a core from whichever
+# call runs next: half a core under normal scheduling, all of it under real-time scheduling
+# (`chrt`), where a thread of equal priority that never blocks is not preempted. The project's
+# kernel timed right after NumPy's GEMM took 3.0 ms instead of 1.75 (n=32 m=180 K=100, chrt -r
+# 1). 2^4 cycles: the threads sleep as soon as their work is done; NumPy's own calls were as
+# fast (3.09 vs 3.12 ms). Read when OpenBLAS loads, so `main` restarts the process to set it.
+BLAS_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 PEERS = {"numpy_blas_flat": numpy_scorers.blas_flat, "jax_flat_gemm": jax_scorers.flat_gemm}
 PROJECT = {"aligner_jax": project_scorers.align_candidates,
            "aligner_jax_xla": project_scorers.align_candidates_xla}
@@ -82,14 +91,25 @@ def _peak(rounds: int) -> dict:
   return out
 
 
+def _scheduling() -> str:
+  """This process's scheduling policy: "SCHED_RR priority 1" under `chrt -r 1`."""
+  policy = os.sched_getscheduler(0)
+  names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
+  return f"{names.get(policy, policy)} priority {os.sched_getparam(0).sched_priority}"
+
+
 def main(argv=None) -> int:
+  if any(os.environ.get(key) != value for key, value in BLAS_ENV.items()):
+    args = sys.argv[1:] if argv is None else list(argv)
+    os.execve(sys.executable, [sys.executable, "-m", "bench.interleaved_scorers", *args],
+              {**os.environ, **BLAS_ENV})
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--only", default="", help="substring of the cell labels to run")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
-  record = {"rounds": args.rounds, "machine": harness.machine_info(),
-            "loadavg_before": list(os.getloadavg()), "cells": {}}
+  record = {"rounds": args.rounds, "machine": harness.machine_info(), "env": BLAS_ENV,
+            "scheduling": _scheduling(), "loadavg_before": list(os.getloadavg()), "cells": {}}
   record["gemm_peak"] = _peak(args.rounds)
   peak = {stat: row["gflops"] for stat, row in record["gemm_peak"].items()}
   print(f"GEMM peak {peak['median']:.0f} GFLOP/s (median), {peak['min']:.0f} (min)", flush=True)
