@@ -34,6 +34,7 @@ determinism of the BLAS on the machine that builds it).
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import pathlib
 from typing import Any, Sequence
@@ -323,7 +324,6 @@ class _Coarse:
     assign = nearest_centroid(centroids, centres)
     self.order = np.argsort(assign, kind="stable")  # cells in group order
     self.centroids = centroids
-    self.members = centroids[self.order]
     self.start = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=groups))])
     self.centres = centres
     # The groups as the compiled scan reads them: one part (the members' codes).
@@ -334,6 +334,12 @@ class _Coarse:
     self._labels = self.order.astype(np.int32)
     self._scan_parts = (native.pointer_table([self._codes]),
                         native.pointer_table([self._labels]), np.zeros(1, np.int64))
+
+  @functools.cached_property
+  def members(self) -> np.ndarray:
+    """[C, h] float32 centroids in group order, for the NumPy path only (built on first use:
+    the compiled scan reads the codes)."""
+    return self.centroids[self.order]
 
   def cells(self, queries: np.ndarray, count: int,
             groups_to_search: int) -> tuple[np.ndarray, np.ndarray]:
@@ -385,14 +391,12 @@ class IvfIndex:
     self.cell_start = self.cell_local_start + self.part_base[self.cell_part]
     self.cell_scale = np.array([x.scale for x in self.lists], np.float32)[self.cell_part]
     # Plain views of the mapped arrays (slicing a np.memmap costs a Python object of its
-    # own) and Python lists of the cells' places, for the token-by-token path.
+    # own), for the token-by-token paths.
     self._codes = [np.ascontiguousarray(x.codes, np.int8) for x in self.lists]
     self._own_labels = [np.ascontiguousarray(x.rows if label == "rows" else x.documents,
                                              np.int32) for x in self.lists]
     self._label_base = (np.zeros(len(self.lists), np.int64) if label == "rows"
                         else self.doc_base)
-    self._cell_lists = (self.cell_part.tolist(), self.cell_local_start.tolist(),
-                        self.cell_size.tolist())
     self.size = int(part_base[-1])
     self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
     # What the compiled scan reads: the cells' places and the parts' mapped arrays in place.
@@ -400,6 +404,12 @@ class IvfIndex:
                         self.cell_size.astype(np.int64), self.cell_scale)
     self._scan_parts = (native.pointer_table(self._codes),
                         native.pointer_table(self._own_labels), self._label_base)
+
+  @functools.cached_property
+  def _cell_lists(self) -> tuple[list[int], list[int], list[int]]:
+    """The cells' (part, start, size) as Python lists, for the NumPy token-by-token path only
+    (built on first use)."""
+    return self.cell_part.tolist(), self.cell_local_start.tolist(), self.cell_size.tolist()
 
   @property
   def num_cells(self) -> int:

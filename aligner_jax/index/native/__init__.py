@@ -22,7 +22,9 @@ _I64 = ctypes.c_int64
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def ivf_scan():
+  """The compiled scan over int8 residual codes (argument types set), or None where the
+  library cannot run here."""
   lib, problem = open_library(LIBRARY, "the IVF scan kernel", BUILD_HINT)
   if lib is None:
     logging.warning("%s; IVF searches use the NumPy path.", problem)
@@ -31,13 +33,7 @@ def _library() -> ctypes.CDLL | None:
   fn.restype = ctypes.c_int
   fn.argtypes = [_I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
                  _P]
-  return lib
-
-
-def ivf_scan():
-  """The compiled scan over int8 residual codes, or None where the library cannot run here."""
-  lib = _library()
-  return None if lib is None else lib.aligner_ivf_scan
+  return fn
 
 
 def pointer(array: np.ndarray | None) -> int | None:
