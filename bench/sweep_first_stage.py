@@ -8,7 +8,12 @@ and refined once untimed (compiling every shape), then `--runs` timed passes giv
 ms/query; nDCG@10 and the recall of the exact top-10 come from the untimed pass.
 
   python -m bench.sweep_first_stage [--neighbors 64,128,256] [--leaves 20,40,80]
-      [--refine 0,32,64,128] [--alignment top_k:1]
+      [--refine 0,32,64,128] [--alignment top_k:1] [--recall-target 0.95]
+
+With `--recall-target T` the sweep ends by naming the chosen setting: among those whose recall
+of the exact top-10 is at least T, the one with the fewest refined documents (R, the dominant
+cost), then the fewest K′ and leaves (timings on a shared machine move more than these counts
+do), printed as the evaluation job's gin overrides and stored as `chosen` in the output.
 
 Rows go to bench/results/first_stage_sweep.json (not a harness table: a tuning record that
 bench/README.md quotes).
@@ -77,6 +82,15 @@ def measure(index, batch, *, neighbors: int, leaves: int, refine_r: int, alignme
   return row, to_run(batch.ids, index.doc_ids, results)
 
 
+def choose(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+  """The cheapest row whose `top10_recall` ≥ `target` (fewest R, then K′, then leaves; R = 0,
+  every candidate refined, counts as the most), or None when none reaches it."""
+  met = [r for r in rows if r["top10_recall"] >= target]
+  if not met:
+    return None
+  return min(met, key=lambda r: (r["refine"] or float("inf"), r["neighbors"], r["leaves"]))
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--encoded-dir", default=e2e.DEFAULT_ENCODED)
@@ -93,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default=str(harness.RESULTS_DIR / "first_stage_sweep.json"))
   parser.add_argument("--append", action="store_true",
                       help="add the rows to those already in --out (same alignment)")
+  parser.add_argument("--recall-target", type=float, default=None,
+                      help="name the cheapest setting whose recall of the exact top-10 "
+                           "reaches this (e.g. 0.95)")
   args = parser.parse_args(argv)
   from aligner_jax.data.beir import read_beir  # pylint: disable=g-import-not-at-top
   from aligner_jax.eval import ir_metrics  # pylint: disable=g-import-not-at-top
@@ -126,6 +143,26 @@ def main(argv: list[str] | None = None) -> None:
                           "queries": len(qids),
                           "exact_ndcg@10": exact_ndcg, "machine": harness.machine_info(),
                           "rows": rows})
+  if args.recall_target is not None:
+    report_choice(args.out, rows, args.recall_target)
+
+
+def report_choice(out: str, rows: list[dict[str, Any]], target: float) -> None:
+  """Prints the setting `choose` picks as gin overrides and records it in `out`."""
+  chosen = choose(rows, target)
+  if chosen is None:
+    best = max(r["top10_recall"] for r in rows)
+    print(f"no setting reaches recall {target} of the exact top-10 (best {best:.3f}): "
+          "widen --neighbors / --leaves / --refine")
+  else:
+    print(f"recall target {target}: K′ = {chosen['neighbors']}, {chosen['leaves']} leaves, "
+          f"R = {chosen['refine']} (recall {chosen['top10_recall']:.3f}, "
+          f"ΔnDCG@10 {chosen['delta_ndcg']:+.4f}): --gin.NUM_NEIGHBORS={chosen['neighbors']} "
+          f"--gin.LEAVES_TO_SEARCH={chosen['leaves']} --gin.NUM_REFINE={chosen['refine']}")
+  record = json.loads(pathlib.Path(out).read_text())
+  record["recall_target"] = target
+  record["chosen"] = chosen
+  write_json(out, record)
 
 
 if __name__ == "__main__":

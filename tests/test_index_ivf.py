@@ -75,10 +75,10 @@ def test_lists_hold_every_row_once_and_decode_within_half_a_step(n, dim, cells, 
 
 
 def _token_path(monkeypatch, how: str) -> None:
-  """Chunks searched cell by cell ("cell"), or token by token through the compiled scan
-  ("scan") or NumPy ("numpy")."""
+  """Chunks searched token by token through the compiled scan ("scan"), or without it cell by
+  cell ("cell") or token by token ("numpy")."""
   monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", 1 if how == "cell" else 10**9)
-  if how == "numpy":
+  if how in ("numpy", "cell"):
     monkeypatch.setattr(native, "ivf_scan", lambda: None)
   elif how == "scan" and native.ivf_scan() is None:
     pytest.skip(f"{native.LIBRARY} is not built here ({native.BUILD_HINT})")
@@ -116,6 +116,22 @@ def test_searching_every_cell_is_brute_force_over_the_decoded_vectors(monkeypatc
   want, want_scores = brute_force((q @ np.concatenate(vectors).T)[:, keep], all_labels[keep], 10)
   np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
   assert allowed[got].all()
+
+
+def test_with_the_compiled_scan_shared_cells_are_scanned_token_by_token(monkeypatch):
+  """The cell-by-cell NumPy path is the fallback's only: the scan reads codes in place."""
+  if native.ivf_scan() is None:
+    pytest.skip(f"{native.LIBRARY} is not built here ({native.BUILD_HINT})")
+  monkeypatch.setattr(ivf, "SHARED_CELL_TOKENS", 1)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("cell-by-cell path taken although the compiled scan is loaded")
+  monkeypatch.setattr(ivf.IvfIndex, "_search_by_cell", refuse)
+  x = _clustered(600, 12, 4)
+  index = ivf.IvfIndex([ivf.build_lists(x, np.arange(600) // 3,
+                                        ivf.ivf_settings(600, num_cells=6))])
+  labels, _ = index.search(_clustered(50, 12, 5), 10, cells_to_search=6)
+  assert (labels >= 0).all()
 
 
 @pytest.mark.parametrize("how", ["scan", "numpy"])
