@@ -70,6 +70,10 @@ setuptools.setup(
     "interactions (LITE) and dual-encoder distillation in JAX/Flax.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["aligner_jax", "aligner_jax.*"]),
+    # The compiled kernels' sources, and the libraries `make install` built from them in the
+    # source tree (built with -march=native: a copy on a CPU lacking what it was built for is
+    # refused at load and the XLA / NumPy paths run), ship with a non-editable install.
+    package_data={"": ["*.cc", "*.h", "*.so", "native/*.cc", "native/*.h", "native/*.so"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
