@@ -13,7 +13,8 @@ from repro.frozen import r2_r5_tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-FROZEN_RESULTS = ("r2", "r2_index", "r3", "r4", "r4_cisi", "r5", "r5_paper")
+FROZEN_RESULTS = ("r2", "r2_index", "r3", "r4", "r4_cisi", "r4_layer1", "r5", "r5_paper")
+R1_RESULTS = ("r1", "r1_head", "r1_head_seed1")
 
 # The result files keep their keys sorted, the tables were written from the jobs' dicts, whose
 # order is the gin files' (heads, losses, gates, sweep fields, transfer datasets): restored here.
@@ -47,10 +48,10 @@ def assert_contained(recorded, current, where):
     assert current == recorded and type(current) is type(recorded), where
 
 
-@pytest.mark.parametrize("name", ("r1",) + FROZEN_RESULTS)
+@pytest.mark.parametrize("name", R1_RESULTS + FROZEN_RESULTS)
 def test_papers_json_holds_what_each_result_file_compared_against(name):
   content = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
-  claim = "r1" if name == "r1" else content["claim"]
+  claim = "r1" if name in R1_RESULTS else content["claim"]
   assert_contained(content["paper"], papers.paper_numbers(claim), name)
 
 
@@ -68,10 +69,11 @@ def test_r5_table_takes_the_paper_column_from_papers_json():
   assert next(x for x in lines if x.startswith("| M3SE |")).endswith("| 34.9 / 40.6 |")
 
 
-def test_r1_table_regenerates_the_committed_markdown():
-  content = json.loads((RESULTS / "r1.json").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", R1_RESULTS)
+def test_r1_table_regenerates_the_committed_markdown(name):
+  content = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
   table = r1.MD_HEADER + r1.r1_table(content["reports"])
-  assert table == (RESULTS / "r1.md").read_text(encoding="utf-8")
+  assert table == (RESULTS / f"{name}.md").read_text(encoding="utf-8")
   assert "| ArguAna (paper, ALIGNER-xxl) |" in table
 
 
