@@ -11,13 +11,16 @@ PYTEST := $(PY) -m pytest
 NATIVE_DIR := aligner_jax/scoring/native
 NATIVE_SO := $(NATIVE_DIR)/_align_cpu.so
 IVF_SCAN_SO := aligner_jax/index/native/_ivf_scan.so
+DENSE_SO := aligner_jax/models/native/_dense_cpu.so
+NATIVE_HEADERS := $(addprefix $(NATIVE_DIR)/,isa.h simd.h parallel.h)
+FFI_INCLUDE = -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')"
 CXX := g++
 NATIVE_FLAGS := -O3 -march=native -std=c++17 -shared -fPIC
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lint test test-slow test-all demo bench bench-quick bench-peer-env clean
 
-install: $(STAMP) $(NATIVE_SO) $(IVF_SCAN_SO)
+install: $(STAMP) $(NATIVE_SO) $(IVF_SCAN_SO) $(DENSE_SO)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,9 +33,12 @@ $(STAMP): setup.py requirements.lock
 # prebuilt), so it gets that machine's widest vectors (AVX-512 here, AVX2 on a host without
 # it) with no dispatch code; a copy moved to a CPU lacking what it was built for is refused at
 # load time (aligner_jax/scoring/native/__init__.py), not run.
-$(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(NATIVE_DIR)/isa.h $(STAMP)
-	$(CXX) $(NATIVE_FLAGS) -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
-	  $< -o $@.tmp && mv $@.tmp $@
+$(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(NATIVE_HEADERS) $(STAMP)
+	$(CXX) $(NATIVE_FLAGS) $(FFI_INCLUDE) $< -o $@.tmp && mv $@.tmp $@
+
+# The encoders' dense-layer kernel (XLA FFI), on the same vectors and microkernel.
+$(DENSE_SO): aligner_jax/models/native/dense_cpu.cc $(NATIVE_HEADERS) $(STAMP)
+	$(CXX) $(NATIVE_FLAGS) $(FFI_INCLUDE) $< -o $@.tmp && mv $@.tmp $@
 
 # The IVF index's token scan (plain C++, called through ctypes), built the same way.
 $(IVF_SCAN_SO): aligner_jax/index/native/ivf_scan.cc $(NATIVE_DIR)/isa.h
@@ -85,4 +91,5 @@ $(PEER_VENV)/.installed: bench/peers/requirements.txt
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO) $(IVF_SCAN_SO)
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO) $(IVF_SCAN_SO) \
+	  $(DENSE_SO)

@@ -579,7 +579,7 @@ def test_pallas_kernel_lowers_for_accelerators(backend, platform, spec, monkeypa
 def test_kernels_match_fast_at_benchmark_like_shapes(method, spec):
   if method == "native":
     from aligner_jax.scoring import native
-    native.require()
+    native.ALIGN.require()
   rng = np.random.default_rng(19)
   q = rng.standard_normal((2, 32, 64)).astype(np.float32)
   d = rng.standard_normal((2, 100, 128, 64)).astype(np.float32)
@@ -600,7 +600,7 @@ NATIVE_SPECS = ["top_k:1", "top_k:2", "top_k:5", "top_k:32", "top_p:0.3", "top_p
 def built_kernel():
   """The kernel is built by `make install`; without it these tests fail with the reason."""
   from aligner_jax.scoring import native
-  native.require()
+  native.ALIGN.require()
 
 
 @pytest.mark.parametrize("spec", NATIVE_SPECS)
@@ -706,20 +706,16 @@ def test_missing_kernel_falls_back_once_or_fails_when_asked_for(monkeypatch, tmp
 
   from aligner_jax.scoring import dispatch
   from aligner_jax.scoring import native
-  monkeypatch.setattr(native, "LIBRARY", str(tmp_path / "_align_cpu.so"))
-  native.load.cache_clear()
-  native.available.cache_clear()
+  built = native.ALIGN
+  monkeypatch.setattr(native, "ALIGN", native.Library(
+      str(tmp_path / "_align_cpu.so"), built.what, built.source, built.handlers, built.fallback))
   warnings = []
   monkeypatch.setattr(absl_logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
-  try:
-    case = make_case(26, 2, 3, 3, 5)
-    args = (case["q"], case["q_mask"], case["d"], case["d_mask"])
-    for _ in range(2):
-      assert alignment_lib._prepare("align_scores", "top_k:1", *args, None, None, "auto",
-                                    lead=1)[1] == "fast"
-    assert len(warnings) == 1 and "not built" in warnings[0] and "XLA path" in warnings[0]
-    with pytest.raises(RuntimeError, match="not built; run `make install`"):
-      alignment_lib.align_scores(*args, "top_k:1", method=dispatch.NATIVE)
-  finally:
-    native.load.cache_clear()
-    native.available.cache_clear()
+  case = make_case(26, 2, 3, 3, 5)
+  args = (case["q"], case["q_mask"], case["d"], case["d_mask"])
+  for _ in range(2):
+    assert alignment_lib._prepare("align_scores", "top_k:1", *args, None, None, "auto",
+                                  lead=1)[1] == "fast"
+  assert len(warnings) == 1 and "not built" in warnings[0] and "XLA path" in warnings[0]
+  with pytest.raises(RuntimeError, match="not built; run `make install`"):
+    alignment_lib.align_scores(*args, "top_k:1", method=dispatch.NATIVE)

@@ -127,10 +127,11 @@ class BertLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate)
     h = BertAttention(cfg, name="attention")(x, bias, deterministic=deterministic)
     x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(h, deterministic=deterministic))
+    # The activation is part of the layer: the CPU kernel applies it as it stores.
     h = common.DenseGeneral(features=(cfg.intermediate_size,),
                             kernel_axes=(sharding.EMBED, sharding.MLP), use_bias=True,
-                            kernel_init=init, dtype=dtype, name="wi")(x)
-    h = common.activation(cfg.activation)(h)
+                            kernel_init=init, dtype=dtype, activation=cfg.activation,
+                            name="wi")(x)
     h = sharding.constrain(h, (sharding.BATCH, sharding.LENGTH, sharding.MLP))
     h = common.DenseGeneral(features=(cfg.hidden_size,),
                             kernel_axes=(sharding.MLP, sharding.EMBED), use_bias=True,

@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from aligner_jax import sharding
+from aligner_jax.models import cpu_dense
+from aligner_jax.models import native
+from aligner_jax.scoring import dispatch
 
 Initializer = Callable[..., jax.Array]
 
@@ -54,8 +57,12 @@ def normal_init(stddev: float) -> Initializer:
   return nn.initializers.normal(stddev=stddev)
 
 
+XLA = "xla"
+DENSE_METHODS = (XLA, dispatch.NATIVE)
+
+
 class DenseGeneral(nn.Module):
-  """y = x · W (+ b) contracting the last `len(in_shape)` axes of x.
+  """y = act(x · W (+ b)) contracting the last `len(in_shape)` axes of x.
 
   Attributes:
     features: output feature shape, e.g. `(heads, kv)`.
@@ -63,6 +70,10 @@ class DenseGeneral(nn.Module):
       2 for `[.., heads, kv]`).
     kernel_axes: logical names of the kernel, in-axes then out-axes.
     use_bias: whether to add a bias of shape `features` (BERT yes, T5 no).
+    activation: a name in ACTIVATIONS applied after the bias, or None.
+    method: "auto" (dispatch.resolve: the CPU kernel `cpu_dense` on the CPU backend when it
+      computes the layer and is built, else XLA), "xla" or "native". The parameters and the
+      gradients are the same either way.
   """
   features: Sequence[int]
   kernel_axes: Sequence[str | None]
@@ -70,25 +81,42 @@ class DenseGeneral(nn.Module):
   use_bias: bool = False
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  activation: str | None = None
+  method: str = dispatch.AUTO
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., *in_shape] -> [..., *features] in `dtype`."""
     features = tuple(self.features)
     in_shape = x.shape[-self.contract:]
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
-        in_shape + features, jnp.float32)
-    x = x.astype(self.dtype)
-    y = jax.lax.dot_general(
-        x, kernel.astype(self.dtype),
-        ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))),
-         ((), ())))
+        in_shape + features, jnp.float32).astype(self.dtype)
+    bias = None
     if self.use_bias:
       bias_axes = tuple(self.kernel_axes[self.contract:])
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-                        features, jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
+                        features, jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    act = None if self.activation is None else activation(self.activation)
+    contract = self.contract
+
+    def xla(x, kernel, bias):
+      y = jax.lax.dot_general(
+          x, kernel, ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))),
+                      ((), ())))
+      if bias is not None:
+        y = y + bias
+      return y if act is None else act(y)
+
+    cpu_problem = cpu_dense.unsupported(x, kernel, self.activation)
+    method = dispatch.resolve(self.method, xla=XLA, allowed=DENSE_METHODS, backends=(),
+                              name="DenseGeneral",
+                              cpu_kernel=None if cpu_problem else native.DENSE)
+    if method == XLA:
+      return xla(x, kernel, bias)
+    return cpu_dense.dense(x, kernel, bias, xla, contract=contract,
+                           activation=self.activation)
 
 
 def attention_bias(mask: jax.Array) -> jax.Array:

@@ -229,12 +229,12 @@ def _prepare(name, alignment, q, q_mask, d, d_mask, q_ids, d_ids, method, lead):
   cpu_problem = cpu_align.unsupported(alignment, d.shape[-2], q, d)
   method = dispatch.resolve(method, xla="fast", allowed=METHODS,
                             backends=dispatch.ALIGN_BACKENDS, name=name,
-                            cpu_kernel=cpu_problem is None)
+                            cpu_kernel=native.ALIGN if cpu_problem is None else None)
   if method == dispatch.NATIVE:  # asked for explicitly, or "auto" found it built
     if cpu_problem:
       raise ValueError(f"{name}: method={method!r}: the CPU kernel does not compute "
                        f"{cpu_problem}")
-    native.require()
+    native.ALIGN.require()
   if method == "pallas" and similarity.score_dtype(q, d) == jnp.float64 and not (
       dispatch.interpret(dispatch.ALIGN_BACKENDS)):
     method = "fast"  # accelerators' kernels have no float64

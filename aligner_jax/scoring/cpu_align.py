@@ -80,5 +80,5 @@ def grouped_scores(q, q_mask, u_q, d, d_mask, u_d, alignment) -> jax.Array:
   problem = unsupported(alignment, d.shape[2], q, d)
   if problem:
     raise ValueError(f"the CPU kernel does not compute {problem}")
-  native.require()
+  native.ALIGN.require()
   return _scores(alignment, q, u_q, d, u_d, q_mask, d_mask, None, None)

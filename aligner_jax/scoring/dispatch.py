@@ -1,13 +1,15 @@
-"""The one switch between the kernels and the XLA paths of the scorers.
+"""The one switch between the kernels and the XLA paths of the scorers and the encoders.
 
-`method="auto"` (every scorer's default) resolves here, once, outside any jit, when no
-multi-device mesh is active (the kernels are not wrapped for sharded inputs, so under a mesh the
-XLA path keeps its partitioning):
+`method="auto"` (every scorer's and dense layer's default) resolves here, when no multi-device
+mesh is active (the kernels are not wrapped for sharded inputs, so under a mesh the XLA path
+keeps its partitioning); the scorers resolve once outside any jit, the dense layers when they
+are traced:
   * the Pallas kernels (`pallas_align.py`, `pallas_lite.py`) when the default backend is one they
     are written for;
-  * the compiled CPU kernel (`cpu_align.py`, "native") on the CPU backend, for the calls it
-    computes, when `make install` built it (`native.available()`; otherwise the XLA path runs
-    and the log says so once);
+  * a compiled CPU kernel ("native") on the CPU backend, for the calls it computes, when
+    `make install` built it (its `native.Library` is available; otherwise the XLA path runs and
+    the log says so once): the alignment scorers' (`cpu_align.py`) and the encoders' dense
+    layers' (`aligner_jax/models/cpu_dense.py`);
   * the XLA path otherwise.
 An explicit method always runs that method. Asking for "pallas" on a backend without Pallas
 lowering (this project's CPU tests) runs the kernels in Pallas interpret mode, which is how they
@@ -31,7 +33,7 @@ LITE_BACKENDS = ("tpu",)
 
 
 def resolve(method: str, *, xla: str, allowed: tuple[str, ...], backends: tuple[str, ...],
-            name: str, cpu_kernel: bool = False) -> str:
+            name: str, cpu_kernel: native.Library | None = None) -> str:
   """The concrete method for `method`: "auto" becomes "pallas", "native" or `xla` (see the
   docstring).
 
@@ -41,8 +43,8 @@ def resolve(method: str, *, xla: str, allowed: tuple[str, ...], backends: tuple[
     allowed: the concrete methods the scorer has (including "pallas").
     backends: default backends the scorer's Pallas kernel is written for.
     name: the scorer's name, for the error message.
-    cpu_kernel: whether the CPU kernel computes this call (the scorer has one and supports the
-      call's alignment and dtypes).
+    cpu_kernel: the library of the CPU kernel that computes this call (None when the caller has
+      none, or it does not compute the call's alignment, shapes or dtypes).
   Returns:
     One of `allowed`.
   """
@@ -52,7 +54,8 @@ def resolve(method: str, *, xla: str, allowed: tuple[str, ...], backends: tuple[
     backend = jax.default_backend()
     if backend in backends:
       return PALLAS
-    if backend == "cpu" and cpu_kernel and NATIVE in allowed and native.available():
+    if (backend == "cpu" and cpu_kernel is not None and NATIVE in allowed
+        and cpu_kernel.available()):
       return NATIVE
     return xla
   if method not in allowed:

@@ -2,9 +2,9 @@
 // behind the XLA FFI: similarity tile -> masked per-row selection -> Σ S⊙A / Σ A per query,
 // the whole S never materialised. Semantics are those of aligner_jax/scoring/alignment.py.
 //
-// Vectors. L = kLanes floats per vector register: 16 with AVX-512 (32 registers), 8 with AVX2
-// (16 registers). Every blocking size below follows from L and the register count, so a
-// -march=native build gets a microkernel that fits its own register file.
+// Vectors. L = kLanes floats per vector register and the microkernel `MultiplyAdd` come from
+// simd.h: every blocking size below follows from L and the register count, so a -march=native
+// build gets a microkernel that fits its own register file.
 //
 // Layout. Work is G independent groups, each Bq queries of n tokens against C documents of m
 // tokens (width h); leading batch dimensions (vmap) fold into G.
@@ -18,9 +18,8 @@
 //     L is read in place; other documents (bfloat16, float16, or a ragged width) are first
 //     converted into zero-padded float32 rows, once per document. The microkernel broadcasts
 //     every document value from its row and keeps its NT x NV accumulators in registers:
-//     acc[t][v] += broadcast(d[t][k]) * panel[k][v]. NT is the most tokens whose NT·NV
-//     accumulators, NV panel vectors and one broadcast fit the register file (AVX2: 6 tokens x
-//     16 rows, the 6x16 shape of BLAS's Haswell / Zen SGEMM kernels, or 12 tokens x 8 rows).
+//     acc[t][v] += broadcast(d[t][k]) * panel[k][v] (AVX2: 6 tokens x 16 rows, or 12 tokens x
+//     8 rows).
 //     Each query panel runs over all of a document's blocks before the next panel (the panel
 //     stays in L1), and the next document's valid rows are prefetched into L2 meanwhile.
 //   * Selection runs on the accumulators, per query row, in the L lanes of a vector: the
@@ -32,22 +31,20 @@
 //   * Per row: num = Σ_{l<count} w_l·top_l and den = Σ_{l<count} w_l (w = 1 without saliences);
 //     per query: Σ u_q·num / Σ u_q·den, 0 when the denominator is 0.
 //   * Documents are shared among XLA's intra-op threads in chunks claimed from an atomic
-//     counter; the calling thread works too and never waits for a task that has not started.
-//
-// Vectors are GCC vector extensions sized to the build's widest registers.
+//     counter (parallel.h); the calling thread works too and never waits for a task that has
+//     not started.
 
 #include <algorithm>
-#include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "isa.h"
+#include "parallel.h"
+#include "simd.h"
 
 #include "xla/ffi/api/ffi.h"
 
@@ -55,18 +52,8 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-#ifdef __AVX512F__
-constexpr int kLanes = 16;            // floats per vector register
-constexpr int kVectorRegisters = 32;  // zmm0-31
-constexpr int kMaxPanelVectors = 4;   // panels of up to 64 query rows
-#else
-constexpr int kLanes = 8;             // AVX2: ymm registers
-constexpr int kVectorRegisters = 16;  // ymm0-15
-constexpr int kMaxPanelVectors = 2;   // panels of up to 16 query rows (6x16 microkernel)
-#endif
+using namespace aligner_native;  // NOLINT: the kernels' shared vocabulary (simd.h, parallel.h)
 
-typedef float vf __attribute__((vector_size(4 * kLanes)));
-typedef float vfu __attribute__((vector_size(4 * kLanes), aligned(4)));
 typedef uint16_t h16u __attribute__((vector_size(2 * kLanes), aligned(2)));
 typedef uint32_t u32x __attribute__((vector_size(4 * kLanes)));
 typedef _Float16 f16x __attribute__((vector_size(2 * kLanes), aligned(2)));
@@ -74,23 +61,6 @@ typedef _Float16 f16x __attribute__((vector_size(2 * kLanes), aligned(2)));
 constexpr int kDocsPerClaim = 2;  // fine enough to balance 100 documents over the cores
 
 enum class DocType { kF32, kBF16, kF16 };
-
-inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
-inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
-inline vf splat(float x) {
-  vf r;  // element by element: GCC emits one broadcast (`vf{} + x` would add +0.0 first)
-  for (int i = 0; i < kLanes; ++i) r[i] = x;
-  return r;
-}
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-inline vf vmin(vf a, vf b) { return a < b ? a : b; }
-
-// Tokens per block for NV query vectors: the NT·NV accumulators, the NV panel vectors of one k
-// and the broadcast document value stay in registers.
-constexpr int TokensPerBlock(int nv) {
-  if (kVectorRegisters >= 32) return nv == 1 ? 24 : nv == 2 ? 12 : nv == 3 ? 8 : 6;
-  return nv == 1 ? 12 : 6;
-}
 
 // kLanes consecutive values of one document token from `src` (count < kLanes: the rest
 // are 0).
@@ -177,30 +147,13 @@ template <int NV, int KM, bool WEIGHTED>
 __attribute__((noinline)) void Block(const float* const* rows, int hv, int nt,
                                      const float* panel, const float* weights,
                                      State<NV, KM>& state) {
-  constexpr int NT = TokensPerBlock(NV);
-  const float* row[NT];
-#pragma GCC unroll 32
-  for (int t = 0; t < NT; ++t) row[t] = rows[t];
+  constexpr int NT = RowsPerTile(NV);
   vf acc[NT][NV];
 #pragma GCC unroll 32
   for (int t = 0; t < NT; ++t)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[t][v] = splat(0.0f);
-  for (int c = 0; c < hv; ++c) {
-    const float* pq = panel + c * kLanes * NV * kLanes;
-#pragma GCC unroll 16
-    for (int kk = 0; kk < kLanes; ++kk) {
-      vf qv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) qv[v] = load(pq + (kk * NV + v) * kLanes);
-#pragma GCC unroll 32
-      for (int t = 0; t < NT; ++t) {
-        vf dt = splat(row[t][c * kLanes + kk]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[t][v] += dt * qv[v];
-      }
-    }
-  }
+  MultiplyAdd<NT, NV>(rows, static_cast<int64_t>(hv) * kLanes, panel, acc);
   if (nt < NT) {
     // Tokens beyond the last valid one: -inf never enters the selection.
 #pragma GCC unroll 32
@@ -348,7 +301,7 @@ template <int NV, int KM, bool WEIGHTED>
 void RunPanel(const Group& grp, int panel, int64_t hv, const float* const* rows, int nvalid,
               const float* weights, int count, Prefetcher& prefetch, float* num_q,
               float* den_q) {
-  constexpr int NT = TokensPerBlock(NV);
+  constexpr int NT = RowsPerTile(NV);
   constexpr int64_t width = NV * kLanes;
   State<NV, KM> s;
   s.Reset();
@@ -410,7 +363,7 @@ int ValidTokens(const Problem& p, int64_t item, std::vector<int32_t>& valid) {
 template <int KM, bool WEIGHTED>
 void ScoreDocs(const Problem& p, int64_t first, int64_t last, int64_t after,
                std::vector<float>& scratch) {
-  constexpr int kMaxTokens = TokensPerBlock(1);  // the longest block
+  constexpr int kMaxTokens = RowsPerTile(1);  // the longest block
   const int64_t hv = p.hv;
   const int64_t row_size = hv * kLanes;
   const bool in_place = p.doc_type == DocType::kF32 && p.h == row_size;
@@ -452,7 +405,7 @@ void ScoreDocs(const Problem& p, int64_t first, int64_t last, int64_t after,
       }
       for (int t = nvalid; t < nvalid + kMaxTokens; ++t) rows[t] = zeros;
       int64_t steps = 0;
-      for (int nv : grp.panel_nv) steps += (nvalid + TokensPerBlock(nv) - 1) / TokensPerBlock(nv);
+      for (int nv : grp.panel_nv) steps += (nvalid + RowsPerTile(nv) - 1) / RowsPerTile(nv);
       prefetch.Start(&next_rows, next_nvalid, p.h * elem, steps);
       for (int panel = 0; panel < num_panels; ++panel)
         DispatchPanel<KM, WEIGHTED>(grp.panel_nv[panel], grp, panel, hv, rows.data(), nvalid,
@@ -481,12 +434,8 @@ ScoreFn Pick(int max_count, bool weighted) {
   return PickWeighted<32>(weighted);
 }
 
-// Work shared by the calling thread and up to `extra` pool tasks. Tasks that start after all
-// chunks are claimed find nothing to do; the shared state outlives the call for them.
 struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  int64_t total = 0;
+  Claims claims;  // documents of the flattened (group, document) order
   ScoreFn fn = nullptr;
   Problem problem;
 };
@@ -495,12 +444,12 @@ struct Shared {
 // last one of the chunk before is computed.
 void Work(Shared& s) {
   std::vector<float> scratch;
-  int64_t start = s.next.fetch_add(kDocsPerClaim);
-  while (start < s.total) {
-    const int64_t end = std::min(s.total, start + kDocsPerClaim);
-    const int64_t following = s.next.fetch_add(kDocsPerClaim);
-    s.fn(s.problem, start, end, following < s.total ? following : -1, scratch);
-    s.done.fetch_add(end - start);
+  int64_t start = s.claims.Claim();
+  while (start < s.claims.total) {
+    const int64_t following = s.claims.Claim();
+    s.fn(s.problem, start, s.claims.End(start), following < s.claims.total ? following : -1,
+         scratch);
+    s.claims.Finish(start);
     start = following;
   }
 }
@@ -558,16 +507,10 @@ ffi::Error AlignScoresImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
 
   p.group.reserve(p.groups);
   for (int64_t g = 0; g < p.groups; ++g) p.group.push_back(PackGroup(p, g));
-  shared->total = p.groups * p.num_d;
+  shared->claims.total = p.groups * p.num_d;
+  shared->claims.chunk = kDocsPerClaim;
   shared->fn = Pick(p.max_count, p.weighted);
-
-  const int64_t chunks = (shared->total + kDocsPerClaim - 1) / kDocsPerClaim;
-  // No more workers than cores: XLA's pool may hold more threads than the machine has.
-  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t extra = std::min({pool.num_threads(), cores, chunks}) - 1;
-  for (int64_t i = 0; i < extra; ++i) pool.Schedule([shared] { Work(*shared); });
-  Work(*shared);
-  while (shared->done.load() < shared->total) std::this_thread::yield();
+  RunShared(pool, shared->claims, [shared] { Work(*shared); });
   return ffi::Error::Success();
 }
 
