@@ -12,6 +12,7 @@ NATIVE_DIR := aligner_jax/scoring/native
 NATIVE_SO := $(NATIVE_DIR)/_align_cpu.so
 IVF_SCAN_SO := aligner_jax/index/native/_ivf_scan.so
 DENSE_SO := aligner_jax/models/native/_dense_cpu.so
+ATTENTION_SO := aligner_jax/models/native/_attention_cpu.so
 NATIVE_HEADERS := $(addprefix $(NATIVE_DIR)/,isa.h simd.h parallel.h)
 FFI_INCLUDE = -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')"
 CXX := g++
@@ -20,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lint test test-slow test-all demo bench bench-quick bench-peer-env clean
 
-install: $(STAMP) $(NATIVE_SO) $(IVF_SCAN_SO) $(DENSE_SO)
+install: $(STAMP) $(NATIVE_SO) $(IVF_SCAN_SO) $(DENSE_SO) $(ATTENTION_SO)
 
 $(STAMP): setup.py requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +37,12 @@ $(STAMP): setup.py requirements.lock
 $(NATIVE_SO): $(NATIVE_DIR)/align_cpu.cc $(NATIVE_HEADERS) $(STAMP)
 	$(CXX) $(NATIVE_FLAGS) $(FFI_INCLUDE) $< -o $@.tmp && mv $@.tmp $@
 
-# The encoders' dense-layer kernel (XLA FFI), on the same vectors and microkernel.
+# The encoders' dense-layer and self-attention kernels (XLA FFI), on the same vectors and
+# microkernel.
 $(DENSE_SO): aligner_jax/models/native/dense_cpu.cc $(NATIVE_HEADERS) $(STAMP)
+	$(CXX) $(NATIVE_FLAGS) $(FFI_INCLUDE) $< -o $@.tmp && mv $@.tmp $@
+
+$(ATTENTION_SO): aligner_jax/models/native/attention_cpu.cc $(NATIVE_HEADERS) $(STAMP)
 	$(CXX) $(NATIVE_FLAGS) $(FFI_INCLUDE) $< -o $@.tmp && mv $@.tmp $@
 
 # The IVF index's token scan (plain C++, called through ctypes), built the same way.
@@ -92,4 +97,4 @@ $(PEER_VENV)/.installed: bench/peers/requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info $(NATIVE_SO) $(IVF_SCAN_SO) \
-	  $(DENSE_SO)
+	  $(DENSE_SO) $(ATTENTION_SO)

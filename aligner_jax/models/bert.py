@@ -16,6 +16,7 @@ Conventions:
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -106,9 +107,11 @@ class BertAttention(nn.Module):
     q = projection("query") * jnp.asarray(cfg.head_dim ** -0.5, dtype)
     k = projection("key")
     v = projection("value")
-    weights = common.attention_weights(q, k, bias)
-    weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=deterministic)
-    out = sharding.constrain(common.attend(weights, v), heads_axes)
+    dropout = None
+    if not deterministic and cfg.attention_dropout_rate > 0:
+      dropout = functools.partial(nn.Dropout(cfg.attention_dropout_rate), deterministic=False)
+    out = common.dot_product_attention(q, k, v, bias, dropout=dropout)
+    out = sharding.constrain(out, heads_axes)
     return common.DenseGeneral(
         features=(cfg.hidden_size,), contract=2,
         kernel_axes=(sharding.HEADS, sharding.KV, sharding.EMBED), use_bias=True,

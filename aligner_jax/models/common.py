@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from aligner_jax import sharding
+from aligner_jax.models import cpu_attention
 from aligner_jax.models import cpu_dense
 from aligner_jax.models import native
 from aligner_jax.scoring import dispatch
@@ -58,7 +59,8 @@ def normal_init(stddev: float) -> Initializer:
 
 
 XLA = "xla"
-DENSE_METHODS = (XLA, dispatch.NATIVE)
+# The concrete methods of the layers with a CPU kernel (`method` attributes / arguments).
+METHODS = (XLA, dispatch.NATIVE)
 
 
 class DenseGeneral(nn.Module):
@@ -110,7 +112,7 @@ class DenseGeneral(nn.Module):
       return y if act is None else act(y)
 
     cpu_problem = cpu_dense.unsupported(x, kernel, self.activation)
-    method = dispatch.resolve(self.method, xla=XLA, allowed=DENSE_METHODS, backends=(),
+    method = dispatch.resolve(self.method, xla=XLA, allowed=METHODS, backends=(),
                               name="DenseGeneral",
                               cpu_kernel=None if cpu_problem else native.DENSE)
     if method == XLA:
@@ -159,6 +161,37 @@ def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
   """
   v_heads = jnp.transpose(v, (0, 2, 1, 3))  # [B, heads, Lk, kv]: see attention_weights
   return jnp.transpose(jnp.matmul(weights.astype(v.dtype), v_heads), (0, 2, 1, 3))
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
+                          dropout: Callable[[jax.Array], jax.Array] | None = None,
+                          method: str = dispatch.AUTO) -> jax.Array:
+  """attend(dropout(attention_weights(q, k, bias)), v).
+
+  Args:
+    q, k, v: [B, L, heads, kv] (any 1/sqrt(kv) scaling already applied to q).
+    bias: broadcastable to [B, heads, L, L] float32.
+    dropout: applied to the weights (training), or None.
+    method: "auto" (dispatch.resolve: the fused CPU kernel `cpu_attention` on the CPU backend
+      when it computes the call and is built: self-attention in float32 with a key bias
+      [B, 1, 1, L] and no dropout; else XLA), "xla" or "native".
+  Returns:
+    [B, L, heads, kv] in v's dtype.
+  """
+  def xla(q, k, v, bias):
+    weights = attention_weights(q, k, bias)
+    return attend(weights if dropout is None else dropout(weights), v)
+
+  cpu_problem = ("dropout on the weights" if dropout is not None
+                 else cpu_attention.unsupported(q, k, v, bias))
+  method = dispatch.resolve(method, xla=XLA, allowed=METHODS, backends=(),
+                            name="dot_product_attention",
+                            cpu_kernel=None if cpu_problem else native.ATTENTION)
+  if method == XLA:
+    return xla(q, k, v, bias)
+  if cpu_problem:
+    raise ValueError(f"the CPU attention kernel does not compute {cpu_problem}")
+  return cpu_attention.attention(q, k, v, bias, xla)
 
 
 def constrain_hidden(x: jax.Array) -> jax.Array:

@@ -4,12 +4,11 @@ The kernel (`native/dense_cpu.cc`, compiled by `make install`) packs W once per 
 panels sized for the machine's vector registers, multiplies with the microkernel the alignment
 kernel uses (`aligner_jax/scoring/native/simd.h`) on up to as many threads as the machine has
 cores, and adds the bias and applies the activation (the identity or the exact GELU, Hugging
-Face "gelu") as it stores each tile, so y is written once.
+Face "gelu") to the accumulators before their last store, so no pass over y follows.
 
 `common.DenseGeneral` calls it when `dispatch.resolve` picks "native" (the CPU backend, no
 multi-device mesh, the library built, float32, an activation it fuses). The backward pass
-differentiates the caller's XLA path of the same function, so gradients (and training) are
-those of the XLA path.
+differentiates the caller's XLA path of the same function (`native.with_xla_gradients`).
 """
 
 import functools
@@ -52,26 +51,6 @@ def _call(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
   return call(x, kernel, b, activation=np.int32(FUSED[activation]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _dense2d(x, kernel, bias, activation, xla):
-  del xla
-  return _call(x, kernel, bias, activation)
-
-
-def _dense2d_fwd(x, kernel, bias, activation, xla):
-  del xla
-  return _call(x, kernel, bias, activation), (x, kernel, bias)
-
-
-def _dense2d_bwd(activation, xla, saved, grad):
-  del activation
-  _, vjp = jax.vjp(xla, *saved)
-  return vjp(grad)
-
-
-_dense2d.defvjp(_dense2d_fwd, _dense2d_bwd)
-
-
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
           xla: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array], *, contract: int,
           activation: str | None) -> jax.Array:
@@ -103,6 +82,7 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
             None if bias2 is None else bias2.reshape(features))
     return y.reshape(x2.shape[0], n)
 
-  y = _dense2d(x.reshape(math.prod(lead), k), kernel.reshape(k, n),
-               None if bias is None else bias.reshape(n), activation, xla2d)
+  y = native.with_xla_gradients(functools.partial(_call, activation=activation), xla2d,
+                                x.reshape(math.prod(lead), k), kernel.reshape(k, n),
+                                None if bias is None else bias.reshape(n))
   return y.reshape(lead + features)

@@ -52,43 +52,11 @@ enum Activation : int32_t { kIdentity = 0, kGeluErf = 1 };
 // erfc(z) for z >= 0 as t·e^(P(t) - z²), t = 1 / (1 + z/2): P(t) is a degree-9 polynomial
 // fitted (weighted least squares, then reweighted toward the largest error) to
 // log(erfc(z)·e^(z²)/t) on z in [0, 10]; its relative error there is below 5e-8 before float32
-// rounding. The tests compare the GELU built on it with math.erf.
+// rounding. The tests compare the GELU built on it with math.erfc.
 constexpr float kErfcP[] = {-1.26544142f, 0.99849236f,  0.387899727f, 0.0283631217f,
                             0.0201605689f, -0.116687745f, -0.651408613f, 1.12255049f,
                             -0.666138828f, 0.142210349f};
 constexpr int kErfcTerms = sizeof(kErfcP) / sizeof(kErfcP[0]);
-
-typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
-
-// e^a for N vectors, lane by lane, for a in [-87, 88] (clamped to it: e^-87 is near the
-// smallest normal float32), within about 2 ulp: a = n·ln2 + r with |r| <= ln2/2, e^r by its
-// Taylor polynomial of degree 7 (truncation < 5e-9 relative), 2^n put into the exponent bits.
-// Every step runs over all N vectors before the next: the N chains are independent, so the
-// core overlaps them instead of waiting out one long chain of dependent operations at a time.
-template <int N>
-inline __attribute__((always_inline)) void Exp(vf (&a)[N]) {
-  // Round to nearest: adding 1.5·2^23 leaves no fraction bits in float32.
-  const vf shift = splat(12582912.0f);
-  vf n[N], p[N];
-#pragma GCC unroll 32
-  for (int i = 0; i < N; ++i) {
-    a[i] = vmin(vmax(a[i], splat(-87.0f)), splat(88.0f));
-    n[i] = (a[i] * splat(1.44269504f) + shift) - shift;
-    // ln2 in two parts (the high one has trailing zero bits, so n·hi is exact).
-    a[i] = (a[i] - n[i] * splat(0.693145752f)) - n[i] * splat(1.42860677e-6f);
-    p[i] = splat(1.0f / 5040.0f);
-  }
-  constexpr float kTaylor[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f,
-                               1.0f, 1.0f};
-  for (float c : kTaylor)
-#pragma GCC unroll 32
-    for (int i = 0; i < N; ++i) p[i] = p[i] * a[i] + splat(c);
-#pragma GCC unroll 32
-  for (int i = 0; i < N; ++i) {
-    const vi bits = (__builtin_convertvector(n[i], vi) + 127) << 23;
-    a[i] = p[i] * reinterpret_cast<const vf&>(bits);
-  }
-}
 
 // Hugging Face "gelu" for N vectors: x·Φ(x) = x/2 · (1 + erf(x/√2)), with Φ(x) =
 // erfc(|x|/√2)/2 for x < 0 and 1 - erfc(|x|/√2)/2 otherwise, so that Φ keeps its relative

@@ -34,6 +34,7 @@ constexpr int kMaxPanelVectors = 2;   // panels of up to 16 columns (6x16 microk
 
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef float vfu __attribute__((vector_size(4 * kLanes), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
@@ -47,6 +48,36 @@ inline vf SplatLanes(float x, std::index_sequence<I...>) {
 inline vf splat(float x) { return SplatLanes(x, std::make_index_sequence<kLanes>()); }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+
+// e^a for N vectors, lane by lane, for a in [-87, 88] (clamped to it: e^-87 is near the
+// smallest normal float32), within about 2 ulp: a = n·ln2 + r with |r| <= ln2/2, e^r by its
+// Taylor polynomial of degree 7 (truncation < 5e-9 relative), 2^n put into the exponent bits.
+// Every step runs over all N vectors before the next: the N chains are independent, so the
+// core overlaps them instead of waiting out one long chain of dependent operations at a time.
+template <int N>
+inline __attribute__((always_inline)) void Exp(vf (&a)[N]) {
+  // Round to nearest: adding 1.5·2^23 leaves no fraction bits in float32.
+  const vf shift = splat(12582912.0f);
+  vf n[N], p[N];
+#pragma GCC unroll 32
+  for (int i = 0; i < N; ++i) {
+    a[i] = vmin(vmax(a[i], splat(-87.0f)), splat(88.0f));
+    n[i] = (a[i] * splat(1.44269504f) + shift) - shift;
+    // ln2 in two parts (the high one has trailing zero bits, so n·hi is exact).
+    a[i] = (a[i] - n[i] * splat(0.693145752f)) - n[i] * splat(1.42860677e-6f);
+    p[i] = splat(1.0f / 5040.0f);
+  }
+  constexpr float kTaylor[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f,
+                               1.0f, 1.0f};
+  for (float c : kTaylor)
+#pragma GCC unroll 32
+    for (int i = 0; i < N; ++i) p[i] = p[i] * a[i] + splat(c);
+#pragma GCC unroll 32
+  for (int i = 0; i < N; ++i) {
+    const vi bits = (__builtin_convertvector(n[i], vi) + 127) << 23;
+    a[i] = p[i] * reinterpret_cast<const vf&>(bits);
+  }
+}
 
 // Rows per tile for panels of NV vectors: the NT·NV accumulators, the NV panel vectors of one
 // k and the broadcast value fit the register file.

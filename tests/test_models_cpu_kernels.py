@@ -1,8 +1,10 @@
-"""The dense layers' CPU kernel (XLA FFI, `aligner_jax/models/cpu_dense.py`): against a NumPy
-float64 reference over ragged shapes, the exact GELU against math.erfc, gradients, the BERT
-forward against the XLA path, and the switch (fallback when not built, never off the CPU)."""
+"""The encoders' CPU kernels (XLA FFI): the dense layers' (`aligner_jax/models/cpu_dense.py`)
+and the fused self-attention (`cpu_attention.py`) against NumPy float64 references over ragged
+shapes and masks, the exact GELU against math.erfc, gradients, the BERT forward against the XLA
+path, and the switch (fallback when not built, never off the CPU)."""
 
 import math
+import os
 
 from absl import logging as absl_logging
 import flax.linen as nn
@@ -23,8 +25,9 @@ from aligner_jax.scoring import native as scoring_native
 
 @pytest.fixture(scope="module")
 def built_kernel():
-  """The kernel is built by `make install`; without it these tests fail with the reason."""
+  """The kernels are built by `make install`; without them these tests fail with the reason."""
   native.DENSE.require()
+  native.ATTENTION.require()
 
 
 def _gelu64(y: np.ndarray) -> np.ndarray:
@@ -117,12 +120,14 @@ def test_under_vmap(built_kernel):
   np.testing.assert_allclose(got, jnp.einsum("bmk,bkn->bmn", x, w), rtol=1e-5, atol=1e-5)
 
 
-def _unbuilt(monkeypatch, tmp_path) -> list[str]:
-  """Points the kernel at a library that is not there; returns the warnings logged."""
-  built = native.DENSE
-  monkeypatch.setattr(native, "DENSE", scoring_native.Library(
-      str(tmp_path / "_dense_cpu.so"), built.what, built.source, built.handlers,
-      built.fallback))
+def _unbuilt(monkeypatch, tmp_path, *names: str) -> list[str]:
+  """Points the kernels `names` ("DENSE", "ATTENTION") at libraries that are not there;
+  returns the warnings logged."""
+  for name in names:
+    built = getattr(native, name)
+    monkeypatch.setattr(native, name, scoring_native.Library(
+        str(tmp_path / os.path.basename(built.path)), built.what, built.source, built.handlers,
+        built.fallback))
   warnings = []
   monkeypatch.setattr(absl_logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
   return warnings
@@ -143,21 +148,22 @@ def test_bert_forward_matches_the_xla_path(monkeypatch, tmp_path, built_kernel):
   text = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m)).lower(
       params, ids, mask).as_text()
   assert text.count(native.DENSE_TARGET) == 6 * TINY.num_layers  # q, k, v, out, wi, wo
+  assert text.count(native.ATTENTION_TARGET) == TINY.num_layers
   got = forward()
-  warnings = _unbuilt(monkeypatch, tmp_path)
+  warnings = _unbuilt(monkeypatch, tmp_path, "DENSE", "ATTENTION")
   want = forward()
-  assert len(warnings) == 1 and "not built" in warnings[0]
+  assert len(warnings) == 2 and all("not built" in w for w in warnings)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_missing_kernel_falls_back_or_fails_when_asked_for(monkeypatch, tmp_path):
-  warnings = _unbuilt(monkeypatch, tmp_path)
+  warnings = _unbuilt(monkeypatch, tmp_path, "DENSE")
   x = jnp.ones((2, 4), jnp.float32)
   layer = common.DenseGeneral(features=(3,), kernel_axes=(None, None))
   params = layer.init(jax.random.PRNGKey(0), x)
   for _ in range(2):
     assert native.DENSE_TARGET not in jax.jit(layer.apply).lower(params, x).as_text()
-  assert len(warnings) == 1 and "the dense layers use the XLA path" in warnings[0]
+  assert len(warnings) == 1 and "the encoders use the XLA path" in warnings[0]
   with pytest.raises(RuntimeError, match="not built; run `make install`"):
     common.DenseGeneral(features=(3,), kernel_axes=(None, None),
                         method=dispatch.NATIVE).apply(params, x)
@@ -182,3 +188,73 @@ def test_auto_uses_the_kernel_only_where_it_computes_the_layer(monkeypatch, buil
     lowered(dtype=jnp.bfloat16, method=dispatch.NATIVE)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert native.DENSE_TARGET not in lowered()
+
+
+# ---------------------------------------------------------------- fused self-attention
+
+
+def _attention64(q, k, v, lengths):
+  """NumPy float64 softmax(q·kᵀ + key mask)·v; a sequence of no real keys gets equal weights
+  over all of them, as jax.nn.softmax gives rows whose logits are all the float32 minimum."""
+  q, k, v = (a.astype(np.float64) for a in (q, k, v))
+  logits = np.einsum("bihd,bjhd->bhij", q, k)
+  real = np.arange(q.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, L]
+  logits = np.where(real[:, None, None, :], logits, -np.inf)
+  logits = np.where(real.any(1)[:, None, None, None], logits, 0.0)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bhij,bjhd->bihd", weights, v)
+
+
+def _attention_inputs(seed, b, n, h, d, lengths):
+  rng = np.random.default_rng(seed)
+  q, k, v = (rng.standard_normal((b, n, h, d)).astype(np.float32) for _ in range(3))
+  mask = np.arange(n)[None, :] < np.asarray(lengths)[:, None]
+  return q, k, v, common.attention_bias(jnp.asarray(mask))
+
+
+# Lengths: one, fewer than a tile of query rows (6 with AVX2, 24 with AVX-512), not a multiple
+# of a key panel (16) or the vector width; widths not a multiple of a value panel (16); padded
+# sequences, and one of no real tokens.
+@pytest.mark.parametrize("b,n,h,d,lengths", [
+    (1, 1, 1, 1, [1]), (2, 7, 3, 5, [7, 3]), (3, 37, 2, 32, [37, 20, 0]),
+    (2, 100, 4, 40, [100, 61]), (1, 300, 1, 8, [299])])
+def test_attention_matches_float64(b, n, h, d, lengths, built_kernel):
+  q, k, v, bias = _attention_inputs(b * n + h * d, b, n, h, d, lengths)
+  got = jax.jit(lambda *a: common.dot_product_attention(*a, method=dispatch.NATIVE))(
+      q, k, v, bias)
+  assert got.dtype == jnp.float32 and got.shape == (b, n, h, d)
+  np.testing.assert_allclose(got, _attention64(q, k, v, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_gradients_are_the_xla_paths(built_kernel):
+  q, k, v, bias = _attention_inputs(8, 2, 11, 3, 8, [11, 5])
+  grads = []
+  for method in (dispatch.NATIVE, common.XLA):
+    loss = lambda q, k, v, method=method: jnp.sum(jnp.sin(  # noqa: E731
+        common.dot_product_attention(q, k, v, bias, method=method)))
+    grads.append(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v))
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_auto_uses_the_kernel_only_where_it_computes_the_call(monkeypatch,
+                                                                        built_kernel):
+  q, k, v, bias = _attention_inputs(9, 2, 5, 2, 4, [5, 2])
+
+  def lowered(q=q, k=k, v=v, bias=bias, **kwargs) -> str:
+    return jax.jit(lambda *a: common.dot_product_attention(*a, **kwargs)).lower(
+        q, k, v, bias).as_text()
+
+  assert native.ATTENTION_TARGET in lowered()
+  assert native.ATTENTION_TARGET not in lowered(dropout=lambda w: w * 0.5)
+  assert native.ATTENTION_TARGET not in lowered(bias=jnp.zeros((1, 2, 5, 5)))  # per head
+  assert native.ATTENTION_TARGET not in lowered(q=q[:, :3])  # cross-attention
+  assert native.ATTENTION_TARGET not in lowered(v=jnp.asarray(v, jnp.bfloat16))
+  assert native.ATTENTION_TARGET not in lowered(method=common.XLA)
+  with pytest.raises(ValueError, match="does not compute dropout"):
+    lowered(dropout=lambda w: w * 0.5, method=dispatch.NATIVE)
+  with jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",)):
+    assert native.ATTENTION_TARGET not in lowered()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert native.ATTENTION_TARGET not in lowered()
