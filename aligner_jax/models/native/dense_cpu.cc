@@ -9,10 +9,10 @@
 //     panel[k][c] = W[k][n0 + c], the last panel zero past column N. The bias is padded the
 //     same way.
 //   * Rows are cut into blocks of kRowBlock rows, claimed by the threads (parallel.h), and the
-//     depth K into slices of at most kDepthBlock. Per block and slice the thread packs its
-//     rows into tiles of NT rows, tile[k][t] = x[t0 + t][k0 + k] (zero past row M), then runs
-//     every panel's slice over every tile: the panel slice (≤ 16 KB) stays in L1 while the
-//     tiles (≤ 96 KB) stream from L2, one contiguous stream of broadcasts each.
+//     depth K into slices of at most kDepthBlock. Per block and slice every panel's slice runs
+//     over the block's tiles of NT rows, read in place (one pointer per row, as the alignment
+//     kernel reads documents): the panel slice (≤ 16 KB) stays in L1 while the block's part
+//     of x (≤ 96 KB) stays in L2. Packing x as well was measured no faster.
 //   * A tile's accumulators start from zero at the first slice and from y at the next ones;
 //     at the last slice the bias and the activation are applied to them in registers, all of
 //     the tile's vectors step by step together, before they are stored.
@@ -109,37 +109,21 @@ void PackPanel(Job& j, int64_t panel) {
     j.bias[n0 + c] = j.b != nullptr && c < cols ? j.b[n0 + c] : 0.0f;
 }
 
-// Rows [r0, r1) of x, depth [k0, k0 + depth), packed into tiles of kNT rows, [depth][kNT] each.
-void PackRows(const Job& j, int64_t r0, int64_t r1, int64_t k0, int64_t depth, float* tiles) {
-  for (int64_t t0 = r0; t0 < r1; t0 += kNT, tiles += depth * kNT)
-    for (int t = 0; t < kNT; ++t) {
-      if (t0 + t >= j.m) {
-        for (int64_t kk = 0; kk < depth; ++kk) tiles[kk * kNT + t] = 0.0f;
-        continue;
-      }
-      const float* src = j.x + (t0 + t) * j.k + k0;
-      for (int64_t kk = 0; kk < depth; ++kk) tiles[kk * kNT + t] = src[kk];
-    }
-}
-
 // One tile: out[t][c] (+)= Σ_k tile[k][t] · slice[k][c] for kNT rows and kWidth columns, rows
 // of `out` `stride` floats apart; from zero when `first`. With `bias` (the last slice), the
 // bias is added and the activation applied to the accumulators before they are stored, so y is
 // written once more at most. Not inlined: inlined into its caller, GCC allocated the
 // microkernel's registers worse (panel vectors reloaded per row).
-__attribute__((noinline)) void Tile(const float* tile, int64_t depth, const float* slice,
-                                    bool first, const float* bias, Activation activation,
-                                    float* out, int64_t stride) {
-  const float* rows[kNT];
-#pragma GCC unroll 32
-  for (int t = 0; t < kNT; ++t) rows[t] = tile + t;
+__attribute__((noinline)) void Tile(const float* const* rows, int64_t depth,
+                                    const float* slice, bool first, const float* bias,
+                                    Activation activation, float* out, int64_t stride) {
   vf acc[kNT][kNV];
 #pragma GCC unroll 32
   for (int t = 0; t < kNT; ++t)
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v)
       acc[t][v] = first ? splat(0.0f) : load(out + t * stride + v * kLanes);
-  MultiplyAdd<kNT, kNV, kNT>(rows, depth, slice, acc);
+  MultiplyAdd<kNT, kNV>(rows, depth, slice, acc);
   if (bias != nullptr) {
 #pragma GCC unroll 32
     for (int t = 0; t < kNT; ++t)
@@ -153,16 +137,19 @@ __attribute__((noinline)) void Tile(const float* tile, int64_t depth, const floa
     for (int v = 0; v < kNV; ++v) store(out + t * stride + v * kLanes, acc[t][v]);
 }
 
-// The tiles of rows [r0, r1) (packed from depth k0 on) against panel `panel`'s slice
-// [k0, k0 + depth). The last slice adds the bias and applies the activation.
+// The tiles of rows [r0, r1) (read in place from depth k0 on; rows past M read `zeros`)
+// against panel `panel`'s slice [k0, k0 + depth). The last slice adds the bias and applies the
+// activation.
 void PanelSlice(const Job& j, int64_t panel, int64_t r0, int64_t r1, int64_t k0, int64_t depth,
-                const float* tiles, bool first, bool last) {
+                const float* zeros, bool first, bool last) {
   const int64_t n0 = panel * kWidth;
   const int64_t cols = std::min(kWidth, j.n - n0);
   const float* slice = j.packed.data() + n0 * j.k + k0 * kWidth;
   const float* bias = last ? j.bias.data() + n0 : nullptr;
-  for (int64_t t0 = r0; t0 < r1; t0 += kNT, tiles += depth * kNT) {
+  for (int64_t t0 = r0; t0 < r1; t0 += kNT) {
     const int64_t tile_rows = std::min<int64_t>(kNT, j.m - t0);
+    const float* rows[kNT];
+    for (int t = 0; t < kNT; ++t) rows[t] = t < tile_rows ? j.x + (t0 + t) * j.k + k0 : zeros;
     const bool whole = tile_rows == kNT && cols == kWidth;
     // A partial tile goes through `part`, [kNT][kWidth], so that nothing outside y is touched.
     alignas(64) float part[kNT * kWidth];
@@ -183,25 +170,23 @@ void PanelSlice(const Job& j, int64_t panel, int64_t r0, int64_t r1, int64_t k0,
       __builtin_prefetch(j.y + t * j.n + n0, 1);
       __builtin_prefetch(j.y + t * j.n + n0 + cols - 1, 1);
     }
-    Tile(tiles, depth, slice, first, bias, j.activation, out, stride);
+    Tile(rows, depth, slice, first, bias, j.activation, out, stride);
     if (!whole)
       for (int64_t t = 0; t < tile_rows; ++t)
         std::memcpy(j.y + (t0 + t) * j.n + n0, part + t * kWidth, cols * sizeof(float));
   }
 }
 
-// `tiles`: scratch for the block's packed rows.
-void RowBlock(const Job& j, int64_t r0, int64_t r1, std::vector<float>& tiles) {
+// `zeros`: kDepthBlock zeros, the rows past M.
+void RowBlock(const Job& j, int64_t r0, int64_t r1, const float* zeros) {
   const int64_t slices = std::max<int64_t>(1, (j.k + kDepthBlock - 1) / kDepthBlock);
   // Equal slices (384 = 2 x 192, not 256 + 128).
   const int64_t per_slice = (j.k + slices - 1) / slices;
-  tiles.resize(kRowBlock * per_slice);
   for (int64_t s = 0; s < slices; ++s) {
     const int64_t k0 = s * per_slice;
     const int64_t depth = std::min(per_slice, j.k - k0);
-    PackRows(j, r0, r1, k0, depth, tiles.data());
     for (int64_t panel = 0; panel < j.panels; ++panel)
-      PanelSlice(j, panel, r0, r1, k0, depth, tiles.data(), s == 0, s == slices - 1);
+      PanelSlice(j, panel, r0, r1, k0, depth, zeros, s == 0, s == slices - 1);
   }
 }
 
@@ -211,9 +196,9 @@ void Work(Job& j) {
     j.packs.Finish(p);
   }
   while (j.packs.done.load() < j.packs.total) std::this_thread::yield();
-  std::vector<float> tiles;
+  const std::vector<float> zeros(kDepthBlock, 0.0f);
   for (int64_t r = j.rows.Claim(); r < j.rows.total; r = j.rows.Claim()) {
-    RowBlock(j, r, j.rows.End(r), tiles);
+    RowBlock(j, r, j.rows.End(r), zeros.data());
     j.rows.Finish(r);
   }
 }

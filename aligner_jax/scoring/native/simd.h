@@ -86,11 +86,10 @@ constexpr int RowsPerTile(int nv) {
   return nv == 1 ? 12 : 6;
 }
 
-// acc[t][v] += Σ_{k < depth} row[t][k·STEP] · panel[k][v·L .. v·L + L) (see the file comment);
-// the panel is packed [depth][NV·L]. Rows are read in place (STEP = 1) or from tiles packed
-// [depth][NT] (rows[t] = tile + t, STEP = NT: one stream of broadcasts instead of NT). Inlined
-// into its caller, whose accumulators then live in registers for the whole loop.
-template <int NT, int NV, int STEP = 1>
+// acc[t][v] += Σ_{k < depth} row[t][k] · panel[k][v·L .. v·L + L) (see the file comment); the
+// panel is packed [depth][NV·L], the rows are read in place. Inlined into its caller, whose
+// accumulators then live in registers for the whole loop.
+template <int NT, int NV>
 inline __attribute__((always_inline)) void MultiplyAdd(const float* const* rows, int64_t depth,
                                                        const float* panel, vf (&acc)[NT][NV]) {
   const float* row[NT];
@@ -107,7 +106,7 @@ inline __attribute__((always_inline)) void MultiplyAdd(const float* const* rows,
       for (int v = 0; v < NV; ++v) pv[v] = load(pk + (kk * NV + v) * kLanes);
 #pragma GCC unroll 32
       for (int t = 0; t < NT; ++t) {
-        const vf rt = splat(row[t][(k + kk) * STEP]);
+        const vf rt = splat(row[t][k + kk]);
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[t][v] += rt * pv[v];
       }
@@ -119,7 +118,7 @@ inline __attribute__((always_inline)) void MultiplyAdd(const float* const* rows,
     for (int v = 0; v < NV; ++v) pv[v] = load(panel + (k * NV + v) * kLanes);
 #pragma GCC unroll 32
     for (int t = 0; t < NT; ++t) {
-      const vf rt = splat(row[t][k * STEP]);
+      const vf rt = splat(row[t][k]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[t][v] += rt * pv[v];
     }
