@@ -92,11 +92,7 @@ __attribute__((noinline)) void Logits(const float* const* rows, int64_t dim, con
                                       float* logits) {
   for (int64_t p = 0; p < s.key_panels; ++p) {
     vf acc[kNT][kNV];
-#pragma GCC unroll 32
-    for (int t = 0; t < kNT; ++t)
-#pragma GCC unroll 4
-      for (int v = 0; v < kNV; ++v) acc[t][v] = splat(0.0f);
-    MultiplyAdd<kNT, kNV>(rows, dim, s.kt.data() + p * dim * kW, acc);
+    Multiply<kNT, kNV>(rows, dim, s.kt.data() + p * dim * kW, acc);
 #pragma GCC unroll 32
     for (int t = 0; t < kNT; ++t)
 #pragma GCC unroll 4
@@ -163,11 +159,7 @@ __attribute__((noinline)) void Weighted(const Scratch& s, int64_t length, int64_
   const float* weights[kNT];
   for (int t = 0; t < kNT; ++t) weights[t] = s.logits.data() + t * s.padded;
   vf acc[kNT][kNV];
-#pragma GCC unroll 32
-  for (int t = 0; t < kNT; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) acc[t][v] = splat(0.0f);
-  MultiplyAdd<kNT, kNV>(weights, length, s.vp.data() + p * length * kW, acc);
+  Multiply<kNT, kNV>(weights, length, s.vp.data() + p * length * kW, acc);
   for (int64_t t = 0; t < rows; ++t) {
     alignas(64) float tile[kW];
     for (int v = 0; v < kNV; ++v) store(tile + v * kLanes, acc[t][v] * splat(inverse[t]));

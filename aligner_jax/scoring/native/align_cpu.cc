@@ -149,11 +149,7 @@ __attribute__((noinline)) void Block(const float* const* rows, int hv, int nt,
                                      State<NV, KM>& state) {
   constexpr int NT = RowsPerTile(NV);
   vf acc[NT][NV];
-#pragma GCC unroll 32
-  for (int t = 0; t < NT; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[t][v] = splat(0.0f);
-  MultiplyAdd<NT, NV>(rows, static_cast<int64_t>(hv) * kLanes, panel, acc);
+  Multiply<NT, NV>(rows, static_cast<int64_t>(hv) * kLanes, panel, acc);
   if (nt < NT) {
     // Tokens beyond the last valid one: -inf never enters the selection.
 #pragma GCC unroll 32

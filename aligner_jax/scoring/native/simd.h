@@ -125,6 +125,17 @@ inline __attribute__((always_inline)) void MultiplyAdd(const float* const* rows,
   }
 }
 
+// acc[t][v] = Σ_{k < depth} row[t][k] · panel[k][v·L .. v·L + L): MultiplyAdd from zero.
+template <int NT, int NV>
+inline __attribute__((always_inline)) void Multiply(const float* const* rows, int64_t depth,
+                                                    const float* panel, vf (&acc)[NT][NV]) {
+#pragma GCC unroll 32
+  for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[t][v] = splat(0.0f);
+  MultiplyAdd<NT, NV>(rows, depth, panel, acc);
+}
+
 }  // namespace aligner_native
 
 #endif  // ALIGNER_JAX_NATIVE_SIMD_H_
