@@ -41,6 +41,7 @@ def msmarco(tmp_path):
   return lib.write_msmarco_fixture(tmp_path / "msmarco")
 
 
+@pytest.mark.usefixtures("t5_tokenizer_json")  # the T5 v1.1 vocabulary: skip without it
 def test_aligner_t5_1_1_base_msmarco(tmp_path, msmarco):
   lib.run_main(
       ["gin/experiments/aligner_t5_1_1_base_msmarco.gin", TINY_T5],
@@ -54,6 +55,7 @@ def test_aligner_t5_1_1_base_msmarco(tmp_path, msmarco):
   assert "ALIGNMENT = 'top_k:1'" in operative and "LOSS = 'softmax_ce'" in operative
 
 
+@pytest.mark.usefixtures("t5_tokenizer_json")  # the T5 v1.1 vocabulary: skip without it
 def test_aligner_salience(tmp_path, msmarco):
   lib.run_main(
       ["gin/experiments/aligner_salience.gin", TINY_T5],
@@ -95,6 +97,7 @@ def test_de_distill_m3se_from_an_initial_checkpoint(tmp_path, msmarco):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.usefixtures("t5_tokenizer_json")  # the T5 v1.1 vocabulary: skip without it
 def test_demo_model_parallel(tmp_path):
   # The demo as written, shrunk, on a 4 x 2 (data x model) mesh.
   lib.run_main(["gin/experiments/demo.gin"],
