@@ -189,8 +189,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Ar
                             cpu_kernel=None if cpu_problem else native.ATTENTION)
   if method == XLA:
     return xla(q, k, v, bias)
-  if cpu_problem:
-    raise ValueError(f"the CPU attention kernel does not compute {cpu_problem}")
+  if dropout is not None:  # the kernel checks the rest itself
+    raise ValueError("the CPU attention kernel does not compute dropout on the weights")
   return cpu_attention.attention(q, k, v, bias, xla)
 
 

@@ -8,8 +8,8 @@ are traced:
     are written for;
   * a compiled CPU kernel ("native") on the CPU backend, for the calls it computes, when
     `make install` built it (its `native.Library` is available; otherwise the XLA path runs and
-    the log says so once): the alignment scorers' (`cpu_align.py`) and the encoders' dense
-    layers' (`aligner_jax/models/cpu_dense.py`);
+    the log says so once): the alignment scorers' (`cpu_align.py`), the encoders' dense
+    layers' (`aligner_jax/models/cpu_dense.py`) and self-attention's (`models/cpu_attention.py`);
   * the XLA path otherwise.
 An explicit method always runs that method. Asking for "pallas" on a backend without Pallas
 lowering (this project's CPU tests) runs the kernels in Pallas interpret mode, which is how they
