@@ -378,3 +378,47 @@ def test_writes_are_atomic(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
   assert load_index(target).shards[0].store.vectors.tobytes() != before[
       pathlib.Path("shard-00000/vectors.npy")]
+
+
+class _CyclicGarbage:
+  """A reference cycle with a finalizer: collecting it runs Python code, which lets another
+  thread take the interpreter in the middle of a C-level parse."""
+
+  def __init__(self):
+    self.me = self
+
+  def __del__(self):
+    sum(range(50))
+
+
+def test_array_headers_read_safely_from_many_threads(tmp_path):
+  """Shards load on a thread pool. numpy parses a `.npy` header with `ast`, whose constructor
+  in CPython 3.11 keeps one recursion counter per interpreter: two parses from threads at
+  different call depths could raise "AST constructor recursion depth mismatch". The loads run
+  under the conditions that made that happen (frequent thread switches and collections that
+  run finalizers) and must all succeed."""
+  import concurrent.futures
+  import gc
+  import sys
+
+  expected = np.arange(128 * 16, dtype=np.float32).reshape(128, 16)
+  np.save(tmp_path / "a.npy", expected)
+  old_interval, old_threshold = sys.getswitchinterval(), gc.get_threshold()
+
+  def load_at_depth(depth):
+    if depth:
+      return load_at_depth(depth - 1)
+    for _ in range(300):
+      _CyclicGarbage()
+      got = files.load_array(tmp_path, "a.npy", dtype=np.float32, shape=(None, 16))
+      np.testing.assert_array_equal(got, expected)
+    return depth
+
+  sys.setswitchinterval(1e-6)
+  gc.set_threshold(50, 1, 1)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      assert list(pool.map(load_at_depth, range(16))) == [0] * 16
+  finally:
+    sys.setswitchinterval(old_interval)
+    gc.set_threshold(*old_threshold)

@@ -356,10 +356,7 @@ def _packed_rows(path: pathlib.Path) -> int:
   """Rows of the packed AH codes in a `hashed_dataset.4bit.npz`, from the array header."""
   try:
     with zipfile.ZipFile(path) as z, z.open("packed.npy") as f:
-      version = np.lib.format.read_magic(f)
-      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
-      shape, _, dtype = read(f)
+      shape, _, dtype = files.parse_npy_header(f)
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
     raise files.IndexFileError(path, f"unreadable packed AH codes ({e})") from None
   if dtype != np.uint8 or len(shape) != 2:
@@ -411,8 +408,8 @@ def _unpacked_assets(target: pathlib.Path, rows: int) -> Iterator[str]:
     yield assets
     return
   try:
-    with np.load(packed_path) as z:
-      packed, blocks = z["packed"], int(z["blocks"])
+    archive = files.load_npz(packed_path)
+    packed, blocks = archive["packed"], int(archive["blocks"])
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
     raise files.IndexFileError(packed_path, f"unreadable packed AH codes ({e})") from None
   if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != (blocks + 1) // 2:

@@ -21,7 +21,8 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Any
+import threading
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -176,6 +177,39 @@ def verify_dir(directory: str | os.PathLike, *, kind: str, version: int,
   return manifest
 
 
+# numpy reads a `.npy` header with `ast.literal_eval`, and CPython 3.11's AST constructor keeps
+# one recursion counter per interpreter: two header reads on different threads (shards load on
+# a thread pool) can fail with "SystemError: AST constructor recursion depth mismatch". Every
+# header read of this package goes through this lock.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def parse_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+  """(shape, fortran_order, dtype) of the `.npy` stream `f`, read from its start; leaves `f`
+  at the first byte of data. Safe to call from several threads at once.
+
+  Raises:
+    ValueError: not a `.npy` header of a version numpy writes (1.0 or 2.0).
+  """
+  with _NPY_HEADER_LOCK:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+      return np.lib.format.read_array_header_2_0(f)
+  raise ValueError(f"unsupported .npy format version {version}")
+
+
+def load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of the `.npz` archive `path`, read without pickle. Safe from several threads.
+
+  Raises:
+    OSError, ValueError, KeyError, zipfile.BadZipFile: an unreadable archive.
+  """
+  with _NPY_HEADER_LOCK, np.load(path, allow_pickle=False) as archive:
+    return {name: archive[name] for name in archive.files}
+
+
 def read_npy_header(path: pathlib.Path) -> tuple[np.dtype, tuple[int, ...], int]:
   """(dtype, shape, data offset) of a C-ordered `.npy` file, read from its header alone.
 
@@ -185,13 +219,7 @@ def read_npy_header(path: pathlib.Path) -> tuple[np.dtype, tuple[int, ...], int]
   """
   try:
     with open(path, "rb") as f:
-      version = np.lib.format.read_magic(f)
-      if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-      elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-      else:
-        raise ValueError(f"unsupported .npy format version {version}")
+      shape, fortran, dtype = parse_npy_header(f)
       offset = f.tell()
   except (ValueError, OSError, EOFError) as e:
     raise IndexFileError(path, f"not a readable .npy array ({e})") from None
@@ -211,7 +239,7 @@ def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
   """`name` mapped read-only (or read, `mmap=False`) after checking from its header alone
   that dtype and shape (None matches any size) are what the manifest implies."""
   path = directory / name
-  found, found_shape, _ = read_npy_header(path)
+  found, found_shape, offset = read_npy_header(path)
   want = np.dtype(dtype)
   shape_ok = len(found_shape) == len(shape) and all(
       s is None or s == a for s, a in zip(shape, found_shape))
@@ -220,8 +248,11 @@ def load_array(directory: pathlib.Path, name: str, *, dtype: str | np.dtype,
     raise IndexFileError(path, f"array is {found}{list(found_shape)} but the manifest "
                          f"implies {want}{list(shown)} (mismatched shard)")
   try:
+    # Opened from the header already read (not np.load, which would parse it again).
     # An empty array cannot be mapped (there is nothing to map): it is read instead.
-    mapped = mmap and 0 not in found_shape
-    return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+    if mmap and 0 not in found_shape:
+      return np.memmap(path, dtype=found, mode="r", shape=found_shape, offset=offset)
+    count = int(np.prod(found_shape, dtype=np.int64))
+    return np.fromfile(path, dtype=found, count=count, offset=offset).reshape(found_shape)
   except (ValueError, OSError) as e:
     raise IndexFileError(path, f"not a readable .npy array ({e})") from None

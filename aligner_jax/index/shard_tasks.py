@@ -7,7 +7,7 @@ its documents that becomes one index shard (split by `IndexConfig.max_shard_toke
 its first global document. Planning reads only each encoded shard's manifest and offsets.
 
 `build_task` turns one task into one index shard directory: it verifies the encoded shard's
-checksums, maps its arrays (`np.load(mmap_mode="r")`, so only the pages of this task's
+checksums, maps its arrays read-only (`files.load_array`, so only the pages of this task's
 documents are read), and builds and saves the shard with the same `build_shard` / `save_shard`
 as the in-memory `build_token_index` / `save_index`, so both write the same bytes. A task is
 idempotent: when its directory already holds a shard whose manifest verifies, whose index
