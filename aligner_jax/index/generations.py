@@ -16,9 +16,10 @@ every file the new listing names has been written in full:
                     are rewritten without the deleted rows, consecutive ones merged, into new
                     shards; the others stay as they are.
 
-Files are never changed in place. A shard directory or tombstone file stays on disk while the
-current or the previous generation lists it (`index.json`'s "retained"), and is removed by
-the first writer after that, once its own generation is published. So:
+Files are never changed in place. A shard directory, tombstone file or IVF coarse level
+(`coarse_level.py`) stays on disk while the current or the previous generation lists it
+(`index.json`'s "retained"), and is removed by the first writer after that, once its own
+generation is published. So:
   * a reader that loaded any generation keeps working: shard arrays are memory-mapped and
     ScaNN's structures are in its memory, and Linux keeps an unlinked file's pages for the
     maps that hold it;
@@ -45,6 +46,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from aligner_jax.index import coarse_level
 from aligner_jax.index import files
 from aligner_jax.index import tombstones
 from aligner_jax.index.searched_rows import SearchedRows
@@ -97,8 +99,8 @@ def current_generation(index_dir: str | pathlib.Path) -> int:
 
 def _hidden_leftovers(index_dir: pathlib.Path) -> list[pathlib.Path]:
   """Temporary siblings of killed writers of shard directories, tombstones and index.json."""
-  return [*index_dir.glob(".shard-*"), *index_dir.glob(f".{INDEX_JSON}.*"),
-          *(index_dir / tombstones.DIRECTORY).glob(".*")]
+  return [*index_dir.glob(".shard-*"), *index_dir.glob(f".{coarse_level.PREFIX}*"),
+          *index_dir.glob(f".{INDEX_JSON}.*"), *(index_dir / tombstones.DIRECTORY).glob(".*")]
 
 
 def _remove(path: pathlib.Path) -> None:
@@ -109,10 +111,11 @@ def _remove(path: pathlib.Path) -> None:
 
 
 def _remove_unlisted(index_dir: pathlib.Path, keep: set[str]) -> list[str]:
-  """Removes shard directories and tombstone files not in `keep` (and hidden leftovers);
-  returns the names removed."""
+  """Removes shard directories, coarse levels and tombstone files not in `keep` (and hidden
+  leftovers); returns the names removed."""
   removed = []
-  candidates = [*index_dir.glob("shard-*"), *(index_dir / tombstones.DIRECTORY).glob("*")]
+  candidates = [*index_dir.glob("shard-*"), *index_dir.glob(f"{coarse_level.PREFIX}*"),
+                *(index_dir / tombstones.DIRECTORY).glob("*")]
   for path in sorted(candidates):
     name = path.relative_to(index_dir).as_posix()
     if name not in keep and not path.name.startswith("."):
@@ -147,13 +150,17 @@ def _publish(index_dir: pathlib.Path, previous: Listing, entries: list[dict[str,
   """Writes `index.json` of the next generation over `entries` (the commit point), then
   removes what neither it nor `previous` lists; returns the new generation."""
   generation = previous.generation + 1
-  new = Listing(previous.config, entries, generation)
+  # The coarse level of the new shard list: the same directory when the shards are the same
+  # (a deletion), otherwise a new one, written before index.json names it.
+  coarse = coarse_level.write(index_dir, entries, previous.config.backend)
+  new = Listing(previous.config, entries, generation, coarse=coarse)
   retained = previous.files() - new.files()
   keep = new.files() | retained
   removed = (previous.files() | set(previous.retained)) - keep
   # The encoder record never changes: every generation carries the first one's.
   info = index_info(index_dir, entries, previous.config, generation=generation,
-                    retained=retained, removed=removed, encoder=read_encoder(index_dir))
+                    retained=retained, removed=removed, encoder=read_encoder(index_dir),
+                    coarse=coarse)
   write_json(index_dir / INDEX_JSON, info)
   _remove_unlisted(index_dir, keep)
   log(f"{index_dir}: published generation {generation} ({what}): {len(entries)} shards, "

@@ -18,6 +18,7 @@ import pathlib
 import shutil
 from typing import Any, Callable, Sequence
 
+from aligner_jax.index import coarse_level
 from aligner_jax.index import files
 from aligner_jax.index.token_index import INDEX_JSON
 from aligner_jax.index.token_index import INDEX_KIND
@@ -135,8 +136,9 @@ def publish_index(index_dir: str | pathlib.Path, names: Sequence[str], config: I
   for name in names:
     _check_shard(staging / name, config)
   _remove_strays(staging, names, log)
-  info = index_info(staging, [listing_entry(staging, name) for name in names], config,
-                    encoder=encoder)
+  listing = [listing_entry(staging, name) for name in names]
+  coarse = coarse_level.write(staging, listing, config.backend)
+  info = index_info(staging, listing, config, encoder=encoder, coarse=coarse)
   write_json(staging / INDEX_JSON, info)
   publish_dir(staging, index_dir)
   log(f"published {index_dir}: {len(names)} shards, {info['counts']}")

@@ -39,7 +39,7 @@ import dataclasses
 import functools
 import math
 import pathlib
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import threadpoolctl
@@ -58,6 +58,7 @@ TRAINING_SAMPLE_SIZE = 100_000
 SAMPLE_PER_CELL = 32
 # Above this many cells in all, the cells are chosen through a coarse level of groups.
 COARSE_MIN = 8192
+COARSE_ITERATIONS = 4  # k-means iterations that group the cells
 # Members (cells) of the best groups scored per query token: the groups searched are as many
 # as hold about this many cells (and at least 4 · cells_to_search), so the work of choosing
 # the cells stays the same as the index grows; only the √C group centres grow.
@@ -314,23 +315,40 @@ def _scan(scan, queries: np.ndarray, cells: np.ndarray, centre_scores: np.ndarra
   return labels, scores
 
 
-class _Coarse:
-  """The centroids of all shards grouped by k-means (√C groups), to choose cells without
-  scoring every centroid. The compiled scan reads the groups' members as int8 codes of their
-  residuals from the group centre, like the cells' lists: a quarter of the float32 bytes, so
-  the members a query token scores stay in the CPU's caches longer as the index grows; the
-  chosen cells' scores are then recomputed from their float32 centroids."""
+class CoarseGrouping(NamedTuple):
+  """The coarse level's grouping of C cells into G groups (`coarse_groups`)."""
+  centres: np.ndarray  # [G, h] float32 unit-norm group centres
+  assign: np.ndarray  # [C] int32 in [0, G): each cell's group
+  code_scale: float  # step of the int8 codes of the cells' residuals from their group centre
 
-  def __init__(self, centroids: np.ndarray):
-    groups = max(2, int(round(math.sqrt(len(centroids)))))
-    centres = spherical_kmeans(centroids, groups, 4)
-    assign = nearest_centroid(centroids, centres)
+
+def coarse_groups(centroids: np.ndarray) -> CoarseGrouping:
+  """The coarse level's grouping of C cells: k-means of their `centroids` [C, h] into √C
+  groups (at least 2), and the code step of the residuals. The costly part of the coarse
+  level (O(C^1.5 · h)), which a saved index stores (`coarse_level.py`) so that loading it does
+  not repeat it."""
+  groups = max(2, int(round(math.sqrt(len(centroids)))))
+  centres = spherical_kmeans(centroids, groups, COARSE_ITERATIONS)
+  assign = nearest_centroid(centroids, centres).astype(np.int32)
+  return CoarseGrouping(centres, assign, _residual_scale(centroids - centres[assign]))
+
+
+class _Coarse:
+  """The centroids of all shards grouped by k-means (√C groups, `coarse_groups`), to choose
+  cells without scoring every centroid. The compiled scan reads the groups' members as int8
+  codes of their residuals from the group centre, like the cells' lists: a quarter of the
+  float32 bytes, so the members a query token scores stay in the CPU's caches longer as the
+  index grows; the chosen cells' scores are then recomputed from their float32 centroids."""
+
+  def __init__(self, centroids: np.ndarray, grouping: CoarseGrouping | None = None):
+    """`grouping`: `coarse_groups(centroids)` when already known (a saved index's)."""
+    centres, assign, scale = grouping if grouping is not None else coarse_groups(centroids)
+    groups = len(centres)
     self.order = np.argsort(assign, kind="stable")  # cells in group order
     self.centroids = centroids
     self.start = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=groups))])
     self.centres = centres
     # The groups as the compiled scan reads them: one part (the members' codes).
-    scale = _residual_scale(centroids - centres[assign])
     self._codes = _residual_codes(centroids, centres, assign, self.order, scale)
     self._scan_cells = (np.zeros(groups, np.int32), self.start[:-1].astype(np.int64),
                         np.diff(self.start).astype(np.int64), np.full(groups, scale, np.float32))
@@ -380,7 +398,10 @@ class IvfIndex:
   """
 
   def __init__(self, lists: Sequence[IvfLists], doc_base: Sequence[int] | None = None, *,
-               label: str = "documents"):
+               label: str = "documents",
+               coarse_grouping: CoarseGrouping | None = None):
+    """`coarse_grouping`: `coarse_groups` of all the lists' centroids when already known
+    (a saved index's); computed here otherwise, when there are over COARSE_MIN cells."""
     self.lists = list(lists)
     self.doc_base = np.asarray(doc_base if doc_base is not None else [0] * len(self.lists),
                                np.int64)
@@ -401,7 +422,8 @@ class IvfIndex:
     self._label_base = (np.zeros(len(self.lists), np.int64) if label == "rows"
                         else self.doc_base)
     self.size = int(part_base[-1])
-    self.coarse = _Coarse(self.centroids) if len(self.centroids) > COARSE_MIN else None
+    self.coarse = (_Coarse(self.centroids, coarse_grouping)
+                   if len(self.centroids) > COARSE_MIN else None)
     # What the compiled scan reads: the cells' places and the parts' mapped arrays in place.
     self._scan_cells = (self.cell_part.astype(np.int32), self.cell_local_start.astype(np.int64),
                         self.cell_size.astype(np.int64), self.cell_scale)

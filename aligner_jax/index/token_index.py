@@ -33,6 +33,9 @@ SHA-256 of each shard manifest, totals) and one directory per shard:
   scann/          the ScaNN files (`searcher.serialize`), for the ScaNN backend
   ivf/            cell centroids and lists of residual codes, for the IVF backend (`ivf.py`;
                   the cells of all IVF shards are searched together)
+An IVF index of more than `ivf.COARSE_MIN` cells in all also holds `coarse-<key>/`, the
+grouping of all its cells that chooses the cells to search, computed when the index is
+written rather than at every load (`coarse_level.py`; "coarse" in `index.json`).
 Document numbers are global: shard s's local document i is `doc_base[s] + i`. A corpus
 larger than memory is built one shard at a time from its encoded shards (`shard_tasks.py`,
 `index_staging.py`), into the same files. A published index changes in generations
@@ -54,6 +57,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from aligner_jax.index import coarse_level
 from aligner_jax.index import files
 from aligner_jax.index import ivf
 from aligner_jax.index import masked_search
@@ -330,7 +334,8 @@ class TokenIndex:
 
   def __init__(self, shards: Sequence[IndexShard], config: IndexConfig, *,
                search_threads: int | None = None, deleted: np.ndarray | None = None,
-               generation: int = 0):
+               generation: int = 0,
+               coarse_grouping: ivf.CoarseGrouping | None = None):
     if not shards:
       raise ValueError("an index needs at least one shard")
     self.shards = list(shards)
@@ -363,7 +368,9 @@ class TokenIndex:
         np.int64)
     # IVF shards are searched as one set of cells (`ivf.IvfIndex`), in chunks of query
     # tokens spread over the threads rather than shard by shard.
-    self._ivf = (ivf.IvfIndex([s.searcher.lists for s in self.shards], self.doc_base[:-1])
+    # `coarse_grouping`: the stored coarse level of a saved index (`coarse_level.py`).
+    self._ivf = (ivf.IvfIndex([s.searcher.lists for s in self.shards], self.doc_base[:-1],
+                              coarse_grouping=coarse_grouping)
                  if all(s.searcher.kind == "ivf" for s in self.shards) else None)
     self.search_threads = shard_threads(
         len(self.shards) if self._ivf is None else os.cpu_count() or 1, search_threads)
@@ -587,7 +594,8 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path, *,
       name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
       listing.append(listing_entry(tmp, name))
-    info = index_info(tmp, listing, index.config, encoder=encoder)
+    coarse = coarse_level.write(tmp, listing, index.config.backend)
+    info = index_info(tmp, listing, index.config, encoder=encoder, coarse=coarse)
     write_json(tmp / INDEX_JSON, info)
   return info
 
@@ -618,14 +626,15 @@ def listing_entry(directory: pathlib.Path, name: str) -> dict[str, Any]:
 
 def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: IndexConfig, *,
                generation: int = 0, retained: Sequence[str] = (),
-               removed: Sequence[str] = (), encoder: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+               removed: Sequence[str] = (), encoder: dict[str, Any] | None = None,
+               coarse: dict[str, Any] | None = None) -> dict[str, Any]:
   """`index.json`: the shard list and totals, including bytes per stored and original token;
   `generation`, `retained` (files the previous generation lists and this one does not, kept
   for its readers) and `removed` (files its writer removes once it is published): see
   `generations.py`; with `encoder` (a JSON object: which model, vocabulary and lengths
   encoded the documents, `eval.encoder_record`) also that record and its SHA-256
-  (`read_encoder`), which every later generation carries over."""
+  (`read_encoder`), which every later generation carries over; with `coarse` the entry of
+  the stored IVF coarse level (`coarse_level.write`)."""
   total_bytes = sum(files.read_json(directory / e["name"] / files.MANIFEST)["total_bytes"]
                     for e in listing)
   totals = {k: sum(e[k] for e in listing)
@@ -637,6 +646,8 @@ def index_info(directory: pathlib.Path, listing: list[dict[str, Any]], config: I
           "retained": sorted(retained), "removed": sorted(removed), "total_bytes": total_bytes,
           "bytes_per_original_token": total_bytes / max(totals["original_tokens"], 1),
           "bytes_per_searched_token": total_bytes / max(totals["ann_tokens"], 1)}
+  if coarse is not None:
+    info["coarse"] = coarse
   if encoder is not None:
     info[ENCODER_KEY] = encoder
     info[ENCODER_KEY + "_sha256"] = files.json_sha256(encoder)
@@ -828,17 +839,21 @@ class Listing:
       the previous generation lists, kept for its readers.
     removed: files that the writer of this generation removes after publishing it (still
       present when it was killed meanwhile; the next writer removes them).
+    coarse: the stored IVF coarse level (name, key, manifest_sha256; `coarse_level.py`), or
+      None when the index is listed without one.
   """
   config: IndexConfig
   shards: list[dict[str, Any]]
   generation: int
   retained: tuple[str, ...] = ()
   removed: tuple[str, ...] = ()
+  coarse: dict[str, Any] | None = None
 
   def files(self) -> set[str]:
-    """Every shard directory and tombstone file this generation lists."""
+    """Every shard directory, tombstone file and coarse level this generation lists."""
     return ({e["name"] for e in self.shards} |
-            {e["tombstones"]["file"] for e in self.shards if "tombstones" in e})
+            {e["tombstones"]["file"] for e in self.shards if "tombstones" in e} |
+            ({self.coarse["name"]} if self.coarse is not None else set()))
 
 
 def read_listing(directory: str | pathlib.Path) -> Listing:
@@ -869,7 +884,10 @@ def read_listing(directory: str | pathlib.Path) -> Listing:
                                  "lacks its name or manifest_sha256")
     if "tombstones" in entry:
       tombstones.check_entry(info_path, entry["name"], entry["tombstones"])
-  return Listing(config, listing, generation, retained, removed)
+  coarse = info.get("coarse")
+  if coarse is not None:
+    coarse_level.check_entry(info_path, coarse)
+  return Listing(config, listing, generation, retained, removed, coarse)
 
 
 def _check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
@@ -941,10 +959,16 @@ def _load_listing(directory: pathlib.Path, listing: Listing, *, verify: bool,
   with (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="shard-load")
         if threads > 1 else contextlib.nullcontext()) as pool:
     loaded = list(shard_search.ordered_map(one, len(entries), pool, threads))
+  grouping = None
+  if listing.coarse is not None:
+    num_cells = sum(len(shard.searcher.lists.centroids) for shard, _ in loaded
+                    if shard.searcher.kind == "ivf")
+    grouping = coarse_level.load(directory, listing.coarse, entries, num_cells,
+                                 loaded[0][0].store.dim, verify=verify)
   return TokenIndex([shard for shard, _ in loaded], listing.config,
                     search_threads=search_threads,
                     deleted=np.concatenate([deleted for _, deleted in loaded]),
-                    generation=listing.generation)
+                    generation=listing.generation, coarse_grouping=grouping)
 
 
 def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexConfig) -> None:
@@ -969,7 +993,8 @@ def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
 
   Returns:
     {shard name: None when it is sound, else the problem}, in `index.json`'s order (a shard's
-    tombstones and metadata are checked with it), plus an entry for each shard directory
+    tombstones and metadata are checked with it), one for the stored coarse level when
+    `index.json` lists one (`coarse_level.py`), plus an entry for each shard directory
     present but not listed, unless it is kept for readers of the previous generation, or is
     what a change killed before or after publishing left (a later generation's shard, or
     one `index.json` says its writer removes): the next writer removes those.
@@ -986,6 +1011,16 @@ def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
       report[entry["name"]] = None
     except files.IndexFileError as e:
       report[entry["name"]] = str(e)
+  if listing.coarse is not None:
+    name = listing.coarse["name"]
+    try:
+      dims = [files.read_npy_header(directory / e["name"] / ivf.SUBDIR / "centroids.npy")[1]
+              for e in listing.shards]
+      coarse_level.load(directory, listing.coarse, listing.shards, sum(d[0] for d in dims),
+                        dims[0][1], verify=True)
+      report[name] = None
+    except files.IndexFileError as e:
+      report[name] = str(e)
   known = listing.files() | set(listing.retained) | set(listing.removed)
   for extra in sorted(p.name for p in directory.glob("shard-*") if p.name not in known):
     if (segment_generation(extra) or 0) > listing.generation:
