@@ -97,5 +97,8 @@ def run_script(index_dir: pathlib.Path, steps: int) -> None:
       raise AssertionError(f"step {generation}: compaction found nothing to do")
 
 
-if __name__ == "__main__":  # python generations_testlib.py INDEX_DIR STEPS
+if __name__ == "__main__":  # python generations_testlib.py INDEX_DIR STEPS [COARSE_MIN]
+  if len(sys.argv) > 3:  # IVF indexes this small get a stored coarse level too
+    from aligner_jax.index import ivf  # pylint: disable=g-import-not-at-top
+    ivf.COARSE_MIN = int(sys.argv[3])
   run_script(pathlib.Path(sys.argv[1]), int(sys.argv[2]))

@@ -28,6 +28,7 @@ from aligner_jax.index import compact
 from aligner_jax.index import concatenate
 from aligner_jax.index import current_generation
 from aligner_jax.index import delete_documents
+from aligner_jax.index import ivf
 from aligner_jax.index import load_index
 from aligner_jax.index import save_index
 from aligner_jax.index import verify_index
@@ -308,25 +309,35 @@ def _unlisted(directory: pathlib.Path) -> list[str]:
                 if p.relative_to(directory).as_posix() not in known)
 
 
-def _worker(index_dir: pathlib.Path, steps: int) -> subprocess.Popen:
+def _worker(index_dir: pathlib.Path, steps: int, coarse_min: int | None) -> subprocess.Popen:
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+  extra = [] if coarse_min is None else [str(coarse_min)]
   return subprocess.Popen([sys.executable, str(REPO / "tests" / "generations_testlib.py"),
-                           str(index_dir), str(steps)], env=env, cwd=REPO)
+                           str(index_dir), str(steps), *extra], env=env, cwd=REPO)
 
 
 @pytest.mark.slow
-def test_kill_9_during_add_delete_and_compact_leaves_a_loadable_generation(tmp_path):
+@pytest.mark.parametrize("backend", ["exact", "ivf"])
+def test_kill_9_during_add_delete_and_compact_leaves_a_loadable_generation(tmp_path,
+                                                                           monkeypatch,
+                                                                           backend):
   """A writer applying add / delete / compact in turn is killed at random moments; every
   time the index loads at the generation its listing names, with exactly that generation's
-  documents, and every file verifies. The rerun continues the script."""
+  documents, and every file verifies. The rerun continues the script. With IVF every
+  generation also writes (or keeps) its stored coarse level (`coarse_level.py`): the writer
+  and this test lower COARSE_MIN so that the small index has one."""
+  coarse_min = None
+  if backend == "ivf":
+    coarse_min = 1
+    monkeypatch.setattr(ivf, "COARSE_MIN", coarse_min)
   base = corpus(90, seed=20)
-  directory = _built(tmp_path, base)
+  directory = _built(tmp_path, base, backend)
   # Each writer is killed a random 0-0.15 s after its first change is published, whatever
   # the machine's speed (a change takes 0.03-0.2 s): kills land in every kind of change.
   steps, rng, killed, leftovers = 40, random.Random(0), 0, []
   while current_generation(directory) < steps:
     before = current_generation(directory)
-    worker = _worker(directory, steps)
+    worker = _worker(directory, steps, coarse_min)
     while worker.poll() is None and current_generation(directory) == before:
       time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 0.15))
@@ -346,6 +357,7 @@ def test_kill_9_during_add_delete_and_compact_leaves_a_loadable_generation(tmp_p
   print(f"{killed} kills; files of unfinished changes found: {leftovers}")
   run_script(directory, steps)
   assert current_generation(directory) == steps
+  assert (read_listing(directory).coarse is not None) == (backend == "ivf")
 
 
 def test_readers_during_changes_see_one_generation_or_the_other(tmp_path):
