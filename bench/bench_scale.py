@@ -28,7 +28,7 @@ reused; a size's row is written to bench/results/scale.json (rows of other sizes
 soon as it is complete, so an interrupted run keeps what it measured.
 
   nice -n 5 python -m bench.bench_scale [--tokens 1000000 4000000 ...] [--cache-dir DIR]
-      [--backend scann|ivf]
+      [--backend scann|ivf] [--out FILE]
 """
 
 import argparse
@@ -144,8 +144,8 @@ def measure(tokens: int, cache: pathlib.Path, family_size: int,
   return rows
 
 
-def write(rows: list[dict[str, Any]]) -> None:
-  write_json(RESULTS, {
+def write(rows: list[dict[str, Any]], path: pathlib.Path = RESULTS) -> None:
+  write_json(path, {
       "description": __doc__.split("\n\n")[0].replace("\n", " "),
       "settings": {"dim": 128, "doc_tokens": 64, "vector_dtype": "float16",
                    "encoded_shard_tokens": build_bench.ENCODED_SHARD,
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="documents per family of near-duplicates (1: independent documents)")
   parser.add_argument("--backend", default="scann", choices=tuple(FIRST_STAGE),
                       help="the index backend built and searched")
+  parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
+                      help="results file (rows of other sizes in it are kept)")
   args = parser.parse_args(argv)
   cache = pathlib.Path(args.cache_dir)
   cache.mkdir(parents=True, exist_ok=True)
@@ -175,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(tokens, cache, args.family_size, args.backend)
     print(json.dumps(rows), flush=True)
     new = {_key(r) for r in rows}
-    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
-    write([r for r in old if _key(r) not in new] + rows)
+    old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    write([r for r in old if _key(r) not in new] + rows, args.out)
   return 0
 
 
