@@ -59,13 +59,16 @@ def _coarse_dir(directory):
 
 
 def test_a_saved_index_loads_its_stored_coarse_level(tmp_path, monkeypatch):
-  index, directory = _saved(tmp_path)
+  index = build_token_index(corpus(150, seed=3), IVF)
   assert len(index.shards) == 3 and index._ivf.coarse is not None
+  # Neither saving (the in-memory index holds its grouping) nor loading groups again.
+  _no_regrouping(monkeypatch)
+  directory = tmp_path / "index"
+  save_index(index, directory)
   entry = read_listing(directory).coarse
   assert entry["name"].startswith(coarse_level.PREFIX)
   assert sorted(os.listdir(directory / entry["name"])) == ["assign.npy", "centres.npy",
                                                            "manifest.json"]
-  _no_regrouping(monkeypatch)
   loaded = load_index(directory, verify=True)
   np.testing.assert_array_equal(loaded._ivf.coarse.centres, index._ivf.coarse.centres)
   np.testing.assert_array_equal(loaded._ivf.coarse.order, index._ivf.coarse.order)

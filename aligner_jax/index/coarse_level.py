@@ -57,12 +57,14 @@ def _check(target: pathlib.Path, entry_key: str, *, checksums: bool) -> dict[str
   return manifest
 
 
-def write(directory: pathlib.Path, entries: Sequence[dict[str, Any]],
-          backend: str) -> dict[str, Any] | None:
+def write(directory: pathlib.Path, entries: Sequence[dict[str, Any]], backend: str,
+          grouping: ivf.CoarseGrouping | None = None) -> dict[str, Any] | None:
   """Stores the coarse level of the listed shards `entries` (saved in `directory`) unless it
   is already there; returns its `index.json` entry, or None when the index needs none (not
-  IVF, or at most `ivf.COARSE_MIN` cells). Written atomically: a killed writer leaves only a
-  hidden temporary directory, and a rerun writes the same bytes."""
+  IVF, or at most `ivf.COARSE_MIN` cells). `grouping`: `ivf.coarse_groups` of those shards'
+  centroids when the caller holds it already (an index built in memory); computed otherwise.
+  Written atomically: a killed writer leaves only a hidden temporary directory, and a rerun
+  writes the same bytes."""
   if backend != "ivf":
     return None
   centroids = _centroids(directory, entries)
@@ -75,7 +77,8 @@ def write(directory: pathlib.Path, entries: Sequence[dict[str, Any]],
     _check(target, entry_key, checksums=True)
   except files.IndexFileError:
     with atomic_dir(target) as tmp:
-      grouping = ivf.coarse_groups(centroids)
+      if grouping is None:
+        grouping = ivf.coarse_groups(centroids)
       files.save_array(tmp, "centres.npy", grouping.centres)
       files.save_array(tmp, "assign.npy", grouping.assign)
       files.write_manifest(tmp, kind=KIND, version=VERSION,

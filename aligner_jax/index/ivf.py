@@ -342,7 +342,8 @@ class _Coarse:
 
   def __init__(self, centroids: np.ndarray, grouping: CoarseGrouping | None = None):
     """`grouping`: `coarse_groups(centroids)` when already known (a saved index's)."""
-    centres, assign, scale = grouping if grouping is not None else coarse_groups(centroids)
+    self.grouping = grouping if grouping is not None else coarse_groups(centroids)
+    centres, assign, scale = self.grouping
     groups = len(centres)
     self.order = np.argsort(assign, kind="stable")  # cells in group order
     self.centroids = centroids

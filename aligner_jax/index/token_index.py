@@ -594,7 +594,9 @@ def save_index(index: TokenIndex, directory: str | pathlib.Path, *,
       name = shard_dir_name(i)
       save_shard(shard, tmp / name, index.config)
       listing.append(listing_entry(tmp, name))
-    coarse = coarse_level.write(tmp, listing, index.config.backend)
+    held = index._ivf.coarse if index._ivf is not None else None  # grouped in memory already
+    coarse = coarse_level.write(tmp, listing, index.config.backend,
+                                held.grouping if held is not None else None)
     info = index_info(tmp, listing, index.config, encoder=encoder, coarse=coarse)
     write_json(tmp / INDEX_JSON, info)
   return info
