@@ -38,9 +38,11 @@ def small_coarse_min(monkeypatch):
 
 
 def _no_regrouping(monkeypatch):
-  def refuse(centroids):
-    raise AssertionError("the cells were grouped again instead of loading the stored level")
+  """Fails any grouping of the cells, and any read of all the centroids to group them."""
+  def refuse(*args):
+    raise AssertionError("the cells were grouped again instead of using the known grouping")
   monkeypatch.setattr(ivf, "coarse_groups", refuse)
+  monkeypatch.setattr(coarse_level, "_centroids", refuse)
 
 
 def _saved(tmp_path, name="index", num_docs=150):
@@ -155,8 +157,10 @@ def test_a_damaged_coarse_level_is_refused_naming_the_file(tmp_path):
 def test_generations_keep_or_replace_the_coarse_level(tmp_path, monkeypatch):
   _, directory = _saved(tmp_path)
   built = read_listing(directory).coarse["name"]
-  delete_documents(directory, ["doc-3", "doc-40"], log=quiet)
-  assert read_listing(directory).coarse["name"] == built  # the same shards: the same level
+  with monkeypatch.context() as patched:
+    _no_regrouping(patched)  # the same shards: the same level, kept without reading them
+    delete_documents(directory, ["doc-3", "doc-40"], log=quiet)
+  assert read_listing(directory).coarse["name"] == built
   add_documents(directory, corpus(80, seed=9, first=500), log=quiet)
   listing = read_listing(directory)
   assert listing.coarse["name"] != built and built in listing.retained

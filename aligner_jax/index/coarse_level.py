@@ -41,10 +41,22 @@ def key(entries: Sequence[dict[str, Any]]) -> str:
   return files.json_sha256([e["manifest_sha256"] for e in entries])
 
 
+def _centroids_dir(directory: pathlib.Path, entry: dict[str, Any]) -> pathlib.Path:
+  return directory / entry["name"] / ivf.SUBDIR
+
+
+def listed_cells(directory: pathlib.Path, entries: Sequence[dict[str, Any]]) -> tuple[int, int]:
+  """(C, h): the cells of every listed IVF shard and their dimension, from the centroids'
+  `.npy` headers alone (no data read)."""
+  shapes = [files.read_npy_header(_centroids_dir(directory, e) / "centroids.npy")[1]
+            for e in entries]
+  return sum(shape[0] for shape in shapes), shapes[0][1]
+
+
 def _centroids(directory: pathlib.Path, entries: Sequence[dict[str, Any]]) -> np.ndarray:
   """[C, h] float32 the centroids of every listed IVF shard, in listing order."""
   return np.concatenate([
-      files.load_array(directory / e["name"] / ivf.SUBDIR, "centroids.npy", dtype=np.float32,
+      files.load_array(_centroids_dir(directory, e), "centroids.npy", dtype=np.float32,
                        shape=(None, None), mmap=False) for e in entries])
 
 
@@ -67,8 +79,8 @@ def write(directory: pathlib.Path, entries: Sequence[dict[str, Any]], backend: s
   writes the same bytes."""
   if backend != "ivf":
     return None
-  centroids = _centroids(directory, entries)
-  if len(centroids) <= ivf.COARSE_MIN:
+  num_cells, _ = listed_cells(directory, entries)
+  if num_cells <= ivf.COARSE_MIN:
     return None
   entry_key = key(entries)
   name = PREFIX + entry_key[:_KEY_CHARS]
@@ -77,13 +89,13 @@ def write(directory: pathlib.Path, entries: Sequence[dict[str, Any]], backend: s
     _check(target, entry_key, checksums=True)
   except files.IndexFileError:
     with atomic_dir(target) as tmp:
-      if grouping is None:
-        grouping = ivf.coarse_groups(centroids)
+      if grouping is None:  # the centroids are read only here: a kept level needs none
+        grouping = ivf.coarse_groups(_centroids(directory, entries))
       files.save_array(tmp, "centres.npy", grouping.centres)
       files.save_array(tmp, "assign.npy", grouping.assign)
       files.write_manifest(tmp, kind=KIND, version=VERSION,
                            config={"key": entry_key, "code_scale": grouping.code_scale},
-                           counts={"cells": len(centroids), "groups": len(grouping.centres)})
+                           counts={"cells": num_cells, "groups": len(grouping.centres)})
   return {"name": name, "key": entry_key,
           "manifest_sha256": files.sha256_file(target / files.MANIFEST)}
 
@@ -110,14 +122,12 @@ def load(directory: pathlib.Path, entry: dict[str, Any], entries: Sequence[dict[
   if entry["key"] != key(entries):
     raise files.IndexFileError(target, "the listing keys this coarse level to other shards "
                                "than the ones it lists (an edited or mixed index.json)")
-  manifest_path = target / files.MANIFEST
-  if manifest_path.is_file() and files.sha256_file(manifest_path) != entry["manifest_sha256"]:
-    raise files.IndexFileError(manifest_path, "manifest differs from the one index.json lists")
+  files.check_listed_manifest(directory, entry)
   manifest = _check(target, entry["key"], checksums=verify)
   scale = manifest["config"].get("code_scale")
   if not isinstance(scale, float) or not np.isfinite(scale) or scale <= 0:
-    raise files.IndexFileError(manifest_path, f"code_scale must be a positive number, got "
-                               f"{scale!r}")
+    raise files.IndexFileError(target / files.MANIFEST, f"code_scale must be a positive "
+                               f"number, got {scale!r}")
   centres = files.load_array(target, "centres.npy", dtype=np.float32, shape=(None, dim),
                              mmap=False)
   assign = files.load_array(target, "assign.npy", dtype=np.int32, shape=(num_cells,),

@@ -177,6 +177,16 @@ def verify_dir(directory: str | os.PathLike, *, kind: str, version: int,
   return manifest
 
 
+def check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
+  """Refuses the directory `directory / entry["name"]` (a shard or coarse level an index.json
+  lists) when its manifest is not the one the listing names by `entry["manifest_sha256"]`; a
+  missing manifest is left to `verify_dir` to report."""
+  manifest_path = directory / entry["name"] / MANIFEST
+  if manifest_path.is_file() and sha256_file(manifest_path) != entry["manifest_sha256"]:
+    raise IndexFileError(manifest_path, "manifest differs from the one index.json lists (a "
+                         "directory from another build was mixed in)")
+
+
 # numpy reads a `.npy` header with `ast.literal_eval`, and CPython 3.11's AST constructor keeps
 # one recursion counter per interpreter: two header reads on different threads (shards load on
 # a thread pool) can fail with "SystemError: AST constructor recursion depth mismatch". Every

@@ -98,7 +98,8 @@ def current_generation(index_dir: str | pathlib.Path) -> int:
 
 
 def _hidden_leftovers(index_dir: pathlib.Path) -> list[pathlib.Path]:
-  """Temporary siblings of killed writers of shard directories, tombstones and index.json."""
+  """Temporary siblings of killed writers of shard directories, coarse levels, tombstones and
+  index.json."""
   return [*index_dir.glob(".shard-*"), *index_dir.glob(f".{coarse_level.PREFIX}*"),
           *index_dir.glob(f".{INDEX_JSON}.*"), *(index_dir / tombstones.DIRECTORY).glob(".*")]
 

@@ -348,7 +348,6 @@ class _Coarse:
     self.order = np.argsort(assign, kind="stable")  # cells in group order
     self.centroids = centroids
     self.start = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=groups))])
-    self.centres = centres
     # The groups as the compiled scan reads them: one part (the members' codes).
     self._codes = _residual_codes(centroids, centres, assign, self.order, scale)
     self._scan_cells = (np.zeros(groups, np.int32), self.start[:-1].astype(np.int64),
@@ -356,6 +355,11 @@ class _Coarse:
     self._labels = self.order.astype(np.int32)
     self._scan_parts = (native.pointer_table([self._codes]),
                         native.pointer_table([self._labels]), np.zeros(1, np.int64))
+
+  @property
+  def centres(self) -> np.ndarray:
+    """[G, h] the group centres."""
+    return self.grouping.centres
 
   @functools.cached_property
   def members(self) -> np.ndarray:

@@ -892,13 +892,6 @@ def read_listing(directory: str | pathlib.Path) -> Listing:
   return Listing(config, listing, generation, retained, removed, coarse)
 
 
-def _check_listed_manifest(directory: pathlib.Path, entry: dict[str, Any]) -> None:
-  manifest_path = directory / entry["name"] / files.MANIFEST
-  if manifest_path.is_file() and files.sha256_file(manifest_path) != entry["manifest_sha256"]:
-    raise files.IndexFileError(manifest_path, "manifest differs from the one index.json "
-                               "lists (a shard from another build was mixed in)")
-
-
 def _check_listed_counts(directory: pathlib.Path, entry: dict[str, Any],
                          counts: dict[str, int]) -> None:
   for key, value in counts.items():
@@ -948,7 +941,7 @@ def _load_listing(directory: pathlib.Path, listing: Listing, *, verify: bool,
 
   def one(i: int) -> tuple[IndexShard, np.ndarray]:
     entry = entries[i]
-    _check_listed_manifest(directory, entry)
+    files.check_listed_manifest(directory, entry)
     shard = load_shard(directory / entry["name"], expect_config=listing.config, verify=verify)
     _check_listed_counts(directory, entry, _shard_counts(shard))
     deleted = tombstones.read(directory, entry.get("tombstones"), shard.store.num_docs,
@@ -975,7 +968,7 @@ def _load_listing(directory: pathlib.Path, listing: Listing, *, verify: bool,
 
 def _verify_shard(directory: pathlib.Path, entry: dict[str, Any], config: IndexConfig) -> None:
   """Every check of `load_shard(verify=True)` on one listed shard, without loading ScaNN."""
-  _check_listed_manifest(directory, entry)
+  files.check_listed_manifest(directory, entry)
   shard_dir = directory / entry["name"]
   store, searched, meta = _open_rows(shard_dir, config, True)
   if _backend(meta) == "scann":
@@ -1016,10 +1009,8 @@ def verify_index(directory: str | pathlib.Path) -> dict[str, str | None]:
   if listing.coarse is not None:
     name = listing.coarse["name"]
     try:
-      dims = [files.read_npy_header(directory / e["name"] / ivf.SUBDIR / "centroids.npy")[1]
-              for e in listing.shards]
-      coarse_level.load(directory, listing.coarse, listing.shards, sum(d[0] for d in dims),
-                        dims[0][1], verify=True)
+      coarse_level.load(directory, listing.coarse, listing.shards,
+                        *coarse_level.listed_cells(directory, listing.shards), verify=True)
       report[name] = None
     except files.IndexFileError as e:
       report[name] = str(e)
